@@ -1,0 +1,228 @@
+//! Emits the CPU model from a [`Plan`]: a struct generic over the element
+//! type, its tables (tensors, layers, init), and a straight-line forward pass
+//! with one statement per node and no loop over layers. Each buffer is dropped
+//! right after its last reader, so the emitted code itself is the memory plan
+//! of an inference pass.
+
+use crate::config::Config;
+use crate::plan::{InitKind, Op, Plan, Store};
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+
+fn lit_f64(v: f64) -> proc_macro2::Literal {
+    proc_macro2::Literal::f64_suffixed(v)
+}
+
+fn buf(b: usize) -> Ident {
+    format_ident!("b{}", b)
+}
+
+fn stat(b: usize) -> Ident {
+    format_ident!("s{}", b)
+}
+
+/// The runtime crate as generated code reaches it.
+fn rt() -> TokenStream {
+    quote!(::sparsenet::runtime)
+}
+
+pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
+    let rt = rt();
+    let attrs = &cfg.attrs;
+    let vis = &cfg.vis;
+    let name = &cfg.ident;
+    let name_str = name.to_string();
+    let [ic, ih, iw] = plan.input;
+    let classes = plan.classes;
+    let params_len = plan.params_len;
+    let state_len = plan.state_len;
+    let macs = plan.macs();
+    let acts = plan.activations_per_image();
+    let peak = plan.peak_inference_per_image();
+
+    let tensors = plan.tensors.iter().map(|t| {
+        let n = &t.name;
+        let shape = &t.shape;
+        let off = t.offset;
+        let store = match t.store {
+            Store::Param => quote!(#rt::Store::Param),
+            Store::State => quote!(#rt::Store::State),
+        };
+        quote!(#rt::TensorSpec { name: #n, shape: &[#(#shape),*], store: #store, offset: #off })
+    });
+    let inits = plan.tensors.iter().filter_map(|t| {
+        let off = t.offset;
+        let len = t.len();
+        let init = match t.init? {
+            InitKind::KaimingNormal { fan_in } => quote!(#rt::Init::KaimingNormal { fan_in: #fan_in }),
+            InitKind::Normal { std } => {
+                let std = lit_f64(std);
+                quote!(#rt::Init::Normal { std: #std })
+            }
+            InitKind::Zeros => quote!(#rt::Init::Zeros),
+            InitKind::Ones => quote!(#rt::Init::Ones),
+        };
+        Some(quote!((#off, #len, #init)))
+    });
+    let bn_state = plan.bns.iter().map(|b| {
+        let (o, c) = (b.running, b.channels);
+        quote!((#o, #c))
+    });
+    let layers = plan.layers.iter().map(|l| {
+        let n = &l.name;
+        let op = &l.op;
+        let srcs = &l.sources;
+        let (ci, co, p, m) = (l.in_channels, l.out_channels, l.params, l.macs);
+        let (ih, iw) = l.in_size;
+        let (oh, ow) = l.out_size;
+        quote!(#rt::LayerInfo { name: #n, op: #op, sources: &[#(#srcs),*], in_channels: #ci, out_channels: #co,
+            in_size: (#ih, #iw), out_size: (#oh, #ow), params: #p, macs: #m })
+    });
+
+    let forward = emit_forward(plan);
+
+    quote! {
+        #(#attrs)*
+        #vis struct #name<T: #rt::Float = f32> {
+            params: ::std::vec::Vec<T>,
+            state: ::std::vec::Vec<T>,
+            rng: #rt::rand_chacha::ChaCha8Rng,
+        }
+
+        impl<T: #rt::Float> #rt::NetworkSpec for #name<T> {
+            const NAME: &'static str = #name_str;
+            const INPUT: [usize; 3] = [#ic, #ih, #iw];
+            const CLASSES: usize = #classes;
+            const PARAMETERS: usize = #params_len;
+            const STATE_LEN: usize = #state_len;
+            const MACS_PER_IMAGE: u64 = #macs;
+            const ACTIVATIONS_PER_IMAGE: usize = #acts;
+            const PEAK_INFERENCE_PER_IMAGE: usize = #peak;
+            fn tensors() -> &'static [#rt::TensorSpec] {
+                const TENSORS: &[#rt::TensorSpec] = &[#(#tensors),*];
+                TENSORS
+            }
+            fn layers() -> &'static [#rt::LayerInfo] {
+                const LAYERS: &[#rt::LayerInfo] = &[#(#layers),*];
+                LAYERS
+            }
+            fn summary() -> &'static str {
+                #summary
+            }
+        }
+
+        impl<T: #rt::Float> #rt::Model<T> for #name<T> {
+            fn new(seed: u64) -> Self {
+                const INIT: &[(usize, usize, #rt::Init)] = &[#(#inits),*];
+                const BN_STATE: &[(usize, usize)] = &[#(#bn_state),*];
+                let mut params = ::std::vec![T::zero(); #params_len];
+                let mut state = ::std::vec![T::zero(); #state_len];
+                #rt::init_params(&mut params, INIT, seed);
+                #rt::init_state(&mut state, BN_STATE);
+                let rng = <#rt::rand_chacha::ChaCha8Rng as #rt::SeedableRng>::seed_from_u64(seed ^ 0x5eed_d409_0u64);
+                #name { params, state, rng }
+            }
+            fn params(&self) -> &[T] { &self.params }
+            fn params_mut(&mut self) -> &mut [T] { &mut self.params }
+            fn state(&self) -> &[T] { &self.state }
+            fn state_mut(&mut self) -> &mut [T] { &mut self.state }
+            fn stores_mut(&mut self) -> (&mut [T], &mut [T]) { (&mut self.params, &mut self.state) }
+            #forward
+        }
+    }
+}
+
+fn emit_forward(plan: &Plan) -> TokenStream {
+    let rt = rt();
+    let need_stats = plan.needs_stats();
+    let last = plan.last_use();
+    let mut body = Vec::new();
+    let b0 = buf(0);
+    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    if need_stats[0] {
+        let s0 = stat(0);
+        body.push(quote!(let #s0 = ctx.stats(&#b0);));
+    }
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
+        let pre_arg = match node.pre {
+            Some(pre) => {
+                let bn = &plan.bns[pre.bn];
+                let (g, r, c) = (bn.gamma, bn.running, bn.channels);
+                let eps = lit_f64(bn.eps);
+                let mom = lit_f64(bn.momentum);
+                let unb = bn.unbiased_running_var;
+                let relu = pre.relu;
+                let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
+                let p = format_ident!("pre{}", i);
+                body.push(quote! {
+                    let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
+                        &[#(#st.as_ref()),*], #relu);
+                });
+                quote!(Some(&#p))
+            }
+            None => quote!(None),
+        };
+        let call = match &node.op {
+            Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
+                let (wo, wl) = (weight.offset, weight.len);
+                let bias = match bias {
+                    Some(b) => {
+                        let (bo, bl) = (b.offset, b.len);
+                        quote!(Some(ctx.p(#bo, #bl)))
+                    }
+                    None => quote!(None),
+                };
+                quote!(#rt::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
+                    #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
+            }
+            Op::AvgPool { kernel, stride } => quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride)),
+            Op::MaxPool { kernel, stride, pad } => {
+                quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad))
+            }
+            Op::Affine => {
+                let p = format_ident!("pre{}", i);
+                quote!(#rt::affine(&[#(&#srcs),*], &#p))
+            }
+            Op::GapDense { weight, bias, classes } => {
+                let (wo, wl) = (weight.offset, weight.len);
+                let (bo, bl) = (bias.offset, bias.len);
+                quote!(#rt::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
+            }
+        };
+        match node.output {
+            Some(o) => {
+                let ob = buf(o);
+                body.push(quote!(let #ob = #call;));
+                if node.dropout > 0.0 {
+                    let p = lit_f64(node.dropout);
+                    body.push(quote!(let #ob = ctx.dropout(#ob, #p);));
+                }
+                if need_stats[o] {
+                    let so = stat(o);
+                    body.push(quote!(let #so = ctx.stats(&#ob);));
+                }
+            }
+            None => body.push(quote!(let logits = #call;)),
+        }
+        for (b, l) in last.iter().enumerate() {
+            if *l == Some(i) {
+                let bb = buf(b);
+                body.push(quote!(drop(#bb);));
+                if need_stats[b] {
+                    let sb = stat(b);
+                    body.push(quote!(drop(#sb);));
+                }
+            }
+        }
+    }
+    quote! {
+        fn forward(&mut self, x: #rt::ndarray::ArrayView4<'_, T>, mode: #rt::Mode)
+            -> ::std::result::Result<#rt::ndarray::Array2<T>, #rt::InputError> {
+            #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
+            #(#body)*
+            ::std::result::Result::Ok(logits)
+        }
+    }
+}

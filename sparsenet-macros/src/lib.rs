@@ -1,0 +1,35 @@
+//! The `sparsenet!` macro. A thin entry point: the work happens on
+//! `proc_macro2` token streams in [`expand`], so unit tests can call it.
+//!
+//! Data flow: [`ast`] parses the invocation, [`config`] validates it and
+//! resolves the style's defaults, [`plan`] works out the whole network
+//! (buffers, layers, parameters, shapes, MACs), and [`emit`] writes Rust code
+//! from the plan alone. [`summary`] renders the plan as a table.
+
+mod ast;
+mod config;
+mod emit;
+mod errors;
+mod expand;
+mod plan;
+mod summary;
+
+/// Declares one or more SparseNet-family networks; see the crate README for
+/// the full reference.
+///
+/// ```ignore
+/// sparsenet! {
+///     /// The seed notebook's 2018-02-20 network, depth 40, growth 12.
+///     pub struct SeedNet40 {
+///         style: seed_2018_02_20,
+///         input: [3, 32, 32],
+///         classes: 10,
+///         depth: 40,
+///         growth: 12,
+///     }
+/// }
+/// ```
+#[proc_macro]
+pub fn sparsenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    expand::expand(input.into()).into()
+}

@@ -1,0 +1,136 @@
+//! The per-call context a generated forward pass threads through its layers:
+//! the flat parameter and running-statistics stores, the mode, and the RNG
+//! for dropout. BatchNorm layers are folded here into a [`Pre`] transform.
+
+use crate::kernels::{Pre, Stats};
+use crate::{batch_stats, Float};
+use ndarray::Array4;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Whether BatchNorm uses batch statistics (and updates its running
+/// statistics) and dropout is active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: BatchNorm uses its running statistics, dropout is off.
+    Eval,
+    /// Training: BatchNorm uses batch statistics and updates its running
+    /// statistics; dropout is on.
+    Train,
+}
+
+/// One BatchNorm layer, placed in the flat stores by the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct BnSpec {
+    /// Offset of gamma in `params` (beta follows at `gamma + channels`).
+    pub gamma: usize,
+    /// Offset of the running mean in `state` (running variance follows).
+    pub running: usize,
+    pub channels: usize,
+    pub eps: f64,
+    /// Fraction of the old running value kept at each update
+    /// (MXNet's `momentum`; PyTorch's `momentum` is `1 - this`).
+    pub momentum: f64,
+    /// Whether the running variance is updated with the unbiased batch
+    /// variance (PyTorch) rather than the biased one (MXNet).
+    pub unbiased_running_var: bool,
+}
+
+pub struct Ctx<'a, T> {
+    params: &'a [T],
+    state: &'a mut [T],
+    mode: Mode,
+    rng: &'a mut ChaCha8Rng,
+}
+
+impl<'a, T: Float> Ctx<'a, T> {
+    pub fn new(params: &'a [T], state: &'a mut [T], mode: Mode, rng: &'a mut ChaCha8Rng) -> Self {
+        Ctx {
+            params,
+            state,
+            mode,
+            rng,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A parameter tensor by its place in the flat store.
+    #[inline]
+    pub fn p(&self, offset: usize, len: usize) -> &'a [T] {
+        &self.params[offset..offset + len]
+    }
+
+    /// Batch statistics of a buffer that a BatchNorm reads, computed once
+    /// where the buffer is produced; `None` in eval mode.
+    pub fn stats(&self, x: &Array4<T>) -> Option<Stats<T>> {
+        match self.mode {
+            Mode::Train => Some(batch_stats(x)),
+            Mode::Eval => None,
+        }
+    }
+
+    /// Folds a BatchNorm over the concatenation of sources whose statistics
+    /// are `stats` into a [`Pre`]; in training mode also updates the layer's
+    /// running statistics.
+    pub fn bn(&mut self, bn: &BnSpec, stats: &[Option<&Stats<T>>], relu: bool) -> Pre<T> {
+        let c = bn.channels;
+        let gamma = &self.params[bn.gamma..bn.gamma + c];
+        let beta = &self.params[bn.gamma + c..bn.gamma + 2 * c];
+        let eps = T::from_f64c(bn.eps);
+        let (mean, var): (Vec<T>, Vec<T>) = match self.mode {
+            Mode::Eval => (
+                self.state[bn.running..bn.running + c].to_vec(),
+                self.state[bn.running + c..bn.running + 2 * c].to_vec(),
+            ),
+            Mode::Train => {
+                let mut mean = Vec::with_capacity(c);
+                let mut var = Vec::with_capacity(c);
+                let m = T::from_f64c(bn.momentum);
+                let one_m = T::from_f64c(1.0 - bn.momentum);
+                for s in stats {
+                    let s = s.expect("training mode computes statistics for every BN source");
+                    let correction = if bn.unbiased_running_var && s.count > 1 {
+                        T::from_f64c(s.count as f64 / (s.count as f64 - 1.0))
+                    } else {
+                        T::one()
+                    };
+                    for (&mu, &v) in s.mean.iter().zip(&s.var) {
+                        let i = mean.len();
+                        let rm = &mut self.state[bn.running + i];
+                        *rm = m * *rm + one_m * mu;
+                        let rv = &mut self.state[bn.running + c + i];
+                        *rv = m * *rv + one_m * v * correction;
+                        mean.push(mu);
+                        var.push(v);
+                    }
+                }
+                debug_assert_eq!(mean.len(), c);
+                (mean, var)
+            }
+        };
+        let mut scale = Vec::with_capacity(c);
+        let mut shift = Vec::with_capacity(c);
+        for i in 0..c {
+            let s = gamma[i] / (var[i] + eps).sqrt();
+            scale.push(s);
+            shift.push(beta[i] - mean[i] * s);
+        }
+        Pre { scale, shift, relu }
+    }
+
+    /// Inverted dropout in training mode (kept values scaled by 1/(1-p));
+    /// identity in eval mode.
+    pub fn dropout(&mut self, mut x: Array4<T>, p: f64) -> Array4<T> {
+        if self.mode == Mode::Eval || p <= 0.0 {
+            return x;
+        }
+        let keep = T::from_f64c(1.0 / (1.0 - p));
+        for v in x.iter_mut() {
+            *v = if self.rng.gen::<f64>() < p { T::zero() } else { *v * keep };
+        }
+        x
+    }
+}

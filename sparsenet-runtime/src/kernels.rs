@@ -1,0 +1,318 @@
+//! CPU kernels called by generated models, generic over [`Float`].
+//!
+//! Every kernel that reads activations takes a *list* of source buffers: the
+//! concatenation of a SparseNet layer's inputs is never built. Channel `c` of
+//! the virtual concatenation is channel `c - offset` of whichever source holds
+//! it, and an optional per-channel [`Pre`] (the folded BatchNorm affine plus
+//! ReLU) is applied as each value is read.
+
+use crate::Float;
+use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2};
+
+/// The per-channel transform applied to inputs as they are read:
+/// `y = relu?(scale[c] * x + shift[c])`. This is BatchNorm folded into one
+/// affine map, with the ReLU that usually follows it.
+#[derive(Clone, Debug)]
+pub struct Pre<T> {
+    pub scale: Vec<T>,
+    pub shift: Vec<T>,
+    pub relu: bool,
+}
+
+impl<T: Float> Pre<T> {
+    #[inline(always)]
+    fn apply(&self, c: usize, v: T) -> T {
+        let y = self.scale[c] * v + self.shift[c];
+        if self.relu && y < T::zero() {
+            T::zero()
+        } else {
+            y
+        }
+    }
+}
+
+/// Reads channel planes of a virtual concatenation, with the [`Pre`] transform.
+#[inline(always)]
+fn read<T: Float>(pre: Option<&Pre<T>>, c: usize, v: T) -> T {
+    match pre {
+        Some(p) => p.apply(c, v),
+        None => v,
+    }
+}
+
+/// Calls `f(global_channel, plane)` for every channel plane of image `n`
+/// across the sources, in concatenation order.
+#[inline]
+fn for_each_plane<T: Float>(srcs: &[&Array4<T>], n: usize, mut f: impl FnMut(usize, &[T])) {
+    let mut gc = 0;
+    for src in srcs {
+        let (_, c, h, w) = src.dim();
+        let img = src.slice(s![n, .., .., ..]);
+        let data = img
+            .to_slice()
+            .expect("activation buffers are always in standard layout");
+        for ci in 0..c {
+            f(gc + ci, &data[ci * h * w..(ci + 1) * h * w]);
+        }
+        gc += c;
+    }
+}
+
+/// Shape of a convolution, fixed at compile time by the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    pub const fn out_size(&self, size: usize) -> usize {
+        (size + 2 * self.pad - self.kernel) / self.stride + 1
+    }
+}
+
+/// Total channels of a virtual concatenation.
+pub fn concat_channels<T>(srcs: &[&Array4<T>]) -> usize {
+    srcs.iter().map(|s| s.dim().1).sum()
+}
+
+/// 2-D convolution over the virtual concatenation of `srcs`, with `pre`
+/// applied on the fly while the im2col matrix is gathered. Zero padding is
+/// applied after `pre` (padding pads the normalised, rectified input, as in
+/// BN -> ReLU -> Conv). `weight` is OIHW, `bias` has `out_channels` entries.
+pub fn conv2d<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    weight: &[T],
+    bias: Option<&[T]>,
+    g: ConvGeom,
+) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let cin = concat_channels(srcs);
+    let (k, stride, pad) = (g.kernel, g.stride, g.pad);
+    let (ho, wo) = (g.out_size(h), g.out_size(w));
+    let kdim = cin * k * k;
+    let wmat = ArrayView2::from_shape((g.out_channels, kdim), weight)
+        .expect("weight length matches the plan");
+    let mut out = Array4::<T>::zeros((n, g.out_channels, ho, wo));
+    let mut col = Array2::<T>::zeros((kdim, ho * wo));
+    for b in 0..n {
+        {
+            let col = col.as_slice_mut().expect("col is contiguous");
+            for_each_plane(srcs, b, |c, plane| {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = &mut col[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
+                        for oy in 0..ho {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let dst = &mut row[oy * wo..(oy + 1) * wo];
+                            if iy < 0 || iy >= h as isize {
+                                dst.fill(T::zero());
+                                continue;
+                            }
+                            let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                *d = if ix < 0 || ix >= w as isize {
+                                    T::zero()
+                                } else {
+                                    read(pre, c, line[ix as usize])
+                                };
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut o = out.slice_mut(s![b, .., .., ..]);
+        let mut o = o
+            .view_mut()
+            .into_shape_with_order((g.out_channels, ho * wo))
+            .expect("output image is contiguous");
+        general_mat_mul(T::one(), &wmat, &col, T::zero(), &mut o);
+        if let Some(bias) = bias {
+            for (mut row, &bv) in o.rows_mut().into_iter().zip(bias) {
+                row.mapv_inplace(|v| v + bv);
+            }
+        }
+    }
+    out
+}
+
+/// Average pooling with a `k` x `k` window and stride `stride`, no padding,
+/// over the virtual concatenation with `pre` applied.
+pub fn avg_pool<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    k: usize,
+    stride: usize,
+) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let c_all = concat_channels(srcs);
+    let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let mut out = Array4::<T>::zeros((n, c_all, ho, wo));
+    let inv = T::one() / T::from_usize(k * k).expect("small integer");
+    for b in 0..n {
+        let mut ob = out.slice_mut(s![b, .., .., ..]);
+        let ob = ob.as_slice_mut().expect("contiguous");
+        for_each_plane(srcs, b, |c, plane| {
+            let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = T::zero();
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            acc += read(pre, c, plane[(oy * stride + ky) * w + ox * stride + kx]);
+                        }
+                    }
+                    dst[oy * wo + ox] = acc * inv;
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Max pooling with a `k` x `k` window, stride and padding (padded positions
+/// never win, as in PyTorch and MXNet), with `pre` applied.
+pub fn max_pool<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let c_all = concat_channels(srcs);
+    let (ho, wo) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
+    let mut out = Array4::<T>::zeros((n, c_all, ho, wo));
+    for b in 0..n {
+        let mut ob = out.slice_mut(s![b, .., .., ..]);
+        let ob = ob.as_slice_mut().expect("contiguous");
+        for_each_plane(srcs, b, |c, plane| {
+            let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best = T::neg_infinity();
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let v = read(pre, c, plane[iy as usize * w + ix as usize]);
+                            if v > best {
+                                best = v;
+                            }
+                        }
+                    }
+                    dst[oy * wo + ox] = best;
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Materialises `pre` applied to the sources (a BatchNorm whose output must
+/// be stored, such as the trailing BN of a seed 2018-02-20 unit).
+pub fn affine<T: Float>(srcs: &[&Array4<T>], pre: &Pre<T>) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let c_all = concat_channels(srcs);
+    let mut out = Array4::<T>::zeros((n, c_all, h, w));
+    for b in 0..n {
+        let mut ob = out.slice_mut(s![b, .., .., ..]);
+        let ob = ob.as_slice_mut().expect("contiguous");
+        for_each_plane(srcs, b, |c, plane| {
+            for (d, &v) in ob[c * h * w..(c + 1) * h * w].iter_mut().zip(plane) {
+                *d = pre.apply(c, v);
+            }
+        });
+    }
+    out
+}
+
+/// Global average pooling of the sources (with `pre`), followed by a dense
+/// layer: `weight` is (classes, channels), `bias` has `classes` entries.
+/// Returns the pooled features and the logits.
+pub fn gap_dense<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    weight: &[T],
+    bias: Option<&[T]>,
+    classes: usize,
+) -> (Array2<T>, Array2<T>) {
+    let (n, _, h, w) = srcs[0].dim();
+    let c_all = concat_channels(srcs);
+    let inv = T::one() / T::from_usize(h * w).expect("small integer");
+    let mut feat = Array2::<T>::zeros((n, c_all));
+    for b in 0..n {
+        for_each_plane(srcs, b, |c, plane| {
+            let mut acc = T::zero();
+            for &v in plane {
+                acc += read(pre, c, v);
+            }
+            feat[[b, c]] = acc * inv;
+        });
+    }
+    let wmat = ArrayView2::from_shape((classes, c_all), weight).expect("weight matches plan");
+    let mut logits = feat.dot(&wmat.t());
+    if let Some(bias) = bias {
+        for mut row in logits.rows_mut() {
+            for (v, &bv) in row.iter_mut().zip(bias) {
+                *v += bv;
+            }
+        }
+    }
+    (feat, logits)
+}
+
+/// Per-channel batch statistics of one buffer: mean and biased variance over
+/// (N, H, W), accumulated in f64 in two passes.
+#[derive(Clone, Debug)]
+pub struct Stats<T> {
+    pub mean: Vec<T>,
+    pub var: Vec<T>,
+    /// Number of values per channel (N * H * W).
+    pub count: usize,
+}
+
+pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
+    let (n, c, h, w) = x.dim();
+    let data = x.as_slice().expect("activation buffers are contiguous");
+    let hw = h * w;
+    let count = n * hw;
+    let mut mean = Vec::with_capacity(c);
+    let mut var = Vec::with_capacity(c);
+    for ci in 0..c {
+        let mut sum = 0.0f64;
+        for b in 0..n {
+            let off = (b * c + ci) * hw;
+            sum += data[off..off + hw].iter().map(|v| v.to_f64c()).sum::<f64>();
+        }
+        let m = sum / count as f64;
+        let mut ss = 0.0f64;
+        for b in 0..n {
+            let off = (b * c + ci) * hw;
+            ss += data[off..off + hw]
+                .iter()
+                .map(|v| {
+                    let d = v.to_f64c() - m;
+                    d * d
+                })
+                .sum::<f64>();
+        }
+        mean.push(T::from_f64c(m));
+        var.push(T::from_f64c(ss / count as f64));
+    }
+    Stats { mean, var, count }
+}

@@ -1,0 +1,122 @@
+//! What a generated model tells about itself, and the trait every generated
+//! model implements so that training and evaluation code can be generic.
+
+use crate::weights::{TensorSpec, WeightsError};
+use crate::{Float, Mode};
+use ndarray::{Array2, ArrayView4};
+use std::path::Path;
+
+/// One layer of the plan, as the generated type reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerInfo {
+    /// Dotted name (`stages.0.units.3`, `transitions.1`, `stem`, `head`).
+    pub name: &'static str,
+    /// What the layer computes, e.g. `BN-ReLU-Conv3x3`.
+    pub op: &'static str,
+    /// The layers whose outputs this layer concatenates, newest first
+    /// (`input` for the network input, `stages.0.input` for a block input).
+    pub sources: &'static [&'static str],
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// (height, width) of the input.
+    pub in_size: (usize, usize),
+    /// (height, width) of the output.
+    pub out_size: (usize, usize),
+    /// Trainable parameters of the layer.
+    pub params: usize,
+    /// Multiply-adds per image.
+    pub macs: u64,
+}
+
+/// How a parameter is initialised by `new`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Normal with std sqrt(2 / fan_in) (He et al.; PyTorch's kaiming_normal_).
+    KaimingNormal { fan_in: usize },
+    /// Normal with the given std (the classifier: std sqrt(1 / fan_in)).
+    Normal { std: f64 },
+    Zeros,
+    Ones,
+}
+
+/// A wrong input given to a model at run time.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("input tensor `{tensor}` has shape {found:?}, the model `{model}` expects [batch, {}, {}, {}] with batch >= 1", expected[0], expected[1], expected[2])]
+    Shape {
+        model: &'static str,
+        tensor: &'static str,
+        expected: [usize; 3],
+        found: Vec<usize>,
+    },
+}
+
+/// Checks that `x` is `[batch >= 1, C, H, W]` as declared.
+pub fn check_input<T>(
+    model: &'static str,
+    x: &ArrayView4<'_, T>,
+    expected: [usize; 3],
+) -> Result<(), InputError> {
+    let d = x.dim();
+    if d.0 == 0 || [d.1, d.2, d.3] != expected {
+        return Err(InputError::Shape {
+            model,
+            tensor: "input",
+            expected,
+            found: vec![d.0, d.1, d.2, d.3],
+        });
+    }
+    Ok(())
+}
+
+/// Static facts about a generated network, fixed at compile time.
+pub trait NetworkSpec {
+    const NAME: &'static str;
+    /// [channels, height, width] of one input image.
+    const INPUT: [usize; 3];
+    const CLASSES: usize;
+    /// Trainable parameters.
+    const PARAMETERS: usize;
+    /// BatchNorm running statistics (means and variances).
+    const STATE_LEN: usize;
+    /// Multiply-adds of one forward pass per image (convolutions and dense).
+    const MACS_PER_IMAGE: u64;
+    /// Floats per image of every activation a forward pass produces (what a
+    /// training step can keep for backward at most).
+    const ACTIVATIONS_PER_IMAGE: usize;
+    /// Floats per image alive at the peak of an inference pass, which frees
+    /// each activation after its last reader.
+    const PEAK_INFERENCE_PER_IMAGE: usize;
+    /// Every named tensor: parameters, then running statistics.
+    fn tensors() -> &'static [TensorSpec];
+    fn layers() -> &'static [LayerInfo];
+    /// A Keras-style table of the layers.
+    fn summary() -> &'static str;
+}
+
+/// A generated network instance in element type `T`.
+pub trait Model<T: Float>: NetworkSpec + Sized {
+    /// A freshly initialised model (Kaiming-normal convolutions, BN gamma 1
+    /// and beta 0, zero biases, running mean 0 and variance 1).
+    fn new(seed: u64) -> Self;
+    fn params(&self) -> &[T];
+    fn params_mut(&mut self) -> &mut [T];
+    fn state(&self) -> &[T];
+    fn state_mut(&mut self) -> &mut [T];
+    /// Logits `[batch, classes]` for `x` of shape `[batch, C, H, W]`.
+    fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, InputError>;
+
+    /// Saves parameters and running statistics as safetensors (atomically).
+    fn save(&self, path: &Path) -> Result<(), WeightsError> {
+        crate::weights::save_weights(path, Self::tensors(), self.params(), self.state())
+    }
+
+    /// Loads parameters and running statistics; on error the model is unchanged.
+    fn load(&mut self, path: &Path) -> Result<(), WeightsError> {
+        let (p, s) = self.stores_mut();
+        crate::weights::load_weights(path, Self::tensors(), p, s)
+    }
+
+    /// Both stores at once (for loaders).
+    fn stores_mut(&mut self) -> (&mut [T], &mut [T]);
+}
