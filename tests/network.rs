@@ -1,0 +1,229 @@
+//! What the generated types report about themselves (shapes, concat
+//! sources, parameter counts) and how they behave at run time (weights,
+//! input errors, modes).
+
+use sparsenet::prelude::*;
+use sparsenet::runtime::{ndarray::Array4, InputError, WeightsError};
+
+sparsenet! {
+    /// The seed's 2018-02-20 network as the issue pins it: 185,314 parameters.
+    pub struct SeedV2Depth40 { style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 40, growth: 12 }
+
+    /// The seed's pre-2018-01-30 network as its notebook builds it:
+    /// SparseNet(num_classes=10, num_sparseblk_count=3, num_layers=12, growth_rate=24, init_channels=16).
+    pub(crate) struct SeedV1Notebook {
+        style: seed_2018_01_30, input: [3, 32, 32], classes: 10,
+        blocks: 3, units: 12, growth: 24, stem: bn_relu_conv3x3(16),
+    }
+
+    /// DenseNet-BC-100 (k = 12) for comparison: every earlier layer.
+    struct DenseNetBc100 { style: paper, classes: 10, depth: 100, growth: 12, bottleneck: true, aggregation: dense, stem: conv3x3(24) }
+
+    /// DenseNet-121 on ImageNet-sized input, as torchvision builds it.
+    struct DenseNet121 {
+        style: paper, input: [3, 224, 224], classes: 1000, units: [6, 12, 24, 16], growth: 32,
+        bottleneck: true, aggregation: dense, stem: imagenet(64),
+    }
+
+    /// The paper's SparseNet-BC with a growth rate per stage and dropout.
+    struct PaperBc { style: paper, classes: 100, depth: 100, growth: [16, 32, 64], bottleneck: true, dropout: 0.2 }
+
+    /// A small grayscale network.
+    struct Gray { style: paper, input: [1, 28, 28], classes: 10, depth: 22, growth: 8, bottleneck: true }
+
+    /// Explicit offsets.
+    struct Offsets { classes: 10, input: [3, 16, 16], units: [5, 5], growth: 4, aggregation: offsets(1, 3) }
+}
+
+fn layer<N: NetworkSpec>(name: &str) -> &'static LayerInfo {
+    N::layers()
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no layer {name}"))
+}
+
+#[test]
+fn parameter_counts_match_the_reference_implementations() {
+    // Counted by scripts/make_fixtures.py on the seed's own MXNet model.
+    assert_eq!(SeedV2Depth40::<f32>::PARAMETERS, 185_314);
+    // torchvision.models.densenet121().parameters()
+    assert_eq!(DenseNet121::<f32>::PARAMETERS, 7_978_856);
+    // The well-known count of DenseNet-BC (L=100, k=12) on CIFAR-10.
+    assert_eq!(DenseNetBc100::<f32>::PARAMETERS, 769_162);
+    // The counts agree with the tensor table.
+    for (params, tensors) in [
+        (SeedV2Depth40::<f32>::PARAMETERS, SeedV2Depth40::<f32>::tensors()),
+        (DenseNet121::<f32>::PARAMETERS, DenseNet121::<f32>::tensors()),
+    ] {
+        let sum: usize = tensors
+            .iter()
+            .filter(|t| t.store == sparsenet::runtime::Store::Param)
+            .map(|t| t.len())
+            .sum();
+        assert_eq!(sum, params);
+    }
+}
+
+#[test]
+fn the_seed_block_check_holds() {
+    // The notebook: a block of 12 units with growth 24 on a 16-channel input yields 96 channels.
+    let t = layer::<SeedV1Notebook<f32>>("transitions.0");
+    assert_eq!(t.in_channels, 96);
+    assert_eq!(t.sources, ["stages.0.units.11", "stages.0.units.10", "stages.0.units.8", "stages.0.units.4"]);
+    assert_eq!(t.out_channels, 48);
+    assert_eq!(t.out_size, (16, 16));
+}
+
+#[test]
+fn exponential_aggregation_reads_newest_first() {
+    let u = layer::<SeedV2Depth40<f32>>("stages.1.units.6");
+    // layer 7 of the block reads layers 6, 5, 3 (block input is layer 0).
+    assert_eq!(u.sources, ["stages.1.units.5", "stages.1.units.4", "stages.1.units.2"]);
+    let u = layer::<SeedV2Depth40<f32>>("stages.1.units.3");
+    // layer 4 reads 3, 2 and the block input (the first transition's output).
+    assert_eq!(u.sources, ["stages.1.units.2", "stages.1.units.1", "transitions.0"]);
+    assert_eq!(u.in_channels, 12 + 12 + 48); // transition 0 keeps all 48 channels (compression 1)
+    assert_eq!((u.out_channels, u.out_size), (12, (16, 16)));
+    let o = layer::<Offsets<f32>>("stages.0.units.4");
+    assert_eq!(o.sources, ["stages.0.units.3", "stages.0.units.1"]);
+}
+
+#[test]
+fn dense_aggregation_reads_every_earlier_layer() {
+    let u = layer::<DenseNetBc100<f32>>("stages.2.units.15");
+    assert_eq!(u.sources.len(), 16);
+    assert_eq!(u.sources[0], "stages.2.units.14");
+    assert_eq!(u.sources[15], "transitions.1");
+    // DenseNet-BC-100: 24 -> 216 -> 108 -> 300 -> 150 -> 342
+    assert_eq!(layer::<DenseNetBc100<f32>>("transitions.0").in_channels, 216);
+    assert_eq!(layer::<DenseNetBc100<f32>>("transitions.1").in_channels, 300);
+    assert_eq!(layer::<DenseNetBc100<f32>>("head").in_channels, 342);
+    let head = layer::<DenseNet121<f32>>("head");
+    assert_eq!((head.in_channels, head.in_size), (1024, (7, 7)));
+    assert_eq!(layer::<DenseNet121<f32>>("stem").out_size, (56, 56));
+}
+
+#[test]
+fn per_stage_growth_and_grayscale_inputs() {
+    assert_eq!(layer::<PaperBc<f32>>("stages.0.units.0").out_channels, 16);
+    assert_eq!(layer::<PaperBc<f32>>("stages.2.units.0").out_channels, 64);
+    assert_eq!(layer::<PaperBc<f32>>("stem").out_channels, 32);
+    assert_eq!(layer::<Gray<f32>>("head").in_size, (7, 7));
+    let mut g = Gray::<f32>::new(1);
+    let x = Array4::<f32>::from_elem((2, 1, 28, 28), 0.5);
+    let y = g.forward(x.view(), Mode::Train).unwrap();
+    assert_eq!(y.dim(), (2, 10));
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn macs_and_memory_are_reported() {
+    let macs: u64 = SeedV2Depth40::<f32>::layers().iter().map(|l| l.macs).sum();
+    assert_eq!(macs, SeedV2Depth40::<f32>::MACS_PER_IMAGE);
+    // torchvision's DenseNet-121 is 2.87 GMACs per 224x224 image.
+    let g = DenseNet121::<f32>::MACS_PER_IMAGE as f64 / 1e9;
+    assert!((2.8..2.95).contains(&g), "DenseNet-121 GMACs {g}");
+    assert!(SeedV2Depth40::<f32>::PEAK_INFERENCE_PER_IMAGE < SeedV2Depth40::<f32>::ACTIVATIONS_PER_IMAGE);
+    let s = SeedV2Depth40::<f32>::summary();
+    assert!(s.contains("Trainable params: 185,314"), "{s}");
+}
+
+#[test]
+fn eval_is_per_image_and_deterministic() {
+    let mut m = SeedV1Notebook::<f64>::new(7);
+    let x = Array4::<f64>::from_shape_fn((3, 3, 32, 32), |(n, c, h, w)| ((n * 7 + c * 3 + h * 5 + w) % 11) as f64 / 11.0);
+    let all = m.forward(x.view(), Mode::Eval).unwrap();
+    let one = m.forward(x.slice(sparsenet::runtime::ndarray::s![1..2, .., .., ..]), Mode::Eval).unwrap();
+    for c in 0..10 {
+        assert!((all[[1, c]] - one[[0, c]]).abs() < 1e-12);
+    }
+    let again = m.forward(x.view(), Mode::Eval).unwrap();
+    assert_eq!(all, again);
+}
+
+#[test]
+fn training_mode_updates_running_statistics_and_eval_does_not() {
+    let mut m = SeedV2Depth40::<f32>::new(3);
+    let before = m.state().to_vec();
+    let x = Array4::<f32>::from_shape_fn((2, 3, 32, 32), |(n, c, h, w)| ((n + c + h * w) % 7) as f32 - 3.0);
+    m.forward(x.view(), Mode::Eval).unwrap();
+    assert_eq!(m.state(), &before[..]);
+    m.forward(x.view(), Mode::Train).unwrap();
+    assert_ne!(m.state(), &before[..]);
+}
+
+#[test]
+fn wrong_input_shape_is_an_error_naming_the_tensor() {
+    let mut m = SeedV2Depth40::<f32>::new(0);
+    let x = Array4::<f32>::zeros((2, 1, 32, 32));
+    let err = m.forward(x.view(), Mode::Eval).unwrap_err();
+    assert!(matches!(err, InputError::Shape { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("`input`") && msg.contains("[2, 1, 32, 32]") && msg.contains("[batch, 3, 32, 32]"), "{msg}");
+    let empty = Array4::<f32>::zeros((0, 3, 32, 32));
+    assert!(m.forward(empty.view(), Mode::Eval).is_err());
+}
+
+#[test]
+fn weights_round_trip_and_mismatches_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seed.safetensors");
+    let mut a = SeedV2Depth40::<f32>::new(1);
+    let x = Array4::<f32>::from_elem((1, 3, 32, 32), 0.25);
+    a.forward(x.view(), Mode::Train).unwrap(); // move the running statistics away from 0/1
+    a.save(&path).unwrap();
+    let mut b = SeedV2Depth40::<f32>::new(2);
+    b.load(&path).unwrap();
+    assert_eq!(a.params(), b.params());
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.forward(x.view(), Mode::Eval).unwrap(), b.forward(x.view(), Mode::Eval).unwrap());
+
+    // Another architecture's file: the first offending tensor is named with both shapes.
+    let mut other = SeedV1Notebook::<f32>::new(0);
+    let err = other.load(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("seed.safetensors"), "{msg}");
+    assert!(matches!(err, WeightsError::MissingTensor { .. } | WeightsError::ShapeMismatch { .. }), "{msg}");
+
+    // f32 file into an f64 model.
+    let mut wide = SeedV2Depth40::<f64>::new(0);
+    let msg = wide.load(&path).unwrap_err().to_string();
+    assert!(msg.contains("F32") || msg.contains("f32"), "{msg}");
+
+    // A truncated file is an error, and leaves the model unchanged.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let snapshot = b.params().to_vec();
+    assert!(b.load(&cut).is_err());
+    assert_eq!(b.params(), &snapshot[..]);
+}
+
+#[test]
+fn fixture_names_are_the_documented_names() {
+    let names: Vec<&str> = SeedV2Depth40::<f32>::tensors().iter().map(|t| t.name).collect();
+    for n in [
+        "stem.conv.weight",
+        "stem.conv.bias",
+        "stages.0.units.3.bn1.weight",
+        "stages.0.units.3.bn1.running_var",
+        "stages.0.units.3.conv1.weight",
+        "stages.0.units.3.bn_out.bias",
+        "transitions.1.conv.weight",
+        "head.bn.running_mean",
+        "head.fc.weight",
+    ] {
+        assert!(names.contains(&n), "missing {n}");
+    }
+    let conv = SeedV2Depth40::<f32>::tensors().iter().find(|t| t.name == "stages.0.units.3.conv1.weight").unwrap();
+    assert_eq!(conv.shape, [12, 36, 3, 3]);
+}
+
+#[test]
+fn an_imagenet_sized_network_runs() {
+    let mut m = DenseNet121::<f32>::new(0);
+    let x = Array4::<f32>::from_elem((1, 3, 224, 224), 0.1);
+    let y = m.forward(x.view(), Mode::Eval).unwrap();
+    assert_eq!(y.dim(), (1, 1000));
+    assert!(y.iter().all(|v| v.is_finite()));
+}
