@@ -33,3 +33,6 @@ mod summary;
 pub fn sparsenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand::expand(input.into()).into()
 }
+
+#[cfg(test)]
+mod tests;

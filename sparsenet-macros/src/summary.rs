@@ -15,10 +15,13 @@ fn group(n: u64) -> String {
     out
 }
 
-/// Abbreviates source names relative to the layer's stage: `u3` for unit 3
-/// of the same stage, the full name otherwise.
-fn short_sources(layer: &str, sources: &[String]) -> String {
-    let stage_prefix = layer.rsplit_once(".units.").map(|(p, _)| format!("{p}.units."));
+/// Abbreviates source names relative to the stage of the newest source:
+/// `u3` for unit 3 of that stage, the full name otherwise.
+fn short_sources(sources: &[String]) -> String {
+    let stage_prefix = sources
+        .first()
+        .and_then(|s| s.rsplit_once(".units."))
+        .map(|(p, _)| format!("{p}.units."));
     let names: Vec<String> = sources
         .iter()
         .map(|s| match &stage_prefix {
@@ -47,7 +50,7 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
         rows.push([
             l.name.clone(),
             l.op.clone(),
-            short_sources(&l.name, &l.sources),
+            short_sources(&l.sources),
             l.in_channels.to_string(),
             if l.name == "head" {
                 format!("{}", l.out_channels)
@@ -101,6 +104,7 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
     out += &"=".repeat(total);
     out.push('\n');
     let state: usize = plan.tensors.iter().filter(|t| t.store == Store::State).map(|t| t.len()).sum();
+    out += "Reads: uN is unit N of the newest source's stage; names are layers (or `input`).\n";
     out += &format!("Trainable params: {}\n", group(plan.params_len as u64));
     out += &format!("BatchNorm running statistics: {}\n", group(state as u64));
     out += &format!("Multiply-adds per image: {}\n", group(plan.macs()));

@@ -1,0 +1,187 @@
+//! Unit tests of the macro core: snapshots of the generated code and of the
+//! summary tables, and invariants of the plan over many configurations.
+
+use crate::ast::Invocation;
+use crate::errors::Errors;
+use crate::{config, expand, plan, summary};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+fn resolve(ts: TokenStream) -> Vec<config::Config> {
+    let inv: Invocation = syn::parse2(ts).expect("parses");
+    let mut errors = Errors::default();
+    let cfgs: Vec<_> = inv.nets.into_iter().filter_map(|d| config::resolve(d, &mut errors)).collect();
+    errors.finish().expect("valid");
+    cfgs
+}
+
+fn pretty(ts: TokenStream) -> String {
+    let out = expand::try_expand(ts).expect("expands");
+    prettyplease::unparse(&syn::parse2(out).expect("generated code parses as a file"))
+}
+
+fn table(ts: TokenStream) -> String {
+    let cfg = resolve(ts).remove(0);
+    summary::render(&cfg, &plan::build(&cfg))
+}
+
+fn seed_2018_02_20() -> TokenStream {
+    quote!(pub struct SeedV2Depth40 { style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 40, growth: 12 })
+}
+
+fn seed_2018_01_30() -> TokenStream {
+    quote!(pub struct SeedV1 { style: seed_2018_01_30, input: [3, 32, 32], classes: 10, blocks: 3, units: 12, growth: 24, stem: bn_relu_conv3x3(16) })
+}
+
+fn densenet_bc() -> TokenStream {
+    quote!(pub struct DenseNetBc40 { style: paper, classes: 10, depth: 40, growth: 12, bottleneck: true, aggregation: dense })
+}
+
+#[test]
+fn code_seed_2018_02_20() {
+    insta::assert_snapshot!(pretty(seed_2018_02_20()));
+}
+
+#[test]
+fn code_seed_2018_01_30() {
+    insta::assert_snapshot!(pretty(seed_2018_01_30()));
+}
+
+#[test]
+fn code_densenet_bc() {
+    insta::assert_snapshot!(pretty(densenet_bc()));
+}
+
+#[test]
+fn summary_seed_2018_02_20() {
+    insta::assert_snapshot!(table(seed_2018_02_20()));
+}
+
+#[test]
+fn summary_seed_2018_01_30() {
+    insta::assert_snapshot!(table(seed_2018_01_30()));
+}
+
+#[test]
+fn summary_densenet_bc() {
+    insta::assert_snapshot!(table(densenet_bc()));
+}
+
+/// Checks every structural invariant of a plan.
+fn check_plan(cfg: &config::Config, p: &plan::Plan) {
+    use plan::{Op, Store};
+    // Parameters and state tile their stores exactly, in order.
+    for store in [Store::Param, Store::State] {
+        let mut next = 0;
+        for t in p.tensors.iter().filter(|t| t.store == store) {
+            assert_eq!(t.offset, next, "{} is not contiguous", t.name);
+            next += t.len();
+        }
+        let len = if store == Store::Param { p.params_len } else { p.state_len };
+        assert_eq!(next, len);
+    }
+    let mut names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), p.tensors.len(), "tensor names are unique");
+    assert_eq!(p.layers.iter().map(|l| l.params).sum::<usize>(), p.params_len);
+    // Every node reads buffers that exist before it and produces a new one.
+    let mut produced = vec![false; p.buffers.len()];
+    produced[0] = true;
+    for n in &p.nodes {
+        for &b in &n.inputs {
+            assert!(produced[b], "{} reads a buffer before it is produced", n.name);
+        }
+        let h = p.buffers[n.inputs[0]].h;
+        assert!(n.inputs.iter().all(|&b| p.buffers[b].h == h), "{}: sources differ in size", n.name);
+        let cin: usize = n.inputs.iter().map(|&b| p.buffers[b].channels).sum();
+        if let Some(pre) = n.pre {
+            assert_eq!(p.bns[pre.bn].channels, cin, "{}: BN width", n.name);
+        }
+        match &n.op {
+            Op::Conv { weight, kernel, out_channels, .. } => {
+                assert_eq!(weight.len, out_channels * cin * kernel * kernel)
+            }
+            Op::GapDense { weight, classes, .. } => assert_eq!(weight.len, classes * cin),
+            _ => {}
+        }
+        if let Some(o) = n.output {
+            assert!(!produced[o], "a buffer is produced twice");
+            produced[o] = true;
+        }
+    }
+    assert!(produced.iter().all(|&x| x), "every buffer is produced");
+    // Units read exactly the layers the aggregation rule names, newest first.
+    for (s, stage) in cfg.stages.iter().enumerate() {
+        for u in 0..stage.units {
+            let l = p.layers.iter().find(|l| l.name == format!("stages.{s}.units.{u}")).unwrap();
+            let offsets = cfg.aggregation.offsets(u + 1);
+            assert_eq!(l.sources.len(), offsets.len());
+            for (src, o) in l.sources.iter().zip(&offsets) {
+                if u + 1 - o > 0 {
+                    assert_eq!(src, &format!("stages.{s}.units.{}", u - o));
+                } else {
+                    assert!(src == "stem" || src.starts_with("transitions."), "{src}");
+                }
+            }
+            assert_eq!(l.out_channels, stage.growth);
+        }
+    }
+    // Every buffer but the input is read by someone.
+    let last = p.last_use();
+    assert!(last.iter().all(|l| l.is_some()), "every buffer is read");
+    assert!(p.peak_inference_per_image() <= p.activations_per_image());
+}
+
+#[test]
+fn plans_hold_their_invariants_across_configurations() {
+    let mut count = 0;
+    for style in ["seed_2018_02_20", "seed_2018_01_30", "paper"] {
+        for aggregation in ["exponential(2)", "exponential(3)", "dense", "offsets(1, 2, 5)"] {
+            for units in 1..=9usize {
+                for (bottleneck, growth) in [(false, "5"), (true, "[3, 4, 6]")] {
+                    if style == "seed_2018_02_20" && growth.starts_with('[') && !bottleneck {
+                        continue;
+                    }
+                    let src = format!(
+                        "struct N {{ style: {style}, classes: 7, input: [2, 16, 12], units: [{units}, {}, {}], growth: {growth}, bottleneck: {bottleneck}, aggregation: {aggregation} }}",
+                        units + 1,
+                        (units % 3) + 1
+                    );
+                    let ts: TokenStream = src.parse().unwrap();
+                    let cfg = resolve(ts).remove(0);
+                    let p = plan::build(&cfg);
+                    check_plan(&cfg, &p);
+                    count += 1;
+                }
+            }
+        }
+    }
+    assert!(count > 150);
+}
+
+#[test]
+fn exponential_offsets_are_powers_of_the_base() {
+    for c in 2..5usize {
+        let agg = config::Aggregation::Exponential(c);
+        for j in 1..100usize {
+            let offs = agg.offsets(j);
+            let mut want = Vec::new();
+            let mut p = 1;
+            while p <= j {
+                want.push(p);
+                p *= c;
+            }
+            assert_eq!(offs, want);
+        }
+    }
+    assert_eq!(config::Aggregation::Dense.offsets(4), [1, 2, 3, 4]);
+}
+
+#[test]
+fn seed_block_of_twelve_units_yields_96_channels() {
+    let cfg = resolve(seed_2018_01_30()).remove(0);
+    let p = plan::build(&cfg);
+    let t = p.layers.iter().find(|l| l.name == "transitions.0").unwrap();
+    assert_eq!(t.in_channels, 96);
+}
