@@ -23,6 +23,27 @@ struct Report {
     eval: f64,
     train: f64,
     running: f64,
+    loss: f64,
+    /// Worst gradient error over all parameters and the input, and where.
+    grad: f64,
+    grad_at: String,
+}
+
+/// Mean softmax cross-entropy and its gradient, as Gluon's
+/// SoftmaxCrossEntropyLoss followed by mean().
+fn cross_entropy<T: sparsenet::runtime::Float>(logits: &Array2<T>, labels: &[usize]) -> (f64, Array2<T>) {
+    let n = logits.nrows();
+    let mut d = logits.mapv(|v| v.to_f64c());
+    let mut loss = 0.0;
+    for (b, mut row) in d.rows_mut().into_iter().enumerate() {
+        let m = row.fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+        row.mapv_inplace(|v| (v - m).exp());
+        let s: f64 = row.sum();
+        row.mapv_inplace(|v| v / s);
+        loss -= row[labels[b]].ln();
+        row[labels[b]] -= 1.0;
+    }
+    (loss / n as f64, d.mapv(|v| T::from_f64c(v / n as f64)))
 }
 
 fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
@@ -61,7 +82,59 @@ fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
         let want = io.get(&format!("updated.{}", spec.name));
         running = running.max(rel_err(&ours, want.as_slice().unwrap()));
     }
-    Report { eval, train, running }
+    // The training pass on the same weights and running statistics as MXNet's.
+    let mut model2 = M::new(0);
+    model2.params_mut().copy_from_slice(model.params());
+    {
+        let (_, state) = model2.stores_mut();
+        for spec in M::tensors().iter().filter(|s| s.store == sparsenet::runtime::Store::State) {
+            for (d, v) in state[spec.offset..spec.offset + spec.len()].iter_mut().zip(w.get(spec.name).iter()) {
+                *d = T::from_f64c(*v);
+            }
+        }
+    }
+    let labels: Vec<usize> = io.get("labels").iter().map(|&v| v as usize).collect();
+    let mut grads = vec![T::zero(); M::PARAMETERS];
+    let mut loss_value = 0.0;
+    let dx = model2
+        .forward_backward(x.view(), Mode::Train, &mut grads, &mut |logits| {
+            let (l, d) = cross_entropy(logits, &labels);
+            loss_value = l;
+            d
+        })
+        .unwrap();
+    let loss = (loss_value - io.get("loss_train")[[0]]).abs() / io.get("loss_train")[[0]].abs();
+    let mut grad = rel_err(
+        &dx.iter().map(|v| v.to_f64c()).collect::<Vec<_>>(),
+        io.get("grad.input").as_slice().unwrap(),
+    );
+    let mut grad_at = "input".to_string();
+    // Gradients that BatchNorm invariance makes (nearly) zero: biases right
+    // before a training-mode BN are exactly 0, and the trailing BN's gamma of
+    // a seed 2018-02-20 unit only matters through the next BN's epsilon
+    // (~1e-6 against gradients of ~1). Their value is a cancellation of O(1)
+    // terms that no f32 computation resolves to 1e-3 of itself. So each
+    // tensor's error is measured against its own scale, floored at 1e-3 of
+    // the network's largest gradient in f32 and at 1e-6 of it in f64.
+    let global = M::tensors()
+        .iter()
+        .filter(|s| s.store == sparsenet::runtime::Store::Param)
+        .map(|s| io.get(&format!("grad.{}", s.name)).iter().fold(0.0f64, |m, v| m.max(v.abs())))
+        .fold(0.0f64, f64::max);
+    let floor = if std::mem::size_of::<T>() == 4 { 1e-3 * global } else { 1e-6 * global };
+    for spec in M::tensors().iter().filter(|s| s.store == sparsenet::runtime::Store::Param) {
+        let ours: Vec<f64> = grads[spec.offset..spec.offset + spec.len()].iter().map(|v| v.to_f64c()).collect();
+        let want = io.get(&format!("grad.{}", spec.name));
+        let want = want.as_slice().unwrap();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(floor);
+        let diff = ours.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let e = diff / scale;
+        if e > grad {
+            grad = e;
+            grad_at = spec.name.to_string();
+        }
+    }
+    Report { eval, train, running, loss, grad, grad_at }
 }
 
 macro_rules! parity {
@@ -71,9 +144,13 @@ macro_rules! parity {
             let r32 = run::<f32, $ty<f32>>($cfg);
             let r64 = run::<f64, $ty<f64>>($cfg);
             eprintln!(
-                "{}: f32 eval {:.2e} train {:.2e} running {:.2e} | f64 eval {:.2e} train {:.2e} running {:.2e}",
-                $cfg, r32.eval, r32.train, r32.running, r64.eval, r64.train, r64.running
+                "{}: f32 eval {:.2e} train {:.2e} running {:.2e} loss {:.2e} grad {:.2e} ({}) | f64 eval {:.2e} train {:.2e} running {:.2e} loss {:.2e} grad {:.2e} ({})",
+                $cfg, r32.eval, r32.train, r32.running, r32.loss, r32.grad, r32.grad_at,
+                r64.eval, r64.train, r64.running, r64.loss, r64.grad, r64.grad_at
             );
+            assert!(r32.loss < 1e-4 && r64.loss < 1e-10, "{}: loss differs from MXNet", $cfg);
+            assert!(r32.grad < 1e-3, "{}: f32 gradient of {} differs from MXNet autograd", $cfg, r32.grad_at);
+            assert!(r64.grad < 1e-7, "{}: f64 gradient of {} differs from MXNet autograd", $cfg, r64.grad_at);
             assert!(r32.eval < 1e-4 && r32.train < 1e-4, "{}: f32 logits differ from MXNet", $cfg);
             // MXNet keeps BN momentum as a C float (0.9f32), which an f64 run
             // cannot reproduce exactly: 1e-6 covers it.

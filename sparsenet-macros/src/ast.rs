@@ -1,9 +1,9 @@
 //! Syntax of an invocation: `$(#[attr])* $vis struct Name { key: value, ... }`,
 //! repeated. Values are untyped here; [`crate::config`] gives them meaning.
 
-use proc_macro2::Span;
+use proc_macro2::{Punct, Spacing, Span, TokenStream, TokenTree};
+use std::fmt::Display;
 use syn::parse::{Parse, ParseStream};
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{braced, bracketed, parenthesized, Attribute, Ident, Lit, Token, Visibility};
 
@@ -35,6 +35,44 @@ pub enum Value {
     Ident(Ident),
     List(Span, Vec<Value>),
     Call(Ident, Span, Vec<Value>),
+    /// `-` (its span) before a number literal: never valid, but parsed so
+    /// that the error can say so at the whole `-1e-5` and the other
+    /// settings are still checked.
+    Neg(Span, Box<Value>),
+}
+
+/// An error underlining everything from `start` to `end`. A single [`Span`]
+/// cannot cover several tokens on stable Rust (`Span::join` is nightly-only),
+/// but syn renders an error spanned by a token stream from its first token
+/// to its last.
+pub fn error_between(start: Span, end: Span, msg: impl Display) -> syn::Error {
+    let mut a = Punct::new('-', Spacing::Alone);
+    a.set_span(start);
+    let mut b = Punct::new('-', Spacing::Alone);
+    b.set_span(end);
+    let tokens: TokenStream = [TokenTree::Punct(a), TokenTree::Punct(b)].into_iter().collect();
+    syn::Error::new_spanned(tokens, msg)
+}
+
+/// `item, item, ...` with an optional trailing comma, up to the end of the
+/// (delimited) stream; a missing comma is reported with `what` for context.
+fn comma_separated<T>(
+    input: ParseStream,
+    mut item: impl FnMut(ParseStream) -> syn::Result<T>,
+    what: impl Fn(&T) -> String,
+) -> syn::Result<Vec<T>> {
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let parsed = item(input)?;
+        if !input.is_empty() && !input.peek(Token![,]) {
+            return Err(input.error(format!("expected `,` after {}", what(&parsed))));
+        }
+        out.push(parsed);
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok(out)
 }
 
 impl Value {
@@ -47,6 +85,33 @@ impl Value {
             Value::Ident(i) => i.span(),
             Value::List(s, _) => *s,
             Value::Call(i, s, _) => i.span().join(*s).unwrap_or(i.span()),
+            Value::Neg(minus, _) => *minus,
+        }
+    }
+
+    /// The first and last span of the value as written (`exponential` and
+    /// `(1)`, `-` and `1e-5`).
+    pub fn span_range(&self) -> (Span, Span) {
+        match self {
+            Value::Call(i, s, _) => (i.span(), *s),
+            Value::Neg(minus, v) => (*minus, v.span_range().1),
+            other => (other.span(), other.span()),
+        }
+    }
+
+    /// An error underlining the whole value.
+    pub fn error(&self, msg: impl Display) -> syn::Error {
+        let (start, end) = self.span_range();
+        error_between(start, end, msg)
+    }
+
+    /// A number as written (`1.0`, `-1e-5`); other values as [`Value::describe`] reads them.
+    pub fn text(&self) -> String {
+        match self {
+            Value::Int(l) => format!("`{l}`"),
+            Value::Float(l) => format!("`{l}`"),
+            Value::Neg(_, v) => format!("`-{}`", v.text().trim_matches('`')),
+            other => other.describe(),
         }
     }
 
@@ -61,6 +126,7 @@ impl Value {
             Value::Ident(i) => format!("`{i}`"),
             Value::List(..) => "a list".to_string(),
             Value::Call(i, ..) => format!("`{i}(...)`"),
+            Value::Neg(..) => format!("the negative number {}", self.text()),
         }
     }
 }
@@ -100,13 +166,13 @@ impl Parse for NetDecl {
         }
         let content;
         let brace = braced!(content in input);
-        let fields = Punctuated::<Field, Token![,]>::parse_terminated(&content)?;
+        let fields = comma_separated(&content, Field::parse, |f: &Field| format!("the `{}` setting", f.key))?;
         Ok(NetDecl {
             attrs,
             vis,
             ident,
             body_span: brace.span.join(),
-            fields: fields.into_iter().collect(),
+            fields,
         })
     }
 }
@@ -130,8 +196,19 @@ impl Parse for Value {
         if input.peek(syn::token::Bracket) {
             let content;
             let bracket = bracketed!(content in input);
-            let items = Punctuated::<Value, Token![,]>::parse_terminated(&content)?;
-            return Ok(Value::List(bracket.span.join(), items.into_iter().collect()));
+            let items = comma_separated(&content, Value::parse, |_| "a list item".to_string())?;
+            return Ok(Value::List(bracket.span.join(), items));
+        }
+        if input.peek(Token![-]) {
+            let minus: Token![-] = input.parse()?;
+            if input.peek(syn::LitInt) || input.peek(syn::LitFloat) {
+                let number: Value = input.parse()?;
+                return Ok(Value::Neg(minus.span, Box::new(number)));
+            }
+            return Err(syn::Error::new(
+                minus.span(),
+                "negative values are never valid here: expected a positive number",
+            ));
         }
         if input.peek(Lit) {
             return Ok(match input.parse::<Lit>()? {
@@ -146,17 +223,10 @@ impl Parse for Value {
             if input.peek(syn::token::Paren) {
                 let content;
                 let paren = parenthesized!(content in input);
-                let args = Punctuated::<Value, Token![,]>::parse_terminated(&content)?;
-                return Ok(Value::Call(ident, paren.span.join(), args.into_iter().collect()));
+                let args = comma_separated(&content, Value::parse, |_| format!("an argument of `{ident}`"))?;
+                return Ok(Value::Call(ident, paren.span.join(), args));
             }
             return Ok(Value::Ident(ident));
-        }
-        if input.peek(Token![-]) {
-            let minus: Token![-] = input.parse()?;
-            return Err(syn::Error::new(
-                minus.span(),
-                "negative values are never valid here: expected a positive number",
-            ));
         }
         Err(input.error("expected a value: a number, `true`/`false`, a name, a list `[...]` or a call such as `exponential(2)`"))
     }

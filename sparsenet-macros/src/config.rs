@@ -170,6 +170,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// "; did you mean `x`?" for the candidate closest to `name`, if any is close.
+fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .min()
+        .filter(|(d, _)| *d <= 3.min(name.len().max(1) - 1).max(1))
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+const STYLES: &[&str] = &["seed_2018_02_20", "seed_2018_01_30", "paper"];
+const STEMS: &[&str] = &["conv3x3", "bn_relu_conv3x3", "imagenet"];
+const AGGREGATIONS: &[&str] = &["exponential", "dense", "offsets"];
+
 fn expected(key: &str) -> &'static str {
     KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e).unwrap_or("a value")
 }
@@ -180,8 +195,13 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// An error underlining the whole value `v`.
+    fn at(&mut self, v: &Value, msg: impl std::fmt::Display) {
+        self.errors.push_error(v.error(msg));
+    }
+
     fn type_error(&mut self, key: &str, v: &Value) {
-        self.errors.push(v.span(), format!("`{key}` expects {}, found {}", expected(key), v.describe()));
+        self.at(v, format!("`{key}` expects {}, found {}", expected(key), v.describe()));
     }
 
     fn usize(&mut self, key: &str, v: &Value) -> Option<usize> {
@@ -189,7 +209,7 @@ impl Reader<'_> {
             Value::Int(l) => match l.base10_parse::<usize>() {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    self.errors.push(l.span(), format!("`{key}` expects {}, and `{l}` does not fit", expected(key)));
+                    self.at(v, format!("`{key}` expects {}, and `{l}` is too large", expected(key)));
                     None
                 }
             },
@@ -201,9 +221,15 @@ impl Reader<'_> {
     }
 
     fn positive(&mut self, key: &str, v: &Value) -> Option<usize> {
+        self.positive_as(key, &format!("`{key}`"), v)
+    }
+
+    /// A positive integer for `key`; `what` names it in the "at least 1"
+    /// message (`the stem's channel count`).
+    fn positive_as(&mut self, key: &str, what: &str, v: &Value) -> Option<usize> {
         let n = self.usize(key, v)?;
         if n == 0 {
-            self.errors.push(v.span(), format!("`{key}` must be at least 1: expected {}", expected(key)));
+            self.at(v, format!("{what} must be at least 1, found `0`"));
             return None;
         }
         Some(n)
@@ -213,6 +239,9 @@ impl Reader<'_> {
         match v {
             Value::Int(l) => l.base10_parse::<f64>().ok(),
             Value::Float(l) => l.base10_parse::<f64>().ok(),
+            Value::Neg(_, inner) if matches!(**inner, Value::Int(_) | Value::Float(_)) => {
+                self.f64(key, inner).map(|x| -x)
+            }
             _ => {
                 self.type_error(key, v);
                 None
@@ -238,11 +267,9 @@ impl Reader<'_> {
                     self.errors.push(*span, format!("`{key}` needs at least one stage: expected {}", expected(key)));
                     return None;
                 }
-                let mut out = Vec::new();
-                for item in items {
-                    out.push((self.positive(key, item)?, item.span()));
-                }
-                Some(out)
+                // Check every item, so that all bad ones are reported.
+                let out: Vec<_> = items.iter().map(|item| self.positive(key, item).map(|n| (n, item.span()))).collect();
+                out.into_iter().collect()
             }
             _ => Some(vec![(self.positive(key, v)?, v.span())]),
         }
@@ -257,13 +284,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     for f in decl.fields {
         let name = f.key.to_string();
         if !KEYS.iter().any(|(k, _)| *k == name) {
-            let best = KEYS
-                .iter()
-                .map(|(k, _)| (edit_distance(&name, k), *k))
-                .min()
-                .filter(|(d, _)| *d <= 3)
-                .map(|(_, k)| format!("; did you mean `{k}`?"))
-                .unwrap_or_default();
+            let best = did_you_mean(&name, KEYS.iter().map(|(k, _)| *k));
             let all: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
             errors.push(
                 f.key.span(),
@@ -271,9 +292,11 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             );
             continue;
         }
-        if let Some((first, _)) = fields.get(&name) {
-            let _ = first;
-            errors.push(f.key.span(), format!("duplicate setting `{name}`: each setting may appear once"));
+        if let Some((_, first)) = fields.get(&name) {
+            errors.push(
+                f.key.span(),
+                format!("duplicate setting `{name}`: it is already set above, to {}; give each setting once", first.describe()),
+            );
             continue;
         }
         fields.insert(name, (f.key, f.value));
@@ -294,7 +317,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             "seed_2018_01_30" => Style::Seed20180130,
             "paper" => Style::Paper,
             other => {
-                r.errors.push(i.span(), format!("unknown style `{other}`: expected {}", expected("style")));
+                r.errors.push(
+                    i.span(),
+                    format!("unknown style `{other}`{}: expected {}", did_you_mean(other, STYLES.iter().copied()), expected("style")),
+                );
                 Style::Paper
             }
         },
@@ -311,7 +337,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             let mut dims = [0usize; 3];
             let mut ok = true;
             for (d, item) in dims.iter_mut().zip(items) {
-                match r.positive("input", item) {
+                match r.positive_as("input", "every `input` dimension", item) {
                     Some(n) => *d = n,
                     None => ok = false,
                 }
@@ -320,9 +346,15 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             ok.then_some(dims)
         }
         Some((_, Value::List(span, items))) => {
+            let hint = match items.as_slice() {
+                [Value::Int(h), Value::Int(w)] => {
+                    format!(" (a one-channel {h}x{w} image is `[1, {h}, {w}]`, an RGB one `[3, {h}, {w}]`)")
+                }
+                _ => String::new(),
+            };
             r.errors.push(
                 *span,
-                format!("`input` expects three dimensions `[channels, height, width]`, found {}", items.len()),
+                format!("`input` expects three dimensions `[channels, height, width]`, found {}{hint}", items.len()),
             );
             None
         }
@@ -334,7 +366,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
 
     let classes = match get("classes") {
         None => {
-            r.errors.push(decl.body_span, "missing setting `classes`: expected the number of output classes, e.g. `classes: 10`");
+            r.errors.push(
+                decl.ident.span(),
+                format!("missing setting `classes` in `{}`: expected the number of output classes, e.g. `classes: 10`", decl.ident),
+            );
             None
         }
         Some((_, v)) => r.positive("classes", v),
@@ -354,7 +389,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         }
         Some((k, v)) => {
             if !bottleneck_flag {
-                r.errors.push(k.span(), "`bottleneck_width` needs `bottleneck: true`");
+                r.errors.push(
+                    k.span(),
+                    "`bottleneck_width` sets the width of bottleneck units, and this network has none: add `bottleneck: true` or remove `bottleneck_width`",
+                );
             }
             r.positive("bottleneck_width", v).unwrap_or(4)
         }
@@ -363,7 +401,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     // blocks / depth / units
     let blocks = match get("blocks") {
         None => None,
-        Some((_, v)) => r.positive("blocks", v).map(|b| (b, v.span())),
+        Some((k, v)) => r.positive("blocks", v).map(|b| (b, k.span())),
     };
     let units: Option<Vec<usize>> = match (get("depth"), get("units")) {
         (Some((dk, _)), Some(_)) => {
@@ -372,17 +410,21 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         }
         (None, None) => {
             r.errors.push(
-                decl.body_span,
-                "missing setting `depth` or `units`: expected e.g. `depth: 40` or `units: [6, 12, 24, 16]`",
+                decl.ident.span(),
+                format!(
+                    "missing setting `depth` or `units` in `{}`: expected e.g. `depth: 40` or `units: [6, 12, 24, 16]`",
+                    decl.ident
+                ),
             );
             None
         }
-        (Some((_, v)), None) => {
+        (Some((dk, v)), None) => {
             if style == Style::Seed20180130 {
-                r.errors.push(v.span(), "style `seed_2018_01_30` has no depth rule: give the units per stage, e.g. `units: 12` with `blocks: 3`");
+                r.errors.push(dk.span(), "style `seed_2018_01_30` has no depth rule: give the units per stage instead, e.g. `units: 12` with `blocks: 3`");
                 None
             } else {
-                r.positive("depth", v).and_then(|depth| {
+                // Not `positive`: the rule below explains a depth of 0 better.
+                r.usize("depth", v).and_then(|depth| {
                     let b = blocks.map(|(b, _)| b).unwrap_or(3);
                     let per = if bottleneck_flag { 2 * b } else { b };
                     if depth > 4 && (depth - 4) % per == 0 {
@@ -395,8 +437,8 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                         } else {
                             format!("{above}")
                         };
-                        r.errors.push(
-                            v.span(),
+                        r.at(
+                            v,
                             format!(
                                 "depth {depth} does not fit {b} stages{}: depth - 4 must be a positive multiple of {per}{}; nearest depths that fit: {fits}",
                                 if bottleneck_flag { " of bottleneck units" } else { "" },
@@ -429,7 +471,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     let stages: Option<Vec<Stage>> = match (&units, &growth) {
         (Some(units), Some(growth)) => {
             if growth.len() != 1 && growth.len() != units.len() {
-                let span = get("growth").map(|(_, v)| v.span()).unwrap_or(decl.body_span);
+                let span = get("growth").map(|(_, v)| v.span()).unwrap_or(decl.ident.span());
                 r.errors.push(
                     span,
                     format!(
@@ -474,14 +516,17 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             match r.f64(&key, v) {
                 Some(c) if c > 0.0 && c <= 1.0 => {
                     if style == Style::Seed20180220 && !bottleneck_flag && c != 1.0 {
-                        r.errors.push(v.span(), format!(
+                        r.at(v, format!(
                             "style `seed_2018_02_20` forces `{key}` to 1 without a bottleneck (as the seed does): set `bottleneck: true`, remove `{key}`, or use style `paper`"
                         ));
                     }
                     c
                 }
-                Some(c) => {
-                    r.errors.push(v.span(), format!("`{key}` must be in (0, 1], found {c}: transitions keep floor(channels x {key}) channels"));
+                Some(_) => {
+                    r.at(v, format!(
+                        "`{key}` must be in (0, 1], found {}: transitions keep floor(channels x {key}) channels, e.g. `{key}: 0.5`",
+                        v.text()
+                    ));
                     1.0
                 }
                 None => 1.0,
@@ -502,7 +547,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                     match r.usize("aggregation", &args[0]) {
                         Some(c) if c >= 2 => Aggregation::Exponential(c),
                         Some(c) => {
-                            r.errors.push(args[0].span(), format!("the exponential base must be at least 2, found {c}: offsets are 1, c, c^2, ...; for every earlier layer use `dense`"));
+                            r.at(&args[0], format!("the exponential base must be at least 2, found {c}: offsets are 1, c, c^2, ...; for every earlier layer use `dense`"));
                             Aggregation::Exponential(2)
                         }
                         None => Aggregation::Exponential(2),
@@ -515,20 +560,52 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                     r.errors.push(*span, "`offsets` needs at least one offset, e.g. `offsets(1, 2, 4)`");
                 }
                 for a in args {
-                    if let Some(o) = r.positive("aggregation", a) {
-                        if list.last().is_some_and(|&last| o <= last) {
-                            r.errors.push(a.span(), "offsets must be strictly increasing, e.g. `offsets(1, 3, 9)`");
+                    if let Some(o) = r.positive_as("aggregation", "an offset (1 is the layer right before)", a) {
+                        if let Some(&last) = list.last() {
+                            if o <= last {
+                                r.at(a, format!("offsets must be strictly increasing, but {o} follows {last}, e.g. `offsets(1, 3, 9)`"));
+                            }
                         }
                         list.push(o);
                     }
                 }
                 if !list.is_empty() && list[0] != 1 {
-                    r.errors.push(args[0].span(), "the first offset must be 1: each layer reads the layer right before it");
+                    r.at(&args[0], format!(
+                        "the first offset must be 1, found {}: each layer reads the layer right before it, e.g. `offsets(1, {})`",
+                        list[0],
+                        list.iter().filter(|&&o| o > 1).map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
                 }
                 Aggregation::Offsets(list)
             }
+            Value::Ident(i) if i == "offsets" => {
+                r.errors.push(i.span(), "`offsets` needs the offsets it reads, e.g. `offsets(1, 2, 4)`");
+                Aggregation::Exponential(2)
+            }
+            Value::Call(i, span, _) if i == "dense" => {
+                r.errors.push(*span, "`dense` takes no arguments: write `aggregation: dense`");
+                Aggregation::Exponential(2)
+            }
+            Value::Ident(i) | Value::Call(i, ..) => {
+                r.errors.push(
+                    i.span(),
+                    format!(
+                        "unknown aggregation `{i}`{}: expected {}",
+                        did_you_mean(&i.to_string(), AGGREGATIONS.iter().copied()),
+                        expected("aggregation")
+                    ),
+                );
+                Aggregation::Exponential(2)
+            }
+            Value::List(..) => {
+                r.at(v, format!(
+                    "`aggregation` expects {}, found a list: for explicit offsets write `offsets(1, 2, 4)`",
+                    expected("aggregation")
+                ));
+                Aggregation::Exponential(2)
+            }
             other => {
-                r.errors.push(other.span(), format!("unknown aggregation {}: expected {}", other.describe(), expected("aggregation")));
+                r.type_error("aggregation", other);
                 Aggregation::Exponential(2)
             }
         },
@@ -546,7 +623,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 "bn_relu_conv3x3" => Some(StemKind::BnReluConv3x3),
                 "imagenet" => Some(StemKind::ImageNet),
                 other => {
-                    r.errors.push(i.span(), format!("unknown stem `{other}`: expected {}", expected("stem")));
+                    r.errors.push(
+                        i.span(),
+                        format!("unknown stem `{other}`{}: expected {}", did_you_mean(other, STEMS.iter().copied()), expected("stem")),
+                    );
                     None
                 }
             };
@@ -554,12 +634,16 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 r.errors.push(*span, format!("`{i}` takes one argument, the stem's output channels, e.g. `{i}(24)`"));
                 None
             } else {
-                let ch = r.positive("stem", &args[0]);
+                let ch = r.positive_as("stem", "the stem's channel count", &args[0]);
                 match (kind, ch) {
                     (Some(kind), Some(channels)) => Some(Stem { kind, channels }),
                     _ => None,
                 }
             }
+        }
+        Some((_, Value::Ident(i))) if STEMS.iter().any(|s| i == s) => {
+            r.errors.push(i.span(), format!("`{i}` needs the stem's output channels, e.g. `stem: {i}(24)`"));
+            None
         }
         Some((_, v)) => {
             r.type_error("stem", v);
@@ -575,8 +659,8 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         None => 0.0,
         Some((_, v)) => match r.f64("dropout", v) {
             Some(p) if (0.0..1.0).contains(&p) => p,
-            Some(p) => {
-                r.errors.push(v.span(), format!("`dropout` must be in [0, 1), found {p}"));
+            Some(_) => {
+                r.at(v, format!("`dropout` must be in [0, 1), found {}: it is the probability of zeroing a value, e.g. `dropout: 0.2`", v.text()));
                 0.0
             }
             None => 0.0,
@@ -590,8 +674,8 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         None => (default_eps, default_head_eps),
         Some((_, v)) => match r.f64("bn_eps", v) {
             Some(e) if e > 0.0 && e.is_finite() => (e, e),
-            Some(e) => {
-                r.errors.push(v.span(), format!("`bn_eps` must be a positive number, found {e}"));
+            Some(_) => {
+                r.at(v, format!("`bn_eps` must be a positive number, found {}: BatchNorm adds it to the variance, e.g. `bn_eps: 1e-5`", v.text()));
                 (default_eps, default_head_eps)
             }
             None => (default_eps, default_head_eps),
@@ -601,8 +685,8 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         None => 0.9,
         Some((_, v)) => match r.f64("bn_momentum", v) {
             Some(m) if (0.0..1.0).contains(&m) => m,
-            Some(m) => {
-                r.errors.push(v.span(), format!("`bn_momentum` must be in [0, 1) (the fraction of the running statistics kept), found {m}"));
+            Some(_) => {
+                r.at(v, format!("`bn_momentum` must be in [0, 1) (the fraction of the running statistics kept), found {}, e.g. `bn_momentum: 0.9`", v.text()));
                 0.9
             }
             None => 0.9,
@@ -611,11 +695,30 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
 
     // The input must survive every 2x2 pooling of the transitions.
     if let (Some(input), Some(stages), Some(stem)) = (input, &stages, &stem) {
+        let imagenet = stem.kind == StemKind::ImageNet;
+        let input_items = match get("input") {
+            Some((_, Value::List(_, items))) => Some(items),
+            _ => None,
+        };
+        // Where to point when the input is the default: at what set the
+        // number of stages, or the stem.
+        let stages_span = match (get("units"), get("blocks")) {
+            (Some((_, v @ Value::List(..))), _) => Some(v.span()),
+            (_, Some((_, v))) => Some(v.span()),
+            _ => None,
+        };
+        let stem_span = get("stem").map(|(_, v)| v.span());
         let (mut h, mut w) = (input[1], input[2]);
-        if stem.kind == StemKind::ImageNet {
+        if imagenet {
             if h < 7 || w < 7 {
-                let span = get("input").map(|(_, v)| v.span()).unwrap_or(decl.body_span);
-                r.errors.push(span, "the `imagenet` stem's 7x7/2 convolution needs an input of at least 7x7");
+                let span = get("input").map(|(_, v)| v.span()).or(stem_span).unwrap_or(decl.ident.span());
+                r.errors.push(
+                    span,
+                    format!(
+                        "the `imagenet` stem's 7x7/2 convolution needs an input of at least 7x7, found {}x{}",
+                        input[1], input[2]
+                    ),
+                );
             } else {
                 h = (h - 1) / 2 + 1;
                 w = (w - 1) / 2 + 1;
@@ -623,17 +726,77 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 w = (w - 1) / 2 + 1;
             }
         }
-        for t in 0..stages.len().saturating_sub(1) {
+        let pools = stages.len() - 1;
+        // A side fits when, after the stem, it halves evenly `pools` times.
+        let fits = |d: usize| {
+            let mut x = if imagenet {
+                if d < 7 {
+                    return false;
+                }
+                ((d - 1) / 2) / 2 + 1
+            } else {
+                d
+            };
+            for _ in 0..pools {
+                if x < 2 || x % 2 != 0 {
+                    return false;
+                }
+                x /= 2;
+            }
+            true
+        };
+        for t in 0..pools {
             if h % 2 != 0 || w % 2 != 0 || h < 2 || w < 2 {
-                let span = get("input").map(|(_, v)| v.span()).unwrap_or(decl.body_span);
-                let pools = stages.len() - 1;
-                let m = 1usize << pools;
+                let (h_fits, w_fits) = (fits(input[1]), fits(input[2]));
+                let span = match input_items {
+                    Some(items) if h_fits && !w_fits => items[2].span(),
+                    Some(items) if !h_fits && w_fits => items[1].span(),
+                    Some(_) => get("input").map(|(_, v)| v.span()).unwrap_or(decl.ident.span()),
+                    None => stages_span.or(stem_span).unwrap_or(decl.ident.span()),
+                };
+                let multiple = u32::try_from(pools)
+                    .ok()
+                    .and_then(|p| 1usize.checked_shl(p))
+                    .and_then(|m| m.checked_mul(if imagenet { 4 } else { 1 }));
+                let rule = match multiple {
+                    Some(m) => format!(
+                        "with {} stages height and width must be multiples of {m}{}",
+                        stages.len(),
+                        if imagenet { " (the stem's two stride-2 steps, then a 2x2 pool per transition)" } else { "" }
+                    ),
+                    None => format!("{} stages are too many for any input", stages.len()),
+                };
+                // Nearest sizes that fit, rounding each bad side down and up.
+                let suggest = multiple
+                    .map(|m| {
+                        let side = |d: usize, up: bool| {
+                            if fits(d) {
+                                Some(d)
+                            } else if up {
+                                (d / m + 1).checked_mul(m)
+                            } else {
+                                Some(d / m * m).filter(|&x| x > 0)
+                            }
+                        };
+                        let mut out = Vec::new();
+                        for up in [false, true] {
+                            if let (Some(a), Some(b)) = (side(input[1], up), side(input[2], up)) {
+                                out.push(format!("`input: [{}, {a}, {b}]`", input[0]));
+                            }
+                        }
+                        if out.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; e.g. {}", out.join(" or "))
+                        }
+                    })
+                    .unwrap_or_default();
+                let which = if input_items.is_some() { "input" } else { "the default input" };
                 r.errors.push(
                     span,
                     format!(
-                        "input {}x{} reaches transition {t} at {h}x{w}, which its 2x2/2 average pool cannot halve: with {} stages height and width must be multiples of {m}{}",
-                        input[1], input[2], stages.len(),
-                        if stem.kind == StemKind::ImageNet { " after the stem's two stride-2 steps" } else { "" }
+                        "{which} {}x{} reaches transition {t} at {h}x{w}, which its 2x2/2 average pool cannot halve: {rule}{suggest}",
+                        input[1], input[2],
                     ),
                 );
                 break;

@@ -80,6 +80,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     });
 
     let forward = emit_forward(plan);
+    let forward_backward = emit_forward_backward(plan);
 
     quote! {
         #(#attrs)*
@@ -127,7 +128,11 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             fn state(&self) -> &[T] { &self.state }
             fn state_mut(&mut self) -> &mut [T] { &mut self.state }
             fn stores_mut(&mut self) -> (&mut [T], &mut [T]) { (&mut self.params, &mut self.state) }
+            fn reseed(&mut self, seed: u64) {
+                self.rng = <#rt::rand_chacha::ChaCha8Rng as #rt::SeedableRng>::seed_from_u64(seed);
+            }
             #forward
+            #forward_backward
         }
     }
 }
@@ -196,7 +201,7 @@ fn emit_forward(plan: &Plan) -> TokenStream {
                 body.push(quote!(let #ob = #call;));
                 if node.dropout > 0.0 {
                     let p = lit_f64(node.dropout);
-                    body.push(quote!(let #ob = ctx.dropout(#ob, #p);));
+                    body.push(quote!(let (#ob, _) = ctx.dropout(#ob, #p);));
                 }
                 if need_stats[o] {
                     let so = stat(o);
@@ -223,6 +228,199 @@ fn emit_forward(plan: &Plan) -> TokenStream {
             let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(logits)
+        }
+    }
+}
+
+/// The training pass: the forward statements keep every buffer, every
+/// [`Pre`](sparsenet_runtime::Pre) and every dropout seed alive; then one
+/// backward statement group per node in reverse order. A buffer's gradient
+/// is created at its last reader (the first one backward meets), receives
+/// every reader's contribution, and is consumed by its producer; buffers and
+/// gradients are dropped as soon as backward is done with them.
+fn emit_forward_backward(plan: &Plan) -> TokenStream {
+    let rt = rt();
+    let need_stats = plan.needs_stats();
+    let mut body = Vec::new();
+    let b0 = buf(0);
+    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    if need_stats[0] {
+        let s0 = stat(0);
+        body.push(quote!(let #s0 = ctx.stats(&#b0);));
+    }
+    // Forward, keeping everything backward recomputes from.
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
+        let p = format_ident!("pre{}", i);
+        let pre_arg = match node.pre {
+            Some(pre) => {
+                let bn = &plan.bns[pre.bn];
+                let (g, r, c) = (bn.gamma, bn.running, bn.channels);
+                let eps = lit_f64(bn.eps);
+                let mom = lit_f64(bn.momentum);
+                let unb = bn.unbiased_running_var;
+                let relu = pre.relu;
+                let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
+                body.push(quote! {
+                    let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
+                        &[#(#st.as_ref()),*], #relu);
+                });
+                quote!(Some(&#p))
+            }
+            None => quote!(None),
+        };
+        let call = forward_call(node, &srcs, &pre_arg, &p);
+        match node.output {
+            Some(o) => {
+                let ob = buf(o);
+                body.push(quote!(let #ob = #call;));
+                if node.dropout > 0.0 {
+                    let pr = lit_f64(node.dropout);
+                    let d = format_ident!("drop{}", i);
+                    body.push(quote!(let (#ob, #d) = ctx.dropout(#ob, #pr);));
+                }
+                if need_stats[o] {
+                    let so = stat(o);
+                    body.push(quote!(let #so = ctx.stats(&#ob);));
+                }
+            }
+            None => body.push(quote!(let logits = #call;)),
+        }
+    }
+    body.push(quote!(let dlogits = loss(&logits);));
+    body.push(quote!(drop(logits);));
+    body.push(quote!(grads.fill(T::zero());));
+    // Backward.
+    let mut has_grad = vec![false; plan.buffers.len()];
+    for (i, node) in plan.nodes.iter().enumerate().rev() {
+        let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
+        let p = format_ident!("pre{}", i);
+        let pre_arg = if node.pre.is_some() { quote!(Some(&#p)) } else { quote!(None) };
+        let dy = match node.output {
+            Some(o) => {
+                let g = format_ident!("g{}", o);
+                if node.dropout > 0.0 {
+                    let pr = lit_f64(node.dropout);
+                    let d = format_ident!("drop{}", i);
+                    body.push(quote!(#rt::dropout_backward(&mut #g, #pr, #d);));
+                }
+                quote!(#g)
+            }
+            None => quote!(dlogits),
+        };
+        let dz = match &node.op {
+            Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
+                let (wo, wl) = (weight.offset, weight.len);
+                let geom = quote!(#rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
+                match bias {
+                    Some(b) => {
+                        // The plan places a bias right after its weight.
+                        assert_eq!(b.offset, wo + wl, "bias follows its weight");
+                        let end = b.offset + b.len;
+                        quote!({
+                            let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
+                            #rt::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, dw, Some(db))
+                        })
+                    }
+                    None => {
+                        let end = wo + wl;
+                        quote!(#rt::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, &mut grads[#wo..#end], None))
+                    }
+                }
+            }
+            Op::AvgPool { kernel, stride } => {
+                let ib = &plan.buffers[node.inputs[0]];
+                let (h, w) = (ib.h, ib.w);
+                quote!(#rt::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
+            }
+            Op::MaxPool { kernel, stride, pad } => {
+                quote!(#rt::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
+            }
+            Op::Affine => quote!(#dy),
+            Op::GapDense { weight, bias, .. } => {
+                let (wo, wl) = (weight.offset, weight.len);
+                assert_eq!(bias.offset, wo + wl, "bias follows its weight");
+                let end = bias.offset + bias.len;
+                quote!({
+                    let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
+                    #rt::gap_dense_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, dw, db)
+                })
+            }
+        };
+        body.push(quote!(let dz = #dz;));
+        for &b in &node.inputs {
+            if !has_grad[b] {
+                has_grad[b] = true;
+                let g = format_ident!("g{}", b);
+                let bb = buf(b);
+                body.push(quote!(let mut #g = #rt::zeros_like(&#bb);));
+            }
+        }
+        let gs: Vec<Ident> = node.inputs.iter().map(|&b| format_ident!("g{}", b)).collect();
+        let dbn = match node.pre {
+            Some(pre) => {
+                let bn = &plan.bns[pre.bn];
+                let (g0, g1) = (bn.gamma, bn.gamma + 2 * bn.channels);
+                quote!(Some(&mut grads[#g0..#g1]))
+            }
+            None => quote!(None),
+        };
+        body.push(quote!(#rt::pre_backward(&[#(&#srcs),*], &dz, #pre_arg, #dbn, &mut [#(&mut #gs),*]);));
+        body.push(quote!(drop(dz);));
+        if let Some(o) = node.output {
+            let g = format_ident!("g{}", o);
+            let ob = buf(o);
+            if !matches!(node.op, Op::Affine) {
+                body.push(quote!(drop(#g);));
+            }
+            body.push(quote!(drop(#ob);));
+        }
+    }
+    let params_len = plan.params_len;
+    quote! {
+        fn forward_backward(
+            &mut self,
+            x: #rt::ndarray::ArrayView4<'_, T>,
+            mode: #rt::Mode,
+            grads: &mut [T],
+            loss: &mut dyn FnMut(&#rt::ndarray::Array2<T>) -> #rt::ndarray::Array2<T>,
+        ) -> ::std::result::Result<#rt::ndarray::Array4<T>, #rt::InputError> {
+            #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            if grads.len() != #params_len {
+                return ::std::result::Result::Err(#rt::InputError::Gradients {
+                    model: <Self as #rt::NetworkSpec>::NAME, expected: #params_len, found: grads.len(),
+                });
+            }
+            let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
+            #(#body)*
+            ::std::result::Result::Ok(g0)
+        }
+    }
+}
+
+/// The forward call of one node (shared by both passes).
+fn forward_call(node: &crate::plan::Node, srcs: &[Ident], pre_arg: &TokenStream, pre_ident: &Ident) -> TokenStream {
+    let rt = rt();
+    match &node.op {
+        Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
+            let (wo, wl) = (weight.offset, weight.len);
+            let bias = match bias {
+                Some(b) => {
+                    let (bo, bl) = (b.offset, b.len);
+                    quote!(Some(ctx.p(#bo, #bl)))
+                }
+                None => quote!(None),
+            };
+            quote!(#rt::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
+                #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
+        }
+        Op::AvgPool { kernel, stride } => quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride)),
+        Op::MaxPool { kernel, stride, pad } => quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad)),
+        Op::Affine => quote!(#rt::affine(&[#(&#srcs),*], &#pre_ident)),
+        Op::GapDense { weight, bias, classes } => {
+            let (wo, wl) = (weight.offset, weight.len);
+            let (bo, bl) = (bias.offset, bias.len);
+            quote!(#rt::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
         }
     }
 }

@@ -113,24 +113,37 @@ impl<'a, T: Float> Ctx<'a, T> {
         };
         let mut scale = Vec::with_capacity(c);
         let mut shift = Vec::with_capacity(c);
+        let mut inv_std = Vec::with_capacity(c);
         for i in 0..c {
-            let s = gamma[i] / (var[i] + eps).sqrt();
+            let is = T::one() / (var[i] + eps).sqrt();
+            let s = gamma[i] * is;
             scale.push(s);
             shift.push(beta[i] - mean[i] * s);
+            inv_std.push(is);
         }
-        Pre { scale, shift, relu }
+        Pre { scale, shift, relu, mean, inv_std, batch_stats: self.mode == Mode::Train }
     }
 
     /// Inverted dropout in training mode (kept values scaled by 1/(1-p));
-    /// identity in eval mode.
-    pub fn dropout(&mut self, mut x: Array4<T>, p: f64) -> Array4<T> {
+    /// identity in eval mode. Returns the seed of the mask, from which
+    /// backward regenerates it instead of storing it.
+    pub fn dropout(&mut self, mut x: Array4<T>, p: f64) -> (Array4<T>, u64) {
         if self.mode == Mode::Eval || p <= 0.0 {
-            return x;
+            return (x, 0);
         }
-        let keep = T::from_f64c(1.0 / (1.0 - p));
-        for v in x.iter_mut() {
-            *v = if self.rng.gen::<f64>() < p { T::zero() } else { *v * keep };
-        }
-        x
+        let seed: u64 = self.rng.gen();
+        apply_dropout_mask(x.as_slice_mut().expect("contiguous"), p, seed);
+        (x, seed)
+    }
+}
+
+/// Multiplies `v` by the inverted-dropout mask drawn from `seed`: forward
+/// applies it to activations, backward to their gradients.
+pub fn apply_dropout_mask<T: Float>(v: &mut [T], p: f64, seed: u64) {
+    use rand::SeedableRng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = T::from_f64c(1.0 / (1.0 - p));
+    for x in v.iter_mut() {
+        *x = if rng.gen::<f64>() < p { T::zero() } else { *x * keep };
     }
 }

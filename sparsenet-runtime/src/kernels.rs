@@ -12,16 +12,31 @@ use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2};
 /// The per-channel transform applied to inputs as they are read:
 /// `y = relu?(scale[c] * x + shift[c])`. This is BatchNorm folded into one
 /// affine map, with the ReLU that usually follows it.
+///
+/// It also keeps what backward needs to recompute the normalised input
+/// instead of storing it: the mean and 1/std used, and whether they were
+/// batch statistics (training mode) or fixed running statistics.
 #[derive(Clone, Debug)]
 pub struct Pre<T> {
     pub scale: Vec<T>,
     pub shift: Vec<T>,
     pub relu: bool,
+    pub mean: Vec<T>,
+    pub inv_std: Vec<T>,
+    /// True when `mean`/`inv_std` are this batch's statistics, so gradients
+    /// flow through them too.
+    pub batch_stats: bool,
 }
 
 impl<T: Float> Pre<T> {
+    /// A transform with fixed scale and shift (no BatchNorm behind it).
+    pub fn affine(scale: Vec<T>, shift: Vec<T>, relu: bool) -> Self {
+        let c = scale.len();
+        Pre { scale, shift, relu, mean: vec![T::zero(); c], inv_std: vec![T::one(); c], batch_stats: false }
+    }
+
     #[inline(always)]
-    fn apply(&self, c: usize, v: T) -> T {
+    pub(crate) fn apply(&self, c: usize, v: T) -> T {
         let y = self.scale[c] * v + self.shift[c];
         if self.relu && y < T::zero() {
             T::zero()
@@ -33,7 +48,7 @@ impl<T: Float> Pre<T> {
 
 /// Reads channel planes of a virtual concatenation, with the [`Pre`] transform.
 #[inline(always)]
-fn read<T: Float>(pre: Option<&Pre<T>>, c: usize, v: T) -> T {
+pub(crate) fn read<T: Float>(pre: Option<&Pre<T>>, c: usize, v: T) -> T {
     match pre {
         Some(p) => p.apply(c, v),
         None => v,
@@ -43,7 +58,7 @@ fn read<T: Float>(pre: Option<&Pre<T>>, c: usize, v: T) -> T {
 /// Calls `f(global_channel, plane)` for every channel plane of image `n`
 /// across the sources, in concatenation order.
 #[inline]
-fn for_each_plane<T: Float>(srcs: &[&Array4<T>], n: usize, mut f: impl FnMut(usize, &[T])) {
+pub(crate) fn for_each_plane<T: Float>(srcs: &[&Array4<T>], n: usize, mut f: impl FnMut(usize, &[T])) {
     let mut gc = 0;
     for src in srcs {
         let (_, c, h, w) = src.dim();
@@ -99,33 +114,7 @@ pub fn conv2d<T: Float>(
     let mut out = Array4::<T>::zeros((n, g.out_channels, ho, wo));
     let mut col = Array2::<T>::zeros((kdim, ho * wo));
     for b in 0..n {
-        {
-            let col = col.as_slice_mut().expect("col is contiguous");
-            for_each_plane(srcs, b, |c, plane| {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let row = &mut col[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
-                        for oy in 0..ho {
-                            let iy = (oy * stride + ky) as isize - pad as isize;
-                            let dst = &mut row[oy * wo..(oy + 1) * wo];
-                            if iy < 0 || iy >= h as isize {
-                                dst.fill(T::zero());
-                                continue;
-                            }
-                            let line = &plane[iy as usize * w..(iy as usize + 1) * w];
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * stride + kx) as isize - pad as isize;
-                                *d = if ix < 0 || ix >= w as isize {
-                                    T::zero()
-                                } else {
-                                    read(pre, c, line[ix as usize])
-                                };
-                            }
-                        }
-                    }
-                }
-            });
-        }
+        im2col(srcs, pre, b, g, col.as_slice_mut().expect("col is contiguous"));
         let mut o = out.slice_mut(s![b, .., .., ..]);
         let mut o = o
             .view_mut()
@@ -139,6 +128,40 @@ pub fn conv2d<T: Float>(
         }
     }
     out
+}
+
+/// Gathers image `b` of the virtual concatenation, with `pre` applied, into
+/// the im2col matrix `col` of shape (Cin * k * k, Ho * Wo).
+pub(crate) fn im2col<T: Float>(srcs: &[&Array4<T>], pre: Option<&Pre<T>>, b: usize, g: ConvGeom, col: &mut [T]) {
+    let (_, _, h, w) = srcs[0].dim();
+    let (k, stride, pad) = (g.kernel, g.stride, g.pad);
+    let (ho, wo) = (g.out_size(h), g.out_size(w));
+    for_each_plane(srcs, b, |c, plane| {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
+                for oy in 0..ho {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    let dst = &mut row[oy * wo..(oy + 1) * wo];
+                    if iy < 0 || iy >= h as isize {
+                        dst.fill(T::zero());
+                        continue;
+                    }
+                    let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    if stride == 1 && pad == 0 && kx == 0 && wo == w {
+                        for (d, &v) in dst.iter_mut().zip(line) {
+                            *d = read(pre, c, v);
+                        }
+                        continue;
+                    }
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        *d = if ix < 0 || ix >= w as isize { T::zero() } else { read(pre, c, line[ix as usize]) };
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Average pooling with a `k` x `k` window and stride `stride`, no padding,

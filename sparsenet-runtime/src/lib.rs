@@ -2,6 +2,7 @@
 //! the forward context, weights I/O. The runtime never knows a network's
 //! topology: the generated code calls these pieces in its planned order.
 
+pub mod backward;
 pub mod ctx;
 pub mod float;
 pub mod init;
@@ -9,6 +10,10 @@ pub mod kernels;
 pub mod model;
 pub mod weights;
 
+pub use backward::{
+    avg_pool_backward, conv2d_backward, dropout_backward, gap_dense_backward, max_pool_backward,
+    pre_backward, zeros_like,
+};
 pub use ctx::{BnSpec, Ctx, Mode};
 pub use float::Float;
 pub use init::{init_params, init_state};

@@ -3,7 +3,7 @@
 
 use crate::weights::{TensorSpec, WeightsError};
 use crate::{Float, Mode};
-use ndarray::{Array2, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4};
 use std::path::Path;
 
 /// One layer of the plan, as the generated type reports it.
@@ -48,6 +48,12 @@ pub enum InputError {
         tensor: &'static str,
         expected: [usize; 3],
         found: Vec<usize>,
+    },
+    #[error("gradient buffer has {found} entries, the model `{model}` has {expected} parameters")]
+    Gradients {
+        model: &'static str,
+        expected: usize,
+        found: usize,
     },
 }
 
@@ -105,6 +111,21 @@ pub trait Model<T: Float>: NetworkSpec + Sized {
     fn state_mut(&mut self) -> &mut [T];
     /// Logits `[batch, classes]` for `x` of shape `[batch, C, H, W]`.
     fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, InputError>;
+
+    /// Forward in `mode`, then `loss` turns the logits into d(loss)/d(logits),
+    /// then the unrolled backward pass. `grads` (laid out like `params`) is
+    /// overwritten with the parameter gradients. Returns d(loss)/d(input).
+    fn forward_backward(
+        &mut self,
+        x: ArrayView4<'_, T>,
+        mode: Mode,
+        grads: &mut [T],
+        loss: &mut dyn FnMut(&Array2<T>) -> Array2<T>,
+    ) -> Result<Array4<T>, InputError>;
+
+    /// Reseeds the dropout RNG (training loops do this per step, so that a
+    /// resumed run draws the same masks as an uninterrupted one).
+    fn reseed(&mut self, seed: u64);
 
     /// Saves parameters and running statistics as safetensors (atomically).
     fn save(&self, path: &Path) -> Result<(), WeightsError> {

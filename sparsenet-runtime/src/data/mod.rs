@@ -1,0 +1,290 @@
+//! Data loading: in-memory image classification datasets, readers for the
+//! common on-disk formats, normalisation / augmentation, and a deterministic
+//! multi-threaded batch loader.
+//!
+//! # Readers
+//! * [`read_idx`]: MNIST / Fashion-MNIST IDX files (gzip or plain).
+//! * [`read_cifar_bin`]: the official CIFAR-10 / CIFAR-100 binary batches.
+//! * [`read_image_folder`]: `root/<class>/*.{jpg,jpeg,png}` on disk.
+//! * [`read_image_folder_tar_gz`]: the same layout read straight from a `.tar.gz`.
+//! * [`load_fashion_mnist`], [`load_cifar10`], [`load_cifar100`]: resolve a user
+//!   path for a named dataset into `(train, test)`.
+//!
+//! Every dataset is held as `u8` pixels, channel-planar `(N, C, H, W)`.
+//! Conversion to normalised `f32` happens per batch in [`epoch_batches`].
+//!
+//! # Image conventions
+//! Grayscale images (with or without alpha) become 1 channel; every other
+//! colour type becomes 3-channel RGB. **Alpha is dropped** (not an error);
+//! 16-bit images are reduced to 8 bits.
+//!
+//! # Determinism
+//! The epoch permutation depends only on `(seed, epoch)` and each sample's
+//! crop offsets / flip only on `(seed, epoch, sample index)`, so batches are
+//! bit-identical whatever the number of worker threads.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+mod cifar;
+mod folder;
+mod idx;
+mod loader;
+mod named;
+mod transform;
+
+#[cfg(test)]
+mod tests;
+
+pub use cifar::{read_cifar_bin, CifarKind, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CIFAR10_NAMES};
+pub use folder::{read_image_folder, read_image_folder_tar_gz};
+pub use idx::read_idx;
+pub use loader::{epoch_batches, epoch_order, Batch, EpochBatches, LoaderConfig};
+pub use named::{load_cifar10, load_cifar100, load_fashion_mnist, FASHION_MNIST_NAMES};
+pub use transform::{Augment, Transform};
+
+/// An in-memory image classification dataset: u8 pixels, channel-planar (N, C, H, W).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// `len * channels * height * width` bytes, image after image, each
+    /// image channel-planar (all of channel 0, then channel 1, ...).
+    pub pixels: Vec<u8>,
+    /// One label per image, each `< classes`.
+    pub labels: Vec<u16>,
+    /// Number of images.
+    pub len: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Number of classes (labels are `0..classes`).
+    pub classes: usize,
+    /// `classes` names, index = label.
+    pub class_names: Vec<String>,
+    /// Where the data came from (file, directory or archive).
+    pub source: PathBuf,
+}
+
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("len", &self.len)
+            .field("channels", &self.channels)
+            .field("height", &self.height)
+            .field("width", &self.width)
+            .field("classes", &self.classes)
+            .field("class_names", &self.class_names)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataset {
+    /// Bytes per image: `channels * height * width`.
+    pub fn image_size(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The pixels of image `i`, channel-planar `(C, H, W)`.
+    ///
+    /// Panics if `i >= len`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        assert!(i < self.len, "image index {i} out of range (dataset has {} images)", self.len);
+        let n = self.image_size();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Label of image `i` as a `usize`.
+    pub fn label(&self, i: usize) -> usize {
+        self.labels[i] as usize
+    }
+
+    /// Number of images of each class (index = label).
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+
+    /// A new dataset holding the given images, in the given order
+    /// (repetitions allowed). Classes, names and source are kept.
+    ///
+    /// Panics if an index is out of range.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let n = self.image_size();
+        let mut pixels = Vec::with_capacity(indices.len() * n);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        Dataset {
+            pixels,
+            labels,
+            len: indices.len(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            classes: self.classes,
+            class_names: self.class_names.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// A class-balanced subset of (at most) `n` images in total, for quick
+    /// experiments: classes take turns giving their earliest unused image,
+    /// so each class gets `n / classes` images (±1) while it has enough.
+    /// The result keeps the dataset's order. `n >= len` returns a copy.
+    pub fn take(&self, n: usize) -> Dataset {
+        if n >= self.len {
+            return self.clone();
+        }
+        let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes];
+        for (i, &l) in self.labels.iter().enumerate() {
+            per_class[l as usize].push(i);
+        }
+        let mut chosen = Vec::with_capacity(n);
+        let mut round = 0;
+        while chosen.len() < n {
+            for list in &per_class {
+                if chosen.len() == n {
+                    break;
+                }
+                if let Some(&i) = list.get(round) {
+                    chosen.push(i);
+                }
+            }
+            round += 1;
+        }
+        chosen.sort_unstable();
+        self.subset(&chosen)
+    }
+
+    /// The first `n` images of each class (all of a class that has fewer),
+    /// in the dataset's order.
+    pub fn take_per_class(&self, n: usize) -> Dataset {
+        let mut seen = vec![0usize; self.classes];
+        let chosen: Vec<usize> = (0..self.len)
+            .filter(|&i| {
+                let c = &mut seen[self.labels[i] as usize];
+                *c += 1;
+                *c <= n
+            })
+            .collect();
+        self.subset(&chosen)
+    }
+}
+
+/// Errors of the data module. Every message names the file (and the archive
+/// entry, record or byte offset where relevant) and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O error (including a corrupt gzip stream) while reading a file.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A dataset path or file that does not exist; `hint` says what to do.
+    #[error("{what} {} not found: {hint}", path.display())]
+    NotFound {
+        what: &'static str,
+        path: PathBuf,
+        hint: String,
+    },
+    /// A file that does not start with the expected magic number.
+    #[error("bad magic number 0x{found:08x} in {} (expected 0x{expected:08x}: {what})", path.display())]
+    BadMagic {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+        what: &'static str,
+    },
+    /// A file that ends before the data its header announces.
+    #[error("truncated file {} at byte offset {offset}{}: {problem}", path.display(), if *.decompressed { " (of the decompressed data)" } else { "" })]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        decompressed: bool,
+        problem: String,
+    },
+    /// Any other malformed file (bad dimensions, trailing data, a length that
+    /// is not a whole number of records...). `location` is the file, or
+    /// `archive (entry NAME)`.
+    #[error("invalid file {location}: {problem}")]
+    Format { location: String, problem: String },
+    /// A label outside `0..classes`; `record` is the 0-based image index in
+    /// that file.
+    #[error("label {label} out of range in {location}, record {record} (expected < {classes})")]
+    LabelOutOfRange {
+        location: String,
+        record: usize,
+        label: u32,
+        classes: usize,
+    },
+    /// Image and label files that disagree on the number of samples.
+    #[error("count mismatch: {} has {images} images but {} has {labels} labels", images_path.display(), labels_path.display())]
+    CountMismatch {
+        images_path: PathBuf,
+        labels_path: PathBuf,
+        images: usize,
+        labels: usize,
+    },
+    /// An image that cannot be decoded, is not an image, or whose size or
+    /// channel count differs from the dataset's first image.
+    #[error("bad image {location}: {problem}")]
+    Image { location: String, problem: String },
+    /// A directory / archive that does not have the expected layout (empty,
+    /// no class folders, a single class, an empty class...).
+    #[error("bad dataset layout in {}: {problem}", path.display())]
+    Layout { path: PathBuf, problem: String },
+}
+
+impl DataError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+    pub(crate) fn layout(path: &Path, problem: impl Into<String>) -> Self {
+        DataError::Layout { path: path.to_path_buf(), problem: problem.into() }
+    }
+    pub(crate) fn format(location: impl Into<String>, problem: impl Into<String>) -> Self {
+        DataError::Format { location: location.into(), problem: problem.into() }
+    }
+}
+
+/// Reads a whole file, gunzipping it when it starts with the gzip magic
+/// bytes `1f 8b`. Returns the bytes and whether they were decompressed.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<(Vec<u8>, bool), DataError> {
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        use std::io::Read;
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::io(path, io::Error::new(e.kind(), format!("gzip: {e}"))))?;
+        Ok((out, true))
+    } else {
+        Ok((raw, false))
+    }
+}
+
+/// `archive (entry NAME)`: how errors name a member of an archive.
+pub(crate) fn entry_location(archive: &Path, entry: &str) -> String {
+    format!("{} (entry {entry})", archive.display())
+}
+
+/// splitmix64 finaliser: a fast, well-mixed 64-bit hash step.
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Mixes two words into one seed (order-sensitive).
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    splitmix64(a ^ splitmix64(b).rotate_left(23))
+}

@@ -1,0 +1,13 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        style: paper,
+        classes: 10,
+        depth: 40,
+        bottleneck: true,
+        compression: 1.5,
+    }
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        classes: 10,
+        depth: 4,
+        growth: 12,
+    }
+}
+
+fn main() {}

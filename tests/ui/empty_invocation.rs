@@ -1,0 +1,5 @@
+use sparsenet::sparsenet;
+
+sparsenet! {}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        depth: 40,
+        growth: 12,
+    }
+}
+
+fn main() {}

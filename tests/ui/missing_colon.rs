@@ -1,0 +1,10 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        classes 10,
+        depth: 40,
+    }
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        classes: 10,
+        units: [6 12 24],
+    }
+}
+
+fn main() {}

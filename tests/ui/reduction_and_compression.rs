@@ -1,0 +1,14 @@
+use sparsenet::sparsenet;
+
+sparsenet! {
+    pub struct Net {
+        style: paper,
+        classes: 10,
+        depth: 40,
+        bottleneck: true,
+        compression: 0.5,
+        reduction: 0.5,
+    }
+}
+
+fn main() {}
