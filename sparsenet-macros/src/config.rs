@@ -319,7 +319,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             other => {
                 r.errors.push(
                     i.span(),
-                    format!("unknown style `{other}`{}: expected {}", did_you_mean(other, STYLES.iter().copied()), expected("style")),
+                    format!("unknown style `{other}`: expected {}{}", expected("style"), did_you_mean(other, STYLES.iter().copied())),
                 );
                 Style::Paper
             }
@@ -590,9 +590,9 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 r.errors.push(
                     i.span(),
                     format!(
-                        "unknown aggregation `{i}`{}: expected {}",
-                        did_you_mean(&i.to_string(), AGGREGATIONS.iter().copied()),
-                        expected("aggregation")
+                        "unknown aggregation `{i}`: expected {}{}",
+                        expected("aggregation"),
+                        did_you_mean(&i.to_string(), AGGREGATIONS.iter().copied())
                     ),
                 );
                 Aggregation::Exponential(2)
@@ -625,7 +625,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 other => {
                     r.errors.push(
                         i.span(),
-                        format!("unknown stem `{other}`{}: expected {}", did_you_mean(other, STEMS.iter().copied()), expected("stem")),
+                        format!("unknown stem `{other}`: expected {}{}", expected("stem"), did_you_mean(other, STEMS.iter().copied())),
                     );
                     None
                 }
@@ -759,11 +759,12 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                     .and_then(|p| 1usize.checked_shl(p))
                     .and_then(|m| m.checked_mul(if imagenet { 4 } else { 1 }));
                 let rule = match multiple {
-                    Some(m) => format!(
-                        "with {} stages height and width must be multiples of {m}{}",
+                    Some(m) if imagenet => format!(
+                        "with {} stages, height and width after the `imagenet` stem's two stride-2 steps must be multiples of {} (inputs that are multiples of {m} are)",
                         stages.len(),
-                        if imagenet { " (the stem's two stride-2 steps, then a 2x2 pool per transition)" } else { "" }
+                        m / 4
                     ),
+                    Some(m) => format!("with {} stages height and width must be multiples of {m}", stages.len()),
                     None => format!("{} stages are too many for any input", stages.len()),
                 };
                 // Nearest sizes that fit, rounding each bad side down and up.
@@ -787,7 +788,11 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                         if out.is_empty() {
                             String::new()
                         } else {
-                            format!("; e.g. {}", out.join(" or "))
+                            format!(
+                                "; e.g. {}{}",
+                                out.join(" or "),
+                                if input_items.is_some() { "" } else { ", or use fewer stages" }
+                            )
                         }
                     })
                     .unwrap_or_default();

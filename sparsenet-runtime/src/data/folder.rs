@@ -1,0 +1,349 @@
+//! Image folders (`root/<class>/<image>.{jpg,jpeg,png}`), on disk or inside a
+//! `.tar.gz`, decoded in parallel with rayon.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageFormat};
+use rayon::prelude::*;
+
+use super::{entry_location, DataError, Dataset};
+
+/// Where one image's bytes are.
+pub(crate) enum Blob {
+    File(PathBuf),
+    Mem { location: String, bytes: Vec<u8> },
+}
+
+impl Blob {
+    fn location(&self) -> String {
+        match self {
+            Blob::File(p) => p.display().to_string(),
+            Blob::Mem { location, .. } => location.clone(),
+        }
+    }
+}
+
+/// The image format implied by a file name's extension (case-insensitive).
+pub(crate) fn image_format_of(name: &str) -> Option<ImageFormat> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
+        "png" => Some(ImageFormat::Png),
+        _ => None,
+    }
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+const NOT_IMAGE: &str =
+    "not a JPEG or PNG file (by its extension); class folders may hold only .jpg, .jpeg or .png files";
+
+fn decode(blob: &Blob, name: &str) -> Result<DynamicImage, DataError> {
+    let owned;
+    let bytes: &[u8] = match blob {
+        Blob::File(p) => {
+            owned = fs::read(p).map_err(|e| DataError::io(p, e))?;
+            &owned
+        }
+        Blob::Mem { bytes, .. } => bytes,
+    };
+    let by_ext = image_format_of(name).expect("filtered by extension");
+    // Trust the content over the extension when it is clearly JPEG or PNG.
+    let format = match image::guess_format(bytes) {
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
+        _ => by_ext,
+    };
+    image::load_from_memory_with_format(bytes, format).map_err(|e| DataError::Image {
+        location: blob.location(),
+        problem: format!("cannot decode as {format:?}: {e}"),
+    })
+}
+
+/// (channels, height, width) the image will have in the dataset.
+fn shape_of(img: &DynamicImage) -> (usize, usize, usize) {
+    let c = if img.color().has_color() { 3 } else { 1 };
+    (c, img.height() as usize, img.width() as usize)
+}
+
+/// Writes the image channel-planar into `out` (alpha dropped).
+fn write_planar(img: DynamicImage, out: &mut [u8]) {
+    if img.color().has_color() {
+        let rgb = img.into_rgb8();
+        let hw = out.len() / 3;
+        let (r, rest) = out.split_at_mut(hw);
+        let (g, b) = rest.split_at_mut(hw);
+        for (p, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+            r[p] = px[0];
+            g[p] = px[1];
+            b[p] = px[2];
+        }
+    } else {
+        out.copy_from_slice(img.into_luma8().as_raw());
+    }
+}
+
+fn fmt_shape((c, h, w): (usize, usize, usize)) -> String {
+    format!("{c}x{h}x{w} (channels x height x width)")
+}
+
+/// Class name -> (file name, blob) list.
+pub(crate) type Classes = BTreeMap<String, Vec<(String, Blob)>>;
+
+/// Checks the layout, orders images by (class, file name) and decodes them in
+/// parallel. `root` names the folder (or archive split) in layout errors.
+pub(crate) fn build_dataset(root: &Path, root_desc: &str, source: PathBuf, classes: Classes) -> Result<Dataset, DataError> {
+    if classes.is_empty() {
+        return Err(DataError::layout(
+            root,
+            format!("no class folders in {root_desc} (expected one sub-folder per class holding .jpg, .jpeg or .png files)"),
+        ));
+    }
+    if let Some((name, _)) = classes.iter().find(|(_, files)| files.is_empty()) {
+        return Err(DataError::layout(root, format!("class folder '{name}' in {root_desc} holds no image")));
+    }
+    if classes.len() == 1 {
+        let name = classes.keys().next().unwrap();
+        return Err(DataError::layout(
+            root,
+            format!("{root_desc} has a single class folder '{name}': a dataset needs at least 2 classes"),
+        ));
+    }
+    if classes.len() > u16::MAX as usize {
+        return Err(DataError::layout(root, format!("{root_desc} has {} classes (at most 65535)", classes.len())));
+    }
+    let class_names: Vec<String> = classes.keys().cloned().collect();
+    let mut items: Vec<(u16, String, Blob)> = Vec::new();
+    for (label, (_, mut files)) in classes.into_iter().enumerate() {
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        items.extend(files.into_iter().map(|(name, blob)| (label as u16, name, blob)));
+    }
+    let first = decode(&items[0].2, &items[0].1)?;
+    let shape = shape_of(&first);
+    let (c, h, w) = shape;
+    let chw = c * h * w;
+    let first_loc = items[0].2.location();
+    let mut pixels = vec![0u8; items.len() * chw];
+    write_planar(first, &mut pixels[..chw]);
+    let results: Vec<Result<(), DataError>> = pixels[chw..]
+        .par_chunks_mut(chw)
+        .zip(items[1..].par_iter())
+        .map(|(out, (_, name, blob))| {
+            let img = decode(blob, name)?;
+            let s = shape_of(&img);
+            if s != shape {
+                return Err(DataError::Image {
+                    location: blob.location(),
+                    problem: format!(
+                        "size {} differs from {} of the first image {first_loc}; all images must have the same size and channel count",
+                        fmt_shape(s),
+                        fmt_shape(shape)
+                    ),
+                });
+            }
+            write_planar(img, out);
+            Ok(())
+        })
+        .collect();
+    // Report the first failure in dataset order: deterministic.
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
+    Ok(Dataset {
+        pixels,
+        labels: items.iter().map(|i| i.0).collect(),
+        len: items.len(),
+        channels: c,
+        height: h,
+        width: w,
+        classes: class_names.len(),
+        class_names,
+        source,
+    })
+}
+
+fn os_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Reads an image folder: one sub-folder per class (sorted by name; the
+/// position is the label), each holding `.jpg` / `.jpeg` / `.png` files
+/// (extension case-insensitive), decoded in parallel. Images are ordered by
+/// class, then file name.
+///
+/// Hidden files and folders (name starting with `.`) are skipped, and so are
+/// plain files next to the class folders (a README, a licence). Any other
+/// non-image file, or a folder, inside a class folder is an error naming it.
+/// All images must have the same size and channel count (grayscale stays 1
+/// channel, colour is RGB; alpha is dropped), else the error names the file
+/// and both sizes. An empty folder, no class folder, a single class or an
+/// empty class is an error.
+pub fn read_image_folder(dir: &Path) -> Result<Dataset, DataError> {
+    let meta = fs::metadata(dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            DataError::NotFound {
+                what: "image folder",
+                path: dir.to_path_buf(),
+                hint: "expected a directory with one sub-folder of images per class".into(),
+            }
+        } else {
+            DataError::io(dir, e)
+        }
+    })?;
+    if !meta.is_dir() {
+        return Err(DataError::layout(dir, "not a directory (expected one sub-folder of images per class)"));
+    }
+    let list = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(d).map_err(|e| DataError::io(d, e))? {
+            let p = e.map_err(|e| DataError::io(d, e))?.path();
+            if !is_hidden(&os_name(&p)) {
+                v.push(p);
+            }
+        }
+        v.sort();
+        Ok(v)
+    };
+    let top = list(dir)?;
+    if top.is_empty() {
+        return Err(DataError::layout(dir, "the folder is empty (expected one sub-folder of images per class)"));
+    }
+    let mut classes = Classes::new();
+    for class_dir in top.iter().filter(|p| p.is_dir()) {
+        let mut files = Vec::new();
+        for f in list(class_dir)? {
+            let name = os_name(&f);
+            if f.is_dir() {
+                return Err(DataError::Image {
+                    location: f.display().to_string(),
+                    problem: "unexpected folder inside a class folder (class folders hold image files only)".into(),
+                });
+            }
+            if image_format_of(&name).is_none() {
+                return Err(DataError::Image { location: f.display().to_string(), problem: NOT_IMAGE.into() });
+            }
+            files.push((name, Blob::File(f)));
+        }
+        classes.insert(os_name(class_dir), files);
+    }
+    build_dataset(dir, &format!("folder {}", dir.display()), dir.to_path_buf(), classes)
+}
+
+/// The entries of a tar archive kept by a filter: files with their bytes,
+/// directories with none. Paths are split into components, `.` removed.
+pub(crate) struct TarScan {
+    pub files: Vec<(Vec<String>, Vec<u8>)>,
+    pub dirs: Vec<Vec<String>>,
+}
+
+/// Streams a `.tar.gz` (or a plain `.tar`: gzip is detected by its magic
+/// bytes) and keeps the entries whose path components pass `keep`.
+pub(crate) fn scan_tar(archive: &Path, keep: &dyn Fn(&[String]) -> bool) -> Result<TarScan, DataError> {
+    let file = fs::File::open(archive).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            DataError::NotFound { what: "archive", path: archive.to_path_buf(), hint: "no such file".into() }
+        } else {
+            DataError::io(archive, e)
+        }
+    })?;
+    let mut buf = BufReader::with_capacity(1 << 20, file);
+    let head = buf.fill_buf().map_err(|e| DataError::io(archive, e))?;
+    let gz = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
+    let reader: Box<dyn Read> =
+        if gz { Box::new(flate2::bufread::MultiGzDecoder::new(buf)) } else { Box::new(buf) };
+    let mut ar = tar::Archive::new(reader);
+    let mut scan = TarScan { files: Vec::new(), dirs: Vec::new() };
+    let mut last = String::from("(none)");
+    let wrap = |e: io::Error, last: &str| {
+        DataError::io(archive, io::Error::new(e.kind(), format!("{e} (after archive entry {last})")))
+    };
+    for entry in ar.entries().map_err(|e| wrap(e, &last))? {
+        let mut entry = entry.map_err(|e| wrap(e, &last))?;
+        let raw = entry.path_bytes();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let comps: Vec<String> =
+            name.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_owned).collect();
+        last = name;
+        if comps.is_empty() || !keep(&comps) {
+            continue;
+        }
+        let ty = entry.header().entry_type();
+        if ty.is_dir() {
+            scan.dirs.push(comps);
+        } else if ty.is_file() || ty == tar::EntryType::Continuous {
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes).map_err(|e| wrap(e, &last))?;
+            scan.files.push((comps, bytes));
+        }
+    }
+    Ok(scan)
+}
+
+/// The path of an entry relative to `split/`, tolerating one top folder
+/// (`top/split/...`). `None` if the entry is not under `split`.
+pub(crate) fn split_rel<'a>(comps: &'a [String], split: &str) -> Option<&'a [String]> {
+    if comps.first().map(String::as_str) == Some(split) {
+        Some(&comps[1..])
+    } else if comps.len() >= 2 && comps[1] == split {
+        Some(&comps[2..])
+    } else {
+        None
+    }
+}
+
+/// Builds the image-folder dataset of `split` from a scan, taking the
+/// matching entries out of it.
+pub(crate) fn dataset_from_scan(archive: &Path, scan: &mut TarScan, split: &str) -> Result<Dataset, DataError> {
+    let mut classes = Classes::new();
+    let mut seen_any = false;
+    for d in &scan.dirs {
+        if let Some(rel) = split_rel(d, split) {
+            seen_any = true;
+            if rel.len() == 1 && !is_hidden(&rel[0]) {
+                classes.entry(rel[0].clone()).or_default();
+            }
+        }
+    }
+    let files = std::mem::take(&mut scan.files);
+    for (comps, bytes) in files {
+        let Some(rel) = split_rel(&comps, split) else {
+            scan.files.push((comps, bytes));
+            continue;
+        };
+        seen_any = true;
+        if rel.iter().any(|c| is_hidden(c)) || rel.len() < 2 {
+            continue; // hidden files (e.g. macOS "._x.jpg"), files beside the class folders
+        }
+        let location = entry_location(archive, &comps.join("/"));
+        if rel.len() > 2 {
+            return Err(DataError::Image {
+                location,
+                problem: "unexpected folder inside a class folder (class folders hold image files only)".into(),
+            });
+        }
+        if image_format_of(&rel[1]).is_none() {
+            return Err(DataError::Image { location, problem: NOT_IMAGE.into() });
+        }
+        classes.entry(rel[0].clone()).or_default().push((rel[1].clone(), Blob::Mem { location, bytes }));
+    }
+    if !seen_any {
+        return Err(DataError::layout(
+            archive,
+            format!("no entries under '{split}/' (expected {split}/<class>/<image>.jpg, optionally inside one top folder)"),
+        ));
+    }
+    build_dataset(archive, &format!("'{split}/' of {}", archive.display()), archive.to_path_buf(), classes)
+}
+
+/// Reads the image folder `split/<class>/*.{jpg,jpeg,png}` straight from a
+/// `.tar.gz` (no extraction to disk), e.g. `split = "train"` or `"test"`.
+/// Entry paths may start with `./` or sit inside one top folder. Same rules
+/// as [`read_image_folder`]; errors name the archive and the entry.
+pub fn read_image_folder_tar_gz(archive: &Path, split: &str) -> Result<Dataset, DataError> {
+    let mut scan = scan_tar(archive, &|c| split_rel(c, split).is_some())?;
+    dataset_from_scan(archive, &mut scan, split)
+}
