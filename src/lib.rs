@@ -21,6 +21,9 @@
 // this crate too.
 extern crate self as sparsenet;
 
+pub mod trainer;
+pub mod zoo;
+
 pub use sparsenet_macros::sparsenet;
 pub use sparsenet_runtime as runtime;
 

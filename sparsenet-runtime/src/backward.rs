@@ -7,9 +7,11 @@
 //! transformed) concatenated input; [`pre_backward`] then takes it through
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
-use crate::kernels::{for_each_plane, im2col, read, ConvGeom, Pre};
+use crate::kernels::{for_each_plane, gather_unfold, read, ConvGeom, Pre};
+use crate::matmul::{matmul, Mat};
 use crate::{concat_channels, Float};
-use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2};
+use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
+use ndarray::parallel::prelude::*;
 
 /// A zero gradient buffer shaped like `x`.
 pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
@@ -18,6 +20,10 @@ pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
 
 /// Convolution backward. Accumulates into `dweight` (OIHW) and `dbias`, and
 /// returns the gradient with respect to the transformed, concatenated input.
+///
+/// The batch is split into one chunk per worker thread; each chunk sums its
+/// own weight gradient and the chunks' sums are added in chunk order, so the
+/// result is deterministic for a given thread count.
 pub fn conv2d_backward<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
@@ -29,53 +35,93 @@ pub fn conv2d_backward<T: Float>(
 ) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let cin = concat_channels(srcs);
-    let (k, stride, pad) = (g.kernel, g.stride, g.pad);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
-    let kdim = cin * k * k;
-    let wmat = ArrayView2::from_shape((g.out_channels, kdim), weight).expect("weight matches the plan");
-    let mut dw = ndarray::ArrayViewMut2::from_shape((g.out_channels, kdim), dweight).expect("dweight matches");
+    let (oc, kdim, hw_out) = (g.out_channels, cin * g.kernel * g.kernel, ho * wo);
+    let wmat = Mat::rows(weight, oc, kdim);
+    let plain = g.kernel == 1 && g.stride == 1 && g.pad == 0;
     let mut dz = Array4::<T>::zeros((n, cin, h, w));
-    let mut col = Array2::<T>::zeros((kdim, ho * wo));
-    let mut dcol = Array2::<T>::zeros((kdim, ho * wo));
-    let mut db = dbias;
-    for b in 0..n {
-        let dyb = dy.slice(s![b, .., .., ..]);
-        let dyb = dyb.into_shape_with_order((g.out_channels, ho * wo)).expect("contiguous");
-        im2col(srcs, pre, b, g, col.as_slice_mut().expect("contiguous"));
-        general_mat_mul(T::one(), &dyb, &col.t(), T::one(), &mut dw);
-        if let Some(db) = db.as_deref_mut() {
-            for (d, row) in db.iter_mut().zip(dyb.rows()) {
-                *d += row.sum();
+    let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
+    let dy_all = dy.as_slice().expect("contiguous");
+    let partials: Vec<(Vec<T>, Vec<T>)> = dz
+        .axis_chunks_iter_mut(Axis(0), chunk)
+        .into_par_iter()
+        .enumerate()
+        .map(|(ci, mut dzc)| {
+            let mut dw = vec![T::zero(); oc * kdim];
+            let mut db = vec![T::zero(); oc];
+            let (mut xin, mut col, mut dcol) = (Vec::new(), Vec::new(), vec![T::zero(); kdim * hw_out]);
+            for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
+                let b = ci * chunk + lb;
+                let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
+                let rhs = gather_unfold(srcs, pre, b, g, &mut xin, &mut col);
+                // dW += dy_b (O x HW) * unfolded^T (HW x K)
+                matmul(&mut dw, Mat::rows(dyb, oc, hw_out), Mat::rows(rhs, kdim, hw_out).t(), true);
+                for (d, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
+                    *d += row.iter().copied().sum::<T>();
+                }
+                let dzb = dzb.as_slice_mut().expect("contiguous");
+                if plain {
+                    // dz_b = W^T (K x O) * dy_b (O x HW)
+                    matmul(dzb, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
+                } else {
+                    matmul(&mut dcol, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
+                    col2im(&dcol, cin, h, w, g, dzb);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dbias = dbias;
+    for (dw, db) in partials {
+        for (d, v) in dweight.iter_mut().zip(dw) {
+            *d += v;
+        }
+        if let Some(dbias) = dbias.as_deref_mut() {
+            for (d, v) in dbias.iter_mut().zip(db) {
+                *d += v;
             }
         }
-        general_mat_mul(T::one(), &wmat.t(), &dyb, T::zero(), &mut dcol);
-        // col2im: scatter-add dcol back onto the input positions.
-        let dcol = dcol.as_slice().expect("contiguous");
-        let mut dzb = dz.slice_mut(s![b, .., .., ..]);
-        let dzb = dzb.as_slice_mut().expect("contiguous");
-        for c in 0..cin {
-            let plane = &mut dzb[c * h * w..(c + 1) * h * w];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &dcol[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
-                    for oy in 0..ho {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let line = &mut plane[iy as usize * w..(iy as usize + 1) * w];
-                        for ox in 0..wo {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix >= 0 && ix < w as isize {
-                                line[ix as usize] += row[oy * wo + ox];
+    }
+    dz
+}
+
+/// Scatter-adds an unfolded gradient (Cin * k * k, Ho * Wo) back onto the
+/// input planes: the adjoint of `im2col`.
+fn col2im<T: Float>(dcol: &[T], cin: usize, h: usize, w: usize, g: ConvGeom, dz: &mut [T]) {
+    let (k, stride, pad) = (g.kernel, g.stride, g.pad);
+    let (ho, wo) = (g.out_size(h), g.out_size(w));
+    for c in 0..cin {
+        let plane = &mut dz[c * h * w..(c + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &dcol[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
+                for oy in 0..ho {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let line = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                    let src = &row[oy * wo..(oy + 1) * wo];
+                    if stride == 1 {
+                        let lo = pad.saturating_sub(kx).min(wo);
+                        let hi = (w + pad).saturating_sub(kx).min(wo).max(lo);
+                        if hi > lo {
+                            for (d, &v) in line[lo + kx - pad..hi + kx - pad].iter_mut().zip(&src[lo..hi]) {
+                                *d += v;
                             }
+                        }
+                        continue;
+                    }
+                    for (ox, &v) in src.iter().enumerate() {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if ix >= 0 && ix < w as isize {
+                            line[ix as usize] += v;
                         }
                     }
                 }
             }
         }
     }
-    dz
 }
 
 /// Average pooling backward: spreads each output gradient over its window.
@@ -210,61 +256,86 @@ pub fn pre_backward<T: Float>(
     let hw = h * w;
     let cin = concat_channels(srcs);
     let dz = dz.as_slice().expect("contiguous");
-    let mut dbn = dbn;
-    let mut c0 = 0;
-    for (src, dsrc) in srcs.iter().zip(dsrcs.iter_mut()) {
-        let cs = src.dim().1;
-        let x = src.as_slice().expect("contiguous");
-        let dx = dsrc.as_slice_mut().expect("contiguous");
-        for ci in 0..cs {
-            let c = c0 + ci;
-            let zoff = |b: usize| (b * cin + c) * hw;
-            let xoff = |b: usize| (b * cs + ci) * hw;
-            let Some(p) = pre else {
+    // (source index, channel within source) of every concatenated channel.
+    let chan: Vec<(usize, usize)> =
+        srcs.iter().enumerate().flat_map(|(si, s)| (0..s.dim().1).map(move |ci| (si, ci))).collect();
+    let xs: Vec<&[T]> = srcs.iter().map(|s| s.as_slice().expect("contiguous")).collect();
+    let x_plane = |b: usize, c: usize| {
+        let (si, ci) = chan[c];
+        let cs = srcs[si].dim().1;
+        &xs[si][(b * cs + ci) * hw..(b * cs + ci + 1) * hw]
+    };
+    let dz_plane = |b: usize, c: usize| &dz[(b * cin + c) * hw..(b * cin + c + 1) * hw];
+    // Per-channel sums of da and da * xhat (training-mode BN needs them for
+    // dx; gamma and beta gradients are these sums), in f64, one channel per
+    // task so the result does not depend on the thread count.
+    let sums: Vec<(f64, f64)> = match pre {
+        Some(p) => (0..cin)
+            .into_par_iter()
+            .map(|c| {
+                let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+                let mut sum_da = 0.0f64;
+                let mut sum_da_xhat = 0.0f64;
+                let zero = T::zero();
+                // Within a plane in T (vectorised), across planes in f64.
                 for b in 0..n {
-                    for (d, &g) in dx[xoff(b)..xoff(b) + hw].iter_mut().zip(&dz[zoff(b)..zoff(b) + hw]) {
+                    let (mut sa, mut sax) = (zero, zero);
+                    for (&xv, &g) in x_plane(b, c).iter().zip(dz_plane(b, c)) {
+                        let a = if p.relu && scale * xv + shift <= zero { zero } else { g };
+                        sa += a;
+                        sax += a * (xv - mean);
+                    }
+                    sum_da += sa.to_f64c();
+                    sum_da_xhat += (sax * inv_std).to_f64c();
+                }
+                (sum_da, sum_da_xhat)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if let (Some(dbn), Some(_)) = (dbn, pre) {
+        for (c, &(sum_da, sum_da_xhat)) in sums.iter().enumerate() {
+            dbn[c] += T::from_f64c(sum_da_xhat);
+            dbn[cin + c] += T::from_f64c(sum_da);
+        }
+    }
+    // dx, image by image in parallel: every image owns its slices of the
+    // source gradients.
+    let mut per_image: Vec<Vec<ndarray::ArrayViewMut3<'_, T>>> = (0..n).map(|_| Vec::new()).collect();
+    for d in dsrcs.iter_mut() {
+        for (b, view) in d.axis_iter_mut(Axis(0)).enumerate() {
+            per_image[b].push(view);
+        }
+    }
+    let m = (n * hw) as f64;
+    per_image.into_par_iter().enumerate().for_each(|(b, mut views)| {
+        for c in 0..cin {
+            let (si, ci) = chan[c];
+            let dx = views[si].slice_mut(s![ci, .., ..]);
+            let dx = dx.into_slice().expect("contiguous");
+            let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
+            match pre {
+                None => {
+                    for (d, &g) in dx.iter_mut().zip(gv) {
                         *d += g;
                     }
                 }
-                continue;
-            };
-            let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
-            // da = dz masked by the ReLU, recomputed from x.
-            let da = |xv: T, g: T| if p.relu && scale * xv + shift <= T::zero() { T::zero() } else { g };
-            let mut sum_da = 0.0f64;
-            let mut sum_da_xhat = 0.0f64;
-            for b in 0..n {
-                let xs = &x[xoff(b)..xoff(b) + hw];
-                let gs = &dz[zoff(b)..zoff(b) + hw];
-                for (&xv, &g) in xs.iter().zip(gs) {
-                    let a = da(xv, g);
-                    sum_da += a.to_f64c();
-                    sum_da_xhat += (a * (xv - mean) * inv_std).to_f64c();
-                }
-            }
-            if let Some(dbn) = dbn.as_deref_mut() {
-                dbn[c] += T::from_f64c(sum_da_xhat);
-                dbn[cin + c] += T::from_f64c(sum_da);
-            }
-            let m = (n * hw) as f64;
-            let (mean_da, mean_da_xhat) = if p.batch_stats {
-                (T::from_f64c(sum_da / m), T::from_f64c(sum_da_xhat / m))
-            } else {
-                (T::zero(), T::zero())
-            };
-            for b in 0..n {
-                let xs = &x[xoff(b)..xoff(b) + hw];
-                let gs = &dz[zoff(b)..zoff(b) + hw];
-                let ds = &mut dx[xoff(b)..xoff(b) + hw];
-                for ((d, &xv), &g) in ds.iter_mut().zip(xs).zip(gs) {
-                    let a = da(xv, g);
-                    let xhat = (xv - mean) * inv_std;
-                    *d += scale * (a - mean_da - xhat * mean_da_xhat);
+                Some(p) => {
+                    let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+                    let (mean_da, mean_da_xhat) = if p.batch_stats {
+                        (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
+                    } else {
+                        (T::zero(), T::zero())
+                    };
+                    for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                        let a = if p.relu && scale * x + shift <= T::zero() { T::zero() } else { g };
+                        let xhat = (x - mean) * inv_std;
+                        *d += scale * (a - mean_da - xhat * mean_da_xhat);
+                    }
                 }
             }
         }
-        c0 += cs;
-    }
+    });
 }
 
 /// Backward of dropout: the same mask (regenerated from its seed) applied

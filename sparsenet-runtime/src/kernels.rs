@@ -7,7 +7,9 @@
 //! ReLU) is applied as each value is read.
 
 use crate::Float;
-use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2};
+use crate::matmul::{matmul, Mat};
+use ndarray::{s, Array2, Array4, ArrayView2, Axis};
+use ndarray::parallel::prelude::*;
 
 /// The per-channel transform applied to inputs as they are read:
 /// `y = relu?(scale[c] * x + shift[c])`. This is BatchNorm folded into one
@@ -33,6 +35,24 @@ impl<T: Float> Pre<T> {
     pub fn affine(scale: Vec<T>, shift: Vec<T>, relu: bool) -> Self {
         let c = scale.len();
         Pre { scale, shift, relu, mean: vec![T::zero(); c], inv_std: vec![T::one(); c], batch_stats: false }
+    }
+
+    /// Applies channel `c`'s transform to a whole plane (a tight loop the
+    /// compiler vectorises).
+    #[inline]
+    pub(crate) fn apply_plane(&self, c: usize, src: &[T], dst: &mut [T]) {
+        let (s, t) = (self.scale[c], self.shift[c]);
+        if self.relu {
+            let zero = T::zero();
+            for (d, &v) in dst.iter_mut().zip(src) {
+                let y = s * v + t;
+                *d = if y > zero { y } else { zero };
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = s * v + t;
+            }
+        }
     }
 
     #[inline(always)]
@@ -94,9 +114,11 @@ pub fn concat_channels<T>(srcs: &[&Array4<T>]) -> usize {
 }
 
 /// 2-D convolution over the virtual concatenation of `srcs`, with `pre`
-/// applied on the fly while the im2col matrix is gathered. Zero padding is
-/// applied after `pre` (padding pads the normalised, rectified input, as in
-/// BN -> ReLU -> Conv). `weight` is OIHW, `bias` has `out_channels` entries.
+/// applied on the fly. Zero padding is applied after `pre` (padding pads the
+/// normalised, rectified input, as in BN -> ReLU -> Conv). `weight` is OIHW,
+/// `bias` has `out_channels` entries. Images run in parallel; each thread
+/// transforms one image's input planes into a scratch buffer, unfolds it
+/// (3x3 and strided convolutions) and multiplies with the weights.
 pub fn conv2d<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
@@ -106,37 +128,64 @@ pub fn conv2d<T: Float>(
 ) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let cin = concat_channels(srcs);
-    let (k, stride, pad) = (g.kernel, g.stride, g.pad);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
-    let kdim = cin * k * k;
-    let wmat = ArrayView2::from_shape((g.out_channels, kdim), weight)
-        .expect("weight length matches the plan");
+    let kdim = cin * g.kernel * g.kernel;
+    let wmat = Mat::rows(weight, g.out_channels, kdim);
     let mut out = Array4::<T>::zeros((n, g.out_channels, ho, wo));
-    let mut col = Array2::<T>::zeros((kdim, ho * wo));
-    for b in 0..n {
-        im2col(srcs, pre, b, g, col.as_slice_mut().expect("col is contiguous"));
-        let mut o = out.slice_mut(s![b, .., .., ..]);
-        let mut o = o
-            .view_mut()
-            .into_shape_with_order((g.out_channels, ho * wo))
-            .expect("output image is contiguous");
-        general_mat_mul(T::one(), &wmat, &col, T::zero(), &mut o);
-        if let Some(bias) = bias {
-            for (mut row, &bv) in o.rows_mut().into_iter().zip(bias) {
-                row.mapv_inplace(|v| v + bv);
+    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(xin, col), (b, mut ob)| {
+            let rhs = gather_unfold(srcs, pre, b, g, xin, col);
+            let o = ob.as_slice_mut().expect("contiguous");
+            matmul(o, wmat, Mat::rows(rhs, kdim, ho * wo), false);
+            if let Some(bias) = bias {
+                for (row, &bv) in o.chunks_exact_mut(ho * wo).zip(bias) {
+                    for v in row {
+                        *v += bv;
+                    }
+                }
             }
-        }
-    }
+        },
+    );
     out
 }
 
-/// Gathers image `b` of the virtual concatenation, with `pre` applied, into
-/// the im2col matrix `col` of shape (Cin * k * k, Ho * Wo).
-pub(crate) fn im2col<T: Float>(srcs: &[&Array4<T>], pre: Option<&Pre<T>>, b: usize, g: ConvGeom, col: &mut [T]) {
+/// Image `b` of the transformed concatenation as the right-hand side of a
+/// convolution's product: the planes themselves for a 1x1/1 convolution,
+/// else their im2col unfolding (Cin * k * k, Ho * Wo).
+pub(crate) fn gather_unfold<'a, T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    b: usize,
+    g: ConvGeom,
+    xin: &'a mut Vec<T>,
+    col: &'a mut Vec<T>,
+) -> &'a [T] {
     let (_, _, h, w) = srcs[0].dim();
+    let cin = concat_channels(srcs);
+    xin.resize(cin * h * w, T::zero());
+    for_each_plane(srcs, b, |c, plane| {
+        let dst = &mut xin[c * h * w..(c + 1) * h * w];
+        match pre {
+            Some(p) => p.apply_plane(c, plane, dst),
+            None => dst.copy_from_slice(plane),
+        }
+    });
+    if g.kernel == 1 && g.stride == 1 && g.pad == 0 {
+        return &xin[..];
+    }
+    let (ho, wo) = (g.out_size(h), g.out_size(w));
+    col.resize(cin * g.kernel * g.kernel * ho * wo, T::zero());
+    im2col(xin, cin, h, w, g, col);
+    &col[..]
+}
+
+/// Unfolds `x` (Cin planes of h x w) into `col` (Cin * k * k, Ho * Wo).
+pub(crate) fn im2col<T: Float>(x: &[T], cin: usize, h: usize, w: usize, g: ConvGeom, col: &mut [T]) {
     let (k, stride, pad) = (g.kernel, g.stride, g.pad);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
-    for_each_plane(srcs, b, |c, plane| {
+    for c in 0..cin {
+        let plane = &x[c * h * w..(c + 1) * h * w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut col[((c * k + ky) * k + kx) * ho * wo..][..ho * wo];
@@ -148,20 +197,25 @@ pub(crate) fn im2col<T: Float>(srcs: &[&Array4<T>], pre: Option<&Pre<T>>, b: usi
                         continue;
                     }
                     let line = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    if stride == 1 && pad == 0 && kx == 0 && wo == w {
-                        for (d, &v) in dst.iter_mut().zip(line) {
-                            *d = read(pre, c, v);
+                    if stride == 1 {
+                        // Contiguous run: ox in [lo, hi) maps to ix = ox + kx - pad.
+                        let lo = pad.saturating_sub(kx).min(wo);
+                        let hi = (w + pad).saturating_sub(kx).min(wo).max(lo);
+                        dst[..lo].fill(T::zero());
+                        if hi > lo {
+                            dst[lo..hi].copy_from_slice(&line[lo + kx - pad..hi + kx - pad]);
                         }
+                        dst[hi..].fill(T::zero());
                         continue;
                     }
                     for (ox, d) in dst.iter_mut().enumerate() {
                         let ix = (ox * stride + kx) as isize - pad as isize;
-                        *d = if ix < 0 || ix >= w as isize { T::zero() } else { read(pre, c, line[ix as usize]) };
+                        *d = if ix < 0 || ix >= w as isize { T::zero() } else { line[ix as usize] };
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// Average pooling with a `k` x `k` window and stride `stride`, no padding,
@@ -314,28 +368,19 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
     let data = x.as_slice().expect("activation buffers are contiguous");
     let hw = h * w;
     let count = n * hw;
-    let mut mean = Vec::with_capacity(c);
-    let mut var = Vec::with_capacity(c);
-    for ci in 0..c {
-        let mut sum = 0.0f64;
-        for b in 0..n {
-            let off = (b * c + ci) * hw;
-            sum += data[off..off + hw].iter().map(|v| v.to_f64c()).sum::<f64>();
-        }
-        let m = sum / count as f64;
-        let mut ss = 0.0f64;
-        for b in 0..n {
-            let off = (b * c + ci) * hw;
-            ss += data[off..off + hw]
-                .iter()
-                .map(|v| {
-                    let d = v.to_f64c() - m;
-                    d * d
-                })
-                .sum::<f64>();
-        }
-        mean.push(T::from_f64c(m));
-        var.push(T::from_f64c(ss / count as f64));
-    }
-    Stats { mean, var, count }
+    let per_channel: Vec<(T, T)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let plane = |b: usize| &data[(b * c + ci) * hw..(b * c + ci + 1) * hw];
+            // Sums within a plane in T (vectorised), across planes in f64.
+            let sum: f64 = (0..n).map(|b| plane(b).iter().copied().sum::<T>().to_f64c()).sum();
+            let m = sum / count as f64;
+            let mt = T::from_f64c(m);
+            let ss: f64 = (0..n)
+                .map(|b| plane(b).iter().map(|&v| (v - mt) * (v - mt)).sum::<T>().to_f64c())
+                .sum();
+            (T::from_f64c(m), T::from_f64c(ss / count as f64))
+        })
+        .collect();
+    Stats { mean: per_channel.iter().map(|p| p.0).collect(), var: per_channel.iter().map(|p| p.1).collect(), count }
 }

@@ -4,10 +4,13 @@
 
 pub mod backward;
 pub mod ctx;
+pub mod data;
 pub mod float;
 pub mod init;
 pub mod kernels;
+pub mod matmul;
 pub mod model;
+pub mod train;
 pub mod weights;
 
 pub use backward::{

@@ -7,32 +7,145 @@ use std::path::{Path, PathBuf};
 use super::{DataError, Dataset};
 
 /// CIFAR-10 class names, index = label.
-pub const CIFAR10_NAMES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CIFAR10_NAMES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// CIFAR-100 fine class names, index = fine label.
 pub const CIFAR100_FINE_NAMES: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
-    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
-    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
-    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
-    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
-    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
-    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
-    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
     "worm",
 ];
 
 /// CIFAR-100 coarse class (superclass) names, index = coarse label.
 pub const CIFAR100_COARSE_NAMES: [&str; 20] = [
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-    "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
-    "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
-    "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
 ];
 
 /// Which CIFAR binary format to read.
@@ -84,7 +197,8 @@ pub(crate) fn parse_records(
     if bytes.is_empty() {
         return Err(DataError::format(location, "file is empty"));
     }
-    if bytes.len() % rec != 0 {
+    let whole = bytes.len() / rec * rec;
+    if whole != bytes.len() {
         return Err(DataError::format(
             location,
             format!(
@@ -119,7 +233,12 @@ pub(crate) fn parse_records(
     Ok(())
 }
 
-pub(crate) fn dataset_from_records(pixels: Vec<u8>, labels: Vec<u16>, kind: CifarKind, source: PathBuf) -> Dataset {
+pub(crate) fn dataset_from_records(
+    pixels: Vec<u8>,
+    labels: Vec<u16>,
+    kind: CifarKind,
+    source: PathBuf,
+) -> Dataset {
     Dataset {
         len: labels.len(),
         pixels,
@@ -141,13 +260,22 @@ pub(crate) fn dataset_from_records(pixels: Vec<u8>, labels: Vec<u16>, kind: Cifa
 /// The dataset's `source` is the first file.
 pub fn read_cifar_bin(files: &[PathBuf], kind: CifarKind) -> Result<Dataset, DataError> {
     let Some(first) = files.first() else {
-        return Err(DataError::format("(CIFAR file list)", "no CIFAR batch files given"));
+        return Err(DataError::format(
+            "(CIFAR file list)",
+            "no CIFAR batch files given",
+        ));
     };
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for f in files {
         let bytes = std::fs::read(f).map_err(|e| DataError::io(f, e))?;
-        parse_records(&bytes, &f.display().to_string(), kind, &mut pixels, &mut labels)?;
+        parse_records(
+            &bytes,
+            &f.display().to_string(),
+            kind,
+            &mut pixels,
+            &mut labels,
+        )?;
     }
     Ok(dataset_from_records(pixels, labels, kind, first.clone()))
 }

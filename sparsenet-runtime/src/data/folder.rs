@@ -96,7 +96,12 @@ pub(crate) type Classes = BTreeMap<String, Vec<(String, Blob)>>;
 
 /// Checks the layout, orders images by (class, file name) and decodes them in
 /// parallel. `root` names the folder (or archive split) in layout errors.
-pub(crate) fn build_dataset(root: &Path, root_desc: &str, source: PathBuf, classes: Classes) -> Result<Dataset, DataError> {
+pub(crate) fn build_dataset(
+    root: &Path,
+    root_desc: &str,
+    source: PathBuf,
+    classes: Classes,
+) -> Result<Dataset, DataError> {
     if classes.is_empty() {
         return Err(DataError::layout(
             root,
@@ -104,7 +109,10 @@ pub(crate) fn build_dataset(root: &Path, root_desc: &str, source: PathBuf, class
         ));
     }
     if let Some((name, _)) = classes.iter().find(|(_, files)| files.is_empty()) {
-        return Err(DataError::layout(root, format!("class folder '{name}' in {root_desc} holds no image")));
+        return Err(DataError::layout(
+            root,
+            format!("class folder '{name}' in {root_desc} holds no image"),
+        ));
     }
     if classes.len() == 1 {
         let name = classes.keys().next().unwrap();
@@ -114,13 +122,20 @@ pub(crate) fn build_dataset(root: &Path, root_desc: &str, source: PathBuf, class
         ));
     }
     if classes.len() > u16::MAX as usize {
-        return Err(DataError::layout(root, format!("{root_desc} has {} classes (at most 65535)", classes.len())));
+        return Err(DataError::layout(
+            root,
+            format!("{root_desc} has {} classes (at most 65535)", classes.len()),
+        ));
     }
     let class_names: Vec<String> = classes.keys().cloned().collect();
     let mut items: Vec<(u16, String, Blob)> = Vec::new();
     for (label, (_, mut files)) in classes.into_iter().enumerate() {
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        items.extend(files.into_iter().map(|(name, blob)| (label as u16, name, blob)));
+        items.extend(
+            files
+                .into_iter()
+                .map(|(name, blob)| (label as u16, name, blob)),
+        );
     }
     let first = decode(&items[0].2, &items[0].1)?;
     let shape = shape_of(&first);
@@ -167,7 +182,9 @@ pub(crate) fn build_dataset(root: &Path, root_desc: &str, source: PathBuf, class
 }
 
 fn os_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Reads an image folder: one sub-folder per class (sorted by name; the
@@ -195,7 +212,10 @@ pub fn read_image_folder(dir: &Path) -> Result<Dataset, DataError> {
         }
     })?;
     if !meta.is_dir() {
-        return Err(DataError::layout(dir, "not a directory (expected one sub-folder of images per class)"));
+        return Err(DataError::layout(
+            dir,
+            "not a directory (expected one sub-folder of images per class)",
+        ));
     }
     let list = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
         let mut v = Vec::new();
@@ -210,7 +230,10 @@ pub fn read_image_folder(dir: &Path) -> Result<Dataset, DataError> {
     };
     let top = list(dir)?;
     if top.is_empty() {
-        return Err(DataError::layout(dir, "the folder is empty (expected one sub-folder of images per class)"));
+        return Err(DataError::layout(
+            dir,
+            "the folder is empty (expected one sub-folder of images per class)",
+        ));
     }
     let mut classes = Classes::new();
     for class_dir in top.iter().filter(|p| p.is_dir()) {
@@ -224,13 +247,21 @@ pub fn read_image_folder(dir: &Path) -> Result<Dataset, DataError> {
                 });
             }
             if image_format_of(&name).is_none() {
-                return Err(DataError::Image { location: f.display().to_string(), problem: NOT_IMAGE.into() });
+                return Err(DataError::Image {
+                    location: f.display().to_string(),
+                    problem: NOT_IMAGE.into(),
+                });
             }
             files.push((name, Blob::File(f)));
         }
         classes.insert(os_name(class_dir), files);
     }
-    build_dataset(dir, &format!("folder {}", dir.display()), dir.to_path_buf(), classes)
+    build_dataset(
+        dir,
+        &format!("folder {}", dir.display()),
+        dir.to_path_buf(),
+        classes,
+    )
 }
 
 /// The entries of a tar archive kept by a filter: files with their bytes,
@@ -242,10 +273,17 @@ pub(crate) struct TarScan {
 
 /// Streams a `.tar.gz` (or a plain `.tar`: gzip is detected by its magic
 /// bytes) and keeps the entries whose path components pass `keep`.
-pub(crate) fn scan_tar(archive: &Path, keep: &dyn Fn(&[String]) -> bool) -> Result<TarScan, DataError> {
+pub(crate) fn scan_tar(
+    archive: &Path,
+    keep: &dyn Fn(&[String]) -> bool,
+) -> Result<TarScan, DataError> {
     let file = fs::File::open(archive).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            DataError::NotFound { what: "archive", path: archive.to_path_buf(), hint: "no such file".into() }
+            DataError::NotFound {
+                what: "archive",
+                path: archive.to_path_buf(),
+                hint: "no such file".into(),
+            }
         } else {
             DataError::io(archive, e)
         }
@@ -253,20 +291,32 @@ pub(crate) fn scan_tar(archive: &Path, keep: &dyn Fn(&[String]) -> bool) -> Resu
     let mut buf = BufReader::with_capacity(1 << 20, file);
     let head = buf.fill_buf().map_err(|e| DataError::io(archive, e))?;
     let gz = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
-    let reader: Box<dyn Read> =
-        if gz { Box::new(flate2::bufread::MultiGzDecoder::new(buf)) } else { Box::new(buf) };
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+    } else {
+        Box::new(buf)
+    };
     let mut ar = tar::Archive::new(reader);
-    let mut scan = TarScan { files: Vec::new(), dirs: Vec::new() };
+    let mut scan = TarScan {
+        files: Vec::new(),
+        dirs: Vec::new(),
+    };
     let mut last = String::from("(none)");
     let wrap = |e: io::Error, last: &str| {
-        DataError::io(archive, io::Error::new(e.kind(), format!("{e} (after archive entry {last})")))
+        DataError::io(
+            archive,
+            io::Error::new(e.kind(), format!("{e} (after archive entry {last})")),
+        )
     };
     for entry in ar.entries().map_err(|e| wrap(e, &last))? {
         let mut entry = entry.map_err(|e| wrap(e, &last))?;
         let raw = entry.path_bytes();
         let name = String::from_utf8_lossy(&raw).into_owned();
-        let comps: Vec<String> =
-            name.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_owned).collect();
+        let comps: Vec<String> = name
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_owned)
+            .collect();
         last = name;
         if comps.is_empty() || !keep(&comps) {
             continue;
@@ -297,7 +347,11 @@ pub(crate) fn split_rel<'a>(comps: &'a [String], split: &str) -> Option<&'a [Str
 
 /// Builds the image-folder dataset of `split` from a scan, taking the
 /// matching entries out of it.
-pub(crate) fn dataset_from_scan(archive: &Path, scan: &mut TarScan, split: &str) -> Result<Dataset, DataError> {
+pub(crate) fn dataset_from_scan(
+    archive: &Path,
+    scan: &mut TarScan,
+    split: &str,
+) -> Result<Dataset, DataError> {
     let mut classes = Classes::new();
     let mut seen_any = false;
     for d in &scan.dirs {
@@ -322,13 +376,21 @@ pub(crate) fn dataset_from_scan(archive: &Path, scan: &mut TarScan, split: &str)
         if rel.len() > 2 {
             return Err(DataError::Image {
                 location,
-                problem: "unexpected folder inside a class folder (class folders hold image files only)".into(),
+                problem:
+                    "unexpected folder inside a class folder (class folders hold image files only)"
+                        .into(),
             });
         }
         if image_format_of(&rel[1]).is_none() {
-            return Err(DataError::Image { location, problem: NOT_IMAGE.into() });
+            return Err(DataError::Image {
+                location,
+                problem: NOT_IMAGE.into(),
+            });
         }
-        classes.entry(rel[0].clone()).or_default().push((rel[1].clone(), Blob::Mem { location, bytes }));
+        classes
+            .entry(rel[0].clone())
+            .or_default()
+            .push((rel[1].clone(), Blob::Mem { location, bytes }));
     }
     if !seen_any {
         return Err(DataError::layout(
@@ -336,7 +398,12 @@ pub(crate) fn dataset_from_scan(archive: &Path, scan: &mut TarScan, split: &str)
             format!("no entries under '{split}/' (expected {split}/<class>/<image>.jpg, optionally inside one top folder)"),
         ));
     }
-    build_dataset(archive, &format!("'{split}/' of {}", archive.display()), archive.to_path_buf(), classes)
+    build_dataset(
+        archive,
+        &format!("'{split}/' of {}", archive.display()),
+        archive.to_path_buf(),
+        classes,
+    )
 }
 
 /// Reads the image folder `split/<class>/*.{jpg,jpeg,png}` straight from a

@@ -28,30 +28,50 @@ fn parse_idx(path: &Path, magic: u32, what: &'static str) -> Result<Idx, DataErr
     if bytes.len() < 4 {
         return Err(truncated(
             bytes.len(),
-            format!("the {header}-byte IDX header of {what} is missing (file has {} bytes)", bytes.len()),
+            format!(
+                "the {header}-byte IDX header of {what} is missing (file has {} bytes)",
+                bytes.len()
+            ),
         ));
     }
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let found = word(0);
     if found != magic {
-        return Err(DataError::BadMagic { path: path.to_path_buf(), expected: magic, found, what });
+        return Err(DataError::BadMagic {
+            path: path.to_path_buf(),
+            expected: magic,
+            found,
+            what,
+        });
     }
     if bytes.len() < header {
         return Err(truncated(
             bytes.len(),
-            format!("the IDX header of {what} needs {header} bytes but the file has {}", bytes.len()),
+            format!(
+                "the IDX header of {what} needs {header} bytes but the file has {}",
+                bytes.len()
+            ),
         ));
     }
     let dims: Vec<usize> = (0..ndims).map(|d| word(4 + 4 * d) as usize).collect();
     if let Some(d) = dims.iter().position(|&d| d == 0) {
         return Err(DataError::format(
             path.display().to_string(),
-            format!("dimension {d} of the IDX header is 0 (dims {dims:?}, at byte offset {})", 4 + 4 * d),
+            format!(
+                "dimension {d} of the IDX header is 0 (dims {dims:?}, at byte offset {})",
+                4 + 4 * d
+            ),
         ));
     }
-    let need = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-        DataError::format(path.display().to_string(), format!("IDX dimensions {dims:?} are too large"))
-    })?;
+    let need = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            DataError::format(
+                path.display().to_string(),
+                format!("IDX dimensions {dims:?} are too large"),
+            )
+        })?;
     let have = bytes.len() - header;
     if have < need {
         return Err(truncated(

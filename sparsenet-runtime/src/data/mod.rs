@@ -37,7 +37,9 @@ mod transform;
 #[cfg(test)]
 mod tests;
 
-pub use cifar::{read_cifar_bin, CifarKind, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CIFAR10_NAMES};
+pub use cifar::{
+    read_cifar_bin, CifarKind, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CIFAR10_NAMES,
+};
 pub use folder::{read_image_folder, read_image_folder_tar_gz};
 pub use idx::read_idx;
 pub use loader::{epoch_batches, epoch_order, Batch, EpochBatches, LoaderConfig};
@@ -89,7 +91,11 @@ impl Dataset {
     ///
     /// Panics if `i >= len`.
     pub fn image(&self, i: usize) -> &[u8] {
-        assert!(i < self.len, "image index {i} out of range (dataset has {} images)", self.len);
+        assert!(
+            i < self.len,
+            "image index {i} out of range (dataset has {} images)",
+            self.len
+        );
         let n = self.image_size();
         &self.pixels[i * n..(i + 1) * n]
     }
@@ -189,7 +195,7 @@ pub enum DataError {
         source: io::Error,
     },
     /// A dataset path or file that does not exist; `hint` says what to do.
-    #[error("{what} {} not found: {hint}", path.display())]
+    #[error("cannot find {what} {}: {hint}", path.display())]
     NotFound {
         what: &'static str,
         path: PathBuf,
@@ -245,13 +251,22 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        DataError::Io { path: path.to_path_buf(), source }
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     pub(crate) fn layout(path: &Path, problem: impl Into<String>) -> Self {
-        DataError::Layout { path: path.to_path_buf(), problem: problem.into() }
+        DataError::Layout {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
     }
     pub(crate) fn format(location: impl Into<String>, problem: impl Into<String>) -> Self {
-        DataError::Format { location: location.into(), problem: problem.into() }
+        DataError::Format {
+            location: location.into(),
+            problem: problem.into(),
+        }
     }
 }
 

@@ -4,19 +4,33 @@ use std::path::{Path, PathBuf};
 
 use super::cifar::{dataset_from_records, has_file, parse_records};
 use super::folder::{dataset_from_scan, scan_tar, split_rel};
-use super::{entry_location, read_cifar_bin, read_idx, read_image_folder, CifarKind, DataError, Dataset};
+use super::{
+    entry_location, read_cifar_bin, read_idx, read_image_folder, CifarKind, DataError, Dataset,
+};
 
 /// Fashion-MNIST class names, index = label.
-pub const FASHION_MNIST_NAMES: [&str; 10] =
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const FASHION_MNIST_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
-const FASHION_HINT: &str = "install with `apt-get install dataset-fashion-mnist` or pass --data DIR";
+const FASHION_HINT: &str =
+    "install with `apt-get install dataset-fashion-mnist` or pass --data DIR";
 
 const CIFAR10_HINT: &str = "pass --data with a .tar.gz of image folders (train/<class>/*.jpg, test/<class>/*.jpg), \
      a directory holding train/ and test/ image folders, or the directory of the official binary version \
      (data_batch_1..5.bin, test_batch.bin)";
 
-const CIFAR100_HINT: &str = "pass --data with the directory of the official CIFAR-100 binary version \
+const CIFAR100_HINT: &str =
+    "pass --data with the directory of the official CIFAR-100 binary version \
      (train.bin, test.bin, possibly inside cifar-100-binary/) or cifar-100-binary.tar.gz";
 
 /// Checks every label is `< classes`, naming the first bad record.
@@ -63,10 +77,15 @@ fn check_pair(what: &str, train: &Dataset, test: &Dataset) -> Result<(), DataErr
 fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
     // Standard names, gzipped or not, and the variant with a dot before "idx".
     let dotted = stem.replacen("-idx", ".idx", 1);
-    [format!("{stem}.gz"), stem.to_string(), format!("{dotted}.gz"), dotted]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    [
+        format!("{stem}.gz"),
+        stem.to_string(),
+        format!("{dotted}.gz"),
+        dotted,
+    ]
+    .into_iter()
+    .map(|n| dir.join(n))
+    .find(|p| p.is_file())
 }
 
 /// Loads Fashion-MNIST (train 60,000, test 10,000, 28×28 grayscale, 10
@@ -84,15 +103,27 @@ pub fn load_fashion_mnist(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
             hint: FASHION_HINT.into(),
         });
     }
-    let stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+    let stems = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ];
     let sub = dir.join("fashion-mnist");
-    let base = if find_idx(dir, stems[0]).is_none() && find_idx(&sub, stems[0]).is_some() { sub } else { dir.to_path_buf() };
+    let base = if find_idx(dir, stems[0]).is_none() && find_idx(&sub, stems[0]).is_some() {
+        sub
+    } else {
+        dir.to_path_buf()
+    };
     let mut paths = Vec::new();
     for stem in stems {
         let p = find_idx(&base, stem).ok_or_else(|| DataError::NotFound {
             what: "Fashion-MNIST file",
             path: base.join(format!("{stem}.gz")),
-            hint: format!("expected {stem}.gz or {stem} in {}; {FASHION_HINT}", base.display()),
+            hint: format!(
+                "expected {stem}.gz or {stem} in {}; {FASHION_HINT}",
+                base.display()
+            ),
         })?;
         paths.push(p);
     }
@@ -109,12 +140,19 @@ pub fn load_fashion_mnist(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
 
 fn is_cifar10_batch(name: &str) -> bool {
     name == "test_batch.bin"
-        || name.strip_prefix("data_batch_").and_then(|r| r.strip_suffix(".bin")).is_some_and(|n| {
-            matches!(n, "1" | "2" | "3" | "4" | "5")
-        })
+        || name
+            .strip_prefix("data_batch_")
+            .and_then(|r| r.strip_suffix(".bin"))
+            .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5"))
 }
 
-const CIFAR10_TRAIN: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+const CIFAR10_TRAIN: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
 
 /// Parses named binary batches found in an archive scan.
 fn records_from_scan(
@@ -129,10 +167,26 @@ fn records_from_scan(
         let (comps, bytes) = files
             .iter()
             .find(|(c, _)| c.last().map(String::as_str) == Some(*name))
-            .ok_or_else(|| DataError::layout(archive, format!("the archive has CIFAR binary batches but no {name}")))?;
-        parse_records(bytes, &entry_location(archive, &comps.join("/")), kind, &mut pixels, &mut labels)?;
+            .ok_or_else(|| {
+                DataError::layout(
+                    archive,
+                    format!("the archive has CIFAR binary batches but no {name}"),
+                )
+            })?;
+        parse_records(
+            bytes,
+            &entry_location(archive, &comps.join("/")),
+            kind,
+            &mut pixels,
+            &mut labels,
+        )?;
     }
-    Ok(dataset_from_records(pixels, labels, kind, archive.to_path_buf()))
+    Ok(dataset_from_records(
+        pixels,
+        labels,
+        kind,
+        archive.to_path_buf(),
+    ))
 }
 
 /// Loads CIFAR-10 as (train, test) from any of:
@@ -145,7 +199,11 @@ fn records_from_scan(
 ///   `test_batch.bin`, possibly inside `cifar-10-batches-bin/`.
 pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
     if !path.exists() {
-        return Err(DataError::NotFound { what: "CIFAR-10 data", path: path.to_path_buf(), hint: CIFAR10_HINT.into() });
+        return Err(DataError::NotFound {
+            what: "CIFAR-10 data",
+            path: path.to_path_buf(),
+            hint: CIFAR10_HINT.into(),
+        });
     }
     let (train, test) = if path.is_file() {
         let mut scan = scan_tar(path, &|c| {
@@ -170,23 +228,44 @@ pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
             (train, test)
         }
     } else if path.join("train").is_dir() && path.join("test").is_dir() {
-        (read_image_folder(&path.join("train"))?, read_image_folder(&path.join("test"))?)
+        (
+            read_image_folder(&path.join("train"))?,
+            read_image_folder(&path.join("test"))?,
+        )
     } else {
         let nested = path.join("cifar-10-batches-bin");
-        let dir = if !has_file(path, "data_batch_1.bin") && nested.is_dir() { nested } else { path.to_path_buf() };
-        if !CIFAR10_TRAIN.iter().chain(&["test_batch.bin"]).any(|n| has_file(&dir, n)) {
-            return Err(DataError::layout(path, format!("unrecognised CIFAR-10 layout; {CIFAR10_HINT}")));
+        let dir = if !has_file(path, "data_batch_1.bin") && nested.is_dir() {
+            nested
+        } else {
+            path.to_path_buf()
+        };
+        if !CIFAR10_TRAIN
+            .iter()
+            .chain(&["test_batch.bin"])
+            .any(|n| has_file(&dir, n))
+        {
+            return Err(DataError::layout(
+                path,
+                format!("unrecognised CIFAR-10 layout; {CIFAR10_HINT}"),
+            ));
         }
         let mut files = Vec::new();
         for n in CIFAR10_TRAIN.iter().chain(&["test_batch.bin"]) {
             let p = dir.join(n);
             if !p.is_file() {
-                return Err(DataError::NotFound { what: "CIFAR-10 batch file", path: p, hint: CIFAR10_HINT.into() });
+                return Err(DataError::NotFound {
+                    what: "CIFAR-10 batch file",
+                    path: p,
+                    hint: CIFAR10_HINT.into(),
+                });
             }
             files.push(p);
         }
         let test_file = files.pop().unwrap();
-        (read_cifar_bin(&files, CifarKind::Cifar10)?, read_cifar_bin(&[test_file], CifarKind::Cifar10)?)
+        (
+            read_cifar_bin(&files, CifarKind::Cifar10)?,
+            read_cifar_bin(&[test_file], CifarKind::Cifar10)?,
+        )
     };
     check_pair("CIFAR-10", &train, &test)?;
     Ok((train, test))
@@ -199,21 +278,36 @@ pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
 pub fn load_cifar100(path: &Path) -> Result<(Dataset, Dataset), DataError> {
     let kind = CifarKind::Cifar100 { fine: true };
     if !path.exists() {
-        return Err(DataError::NotFound { what: "CIFAR-100 data", path: path.to_path_buf(), hint: CIFAR100_HINT.into() });
+        return Err(DataError::NotFound {
+            what: "CIFAR-100 data",
+            path: path.to_path_buf(),
+            hint: CIFAR100_HINT.into(),
+        });
     }
     if path.is_file() {
-        let scan = scan_tar(path, &|c| c.last().is_some_and(|n| n == "train.bin" || n == "test.bin"))?;
+        let scan = scan_tar(path, &|c| {
+            c.last()
+                .is_some_and(|n| n == "train.bin" || n == "test.bin")
+        })?;
         let train = records_from_scan(path, &scan.files, &["train.bin"], kind)?;
         let test = records_from_scan(path, &scan.files, &["test.bin"], kind)?;
         return Ok((train, test));
     }
     let nested = path.join("cifar-100-binary");
-    let dir = if !has_file(path, "train.bin") && nested.is_dir() { nested } else { path.to_path_buf() };
+    let dir = if !has_file(path, "train.bin") && nested.is_dir() {
+        nested
+    } else {
+        path.to_path_buf()
+    };
     let mut out = Vec::new();
     for n in ["train.bin", "test.bin"] {
         let p = dir.join(n);
         if !p.is_file() {
-            return Err(DataError::NotFound { what: "CIFAR-100 file", path: p, hint: CIFAR100_HINT.into() });
+            return Err(DataError::NotFound {
+                what: "CIFAR-100 file",
+                path: p,
+                hint: CIFAR100_HINT.into(),
+            });
         }
         out.push(read_cifar_bin(&[p], kind)?);
     }

@@ -160,9 +160,11 @@ pub fn save_checkpoint<T: Float>(
 /// Loads the checkpoint at `path` into `params`, `state` and `velocity` (same
 /// layout as `params`) as described by `specs`, and returns the saved progress.
 ///
-/// The file must be a checkpoint of this format for the same model (the model
-/// name stored in the file must match `expected_model` when given ... see
-/// [`load_checkpoint_for`]); on any error the outputs are left unchanged.
+/// The file must be a checkpoint of this format holding exactly the model's
+/// tensors (and one velocity per parameter tensor) with the model's shapes and
+/// dtype `T`; on any error the outputs are left unchanged. The stored model name
+/// is returned in the progress, not checked: use [`load_checkpoint_for`] to
+/// refuse another model's checkpoint with an error naming both models.
 pub fn load_checkpoint<T: Float>(
     path: &Path,
     specs: &[TensorSpec],
@@ -441,7 +443,9 @@ mod tests {
 
     /// Values with awkward bit patterns (subnormals, negative zero, NaN-free).
     fn run<T: Float>(salt: f64) -> Run<T> {
-        let f = |i: usize, k: f64| T::from_f64c(((i as f64 + salt) * k).sin() * 10f64.powi((i % 7) as i32 - 3));
+        let f = |i: usize, k: f64| {
+            T::from_f64c(((i as f64 + salt) * k).sin() * 10f64.powi((i % 7) as i32 - 3))
+        };
         let mut params: Vec<T> = (0..N_PARAMS).map(|i| f(i, 1.3)).collect();
         params[5] = T::from_f64c(-0.0);
         params[6] = T::min_positive_value() / T::from_f64c(4.0);
@@ -535,7 +539,10 @@ mod tests {
         assert_eq!(names.into_iter().cloned().collect::<Vec<_>>(), expected);
         let v = st.tensor("optimizer.velocity.stem.bn.weight").unwrap();
         assert_eq!(v.shape(), &[4]);
-        assert_eq!(v.data(), bytemuck::cast_slice::<f32, u8>(&a.velocity[108..112]));
+        assert_eq!(
+            v.data(),
+            bytemuck::cast_slice::<f32, u8>(&a.velocity[108..112])
+        );
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().clone().unwrap();
         assert_eq!(meta["format"], "sparsenet-checkpoint");
@@ -571,7 +578,10 @@ mod tests {
         .unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, CheckpointError::ModelMismatch { .. }), "{msg}");
-        assert!(msg.contains("`densenet-40`") && msg.contains("`sparsenet-bc-40-k24`"), "{msg}");
+        assert!(
+            msg.contains("`densenet-40`") && msg.contains("`sparsenet-bc-40-k24`"),
+            "{msg}"
+        );
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert_same(&b, &run::<f32>(5.0));
 
@@ -625,7 +635,8 @@ mod tests {
         let e = load_checkpoint(&path, SPECS, &mut b.params, &mut b.state, &mut short).unwrap_err();
         assert!(matches!(e, CheckpointError::VelocityLength { .. }), "{e}");
         let r = run::<f32>(1.0);
-        let e = save_checkpoint(&path, SPECS, &r.params, &r.state, &short, &progress()).unwrap_err();
+        let e =
+            save_checkpoint(&path, SPECS, &r.params, &r.state, &short, &progress()).unwrap_err();
         assert!(e.to_string().contains("116 elements"), "{e}");
     }
 
@@ -636,7 +647,10 @@ mod tests {
         let mut p = progress();
         p.extra.insert("epoch".into(), "3".into());
         let e = save(&path, &run::<f32>(1.0), &p).unwrap_err();
-        assert!(matches!(e, CheckpointError::ReservedKey { ref key, .. } if key == "epoch"), "{e}");
+        assert!(
+            matches!(e, CheckpointError::ReservedKey { ref key, .. } if key == "epoch"),
+            "{e}"
+        );
         assert!(!path.exists());
     }
 
@@ -661,7 +675,10 @@ mod tests {
         let specs = with_velocity_specs(SPECS, N_STATE);
         let mut sv = a.state.clone();
         sv.extend_from_slice(&a.velocity);
-        let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let meta = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let bytes = weights_to_bytes(&specs, &a.params, &sv, Some(meta)).unwrap();
         std::fs::write(path, bytes).unwrap();
     }
@@ -814,7 +831,15 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), old_bytes);
 
         // 4. A save with bad inputs fails before writing anything.
-        assert!(save_checkpoint(&path, SPECS, &new.params[..50], &new.state, &new.velocity[..50], &new_progress).is_err());
+        assert!(save_checkpoint(
+            &path,
+            SPECS,
+            &new.params[..50],
+            &new.state,
+            &new.velocity[..50],
+            &new_progress
+        )
+        .is_err());
         let mut b = run::<f32>(5.0);
         assert_eq!(load(&path, &mut b).unwrap(), progress());
         assert_same(&b, &old);

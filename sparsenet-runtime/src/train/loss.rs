@@ -48,7 +48,9 @@ pub fn softmax_cross_entropy_into<T: Float>(
         return Err("cross-entropy: expected a non-empty batch, found 0 rows".to_string());
     }
     if k == 0 {
-        return Err("cross-entropy: expected at least one class, found 0 logit columns".to_string());
+        return Err(
+            "cross-entropy: expected at least one class, found 0 logit columns".to_string(),
+        );
     }
     if grad.dim() != (n, k) {
         return Err(format!(
@@ -232,8 +234,8 @@ mod tests {
         assert_eq!((loss, c), (loss2, c2));
         assert_eq!(buf, grad2);
         let mut wrong = Array2::zeros((3, 5));
-        let e = softmax_cross_entropy_into(logits.view(), &labels, 0.2, wrong.view_mut())
-            .unwrap_err();
+        let e =
+            softmax_cross_entropy_into(logits.view(), &labels, 0.2, wrong.view_mut()).unwrap_err();
         assert!(e.contains("[3, 4]"), "{e}");
     }
 
@@ -241,7 +243,10 @@ mod tests {
     fn errors() {
         let l = Array2::<f64>::zeros((2, 3));
         let e = softmax_cross_entropy(l.view(), &[0, 3], 0.0).unwrap_err();
-        assert!(e.contains("label 3") && e.contains("3 classes") && e.contains("row 1"), "{e}");
+        assert!(
+            e.contains("label 3") && e.contains("3 classes") && e.contains("row 1"),
+            "{e}"
+        );
         let e = softmax_cross_entropy(l.view(), &[0], 0.0).unwrap_err();
         assert!(e.contains("1 labels") && e.contains("(2)"), "{e}");
         let e = softmax_cross_entropy(l.view(), &[0, 1], 1.5).unwrap_err();

@@ -89,10 +89,7 @@ impl Sgd {
         let mom = T::from_f64c(self.momentum);
         let lr = T::from_f64c(lr);
         let with_wd = self.weight_decay != 0.0;
-        let iter = params
-            .iter_mut()
-            .zip(grads)
-            .zip(state.velocity.iter_mut());
+        let iter = params.iter_mut().zip(grads).zip(state.velocity.iter_mut());
         match (with_wd, self.nesterov) {
             (false, false) => {
                 for ((p, &grad), v) in iter {
@@ -278,9 +275,19 @@ mod tests {
             weight_decay: 1e-4,
         };
         assert!(ok.validate().is_ok());
-        let e = Sgd { momentum: 0.0, ..ok }.validate().unwrap_err();
+        let e = Sgd {
+            momentum: 0.0,
+            ..ok
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("Nesterov"), "{e}");
-        assert!(Sgd { momentum: -1.0, ..ok }.validate().is_err());
+        assert!(Sgd {
+            momentum: -1.0,
+            ..ok
+        }
+        .validate()
+        .is_err());
         assert!(Sgd {
             weight_decay: f64::NAN,
             ..ok

@@ -4,11 +4,11 @@
 //! change the rate every step): a linear warm-up from 0 to `base_lr` over
 //! `warmup_epochs`, multiplied by a [`Schedule`]:
 //!
-//! * [`Schedule::Constant`]: `base_lr`.
-//! * [`Schedule::Step`]: `base_lr * gamma^k`, where `k` counts the milestones
+//! * [`Schedule::Constant`] gives `base_lr`.
+//! * [`Schedule::Step`] gives `base_lr * gamma^k`, where `k` counts the milestones
 //!   reached; a milestone `m` is the fraction `m` of `total_epochs` (as
 //!   `torch.optim.lr_scheduler.MultiStepLR` with milestones `m * total_epochs`).
-//! * [`Schedule::Cosine`]: cosine annealing from `base_lr` to `min_lr` over the
+//! * [`Schedule::Cosine`] gives cosine annealing from `base_lr` to `min_lr` over the
 //!   epochs after the warm-up, `[warmup_epochs, total_epochs]`.
 
 use super::optim::Sgd;
@@ -90,7 +90,8 @@ pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
                 milestones,
                 gamma: 0.1,
             };
-            check_schedule(&sched).map_err(|e| format!("invalid learning-rate schedule `{s}`: {e}"))?;
+            check_schedule(&sched)
+                .map_err(|e| format!("invalid learning-rate schedule `{s}`: {e}"))?;
             Ok(sched)
         }
         ("cosine", None) => Ok(Schedule::Cosine { min_lr: 0.0 }),
@@ -102,7 +103,8 @@ pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
                 )
             })?;
             let sched = Schedule::Cosine { min_lr };
-            check_schedule(&sched).map_err(|e| format!("invalid learning-rate schedule `{s}`: {e}"))?;
+            check_schedule(&sched)
+                .map_err(|e| format!("invalid learning-rate schedule `{s}`: {e}"))?;
             Ok(sched)
         }
         _ => Err(format!("unknown learning-rate schedule `{s}`: {FORMS}")),
@@ -433,7 +435,10 @@ mod tests {
         assert_eq!(parse_schedule("constant").unwrap(), Schedule::Constant);
         assert_eq!(parse_schedule(" Constant ").unwrap(), Schedule::Constant);
         assert_eq!(parse_schedule("step").unwrap(), Schedule::paper_step());
-        assert_eq!(parse_schedule("step:0.5,0.75").unwrap(), Schedule::paper_step());
+        assert_eq!(
+            parse_schedule("step:0.5,0.75").unwrap(),
+            Schedule::paper_step()
+        );
         assert_eq!(
             parse_schedule("STEP: 0.3 , 0.6, 0.9").unwrap(),
             Schedule::Step {

@@ -1,0 +1,301 @@
+//! Trains and evaluates a SparseNet on real data.
+//!
+//!     cargo run --release --example train                 # default: Fashion-MNIST
+//!     cargo run --release --example train -- --help
+//!
+//! Writes `checkpoint.safetensors`, `metrics.csv` and `metrics.png` into
+//! `--out` after every epoch; `--resume` continues a run exactly.
+
+use clap::{Parser, ValueEnum};
+use sparsenet::runtime::data::{load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform};
+use sparsenet::runtime::train::{parse_schedule, LrPolicy, Recipe, Sgd};
+use sparsenet::runtime::Model;
+use sparsenet::trainer::{train, TrainConfig};
+use sparsenet::zoo::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModelName {
+    /// Small paper-style SparseNet for 28x28 grayscale (the default).
+    Fashion,
+    /// The seed's 2018-02-20 version, depth 40, growth 12 (3x32x32).
+    SeedV2,
+    /// The seed's pre-2018-01-30 version as its notebook builds it (3x32x32).
+    SeedV1,
+    /// The paper's SparseNet-40, growth 24 (3x32x32).
+    Sparsenet40,
+    /// The paper's SparseNet-BC-100, growth 24 (3x32x32).
+    SparsenetBc100,
+    /// DenseNet-40, growth 12, for comparison (3x32x32).
+    Densenet40,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum DatasetName {
+    /// IDX files (Debian: dataset-fashion-mnist).
+    FashionMnist,
+    /// A .tar.gz of image folders, a folder with train/ and test/, or the official binary version.
+    Cifar10,
+    /// The official binary version (train.bin, test.bin).
+    Cifar100,
+    /// A folder with train/ and test/ image folders (one subfolder per class).
+    Folder,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum RecipeName {
+    /// Sensible defaults for a short run (the flags' defaults).
+    Quick,
+    /// The SparseNet paper's CIFAR recipe: batch 64, lr 0.1 Nesterov, wd 1e-4, 300 epochs, /10 at 50% and 75%.
+    Paper,
+}
+
+/// Train and evaluate a SparseNet-family network on real data.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Network to train.
+    #[arg(long, value_enum, default_value = "fashion")]
+    model: ModelName,
+    /// Dataset format.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetName,
+    /// Where the dataset is (default: /usr/share/datasets/fashion-mnist for
+    /// Fashion-MNIST, ../shared/data/cifar10-jpeg.tar.gz for CIFAR-10).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Preset of the optimisation flags; flags given explicitly win.
+    #[arg(long, value_enum, default_value = "quick")]
+    recipe: RecipeName,
+    /// Epochs [quick: 8].
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Images per training step [quick: 64].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate [quick: 0.1].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning-rate schedule: constant, step, step:0.5,0.75, cosine, cosine:MIN [quick: cosine].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Epochs of linear warm-up [quick: 0.3].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// SGD momentum [0.9].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Disable Nesterov momentum.
+    #[arg(long)]
+    no_nesterov: bool,
+    /// L2 weight decay [quick: 5e-4, paper: 1e-4].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Label smoothing in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Seed of initialisation, shuffling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder for checkpoint.safetensors, metrics.csv, metrics.png.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Train on the first N images only (a balanced subset).
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Evaluate on the first N test images only (a balanced subset).
+    #[arg(long)]
+    test_subset: Option<usize>,
+    /// Stop each epoch after N steps.
+    #[arg(long)]
+    steps_per_epoch: Option<u64>,
+    /// Random-crop padding in pixels (default: 2 for 28x28, 4 for 32x32 images).
+    #[arg(long)]
+    pad_crop: Option<usize>,
+    /// Random horizontal flips (default: on for colour images, off for grayscale).
+    #[arg(long)]
+    hflip: Option<bool>,
+    /// Background threads preparing batches.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Save the final weights (safetensors) here too.
+    #[arg(long)]
+    save_weights: Option<PathBuf>,
+    /// Print the model's summary table before training.
+    #[arg(long)]
+    summary: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
+    let default = |p: &str| PathBuf::from(p);
+    let (train, test) = match args.dataset {
+        DatasetName::FashionMnist => {
+            load_fashion_mnist(&args.data.clone().unwrap_or_else(|| default("/usr/share/datasets/fashion-mnist")))
+        }
+        DatasetName::Cifar10 => {
+            let path = args.data.clone().unwrap_or_else(|| {
+                let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                here.join("../shared/data/cifar10-jpeg.tar.gz")
+            });
+            load_cifar10(&path)
+        }
+        DatasetName::Cifar100 => match &args.data {
+            Some(p) => load_cifar100(p),
+            None => return Err("--dataset cifar100 needs --data PATH (the official binary version)".into()),
+        },
+        DatasetName::Folder => match &args.data {
+            Some(p) => read_image_folder(&p.join("train")).and_then(|tr| Ok((tr, read_image_folder(&p.join("test"))?))),
+            None => return Err("--dataset folder needs --data DIR holding train/ and test/".into()),
+        },
+    }
+    .map_err(|e| e.to_string())?;
+    let train = match args.train_subset {
+        Some(n) => train.take(n),
+        None => train,
+    };
+    let test = match args.test_subset {
+        Some(n) => test.take(n),
+        None => test,
+    };
+    Ok((train, test))
+}
+
+fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, String> {
+    let recipe = match args.recipe {
+        RecipeName::Paper => Recipe::paper(),
+        RecipeName::Quick => Recipe {
+            batch_size: 64,
+            epochs: 8,
+            lr: LrPolicy {
+                base_lr: 0.1,
+                schedule: parse_schedule("cosine")?,
+                warmup_epochs: 0.3,
+                total_epochs: 8.0,
+            },
+            sgd: Sgd { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+        },
+    };
+    let epochs = args.epochs.unwrap_or(recipe.epochs);
+    if epochs == 0 {
+        return Err("--epochs must be at least 1".into());
+    }
+    let schedule = match &args.schedule {
+        Some(s) => parse_schedule(s).map_err(|e| format!("--schedule: {e}"))?,
+        None => recipe.lr.schedule.clone(),
+    };
+    let lr = LrPolicy {
+        base_lr: args.lr.unwrap_or(recipe.lr.base_lr),
+        schedule,
+        warmup_epochs: args.warmup.unwrap_or(recipe.lr.warmup_epochs).min(epochs as f64),
+        total_epochs: epochs as f64,
+    };
+    lr.validate().map_err(|e| format!("--lr/--schedule/--warmup: {e}"))?;
+    let sgd = Sgd {
+        momentum: args.momentum.unwrap_or(recipe.sgd.momentum),
+        nesterov: !args.no_nesterov && recipe.sgd.nesterov,
+        weight_decay: args.weight_decay.unwrap_or(recipe.sgd.weight_decay),
+    };
+    sgd.validate().map_err(|e| format!("--momentum/--weight-decay: {e}"))?;
+    let batch_size = args.batch_size.unwrap_or(recipe.batch_size);
+    if batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    Ok(TrainConfig {
+        epochs,
+        batch_size,
+        lr,
+        sgd,
+        label_smoothing: args.label_smoothing,
+        seed: args.seed,
+        pad_crop: args.pad_crop.unwrap_or(if small { 2 } else { 4 }),
+        hflip: args.hflip.unwrap_or(!grayscale),
+        out_dir: args.out.clone(),
+        resume: args.resume,
+        max_steps_per_epoch: args.steps_per_epoch,
+        workers: args.workers,
+        eval_batch_size: 256,
+        progress: !args.no_progress,
+        verbose: true,
+    })
+}
+
+fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
+    let (train_ds, test_ds) = load(args)?;
+    println!(
+        "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
+        M::NAME,
+        M::PARAMETERS,
+        M::MACS_PER_IMAGE as f64 / 1e6,
+        train_ds.source.display(),
+        train_ds.len,
+        test_ds.len,
+        train_ds.channels,
+        train_ds.height,
+        train_ds.width,
+        train_ds.classes
+    );
+    if args.summary {
+        println!("{}", M::summary());
+    }
+    let cfg = config(args, train_ds.channels == 1, train_ds.height <= 28)?;
+    let transform = Transform::from_dataset_stats(&train_ds);
+    let start = std::time::Instant::now();
+    let (model, report) =
+        train::<M>(&cfg, Arc::new(train_ds), Arc::new(test_ds), transform).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.save_weights {
+        model.save(path).map_err(|e| e.to_string())?;
+    }
+    let last = report.metrics.records().last().copied();
+    match last {
+        Some(r) => println!(
+            "done: test accuracy {:.2}% after {} epochs ({} steps); {:.0} s in this run; outputs in {}",
+            100.0 * r.test_acc,
+            r.epoch,
+            report.steps,
+            start.elapsed().as_secs_f64(),
+            cfg.out_dir.display()
+        ),
+        None => println!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(t) = args.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("thread pool is set once");
+    }
+    let result = match args.model {
+        ModelName::Fashion => run::<FashionSparseNet>(&args),
+        ModelName::SeedV2 => run::<SeedV2Depth40>(&args),
+        ModelName::SeedV1 => run::<SeedV1Notebook>(&args),
+        ModelName::Sparsenet40 => run::<SparseNet40>(&args),
+        ModelName::SparsenetBc100 => run::<SparseNetBc100>(&args),
+        ModelName::Densenet40 => run::<DenseNet40>(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

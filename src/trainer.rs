@@ -1,0 +1,351 @@
+//! Training and evaluation of any generated model on an image dataset:
+//! SGD with a learning-rate policy, per-epoch evaluation, metrics (CSV and
+//! PNG), atomic checkpoints and bitwise-exact resumption.
+//!
+//! Determinism: the batch order and augmentation depend only on (seed,
+//! epoch, sample), dropout masks on (seed, step), and every kernel reduces
+//! in an order fixed by the thread count; so a run is reproducible for a
+//! given seed and thread count, and a resumed run continues exactly as an
+//! uninterrupted one would.
+
+use crate::runtime::data::{epoch_batches, Dataset, LoaderConfig, Transform};
+use crate::runtime::train::{
+    load_checkpoint_for, save_checkpoint, softmax_cross_entropy, CheckpointError, EpochRecord, LrPolicy,
+    MetricsError, MetricsLog, Sgd, TrainProgress,
+};
+use crate::runtime::{Float, InputError, Mode, Model, NetworkSpec};
+use ndarray::Array2;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a training run needs besides the model and the data.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    pub batch_size: usize,
+    /// Learning rate over training; `total_epochs` should equal `epochs`.
+    pub lr: LrPolicy,
+    pub sgd: Sgd,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// Random crop with this zero padding (0: none).
+    pub pad_crop: usize,
+    pub hflip: bool,
+    /// Where the checkpoint, metrics.csv and metrics.png go.
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir/checkpoint.safetensors` if it exists.
+    pub resume: bool,
+    /// Stop each epoch after this many steps (smoke tests, quick looks).
+    pub max_steps_per_epoch: Option<u64>,
+    /// Background threads decoding and augmenting batches.
+    pub workers: usize,
+    pub eval_batch_size: usize,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+    /// Print one line per epoch to stdout.
+    pub verbose: bool,
+}
+
+impl TrainConfig {
+    /// The checkpoint file of the run.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.out_dir.join("checkpoint.safetensors")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Loss(String),
+    #[error(
+        "the training loss became {loss} at epoch {epoch}, step {step} (global step {global_step}); \
+         stopped without updating the weights. The last good checkpoint is {}",
+        checkpoint.display()
+    )]
+    NonFinite { loss: f64, epoch: u64, step: u64, global_step: u64, checkpoint: PathBuf },
+    #[error("creating output folder {}: {source}", path.display())]
+    OutDir { path: PathBuf, source: std::io::Error },
+}
+
+/// What a finished (or resumed and finished) run reports.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub metrics: MetricsLog,
+    /// The epoch training started from (0 unless resumed).
+    pub resumed_from_epoch: u64,
+    /// The global step count at the end.
+    pub steps: u64,
+    pub wall_seconds: f64,
+}
+
+/// Mean loss and accuracy of `model` on `ds` in eval mode.
+pub fn evaluate<M: Model<f32>>(
+    model: &mut M,
+    ds: &Arc<Dataset>,
+    transform: &Arc<Transform>,
+    batch_size: usize,
+    workers: usize,
+) -> Result<(f64, f64), TrainError> {
+    let cfg = LoaderConfig {
+        batch_size,
+        shuffle: false,
+        augment: false,
+        drop_last: false,
+        seed: 0,
+        workers,
+        prefetch: 2 * workers.max(1),
+    };
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    for batch in epoch_batches(ds.clone(), transform.clone(), &cfg, 0) {
+        let logits = model.forward(batch.images.view(), Mode::Eval)?;
+        let (loss, _, c) = softmax_cross_entropy(logits.view(), &batch.labels, 0.0).map_err(TrainError::Loss)?;
+        loss_sum += loss.to_f64c() * batch.len() as f64;
+        correct += c;
+        seen += batch.len();
+    }
+    Ok((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64))
+}
+
+/// Mixes a run seed and a counter into a well-spread 64-bit seed.
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn check_data<M: NetworkSpec>(ds: &Dataset, which: &str) -> Result<(), TrainError> {
+    let [c, h, w] = M::INPUT;
+    if [ds.channels, ds.height, ds.width] != [c, h, w] {
+        return Err(TrainError::Config(format!(
+            "the {which} images of {} are {}x{}x{}, but model `{}` takes {c}x{h}x{w}: choose a model declared for this input",
+            ds.source.display(),
+            ds.channels,
+            ds.height,
+            ds.width,
+            M::NAME
+        )));
+    }
+    if ds.classes > M::CLASSES {
+        return Err(TrainError::Config(format!(
+            "{} has {} classes, but model `{}` has {} outputs",
+            ds.source.display(),
+            ds.classes,
+            M::NAME,
+            M::CLASSES
+        )));
+    }
+    Ok(())
+}
+
+/// Trains `M` on `train`, evaluating on `test` after every epoch. Writes
+/// `checkpoint.safetensors` (weights, running statistics, optimiser state,
+/// progress), `metrics.csv` and `metrics.png` into `cfg.out_dir` each epoch.
+pub fn train<M: Model<f32>>(
+    cfg: &TrainConfig,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    transform: Transform,
+) -> Result<(M, TrainReport), TrainError> {
+    check_data::<M>(&train, "training")?;
+    check_data::<M>(&test, "test")?;
+    cfg.lr.validate().map_err(|e| TrainError::Config(format!("learning rate: {e}")))?;
+    cfg.sgd.validate().map_err(|e| TrainError::Config(format!("optimiser: {e}")))?;
+    if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+        return Err(TrainError::Config("the batch size must be at least 1".into()));
+    }
+    if !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return Err(TrainError::Config(format!("label smoothing must be in [0, 1), found {}", cfg.label_smoothing)));
+    }
+    let steps_per_epoch_full = (train.len / cfg.batch_size) as u64;
+    if steps_per_epoch_full == 0 {
+        return Err(TrainError::Config(format!(
+            "{} has {} training images, fewer than one batch of {}",
+            train.source.display(),
+            train.len,
+            cfg.batch_size
+        )));
+    }
+    let steps_per_epoch = cfg.max_steps_per_epoch.map_or(steps_per_epoch_full, |m| m.min(steps_per_epoch_full));
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| TrainError::OutDir { path: cfg.out_dir.clone(), source })?;
+    let ckpt = cfg.checkpoint_path();
+    let csv = cfg.out_dir.join("metrics.csv");
+    let png = cfg.out_dir.join("metrics.png");
+
+    let mut model = M::new(cfg.seed);
+    let mut opt = cfg.sgd.init::<f32>(M::PARAMETERS);
+    let mut metrics = MetricsLog::new();
+    let (mut start_epoch, mut step, mut elapsed_before) = (0u64, 0u64, 0.0f64);
+    if cfg.resume && ckpt.exists() {
+        let (params, state) = model.stores_mut();
+        let progress = load_checkpoint_for(&ckpt, M::NAME, M::tensors(), params, state, &mut opt.velocity)?;
+        if progress.seed != cfg.seed {
+            return Err(TrainError::Config(format!(
+                "{} was written with --seed {}, but this run has --seed {}: resume with the same seed",
+                ckpt.display(),
+                progress.seed,
+                cfg.seed
+            )));
+        }
+        start_epoch = progress.epoch;
+        step = progress.step;
+        if csv.exists() {
+            metrics = MetricsLog::read_csv(&csv)?;
+            metrics.truncate_after_epoch(start_epoch);
+        }
+        elapsed_before = metrics.records().last().map_or(0.0, |r| r.elapsed_sec);
+        if cfg.verbose {
+            println!("resumed from {} at epoch {start_epoch}, step {step}", ckpt.display());
+        }
+    }
+    let transform = Arc::new(transform.with_augmentation(cfg.pad_crop, cfg.hflip));
+    let eval_transform = Arc::new(Transform { pad_crop: 0, hflip: false, ..(*transform).clone() });
+    let mut grads = vec![0.0f32; M::PARAMETERS];
+    let run_start = Instant::now();
+    for epoch in start_epoch..cfg.epochs {
+        let loader = LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            augment: cfg.pad_crop > 0 || cfg.hflip,
+            drop_last: true,
+            seed: cfg.seed,
+            workers: cfg.workers,
+            prefetch: 2 * cfg.workers.max(1),
+        };
+        let bar = progress_bar(cfg.progress, steps_per_epoch, epoch + 1, cfg.epochs);
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = cfg.lr.lr_at_step(step, steps_per_epoch);
+        for (i, batch) in epoch_batches(train.clone(), transform.clone(), &loader, epoch)
+            .take(steps_per_epoch as usize)
+            .enumerate()
+        {
+            lr = cfg.lr.lr_at_step(step, steps_per_epoch);
+            model.reseed(mix(cfg.seed, step));
+            let mut step_loss = Ok((0.0f32, 0usize));
+            let smoothing = cfg.label_smoothing;
+            let labels = &batch.labels;
+            model.forward_backward(batch.images.view(), Mode::Train, &mut grads, &mut |logits| {
+                match softmax_cross_entropy(logits.view(), labels, smoothing) {
+                    Ok((l, d, c)) => {
+                        step_loss = Ok((l, c));
+                        d
+                    }
+                    Err(e) => {
+                        step_loss = Err(e);
+                        Array2::zeros(logits.raw_dim())
+                    }
+                }
+            })?;
+            let (loss, c) = step_loss.map_err(TrainError::Loss)?;
+            let loss = loss.to_f64c();
+            if !loss.is_finite() || grads.iter().any(|g| !g.is_finite()) {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    loss,
+                    epoch: epoch + 1,
+                    step: i as u64 + 1,
+                    global_step: step + 1,
+                    checkpoint: ckpt.clone(),
+                });
+            }
+            cfg.sgd.step(&mut opt, model.params_mut(), &grads, lr);
+            step += 1;
+            loss_sum += loss * batch.len() as f64;
+            correct += c;
+            seen += batch.len();
+            let secs = epoch_start.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% lr {:.4} {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                lr,
+                seen as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_secs = epoch_start.elapsed().as_secs_f64();
+        let (test_loss, test_acc) = evaluate(&mut model, &test, &eval_transform, cfg.eval_batch_size, cfg.workers)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            step,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            images_per_sec: seen as f64 / train_secs,
+            elapsed_sec: elapsed_before + run_start.elapsed().as_secs_f64(),
+        };
+        metrics.push(record);
+        let progress = TrainProgress {
+            epoch: epoch + 1,
+            step,
+            seed: cfg.seed,
+            model: M::NAME.to_string(),
+            extra: BTreeMap::new(),
+        };
+        save_checkpoint(&ckpt, M::tensors(), model.params(), model.state(), &opt.velocity, &progress)?;
+        metrics.write_csv(&csv)?;
+        metrics.plot_png(&png, &format!("{} on {}", M::NAME, train.source.display()))?;
+        if cfg.verbose {
+            println!(
+                "epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  lr {:.4}  {:.0} img/s  {:.0} s",
+                record.epoch,
+                cfg.epochs,
+                record.train_loss,
+                100.0 * record.train_acc,
+                record.test_loss,
+                100.0 * record.test_acc,
+                record.lr,
+                record.images_per_sec,
+                record.elapsed_sec
+            );
+        }
+    }
+    Ok((
+        model,
+        TrainReport {
+            metrics,
+            resumed_from_epoch: start_epoch,
+            steps: step,
+            wall_seconds: run_start.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+fn progress_bar(show: bool, len: u64, epoch: u64, epochs: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}
+
+/// Loads a model's weights file saved by [`Model::save`] or a checkpoint.
+pub fn load_weights_any<M: Model<f32>>(model: &mut M, path: &Path) -> Result<(), TrainError> {
+    if model.load(path).is_ok() {
+        return Ok(());
+    }
+    let mut velocity = vec![0.0f32; M::PARAMETERS];
+    let (p, s) = model.stores_mut();
+    load_checkpoint_for(path, M::NAME, M::tensors(), p, s, &mut velocity)?;
+    Ok(())
+}
