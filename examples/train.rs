@@ -114,6 +114,9 @@ struct Args {
     /// Stop each epoch after N steps.
     #[arg(long)]
     steps_per_epoch: Option<u64>,
+    /// Stop after this many epochs (the schedule still spans --epochs); continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<u64>,
     /// Random-crop padding in pixels (default: 2 for 28x28, 4 for 32x32 images).
     #[arg(long)]
     pad_crop: Option<usize>,
@@ -226,6 +229,7 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
         out_dir: args.out.clone(),
         resume: args.resume,
         max_steps_per_epoch: args.steps_per_epoch,
+        stop_after_epoch: args.stop_after,
         workers: args.workers,
         eval_batch_size: 256,
         progress: !args.no_progress,

@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Stop each epoch after this many steps (smoke tests, quick looks).
     pub max_steps_per_epoch: Option<u64>,
+    /// Stop (as if interrupted) once this many epochs are done; the schedule
+    /// still spans `epochs`, so `resume` later continues the same run.
+    pub stop_after_epoch: Option<u64>,
     /// Background threads decoding and augmenting batches.
     pub workers: usize,
     pub eval_batch_size: usize,
@@ -212,7 +215,8 @@ pub fn train<M: Model<f32>>(
     let eval_transform = Arc::new(Transform { pad_crop: 0, hflip: false, ..(*transform).clone() });
     let mut grads = vec![0.0f32; M::PARAMETERS];
     let run_start = Instant::now();
-    for epoch in start_epoch..cfg.epochs {
+    let end_epoch = cfg.stop_after_epoch.map_or(cfg.epochs, |e| e.min(cfg.epochs));
+    for epoch in start_epoch..end_epoch {
         let loader = LoaderConfig {
             batch_size: cfg.batch_size,
             shuffle: true,

@@ -84,10 +84,20 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
 
     quote! {
         #(#attrs)*
+        #[derive(Clone)]
         #vis struct #name<T: #rt::Float = f32> {
             params: ::std::vec::Vec<T>,
             state: ::std::vec::Vec<T>,
             rng: #rt::rand_chacha::ChaCha8Rng,
+        }
+
+        impl<T: #rt::Float> ::std::fmt::Debug for #name<T> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(#name_str)
+                    .field("parameters", &self.params.len())
+                    .field("running_statistics", &self.state.len())
+                    .finish_non_exhaustive()
+            }
         }
 
         impl<T: #rt::Float> #rt::NetworkSpec for #name<T> {

@@ -223,6 +223,9 @@ pub(crate) fn apply_lut(
             row[..x0].fill(pad);
             row[x1..].fill(pad);
             let out = &mut row[x0..x1];
+            if out.is_empty() {
+                continue;
+            }
             if aug.flip {
                 let s = &srow[(wi - x1 as isize + dx) as usize..(wi - x0 as isize + dx) as usize];
                 for (d, &v) in out.iter_mut().zip(s.iter().rev()) {
