@@ -185,3 +185,29 @@ fn seed_block_of_twelve_units_yields_96_channels() {
     let t = p.layers.iter().find(|l| l.name == "transitions.0").unwrap();
     assert_eq!(t.in_channels, 96);
 }
+
+/// Prints the size of the generated code of the largest networks
+/// (`cargo test -p sparsenet-macros generated_code_size -- --nocapture`)
+/// and keeps it bounded, since rustc's time grows with it.
+#[test]
+fn generated_code_size_stays_lean() {
+    let nets = [
+        ("SparseNet-BC-100 (k=24)", quote!(struct N { style: paper, classes: 10, depth: 100, growth: 24, bottleneck: true })),
+        ("DenseNet-BC-100 (k=12)", quote!(struct N { style: paper, classes: 10, depth: 100, growth: 12, bottleneck: true, aggregation: dense })),
+        (
+            "DenseNet-121 (224x224)",
+            quote!(struct N { style: paper, input: [3, 224, 224], classes: 1000, units: [6, 12, 24, 16], growth: 32, bottleneck: true, aggregation: dense, stem: imagenet(64) }),
+        ),
+    ];
+    for (name, ts) in nets {
+        let code = pretty(ts);
+        let lines = code.lines().count();
+        let fwd = code.split("fn forward(").nth(1).unwrap().split("fn forward_backward(").next().unwrap();
+        eprintln!(
+            "{name}: {} KiB, {lines} lines of formatted code ({} lines in forward)",
+            code.len() / 1024,
+            fwd.lines().count()
+        );
+        assert!(code.len() < 4 << 20, "{name}: generated code grew to {} bytes", code.len());
+    }
+}

@@ -1,0 +1,17 @@
+//! Declares only SparseNet-BC-100 (growth 24) and runs one forward pass: the
+//! compile-time benchmark of the generated code.
+//!
+//!     touch examples/compile_bc100.rs && time cargo build --release --example compile_bc100
+use sparsenet::prelude::*;
+
+sparsenet! {
+    /// The paper's SparseNet-BC-100, growth 24.
+    pub struct SparseNetBc100 { style: paper, input: [3, 32, 32], classes: 10, depth: 100, growth: 24, bottleneck: true }
+}
+
+fn main() {
+    let mut net = SparseNetBc100::<f32>::new(0);
+    let x = Array4::<f32>::from_elem((2, 3, 32, 32), 0.5);
+    let y = net.forward(x.view(), Mode::Eval).expect("input shape matches");
+    println!("{} parameters, logits {:?}", SparseNetBc100::<f32>::PARAMETERS, y.row(0));
+}
