@@ -1,4 +1,5 @@
-//! Declares only SparseNet-BC-100 (growth 24) and runs one forward pass: the
+//! Declares only SparseNet-BC-100 (growth 24) and runs a forward pass and a
+//! training pass, so that both generated passes are compiled: the
 //! compile-time benchmark of the generated code.
 //!
 //!     touch examples/compile_bc100.rs && time cargo build --release --example compile_bc100
@@ -12,6 +13,22 @@ sparsenet! {
 fn main() {
     let mut net = SparseNetBc100::<f32>::new(0);
     let x = Array4::<f32>::from_elem((2, 3, 32, 32), 0.5);
-    let y = net.forward(x.view(), Mode::Eval).expect("input shape matches");
-    println!("{} parameters, logits {:?}", SparseNetBc100::<f32>::PARAMETERS, y.row(0));
+    let y = net
+        .forward(x.view(), Mode::Eval)
+        .expect("input shape matches");
+    println!(
+        "{} parameters, logits {:?}",
+        SparseNetBc100::<f32>::PARAMETERS,
+        y.row(0)
+    );
+    let mut grads = vec![0.0f32; SparseNetBc100::<f32>::PARAMETERS];
+    let dx = net
+        .forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
+            l.mapv(|v| v * 1e-3)
+        })
+        .expect("input shape matches");
+    println!(
+        "input gradient norm {:.3e}",
+        dx.iter().map(|v| v * v).sum::<f32>().sqrt()
+    );
 }

@@ -12,12 +12,17 @@ sparsenet! {
 fn time<M: Model<f32>>(batch: usize) {
     let mut m = M::new(0);
     let [c, h, w] = M::INPUT;
-    let x = Array4::<f32>::from_shape_fn((batch, c, h, w), |(n, c, y, x)| ((n + c * 3 + y * 7 + x) % 13) as f32 / 13.0);
+    let x = Array4::<f32>::from_shape_fn((batch, c, h, w), |(n, c, y, x)| {
+        ((n + c * 3 + y * 7 + x) % 13) as f32 / 13.0
+    });
     let mut grads = vec![0.0f32; M::PARAMETERS];
     let mut best = f64::MAX;
     for _ in 0..4 {
         let t = Instant::now();
-        m.forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| l.mapv(|v| v * 1e-3)).unwrap();
+        m.forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
+            l.mapv(|v| v * 1e-3)
+        })
+        .unwrap();
         best = best.min(t.elapsed().as_secs_f64());
     }
     let mut inf = f64::MAX;

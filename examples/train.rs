@@ -7,7 +7,9 @@
 //! `--out` after every epoch; `--resume` continues a run exactly.
 
 use clap::{Parser, ValueEnum};
-use sparsenet::runtime::data::{load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform};
+use sparsenet::runtime::data::{
+    load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
+};
 use sparsenet::runtime::train::{parse_schedule, LrPolicy, Recipe, Sgd};
 use sparsenet::runtime::Model;
 use sparsenet::trainer::{train, TrainConfig};
@@ -69,7 +71,7 @@ struct Args {
     /// Preset of the optimisation flags; flags given explicitly win.
     #[arg(long, value_enum, default_value = "quick")]
     recipe: RecipeName,
-    /// Epochs [quick: 8].
+    /// Epochs [quick: 6].
     #[arg(long)]
     epochs: Option<u64>,
     /// Images per training step [quick: 64].
@@ -143,9 +145,12 @@ struct Args {
 fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
     let default = |p: &str| PathBuf::from(p);
     let (train, test) = match args.dataset {
-        DatasetName::FashionMnist => {
-            load_fashion_mnist(&args.data.clone().unwrap_or_else(|| default("/usr/share/datasets/fashion-mnist")))
-        }
+        DatasetName::FashionMnist => load_fashion_mnist(
+            &args
+                .data
+                .clone()
+                .unwrap_or_else(|| default("/usr/share/datasets/fashion-mnist")),
+        ),
         DatasetName::Cifar10 => {
             let path = args.data.clone().unwrap_or_else(|| {
                 let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -155,10 +160,15 @@ fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
         }
         DatasetName::Cifar100 => match &args.data {
             Some(p) => load_cifar100(p),
-            None => return Err("--dataset cifar100 needs --data PATH (the official binary version)".into()),
+            None => {
+                return Err(
+                    "--dataset cifar100 needs --data PATH (the official binary version)".into(),
+                )
+            }
         },
         DatasetName::Folder => match &args.data {
-            Some(p) => read_image_folder(&p.join("train")).and_then(|tr| Ok((tr, read_image_folder(&p.join("test"))?))),
+            Some(p) => read_image_folder(&p.join("train"))
+                .and_then(|tr| Ok((tr, read_image_folder(&p.join("test"))?))),
             None => return Err("--dataset folder needs --data DIR holding train/ and test/".into()),
         },
     }
@@ -179,14 +189,18 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
         RecipeName::Paper => Recipe::paper(),
         RecipeName::Quick => Recipe {
             batch_size: 64,
-            epochs: 8,
+            epochs: 6,
             lr: LrPolicy {
                 base_lr: 0.1,
                 schedule: parse_schedule("cosine")?,
                 warmup_epochs: 0.3,
-                total_epochs: 8.0,
+                total_epochs: 6.0,
             },
-            sgd: Sgd { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+            sgd: Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
         },
     };
     let epochs = args.epochs.unwrap_or(recipe.epochs);
@@ -200,16 +214,21 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     let lr = LrPolicy {
         base_lr: args.lr.unwrap_or(recipe.lr.base_lr),
         schedule,
-        warmup_epochs: args.warmup.unwrap_or(recipe.lr.warmup_epochs).min(epochs as f64),
+        warmup_epochs: args
+            .warmup
+            .unwrap_or(recipe.lr.warmup_epochs)
+            .min(epochs as f64),
         total_epochs: epochs as f64,
     };
-    lr.validate().map_err(|e| format!("--lr/--schedule/--warmup: {e}"))?;
+    lr.validate()
+        .map_err(|e| format!("--lr/--schedule/--warmup: {e}"))?;
     let sgd = Sgd {
         momentum: args.momentum.unwrap_or(recipe.sgd.momentum),
         nesterov: !args.no_nesterov && recipe.sgd.nesterov,
         weight_decay: args.weight_decay.unwrap_or(recipe.sgd.weight_decay),
     };
-    sgd.validate().map_err(|e| format!("--momentum/--weight-decay: {e}"))?;
+    sgd.validate()
+        .map_err(|e| format!("--momentum/--weight-decay: {e}"))?;
     let batch_size = args.batch_size.unwrap_or(recipe.batch_size);
     if batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
@@ -258,8 +277,8 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
     let cfg = config(args, train_ds.channels == 1, train_ds.height <= 28)?;
     let transform = Transform::from_dataset_stats(&train_ds);
     let start = std::time::Instant::now();
-    let (model, report) =
-        train::<M>(&cfg, Arc::new(train_ds), Arc::new(test_ds), transform).map_err(|e| e.to_string())?;
+    let (model, report) = train::<M>(&cfg, Arc::new(train_ds), Arc::new(test_ds), transform)
+        .map_err(|e| e.to_string())?;
     if let Some(path) = &args.save_weights {
         model.save(path).map_err(|e| e.to_string())?;
     }
@@ -285,7 +304,10 @@ fn main() -> ExitCode {
             eprintln!("error: --threads must be at least 1");
             return ExitCode::from(2);
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("thread pool is set once");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .expect("thread pool is set once");
     }
     let result = match args.model {
         ModelName::Fashion => run::<FashionSparseNet>(&args),

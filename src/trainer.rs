@@ -10,8 +10,8 @@
 
 use crate::runtime::data::{epoch_batches, Dataset, LoaderConfig, Transform};
 use crate::runtime::train::{
-    load_checkpoint_for, save_checkpoint, softmax_cross_entropy, CheckpointError, EpochRecord, LrPolicy,
-    MetricsError, MetricsLog, Sgd, TrainProgress,
+    load_checkpoint_for, save_checkpoint, softmax_cross_entropy, CheckpointError, EpochRecord,
+    LrPolicy, MetricsError, MetricsLog, Sgd, TrainProgress,
 };
 use crate::runtime::{Float, InputError, Mode, Model, NetworkSpec};
 use ndarray::Array2;
@@ -75,9 +75,18 @@ pub enum TrainError {
          stopped without updating the weights. The last good checkpoint is {}",
         checkpoint.display()
     )]
-    NonFinite { loss: f64, epoch: u64, step: u64, global_step: u64, checkpoint: PathBuf },
+    NonFinite {
+        loss: f64,
+        epoch: u64,
+        step: u64,
+        global_step: u64,
+        checkpoint: PathBuf,
+    },
     #[error("creating output folder {}: {source}", path.display())]
-    OutDir { path: PathBuf, source: std::io::Error },
+    OutDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What a finished (or resumed and finished) run reports.
@@ -111,12 +120,16 @@ pub fn evaluate<M: Model<f32>>(
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     for batch in epoch_batches(ds.clone(), transform.clone(), &cfg, 0) {
         let logits = model.forward(batch.images.view(), Mode::Eval)?;
-        let (loss, _, c) = softmax_cross_entropy(logits.view(), &batch.labels, 0.0).map_err(TrainError::Loss)?;
+        let (loss, _, c) =
+            softmax_cross_entropy(logits.view(), &batch.labels, 0.0).map_err(TrainError::Loss)?;
         loss_sum += loss.to_f64c() * batch.len() as f64;
         correct += c;
         seen += batch.len();
     }
-    Ok((loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64))
+    Ok((
+        loss_sum / seen.max(1) as f64,
+        correct as f64 / seen.max(1) as f64,
+    ))
 }
 
 /// Mixes a run seed and a counter into a well-spread 64-bit seed.
@@ -162,13 +175,22 @@ pub fn train<M: Model<f32>>(
 ) -> Result<(M, TrainReport), TrainError> {
     check_data::<M>(&train, "training")?;
     check_data::<M>(&test, "test")?;
-    cfg.lr.validate().map_err(|e| TrainError::Config(format!("learning rate: {e}")))?;
-    cfg.sgd.validate().map_err(|e| TrainError::Config(format!("optimiser: {e}")))?;
+    cfg.lr
+        .validate()
+        .map_err(|e| TrainError::Config(format!("learning rate: {e}")))?;
+    cfg.sgd
+        .validate()
+        .map_err(|e| TrainError::Config(format!("optimiser: {e}")))?;
     if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
-        return Err(TrainError::Config("the batch size must be at least 1".into()));
+        return Err(TrainError::Config(
+            "the batch size must be at least 1".into(),
+        ));
     }
     if !(0.0..1.0).contains(&cfg.label_smoothing) {
-        return Err(TrainError::Config(format!("label smoothing must be in [0, 1), found {}", cfg.label_smoothing)));
+        return Err(TrainError::Config(format!(
+            "label smoothing must be in [0, 1), found {}",
+            cfg.label_smoothing
+        )));
     }
     let steps_per_epoch_full = (train.len / cfg.batch_size) as u64;
     if steps_per_epoch_full == 0 {
@@ -179,8 +201,13 @@ pub fn train<M: Model<f32>>(
             cfg.batch_size
         )));
     }
-    let steps_per_epoch = cfg.max_steps_per_epoch.map_or(steps_per_epoch_full, |m| m.min(steps_per_epoch_full));
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| TrainError::OutDir { path: cfg.out_dir.clone(), source })?;
+    let steps_per_epoch = cfg
+        .max_steps_per_epoch
+        .map_or(steps_per_epoch_full, |m| m.min(steps_per_epoch_full));
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|source| TrainError::OutDir {
+        path: cfg.out_dir.clone(),
+        source,
+    })?;
     let ckpt = cfg.checkpoint_path();
     let csv = cfg.out_dir.join("metrics.csv");
     let png = cfg.out_dir.join("metrics.png");
@@ -191,7 +218,14 @@ pub fn train<M: Model<f32>>(
     let (mut start_epoch, mut step, mut elapsed_before) = (0u64, 0u64, 0.0f64);
     if cfg.resume && ckpt.exists() {
         let (params, state) = model.stores_mut();
-        let progress = load_checkpoint_for(&ckpt, M::NAME, M::tensors(), params, state, &mut opt.velocity)?;
+        let progress = load_checkpoint_for(
+            &ckpt,
+            M::NAME,
+            M::tensors(),
+            params,
+            state,
+            &mut opt.velocity,
+        )?;
         if progress.seed != cfg.seed {
             return Err(TrainError::Config(format!(
                 "{} was written with --seed {}, but this run has --seed {}: resume with the same seed",
@@ -208,14 +242,23 @@ pub fn train<M: Model<f32>>(
         }
         elapsed_before = metrics.records().last().map_or(0.0, |r| r.elapsed_sec);
         if cfg.verbose {
-            println!("resumed from {} at epoch {start_epoch}, step {step}", ckpt.display());
+            println!(
+                "resumed from {} at epoch {start_epoch}, step {step}",
+                ckpt.display()
+            );
         }
     }
     let transform = Arc::new(transform.with_augmentation(cfg.pad_crop, cfg.hflip));
-    let eval_transform = Arc::new(Transform { pad_crop: 0, hflip: false, ..(*transform).clone() });
+    let eval_transform = Arc::new(Transform {
+        pad_crop: 0,
+        hflip: false,
+        ..(*transform).clone()
+    });
     let mut grads = vec![0.0f32; M::PARAMETERS];
     let run_start = Instant::now();
-    let end_epoch = cfg.stop_after_epoch.map_or(cfg.epochs, |e| e.min(cfg.epochs));
+    let end_epoch = cfg
+        .stop_after_epoch
+        .map_or(cfg.epochs, |e| e.min(cfg.epochs));
     for epoch in start_epoch..end_epoch {
         let loader = LoaderConfig {
             batch_size: cfg.batch_size,
@@ -239,8 +282,11 @@ pub fn train<M: Model<f32>>(
             let mut step_loss = Ok((0.0f32, 0usize));
             let smoothing = cfg.label_smoothing;
             let labels = &batch.labels;
-            model.forward_backward(batch.images.view(), Mode::Train, &mut grads, &mut |logits| {
-                match softmax_cross_entropy(logits.view(), labels, smoothing) {
+            model.forward_backward(
+                batch.images.view(),
+                Mode::Train,
+                &mut grads,
+                &mut |logits| match softmax_cross_entropy(logits.view(), labels, smoothing) {
                     Ok((l, d, c)) => {
                         step_loss = Ok((l, c));
                         d
@@ -249,8 +295,8 @@ pub fn train<M: Model<f32>>(
                         step_loss = Err(e);
                         Array2::zeros(logits.raw_dim())
                     }
-                }
-            })?;
+                },
+            )?;
             let (loss, c) = step_loss.map_err(TrainError::Loss)?;
             let loss = loss.to_f64c();
             if !loss.is_finite() || grads.iter().any(|g| !g.is_finite()) {
@@ -280,7 +326,13 @@ pub fn train<M: Model<f32>>(
         }
         bar.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
-        let (test_loss, test_acc) = evaluate(&mut model, &test, &eval_transform, cfg.eval_batch_size, cfg.workers)?;
+        let (test_loss, test_acc) = evaluate(
+            &mut model,
+            &test,
+            &eval_transform,
+            cfg.eval_batch_size,
+            cfg.workers,
+        )?;
         let record = EpochRecord {
             epoch: epoch + 1,
             step,
@@ -300,7 +352,14 @@ pub fn train<M: Model<f32>>(
             model: M::NAME.to_string(),
             extra: BTreeMap::new(),
         };
-        save_checkpoint(&ckpt, M::tensors(), model.params(), model.state(), &opt.velocity, &progress)?;
+        save_checkpoint(
+            &ckpt,
+            M::tensors(),
+            model.params(),
+            model.state(),
+            &opt.velocity,
+            &progress,
+        )?;
         metrics.write_csv(&csv)?;
         metrics.plot_png(&png, &format!("{} on {}", M::NAME, train.source.display()))?;
         if cfg.verbose {
@@ -335,9 +394,11 @@ fn progress_bar(show: bool, len: u64, epoch: u64, epochs: u64) -> indicatif::Pro
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(format!("{epoch}/{epochs}"));
     bar

@@ -52,8 +52,14 @@ fn parameter_counts_match_the_reference_implementations() {
     assert_eq!(DenseNetBc100::<f32>::PARAMETERS, 769_162);
     // The counts agree with the tensor table.
     for (params, tensors) in [
-        (SeedV2Depth40::<f32>::PARAMETERS, SeedV2Depth40::<f32>::tensors()),
-        (DenseNet121::<f32>::PARAMETERS, DenseNet121::<f32>::tensors()),
+        (
+            SeedV2Depth40::<f32>::PARAMETERS,
+            SeedV2Depth40::<f32>::tensors(),
+        ),
+        (
+            DenseNet121::<f32>::PARAMETERS,
+            DenseNet121::<f32>::tensors(),
+        ),
     ] {
         let sum: usize = tensors
             .iter()
@@ -69,7 +75,15 @@ fn the_seed_block_check_holds() {
     // The notebook: a block of 12 units with growth 24 on a 16-channel input yields 96 channels.
     let t = layer::<SeedV1Notebook<f32>>("transitions.0");
     assert_eq!(t.in_channels, 96);
-    assert_eq!(t.sources, ["stages.0.units.11", "stages.0.units.10", "stages.0.units.8", "stages.0.units.4"]);
+    assert_eq!(
+        t.sources,
+        [
+            "stages.0.units.11",
+            "stages.0.units.10",
+            "stages.0.units.8",
+            "stages.0.units.4"
+        ]
+    );
     assert_eq!(t.out_channels, 48);
     assert_eq!(t.out_size, (16, 16));
 }
@@ -78,10 +92,16 @@ fn the_seed_block_check_holds() {
 fn exponential_aggregation_reads_newest_first() {
     let u = layer::<SeedV2Depth40<f32>>("stages.1.units.6");
     // layer 7 of the block reads layers 6, 5, 3 (block input is layer 0).
-    assert_eq!(u.sources, ["stages.1.units.5", "stages.1.units.4", "stages.1.units.2"]);
+    assert_eq!(
+        u.sources,
+        ["stages.1.units.5", "stages.1.units.4", "stages.1.units.2"]
+    );
     let u = layer::<SeedV2Depth40<f32>>("stages.1.units.3");
     // layer 4 reads 3, 2 and the block input (the first transition's output).
-    assert_eq!(u.sources, ["stages.1.units.2", "stages.1.units.1", "transitions.0"]);
+    assert_eq!(
+        u.sources,
+        ["stages.1.units.2", "stages.1.units.1", "transitions.0"]
+    );
     assert_eq!(u.in_channels, 12 + 12 + 48); // transition 0 keeps all 48 channels (compression 1)
     assert_eq!((u.out_channels, u.out_size), (12, (16, 16)));
     let o = layer::<Offsets<f32>>("stages.0.units.4");
@@ -95,8 +115,14 @@ fn dense_aggregation_reads_every_earlier_layer() {
     assert_eq!(u.sources[0], "stages.2.units.14");
     assert_eq!(u.sources[15], "transitions.1");
     // DenseNet-BC-100: 24 -> 216 -> 108 -> 300 -> 150 -> 342
-    assert_eq!(layer::<DenseNetBc100<f32>>("transitions.0").in_channels, 216);
-    assert_eq!(layer::<DenseNetBc100<f32>>("transitions.1").in_channels, 300);
+    assert_eq!(
+        layer::<DenseNetBc100<f32>>("transitions.0").in_channels,
+        216
+    );
+    assert_eq!(
+        layer::<DenseNetBc100<f32>>("transitions.1").in_channels,
+        300
+    );
     assert_eq!(layer::<DenseNetBc100<f32>>("head").in_channels, 342);
     let head = layer::<DenseNet121<f32>>("head");
     assert_eq!((head.in_channels, head.in_size), (1024, (7, 7)));
@@ -123,7 +149,10 @@ fn macs_and_memory_are_reported() {
     // torchvision's DenseNet-121 is 2.87 GMACs per 224x224 image.
     let g = DenseNet121::<f32>::MACS_PER_IMAGE as f64 / 1e9;
     assert!((2.8..2.95).contains(&g), "DenseNet-121 GMACs {g}");
-    assert!(SeedV2Depth40::<f32>::PEAK_INFERENCE_PER_IMAGE < SeedV2Depth40::<f32>::ACTIVATIONS_PER_IMAGE);
+    assert!(
+        SeedV2Depth40::<f32>::PEAK_INFERENCE_PER_IMAGE
+            < SeedV2Depth40::<f32>::ACTIVATIONS_PER_IMAGE
+    );
     let s = SeedV2Depth40::<f32>::summary();
     assert!(s.contains("Trainable params: 185,314"), "{s}");
 }
@@ -131,9 +160,16 @@ fn macs_and_memory_are_reported() {
 #[test]
 fn eval_is_per_image_and_deterministic() {
     let mut m = SeedV1Notebook::<f64>::new(7);
-    let x = Array4::<f64>::from_shape_fn((3, 3, 32, 32), |(n, c, h, w)| ((n * 7 + c * 3 + h * 5 + w) % 11) as f64 / 11.0);
+    let x = Array4::<f64>::from_shape_fn((3, 3, 32, 32), |(n, c, h, w)| {
+        ((n * 7 + c * 3 + h * 5 + w) % 11) as f64 / 11.0
+    });
     let all = m.forward(x.view(), Mode::Eval).unwrap();
-    let one = m.forward(x.slice(sparsenet::runtime::ndarray::s![1..2, .., .., ..]), Mode::Eval).unwrap();
+    let one = m
+        .forward(
+            x.slice(sparsenet::runtime::ndarray::s![1..2, .., .., ..]),
+            Mode::Eval,
+        )
+        .unwrap();
     for c in 0..10 {
         assert!((all[[1, c]] - one[[0, c]]).abs() < 1e-12);
     }
@@ -145,7 +181,9 @@ fn eval_is_per_image_and_deterministic() {
 fn training_mode_updates_running_statistics_and_eval_does_not() {
     let mut m = SeedV2Depth40::<f32>::new(3);
     let before = m.state().to_vec();
-    let x = Array4::<f32>::from_shape_fn((2, 3, 32, 32), |(n, c, h, w)| ((n + c + h * w) % 7) as f32 - 3.0);
+    let x = Array4::<f32>::from_shape_fn((2, 3, 32, 32), |(n, c, h, w)| {
+        ((n + c + h * w) % 7) as f32 - 3.0
+    });
     m.forward(x.view(), Mode::Eval).unwrap();
     assert_eq!(m.state(), &before[..]);
     m.forward(x.view(), Mode::Train).unwrap();
@@ -159,7 +197,12 @@ fn wrong_input_shape_is_an_error_naming_the_tensor() {
     let err = m.forward(x.view(), Mode::Eval).unwrap_err();
     assert!(matches!(err, InputError::Shape { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("`input`") && msg.contains("[2, 1, 32, 32]") && msg.contains("[batch, 3, 32, 32]"), "{msg}");
+    assert!(
+        msg.contains("`input`")
+            && msg.contains("[2, 1, 32, 32]")
+            && msg.contains("[batch, 3, 32, 32]"),
+        "{msg}"
+    );
     let empty = Array4::<f32>::zeros((0, 3, 32, 32));
     assert!(m.forward(empty.view(), Mode::Eval).is_err());
 }
@@ -176,14 +219,23 @@ fn weights_round_trip_and_mismatches_are_reported() {
     b.load(&path).unwrap();
     assert_eq!(a.params(), b.params());
     assert_eq!(a.state(), b.state());
-    assert_eq!(a.forward(x.view(), Mode::Eval).unwrap(), b.forward(x.view(), Mode::Eval).unwrap());
+    assert_eq!(
+        a.forward(x.view(), Mode::Eval).unwrap(),
+        b.forward(x.view(), Mode::Eval).unwrap()
+    );
 
     // Another architecture's file: the first offending tensor is named with both shapes.
     let mut other = SeedV1Notebook::<f32>::new(0);
     let err = other.load(&path).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("seed.safetensors"), "{msg}");
-    assert!(matches!(err, WeightsError::MissingTensor { .. } | WeightsError::ShapeMismatch { .. }), "{msg}");
+    assert!(
+        matches!(
+            err,
+            WeightsError::MissingTensor { .. } | WeightsError::ShapeMismatch { .. }
+        ),
+        "{msg}"
+    );
 
     // f32 file into an f64 model.
     let mut wide = SeedV2Depth40::<f64>::new(0);
@@ -201,7 +253,10 @@ fn weights_round_trip_and_mismatches_are_reported() {
 
 #[test]
 fn fixture_names_are_the_documented_names() {
-    let names: Vec<&str> = SeedV2Depth40::<f32>::tensors().iter().map(|t| t.name).collect();
+    let names: Vec<&str> = SeedV2Depth40::<f32>::tensors()
+        .iter()
+        .map(|t| t.name)
+        .collect();
     for n in [
         "stem.conv.weight",
         "stem.conv.bias",
@@ -215,7 +270,10 @@ fn fixture_names_are_the_documented_names() {
     ] {
         assert!(names.contains(&n), "missing {n}");
     }
-    let conv = SeedV2Depth40::<f32>::tensors().iter().find(|t| t.name == "stages.0.units.3.conv1.weight").unwrap();
+    let conv = SeedV2Depth40::<f32>::tensors()
+        .iter()
+        .find(|t| t.name == "stages.0.units.3.conv1.weight")
+        .unwrap();
     assert_eq!(conv.shape, [12, 36, 3, 3]);
 }
 

@@ -33,8 +33,15 @@ fn check<M: Model<f64>>(mode: Mode) {
     for v in m.params_mut() {
         *v += rng.gen_range(-0.2..0.2);
     }
-    for t in M::tensors().iter().filter(|t| t.store == sparsenet::runtime::Store::State) {
-        let range = if t.name.ends_with("running_var") { 0.5..2.0 } else { -0.3..0.3 };
+    for t in M::tensors()
+        .iter()
+        .filter(|t| t.store == sparsenet::runtime::Store::State)
+    {
+        let range = if t.name.ends_with("running_var") {
+            0.5..2.0
+        } else {
+            -0.3..0.3
+        };
         for v in &mut m.state_mut()[t.offset..t.offset + t.len()] {
             *v = rng.gen_range(range.clone());
         }
@@ -52,13 +59,18 @@ fn check<M: Model<f64>>(mode: Mode) {
     let mut grads = vec![0.0; M::PARAMETERS];
     m.reseed(5);
     m.state_mut().copy_from_slice(&state0);
-    let dx = m.forward_backward(x.view(), mode, &mut grads, &mut |_| r.clone()).unwrap();
+    let dx = m
+        .forward_backward(x.view(), mode, &mut grads, &mut |_| r.clone())
+        .unwrap();
     let h = 1e-6;
     let mut worst = 0.0f64;
     let scale = grads.iter().fold(1e-3f64, |a, v| a.max(v.abs()));
     // Every 7th parameter plus the first and last of each tensor.
     let mut idx: Vec<usize> = (0..M::PARAMETERS).step_by(7).collect();
-    for t in M::tensors().iter().filter(|t| t.store == sparsenet::runtime::Store::Param) {
+    for t in M::tensors()
+        .iter()
+        .filter(|t| t.store == sparsenet::runtime::Store::Param)
+    {
         idx.push(t.offset);
         idx.push(t.offset + t.len() - 1);
     }
@@ -84,8 +96,15 @@ fn check<M: Model<f64>>(mode: Mode) {
         let num = (up - down) / (2.0 * h);
         worst = nan_max(worst, (num - dx.as_slice().unwrap()[i]).abs() / xscale);
     }
-    eprintln!("{} {mode:?}: worst relative gradient error {worst:.2e}", M::NAME);
-    assert!(worst < 1e-6 && dx.iter().all(|v| v.is_finite()), "{} {mode:?}: finite differences disagree ({worst:.2e})", M::NAME);
+    eprintln!(
+        "{} {mode:?}: worst relative gradient error {worst:.2e}",
+        M::NAME
+    );
+    assert!(
+        worst < 1e-6 && dx.iter().all(|v| v.is_finite()),
+        "{} {mode:?}: finite differences disagree ({worst:.2e})",
+        M::NAME
+    );
     assert!(grads.iter().all(|g| g.to_f64c().is_finite()));
 }
 

@@ -31,7 +31,10 @@ struct Report {
 
 /// Mean softmax cross-entropy and its gradient, as Gluon's
 /// SoftmaxCrossEntropyLoss followed by mean().
-fn cross_entropy<T: sparsenet::runtime::Float>(logits: &Array2<T>, labels: &[usize]) -> (f64, Array2<T>) {
+fn cross_entropy<T: sparsenet::runtime::Float>(
+    logits: &Array2<T>,
+    labels: &[usize],
+) -> (f64, Array2<T>) {
     let n = logits.nrows();
     let mut d = logits.mapv(|v| v.to_f64c());
     let mut loss = 0.0;
@@ -57,14 +60,22 @@ fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
             let vals = w.get(spec.name);
             assert_eq!(vals.shape(), spec.shape, "shape of {}", spec.name);
             let dst = match spec.store {
-                sparsenet::runtime::Store::Param => &mut params[spec.offset..spec.offset + spec.len()],
-                sparsenet::runtime::Store::State => &mut state[spec.offset..spec.offset + spec.len()],
+                sparsenet::runtime::Store::Param => {
+                    &mut params[spec.offset..spec.offset + spec.len()]
+                }
+                sparsenet::runtime::Store::State => {
+                    &mut state[spec.offset..spec.offset + spec.len()]
+                }
             };
             for (d, v) in dst.iter_mut().zip(vals.iter()) {
                 *d = T::from_f64c(*v);
             }
         }
-        assert_eq!(w.names().len(), M::tensors().len(), "fixture and model tensor counts");
+        assert_eq!(
+            w.names().len(),
+            M::tensors().len(),
+            "fixture and model tensor counts"
+        );
     }
     let x = io.get("input");
     let x: Array4<T> = x.mapv(T::from_f64c).into_dimensionality().unwrap();
@@ -74,7 +85,10 @@ fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
     let train = model.forward(x.view(), Mode::Train).unwrap();
     let train = rel_err(&to64(&train), io.get("logits_train").as_slice().unwrap());
     let mut running = 0.0f64;
-    for spec in M::tensors().iter().filter(|s| s.store == sparsenet::runtime::Store::State) {
+    for spec in M::tensors()
+        .iter()
+        .filter(|s| s.store == sparsenet::runtime::Store::State)
+    {
         let ours: Vec<f64> = model.state()[spec.offset..spec.offset + spec.len()]
             .iter()
             .map(|v| v.to_f64c())
@@ -87,8 +101,14 @@ fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
     model2.params_mut().copy_from_slice(model.params());
     {
         let (_, state) = model2.stores_mut();
-        for spec in M::tensors().iter().filter(|s| s.store == sparsenet::runtime::Store::State) {
-            for (d, v) in state[spec.offset..spec.offset + spec.len()].iter_mut().zip(w.get(spec.name).iter()) {
+        for spec in M::tensors()
+            .iter()
+            .filter(|s| s.store == sparsenet::runtime::Store::State)
+        {
+            for (d, v) in state[spec.offset..spec.offset + spec.len()]
+                .iter_mut()
+                .zip(w.get(spec.name).iter())
+            {
                 *d = T::from_f64c(*v);
             }
         }
@@ -119,22 +139,46 @@ fn run<T: sparsenet::runtime::Float, M: Model<T>>(cfg: &str) -> Report {
     let global = M::tensors()
         .iter()
         .filter(|s| s.store == sparsenet::runtime::Store::Param)
-        .map(|s| io.get(&format!("grad.{}", s.name)).iter().fold(0.0f64, |m, v| m.max(v.abs())))
+        .map(|s| {
+            io.get(&format!("grad.{}", s.name))
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+        })
         .fold(0.0f64, f64::max);
-    let floor = if std::mem::size_of::<T>() == 4 { 1e-3 * global } else { 1e-6 * global };
-    for spec in M::tensors().iter().filter(|s| s.store == sparsenet::runtime::Store::Param) {
-        let ours: Vec<f64> = grads[spec.offset..spec.offset + spec.len()].iter().map(|v| v.to_f64c()).collect();
+    let floor = if std::mem::size_of::<T>() == 4 {
+        1e-3 * global
+    } else {
+        1e-6 * global
+    };
+    for spec in M::tensors()
+        .iter()
+        .filter(|s| s.store == sparsenet::runtime::Store::Param)
+    {
+        let ours: Vec<f64> = grads[spec.offset..spec.offset + spec.len()]
+            .iter()
+            .map(|v| v.to_f64c())
+            .collect();
         let want = io.get(&format!("grad.{}", spec.name));
         let want = want.as_slice().unwrap();
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(floor);
-        let diff = ours.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let diff = ours
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         let e = diff / scale;
         if e > grad {
             grad = e;
             grad_at = spec.name.to_string();
         }
     }
-    Report { eval, train, running, loss, grad, grad_at }
+    Report {
+        eval,
+        train,
+        running,
+        loss,
+        grad,
+        grad_at,
+    }
 }
 
 macro_rules! parity {
@@ -162,8 +206,28 @@ macro_rules! parity {
 
 parity!(seed_2018_02_20_depth22_growth4, V2D22K4, "v2_d22_k4");
 parity!(seed_2018_02_20_depth16_growth6, V2D16K6, "v2_d16_k6");
-parity!(seed_2018_02_20_bottleneck_depth40_growth4, V2BcD40K4, "v2_bc_d40_k4");
-parity!(seed_2018_02_20_bottleneck_depth28_growth6, V2BcD28K6, "v2_bc_d28_k6");
-parity!(seed_2018_02_20_grayscale_two_stages, V2D10K5Mnist, "v2_d10_k5_mnist");
-parity!(seed_2018_01_30_three_blocks_growth4, V1B3L6K4C8, "v1_b3_l6_k4_c8");
-parity!(seed_2018_01_30_two_blocks_growth6, V1B2L5K6C5, "v1_b2_l5_k6_c5");
+parity!(
+    seed_2018_02_20_bottleneck_depth40_growth4,
+    V2BcD40K4,
+    "v2_bc_d40_k4"
+);
+parity!(
+    seed_2018_02_20_bottleneck_depth28_growth6,
+    V2BcD28K6,
+    "v2_bc_d28_k6"
+);
+parity!(
+    seed_2018_02_20_grayscale_two_stages,
+    V2D10K5Mnist,
+    "v2_d10_k5_mnist"
+);
+parity!(
+    seed_2018_01_30_three_blocks_growth4,
+    V1B3L6K4C8,
+    "v1_b3_l6_k4_c8"
+);
+parity!(
+    seed_2018_01_30_two_blocks_growth6,
+    V1B2L5K6C5,
+    "v1_b2_l5_k6_c5"
+);

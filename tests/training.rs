@@ -14,8 +14,9 @@ use std::sync::Arc;
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 
 fn data(train_n: usize, test_n: usize) -> (Arc<Dataset>, Arc<Dataset>, Transform) {
-    let (tr, te) = load_fashion_mnist(Path::new(FASHION))
-        .unwrap_or_else(|e| panic!("{e}\n(the tests need Fashion-MNIST: `bash .ci/run` installs it)"));
+    let (tr, te) = load_fashion_mnist(Path::new(FASHION)).unwrap_or_else(|e| {
+        panic!("{e}\n(the tests need Fashion-MNIST: `bash .ci/run` installs it)")
+    });
     let tr = tr.take(train_n);
     let te = te.take(test_n);
     let t = Transform::from_dataset_stats(&tr);
@@ -26,8 +27,17 @@ fn config(out: &Path, epochs: u64) -> TrainConfig {
     TrainConfig {
         epochs,
         batch_size: 64,
-        lr: LrPolicy { base_lr: 0.1, schedule: parse_schedule("cosine").unwrap(), warmup_epochs: 0.2, total_epochs: epochs as f64 },
-        sgd: Sgd { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+        lr: LrPolicy {
+            base_lr: 0.1,
+            schedule: parse_schedule("cosine").unwrap(),
+            warmup_epochs: 0.2,
+            total_epochs: epochs as f64,
+        },
+        sgd: Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
         label_smoothing: 0.0,
         seed: 7,
         pad_crop: 2,
@@ -52,8 +62,15 @@ fn a_short_run_learns_fashion_mnist() {
     let r = report.metrics.records();
     assert_eq!(report.steps, 300);
     eprintln!("short run: {r:?}");
-    assert!(r[1].train_loss < 0.7 * r[0].train_loss || r[1].train_loss < 0.6, "loss did not fall: {r:?}");
-    assert!(r[1].test_acc > 0.70, "test accuracy {:.3} is not far above chance (0.10)", r[1].test_acc);
+    assert!(
+        r[1].train_loss < 0.7 * r[0].train_loss || r[1].train_loss < 0.6,
+        "loss did not fall: {r:?}"
+    );
+    assert!(
+        r[1].test_acc > 0.70,
+        "test accuracy {:.3} is not far above chance (0.10)",
+        r[1].test_acc
+    );
     for f in ["checkpoint.safetensors", "metrics.csv", "metrics.png"] {
         assert!(dir.path().join(f).exists(), "{f} written");
     }
@@ -64,8 +81,15 @@ fn checkpoint_contents(path: &Path) -> (Vec<f32>, Vec<f32>, Vec<f32>, u64) {
     let mut m = FashionSparseNet::<f32>::new(0);
     let mut v = vec![0.0f32; FashionSparseNet::<f32>::PARAMETERS];
     let (p, s) = m.stores_mut();
-    let progress = load_checkpoint_for(path, FashionSparseNet::<f32>::NAME, FashionSparseNet::<f32>::tensors(), p, s, &mut v)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let progress = load_checkpoint_for(
+        path,
+        FashionSparseNet::<f32>::NAME,
+        FashionSparseNet::<f32>::tensors(),
+        p,
+        s,
+        &mut v,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     (m.params().to_vec(), m.state().to_vec(), v, progress.step)
 }
 
@@ -73,7 +97,13 @@ fn checkpoint_contents(path: &Path) -> (Vec<f32>, Vec<f32>, Vec<f32>, u64) {
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let (tr, te, t) = data(1280, 256);
     let straight = tempfile::tempdir().unwrap();
-    train::<FashionSparseNet>(&config(straight.path(), 3), tr.clone(), te.clone(), t.clone()).unwrap();
+    train::<FashionSparseNet>(
+        &config(straight.path(), 3),
+        tr.clone(),
+        te.clone(),
+        t.clone(),
+    )
+    .unwrap();
     let split = tempfile::tempdir().unwrap();
     // Stop after epoch 1 (as a kill between epochs would), then resume.
     let mut first = config(split.path(), 3);
@@ -91,7 +121,10 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let mb = MetricsLog::read_csv(&split.path().join("metrics.csv")).unwrap();
     assert_eq!(ma.len(), 3);
     for (x, y) in ma.records().iter().zip(mb.records()) {
-        assert_eq!((x.epoch, x.step, x.train_loss, x.test_acc, x.test_loss), (y.epoch, y.step, y.train_loss, y.test_acc, y.test_loss));
+        assert_eq!(
+            (x.epoch, x.step, x.train_loss, x.test_acc, x.test_loss),
+            (y.epoch, y.step, y.train_loss, y.test_acc, y.test_loss)
+        );
     }
 }
 
@@ -106,17 +139,28 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint() {
     cfg.lr.warmup_epochs = 0.0;
     let err = train::<FashionSparseNet>(&cfg, tr, te, t).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, TrainError::NonFinite { epoch: 2, .. }), "{msg}");
-    assert!(msg.contains("step") && msg.contains("checkpoint.safetensors"), "{msg}");
+    assert!(
+        matches!(err, TrainError::NonFinite { epoch: 2, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("step") && msg.contains("checkpoint.safetensors"),
+        "{msg}"
+    );
     let after = checkpoint_contents(&dir.path().join("checkpoint.safetensors"));
-    assert!(before.0 == after.0 && before.3 == after.3, "the last good checkpoint is kept");
+    assert!(
+        before.0 == after.0 && before.3 == after.3,
+        "the last good checkpoint is kept"
+    );
 }
 
 /// Child side of the kill test: trains until killed.
 #[test]
 #[ignore = "run by kill_at_any_moment_leaves_a_loadable_checkpoint in a child process"]
 fn kill_child() {
-    let Ok(out) = std::env::var("SPARSENET_KILL_CHILD_OUT") else { return };
+    let Ok(out) = std::env::var("SPARSENET_KILL_CHILD_OUT") else {
+        return;
+    };
     let (tr, te, t) = data(640, 128);
     train::<FashionSparseNet>(&config(Path::new(&out), 10_000), tr, te, t).unwrap();
 }
@@ -142,20 +186,30 @@ fn kill_at_any_moment_leaves_a_loadable_checkpoint() {
             if ckpt.exists() && checkpoint_contents(&ckpt).3 > last_step {
                 break;
             }
-            assert!(start.elapsed().as_secs() < 120, "round {round}: no new checkpoint within 120 s");
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "round {round}: no new checkpoint within 120 s"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
         let (_, _, _, step) = checkpoint_contents(&ckpt);
-        assert!(step > last_step, "round {round}: the checkpoint moved forward");
+        assert!(
+            step > last_step,
+            "round {round}: the checkpoint moved forward"
+        );
         last_step = step;
         let stray: Vec<_> = std::fs::read_dir(&out)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.') && !["checkpoint.safetensors", "metrics.csv", "metrics.png"].contains(&n.as_str()))
+            .filter(|n| {
+                !n.starts_with('.')
+                    && !["checkpoint.safetensors", "metrics.csv", "metrics.png"]
+                        .contains(&n.as_str())
+            })
             .collect();
         assert!(stray.is_empty(), "unexpected files {stray:?}");
         MetricsLog::read_csv(&out.join("metrics.csv")).expect("metrics.csv stays readable");

@@ -50,7 +50,9 @@ pub fn error_between(start: Span, end: Span, msg: impl Display) -> syn::Error {
     a.set_span(start);
     let mut b = Punct::new('-', Spacing::Alone);
     b.set_span(end);
-    let tokens: TokenStream = [TokenTree::Punct(a), TokenTree::Punct(b)].into_iter().collect();
+    let tokens: TokenStream = [TokenTree::Punct(a), TokenTree::Punct(b)]
+        .into_iter()
+        .collect();
     syn::Error::new_spanned(tokens, msg)
 }
 
@@ -152,7 +154,9 @@ impl Parse for NetDecl {
         let attrs = input.call(Attribute::parse_outer)?;
         let vis: Visibility = input.parse()?;
         if !input.peek(Token![struct]) {
-            return Err(input.error("expected `struct`: a network is declared as `struct Name { key: value, ... }`"));
+            return Err(input.error(
+                "expected `struct`: a network is declared as `struct Name { key: value, ... }`",
+            ));
         }
         input.parse::<Token![struct]>()?;
         let ident: Ident = input.parse()?;
@@ -166,7 +170,9 @@ impl Parse for NetDecl {
         }
         let content;
         let brace = braced!(content in input);
-        let fields = comma_separated(&content, Field::parse, |f: &Field| format!("the `{}` setting", f.key))?;
+        let fields = comma_separated(&content, Field::parse, |f: &Field| {
+            format!("the `{}` setting", f.key)
+        })?;
         Ok(NetDecl {
             attrs,
             vis,
@@ -179,9 +185,12 @@ impl Parse for NetDecl {
 
 impl Parse for Field {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let key: Ident = input
-            .parse()
-            .map_err(|e| syn::Error::new(e.span(), "expected a setting name such as `depth` or `growth`"))?;
+        let key: Ident = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected a setting name such as `depth` or `growth`",
+            )
+        })?;
         if !input.peek(Token![:]) {
             return Err(input.error(format!("expected `:` after `{key}`, as in `{key}: value`")));
         }
@@ -223,7 +232,9 @@ impl Parse for Value {
             if input.peek(syn::token::Paren) {
                 let content;
                 let paren = parenthesized!(content in input);
-                let args = comma_separated(&content, Value::parse, |_| format!("an argument of `{ident}`"))?;
+                let args = comma_separated(&content, Value::parse, |_| {
+                    format!("an argument of `{ident}`")
+                })?;
                 return Ok(Value::Call(ident, paren.span.join(), args));
             }
             return Ok(Value::Ident(ident));

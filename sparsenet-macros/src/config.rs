@@ -98,7 +98,10 @@ impl Aggregation {
             Aggregation::Dense => "dense".to_string(),
             Aggregation::Offsets(l) => format!(
                 "offsets({})",
-                l.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                l.iter()
+                    .map(|o| o.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -140,20 +143,53 @@ const KEYS: &[(&str, &str)] = &[
     ("style", "`seed_2018_02_20`, `seed_2018_01_30` or `paper`"),
     ("input", "`[channels, height, width]`, e.g. `[3, 32, 32]`"),
     ("classes", "a positive integer"),
-    ("depth", "a positive integer: total layers, units per stage = (depth - 4) / stages"),
-    ("blocks", "the number of stages (dense/sparse blocks), a positive integer"),
-    ("units", "units per stage: an integer (with `blocks`) or a list such as `[6, 12, 24, 16]`"),
-    ("growth", "the growth rate: an integer, or one per stage such as `[16, 32, 64]`"),
+    (
+        "depth",
+        "a positive integer: total layers, units per stage = (depth - 4) / stages",
+    ),
+    (
+        "blocks",
+        "the number of stages (dense/sparse blocks), a positive integer",
+    ),
+    (
+        "units",
+        "units per stage: an integer (with `blocks`) or a list such as `[6, 12, 24, 16]`",
+    ),
+    (
+        "growth",
+        "the growth rate: an integer, or one per stage such as `[16, 32, 64]`",
+    ),
     ("bottleneck", "`true` or `false`"),
-    ("bottleneck_width", "a positive integer: the 1x1 convolution has width x growth channels"),
-    ("compression", "a number in (0, 1]: transitions keep floor(channels x compression)"),
-    ("reduction", "a number in (0, 1] (the seed's name for `compression`)"),
-    ("aggregation", "`exponential(2)`, `dense` or `offsets(1, 2, 4)`"),
-    ("stem", "`conv3x3(C)`, `bn_relu_conv3x3(C)` or `imagenet(C)`"),
-    ("bias", "`true` or `false`: whether convolutions have biases"),
+    (
+        "bottleneck_width",
+        "a positive integer: the 1x1 convolution has width x growth channels",
+    ),
+    (
+        "compression",
+        "a number in (0, 1]: transitions keep floor(channels x compression)",
+    ),
+    (
+        "reduction",
+        "a number in (0, 1] (the seed's name for `compression`)",
+    ),
+    (
+        "aggregation",
+        "`exponential(2)`, `dense` or `offsets(1, 2, 4)`",
+    ),
+    (
+        "stem",
+        "`conv3x3(C)`, `bn_relu_conv3x3(C)` or `imagenet(C)`",
+    ),
+    (
+        "bias",
+        "`true` or `false`: whether convolutions have biases",
+    ),
     ("dropout", "a dropout rate in [0, 1)"),
     ("bn_eps", "a positive number: BatchNorm epsilon"),
-    ("bn_momentum", "a number in [0, 1): the fraction of the running statistics kept at each update"),
+    (
+        "bn_momentum",
+        "a number in [0, 1): the fraction of the running statistics kept at each update",
+    ),
 ];
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -186,7 +222,10 @@ const STEMS: &[&str] = &["conv3x3", "bn_relu_conv3x3", "imagenet"];
 const AGGREGATIONS: &[&str] = &["exponential", "dense", "offsets"];
 
 fn expected(key: &str) -> &'static str {
-    KEYS.iter().find(|(k, _)| *k == key).map(|(_, e)| *e).unwrap_or("a value")
+    KEYS.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, e)| *e)
+        .unwrap_or("a value")
 }
 
 /// Typed reads of untyped values, each reporting a precise error.
@@ -201,7 +240,10 @@ impl Reader<'_> {
     }
 
     fn type_error(&mut self, key: &str, v: &Value) {
-        self.at(v, format!("`{key}` expects {}, found {}", expected(key), v.describe()));
+        self.at(
+            v,
+            format!("`{key}` expects {}, found {}", expected(key), v.describe()),
+        );
     }
 
     fn usize(&mut self, key: &str, v: &Value) -> Option<usize> {
@@ -209,7 +251,10 @@ impl Reader<'_> {
             Value::Int(l) => match l.base10_parse::<usize>() {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    self.at(v, format!("`{key}` expects {}, and `{l}` is too large", expected(key)));
+                    self.at(
+                        v,
+                        format!("`{key}` expects {}, and `{l}` is too large", expected(key)),
+                    );
                     None
                 }
             },
@@ -264,11 +309,20 @@ impl Reader<'_> {
         match v {
             Value::List(span, items) => {
                 if items.is_empty() {
-                    self.errors.push(*span, format!("`{key}` needs at least one stage: expected {}", expected(key)));
+                    self.errors.push(
+                        *span,
+                        format!(
+                            "`{key}` needs at least one stage: expected {}",
+                            expected(key)
+                        ),
+                    );
                     return None;
                 }
                 // Check every item, so that all bad ones are reported.
-                let out: Vec<_> = items.iter().map(|item| self.positive(key, item).map(|n| (n, item.span()))).collect();
+                let out: Vec<_> = items
+                    .iter()
+                    .map(|item| self.positive(key, item).map(|n| (n, item.span())))
+                    .collect();
                 out.into_iter().collect()
             }
             _ => Some(vec![(self.positive(key, v)?, v.span())]),
@@ -288,7 +342,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             let all: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
             errors.push(
                 f.key.span(),
-                format!("unknown setting `{name}`{best} (expected one of: {})", all.join(", ")),
+                format!(
+                    "unknown setting `{name}`{best} (expected one of: {})",
+                    all.join(", ")
+                ),
             );
             continue;
         }
@@ -303,7 +360,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     }
     if fields.contains_key("compression") && fields.contains_key("reduction") {
         let (k, _) = &fields["reduction"];
-        errors.push(k.span(), "`reduction` and `compression` are the same setting: give only one");
+        errors.push(
+            k.span(),
+            "`reduction` and `compression` are the same setting: give only one",
+        );
     }
 
     let mut r = Reader { errors };
@@ -319,7 +379,11 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             other => {
                 r.errors.push(
                     i.span(),
-                    format!("unknown style `{other}`: expected {}{}", expected("style"), did_you_mean(other, STYLES.iter().copied())),
+                    format!(
+                        "unknown style `{other}`: expected {}{}",
+                        expected("style"),
+                        did_you_mean(other, STYLES.iter().copied())
+                    ),
                 );
                 Style::Paper
             }
@@ -354,7 +418,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             };
             r.errors.push(
                 *span,
-                format!("`input` expects three dimensions `[channels, height, width]`, found {}{hint}", items.len()),
+                format!(
+                    "`input` expects three dimensions `[channels, height, width]`, found {}{hint}",
+                    items.len()
+                ),
             );
             None
         }
@@ -405,7 +472,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     };
     let units: Option<Vec<usize>> = match (get("depth"), get("units")) {
         (Some((dk, _)), Some(_)) => {
-            r.errors.push(dk.span(), "give either `depth` or `units`, not both: `depth` derives the units per stage");
+            r.errors.push(
+                dk.span(),
+                "give either `depth` or `units`, not both: `depth` derives the units per stage",
+            );
             None
         }
         (None, None) => {
@@ -450,18 +520,21 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 })
             }
         }
-        (None, Some((_, v))) => match v {
-            Value::List(..) => {
-                if let Some((b, span)) = blocks {
-                    let _ = b;
-                    r.errors.push(span, "`blocks` is implied by the length of the `units` list: remove `blocks`");
+        (None, Some((_, v))) => {
+            match v {
+                Value::List(..) => {
+                    if let Some((b, span)) = blocks {
+                        let _ = b;
+                        r.errors.push(span, "`blocks` is implied by the length of the `units` list: remove `blocks`");
+                    }
+                    r.positive_or_list("units", v)
+                        .map(|l| l.into_iter().map(|(n, _)| n).collect())
                 }
-                r.positive_or_list("units", v).map(|l| l.into_iter().map(|(n, _)| n).collect())
+                _ => r
+                    .positive("units", v)
+                    .map(|n| vec![n; blocks.map(|(b, _)| b).unwrap_or(3)]),
             }
-            _ => r
-                .positive("units", v)
-                .map(|n| vec![n; blocks.map(|(b, _)| b).unwrap_or(3)]),
-        },
+        }
     };
 
     let growth: Option<Vec<(usize, Span)>> = match get("growth") {
@@ -471,7 +544,9 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     let stages: Option<Vec<Stage>> = match (&units, &growth) {
         (Some(units), Some(growth)) => {
             if growth.len() != 1 && growth.len() != units.len() {
-                let span = get("growth").map(|(_, v)| v.span()).unwrap_or(decl.ident.span());
+                let span = get("growth")
+                    .map(|(_, v)| v.span())
+                    .unwrap_or(decl.ident.span());
                 r.errors.push(
                     span,
                     format!(
@@ -488,7 +563,11 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                         .enumerate()
                         .map(|(i, &u)| Stage {
                             units: u,
-                            growth: if growth.len() == 1 { growth[0].0 } else { growth[i].0 },
+                            growth: if growth.len() == 1 {
+                                growth[0].0
+                            } else {
+                                growth[i].0
+                            },
                         })
                         .collect(),
                 )
@@ -557,10 +636,15 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             Value::Call(i, span, args) if i == "offsets" => {
                 let mut list = Vec::new();
                 if args.is_empty() {
-                    r.errors.push(*span, "`offsets` needs at least one offset, e.g. `offsets(1, 2, 4)`");
+                    r.errors.push(
+                        *span,
+                        "`offsets` needs at least one offset, e.g. `offsets(1, 2, 4)`",
+                    );
                 }
                 for a in args {
-                    if let Some(o) = r.positive_as("aggregation", "an offset (1 is the layer right before)", a) {
+                    if let Some(o) =
+                        r.positive_as("aggregation", "an offset (1 is the layer right before)", a)
+                    {
                         if let Some(&last) = list.last() {
                             if o <= last {
                                 r.at(a, format!("offsets must be strictly increasing, but {o} follows {last}, e.g. `offsets(1, 3, 9)`"));
@@ -579,11 +663,17 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 Aggregation::Offsets(list)
             }
             Value::Ident(i) if i == "offsets" => {
-                r.errors.push(i.span(), "`offsets` needs the offsets it reads, e.g. `offsets(1, 2, 4)`");
+                r.errors.push(
+                    i.span(),
+                    "`offsets` needs the offsets it reads, e.g. `offsets(1, 2, 4)`",
+                );
                 Aggregation::Exponential(2)
             }
             Value::Call(i, span, _) if i == "dense" => {
-                r.errors.push(*span, "`dense` takes no arguments: write `aggregation: dense`");
+                r.errors.push(
+                    *span,
+                    "`dense` takes no arguments: write `aggregation: dense`",
+                );
                 Aggregation::Exponential(2)
             }
             Value::Ident(i) | Value::Call(i, ..) => {
@@ -613,9 +703,18 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
 
     let stem = match get("stem") {
         None => Some(match style {
-            Style::Seed20180220 => Stem { kind: StemKind::Conv3x3, channels: growth0 },
-            Style::Seed20180130 => Stem { kind: StemKind::BnReluConv3x3, channels: 16 },
-            Style::Paper => Stem { kind: StemKind::Conv3x3, channels: 2 * growth0 },
+            Style::Seed20180220 => Stem {
+                kind: StemKind::Conv3x3,
+                channels: growth0,
+            },
+            Style::Seed20180130 => Stem {
+                kind: StemKind::BnReluConv3x3,
+                channels: 16,
+            },
+            Style::Paper => Stem {
+                kind: StemKind::Conv3x3,
+                channels: 2 * growth0,
+            },
         }),
         Some((_, Value::Call(i, span, args))) => {
             let kind = match i.to_string().as_str() {
@@ -625,13 +724,20 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 other => {
                     r.errors.push(
                         i.span(),
-                        format!("unknown stem `{other}`: expected {}{}", expected("stem"), did_you_mean(other, STEMS.iter().copied())),
+                        format!(
+                            "unknown stem `{other}`: expected {}{}",
+                            expected("stem"),
+                            did_you_mean(other, STEMS.iter().copied())
+                        ),
                     );
                     None
                 }
             };
             if args.len() != 1 {
-                r.errors.push(*span, format!("`{i}` takes one argument, the stem's output channels, e.g. `{i}(24)`"));
+                r.errors.push(
+                    *span,
+                    format!("`{i}` takes one argument, the stem's output channels, e.g. `{i}(24)`"),
+                );
                 None
             } else {
                 let ch = r.positive_as("stem", "the stem's channel count", &args[0]);
@@ -642,7 +748,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             }
         }
         Some((_, Value::Ident(i))) if STEMS.iter().any(|s| i == s) => {
-            r.errors.push(i.span(), format!("`{i}` needs the stem's output channels, e.g. `stem: {i}(24)`"));
+            r.errors.push(
+                i.span(),
+                format!("`{i}` needs the stem's output channels, e.g. `stem: {i}(24)`"),
+            );
             None
         }
         Some((_, v)) => {
@@ -711,7 +820,10 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         let (mut h, mut w) = (input[1], input[2]);
         if imagenet {
             if h < 7 || w < 7 {
-                let span = get("input").map(|(_, v)| v.span()).or(stem_span).unwrap_or(decl.ident.span());
+                let span = get("input")
+                    .map(|(_, v)| v.span())
+                    .or(stem_span)
+                    .unwrap_or(decl.ident.span());
                 r.errors.push(
                     span,
                     format!(
@@ -751,7 +863,9 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                 let span = match input_items {
                     Some(items) if h_fits && !w_fits => items[2].span(),
                     Some(items) if !h_fits && w_fits => items[1].span(),
-                    Some(_) => get("input").map(|(_, v)| v.span()).unwrap_or(decl.ident.span()),
+                    Some(_) => get("input")
+                        .map(|(_, v)| v.span())
+                        .unwrap_or(decl.ident.span()),
                     None => stages_span.or(stem_span).unwrap_or(decl.ident.span()),
                 };
                 let multiple = u32::try_from(pools)
@@ -791,12 +905,20 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
                             format!(
                                 "; e.g. {}{}",
                                 out.join(" or "),
-                                if input_items.is_some() { "" } else { ", or use fewer stages" }
+                                if input_items.is_some() {
+                                    ""
+                                } else {
+                                    ", or use fewer stages"
+                                }
                             )
                         }
                     })
                     .unwrap_or_default();
-                let which = if input_items.is_some() { "input" } else { "the default input" };
+                let which = if input_items.is_some() {
+                    "input"
+                } else {
+                    "the default input"
+                };
                 r.errors.push(
                     span,
                     format!(

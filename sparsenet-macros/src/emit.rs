@@ -54,7 +54,9 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
         let off = t.offset;
         let len = t.len();
         let init = match t.init? {
-            InitKind::KaimingNormal { fan_in } => quote!(#rt::Init::KaimingNormal { fan_in: #fan_in }),
+            InitKind::KaimingNormal { fan_in } => {
+                quote!(#rt::Init::KaimingNormal { fan_in: #fan_in })
+            }
             InitKind::Normal { std } => {
                 let std = lit_f64(std);
                 quote!(#rt::Init::Normal { std: #std })
@@ -160,51 +162,15 @@ fn emit_forward(plan: &Plan) -> TokenStream {
     }
     for (i, node) in plan.nodes.iter().enumerate() {
         let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
-        let pre_arg = match node.pre {
-            Some(pre) => {
-                let bn = &plan.bns[pre.bn];
-                let (g, r, c) = (bn.gamma, bn.running, bn.channels);
-                let eps = lit_f64(bn.eps);
-                let mom = lit_f64(bn.momentum);
-                let unb = bn.unbiased_running_var;
-                let relu = pre.relu;
-                let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
-                let p = format_ident!("pre{}", i);
-                body.push(quote! {
-                    let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
-                        &[#(#st.as_ref()),*], #relu);
-                });
+        let p = format_ident!("pre{}", i);
+        let pre_arg = match pre_statement(plan, node, &p) {
+            Some(stmt) => {
+                body.push(stmt);
                 quote!(Some(&#p))
             }
             None => quote!(None),
         };
-        let call = match &node.op {
-            Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
-                let (wo, wl) = (weight.offset, weight.len);
-                let bias = match bias {
-                    Some(b) => {
-                        let (bo, bl) = (b.offset, b.len);
-                        quote!(Some(ctx.p(#bo, #bl)))
-                    }
-                    None => quote!(None),
-                };
-                quote!(#rt::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
-                    #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
-            }
-            Op::AvgPool { kernel, stride } => quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride)),
-            Op::MaxPool { kernel, stride, pad } => {
-                quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad))
-            }
-            Op::Affine => {
-                let p = format_ident!("pre{}", i);
-                quote!(#rt::affine(&[#(&#srcs),*], &#p))
-            }
-            Op::GapDense { weight, bias, classes } => {
-                let (wo, wl) = (weight.offset, weight.len);
-                let (bo, bl) = (bias.offset, bias.len);
-                quote!(#rt::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
-            }
-        };
+        let call = forward_call(node, &srcs, &pre_arg, &p);
         match node.output {
             Some(o) => {
                 let ob = buf(o);
@@ -262,19 +228,9 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
     for (i, node) in plan.nodes.iter().enumerate() {
         let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
         let p = format_ident!("pre{}", i);
-        let pre_arg = match node.pre {
-            Some(pre) => {
-                let bn = &plan.bns[pre.bn];
-                let (g, r, c) = (bn.gamma, bn.running, bn.channels);
-                let eps = lit_f64(bn.eps);
-                let mom = lit_f64(bn.momentum);
-                let unb = bn.unbiased_running_var;
-                let relu = pre.relu;
-                let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
-                body.push(quote! {
-                    let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
-                        &[#(#st.as_ref()),*], #relu);
-                });
+        let pre_arg = match pre_statement(plan, node, &p) {
+            Some(stmt) => {
+                body.push(stmt);
                 quote!(Some(&#p))
             }
             None => quote!(None),
@@ -305,7 +261,11 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
     for (i, node) in plan.nodes.iter().enumerate().rev() {
         let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
         let p = format_ident!("pre{}", i);
-        let pre_arg = if node.pre.is_some() { quote!(Some(&#p)) } else { quote!(None) };
+        let pre_arg = if node.pre.is_some() {
+            quote!(Some(&#p))
+        } else {
+            quote!(None)
+        };
         let dy = match node.output {
             Some(o) => {
                 let g = format_ident!("g{}", o);
@@ -319,7 +279,14 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             None => quote!(dlogits),
         };
         let dz = match &node.op {
-            Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
+            Op::Conv {
+                kernel,
+                stride,
+                pad,
+                out_channels,
+                weight,
+                bias,
+            } => {
                 let (wo, wl) = (weight.offset, weight.len);
                 let geom = quote!(#rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
                 match bias {
@@ -343,7 +310,11 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 let (h, w) = (ib.h, ib.w);
                 quote!(#rt::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
             }
-            Op::MaxPool { kernel, stride, pad } => {
+            Op::MaxPool {
+                kernel,
+                stride,
+                pad,
+            } => {
                 quote!(#rt::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
             }
             Op::Affine => quote!(#dy),
@@ -366,7 +337,11 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 body.push(quote!(let mut #g = #rt::zeros_like(&#bb);));
             }
         }
-        let gs: Vec<Ident> = node.inputs.iter().map(|&b| format_ident!("g{}", b)).collect();
+        let gs: Vec<Ident> = node
+            .inputs
+            .iter()
+            .map(|&b| format_ident!("g{}", b))
+            .collect();
         let dbn = match node.pre {
             Some(pre) => {
                 let bn = &plan.bns[pre.bn];
@@ -375,7 +350,9 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             }
             None => quote!(None),
         };
-        body.push(quote!(#rt::pre_backward(&[#(&#srcs),*], &dz, #pre_arg, #dbn, &mut [#(&mut #gs),*]);));
+        body.push(
+            quote!(#rt::pre_backward(&[#(&#srcs),*], &dz, #pre_arg, #dbn, &mut [#(&mut #gs),*]);),
+        );
         body.push(quote!(drop(dz);));
         if let Some(o) = node.output {
             let g = format_ident!("g{}", o);
@@ -409,10 +386,22 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
 }
 
 /// The forward call of one node (shared by both passes).
-fn forward_call(node: &crate::plan::Node, srcs: &[Ident], pre_arg: &TokenStream, pre_ident: &Ident) -> TokenStream {
+fn forward_call(
+    node: &crate::plan::Node,
+    srcs: &[Ident],
+    pre_arg: &TokenStream,
+    pre_ident: &Ident,
+) -> TokenStream {
     let rt = rt();
     match &node.op {
-        Op::Conv { kernel, stride, pad, out_channels, weight, bias } => {
+        Op::Conv {
+            kernel,
+            stride,
+            pad,
+            out_channels,
+            weight,
+            bias,
+        } => {
             let (wo, wl) = (weight.offset, weight.len);
             let bias = match bias {
                 Some(b) => {
@@ -424,13 +413,41 @@ fn forward_call(node: &crate::plan::Node, srcs: &[Ident], pre_arg: &TokenStream,
             quote!(#rt::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
                 #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
         }
-        Op::AvgPool { kernel, stride } => quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride)),
-        Op::MaxPool { kernel, stride, pad } => quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad)),
+        Op::AvgPool { kernel, stride } => {
+            quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride))
+        }
+        Op::MaxPool {
+            kernel,
+            stride,
+            pad,
+        } => quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad)),
         Op::Affine => quote!(#rt::affine(&[#(&#srcs),*], &#pre_ident)),
-        Op::GapDense { weight, bias, classes } => {
+        Op::GapDense {
+            weight,
+            bias,
+            classes,
+        } => {
             let (wo, wl) = (weight.offset, weight.len);
             let (bo, bl) = (bias.offset, bias.len);
             quote!(#rt::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
         }
     }
+}
+
+/// `let preN = ctx.bn(...)`: the folded BN(-ReLU) a node applies to its
+/// sources while reading them (none for nodes without a pre-op).
+fn pre_statement(plan: &Plan, node: &crate::plan::Node, p: &Ident) -> Option<TokenStream> {
+    let rt = rt();
+    let pre = node.pre?;
+    let bn = &plan.bns[pre.bn];
+    let (g, r, c) = (bn.gamma, bn.running, bn.channels);
+    let eps = lit_f64(bn.eps);
+    let mom = lit_f64(bn.momentum);
+    let unb = bn.unbiased_running_var;
+    let relu = pre.relu;
+    let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
+    Some(quote! {
+        let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
+            &[#(#st.as_ref()),*], #relu);
+    })
 }

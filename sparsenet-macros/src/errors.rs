@@ -18,10 +18,6 @@ impl Errors {
         self.errors.push(e);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
     /// Ok if no error was pushed, else all of them combined into one.
     pub fn finish(self) -> syn::Result<()> {
         let mut iter = self.errors.into_iter();

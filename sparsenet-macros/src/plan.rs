@@ -34,7 +34,6 @@ pub struct ParamRef {
 
 #[derive(Clone, Debug)]
 pub struct Bn {
-    pub name: String,
     /// Offset of gamma in params (beta follows).
     pub gamma: usize,
     /// Offset of the running mean in state (running variance follows).
@@ -83,8 +82,6 @@ pub enum Op {
 
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// Dotted name of the sub-layer (`stages.0.units.3.conv1`).
-    pub name: String,
     /// Sources in concatenation order (newest first).
     pub inputs: Vec<BufId>,
     pub pre: Option<PreOp>,
@@ -215,7 +212,12 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn buffer(&mut self, name: &str, channels: usize, h: usize, w: usize) -> BufId {
-        self.plan.buffers.push(Buffer { name: name.to_string(), channels, h, w });
+        self.plan.buffers.push(Buffer {
+            name: name.to_string(),
+            channels,
+            h,
+            w,
+        });
         self.plan.buffers.len() - 1
     }
 
@@ -223,12 +225,20 @@ impl Builder<'_> {
         let len = shape.iter().product();
         let offset = self.plan.params_len;
         self.plan.params_len += len;
-        self.plan.tensors.push(Tensor { name, shape, store: Store::Param, offset, init: Some(init) });
+        self.plan.tensors.push(Tensor {
+            name,
+            shape,
+            store: Store::Param,
+            offset,
+            init: Some(init),
+        });
         ParamRef { offset, len }
     }
 
     fn bn(&mut self, name: &str, channels: usize, eps: f64) -> usize {
-        let gamma = self.param(format!("{name}.weight"), vec![channels], InitKind::Ones).offset;
+        let gamma = self
+            .param(format!("{name}.weight"), vec![channels], InitKind::Ones)
+            .offset;
         self.param(format!("{name}.bias"), vec![channels], InitKind::Zeros);
         let running = self.plan.state_len;
         for (i, what) in ["running_mean", "running_var"].iter().enumerate() {
@@ -242,7 +252,6 @@ impl Builder<'_> {
         }
         self.plan.state_len += 2 * channels;
         self.plan.bns.push(Bn {
-            name: name.to_string(),
             gamma,
             running,
             channels,
@@ -289,17 +298,31 @@ impl Builder<'_> {
             .then(|| self.param(format!("{name}.bias"), vec![out_channels], InitKind::Zeros));
         let out = self.buffer(out_name, out_channels, ho, wo);
         self.plan.nodes.push(Node {
-            name: name.to_string(),
             inputs: srcs.to_vec(),
             pre,
-            op: Op::Conv { kernel, stride, pad, out_channels, weight, bias },
+            op: Op::Conv {
+                kernel,
+                stride,
+                pad,
+                out_channels,
+                weight,
+                bias,
+            },
             dropout,
             output: Some(out),
         });
         (out, (out_channels * ho * wo * fan_in) as u64)
     }
 
-    fn layer(&mut self, name: &str, op: String, srcs: &[BufId], out: Option<BufId>, params_before: usize, macs: u64) {
+    fn layer(
+        &mut self,
+        name: &str,
+        op: String,
+        srcs: &[BufId],
+        out: Option<BufId>,
+        params_before: usize,
+        macs: u64,
+    ) {
         let b0 = &self.plan.buffers[srcs[0]];
         let in_size = (b0.h, b0.w);
         let (out_channels, out_size) = match out {
@@ -312,7 +335,10 @@ impl Builder<'_> {
         self.plan.layers.push(Layer {
             name: name.to_string(),
             op,
-            sources: srcs.iter().map(|&b| self.plan.buffers[b].name.clone()).collect(),
+            sources: srcs
+                .iter()
+                .map(|&b| self.plan.buffers[b].name.clone())
+                .collect(),
             in_channels: self.channels(srcs),
             out_channels,
             in_size,
@@ -342,7 +368,11 @@ pub fn build(cfg: &Config) -> Plan {
     let [c, h, w] = cfg.input;
     let input = b.buffer("input", c, h, w);
     let eps = cfg.bn_eps;
-    let unit_dropout = if cfg.dropout_in_units { cfg.dropout } else { 0.0 };
+    let unit_dropout = if cfg.dropout_in_units {
+        cfg.dropout
+    } else {
+        0.0
+    };
 
     // Stem.
     let start = b.plan.params_len;
@@ -365,10 +395,13 @@ pub fn build(cfg: &Config) -> Plan {
             let (ch, ho, wo) = (cb.channels, (cb.h - 1) / 2 + 1, (cb.w - 1) / 2 + 1);
             let out = b.buffer("stem", ch, ho, wo);
             b.plan.nodes.push(Node {
-                name: "stem.pool".into(),
                 inputs: vec![conv],
                 pre: Some(PreOp { bn, relu: true }),
-                op: Op::MaxPool { kernel: 3, stride: 2, pad: 1 },
+                op: Op::MaxPool {
+                    kernel: 3,
+                    stride: 2,
+                    pad: 1,
+                },
                 dropout: 0.0,
                 output: Some(out),
             });
@@ -384,13 +417,22 @@ pub fn build(cfg: &Config) -> Plan {
         let mut list = vec![cur];
         for u in 0..stage.units {
             let j = u + 1;
-            let srcs: Vec<BufId> = cfg.aggregation.offsets(j).iter().map(|&o| list[j - o]).collect();
+            let srcs: Vec<BufId> = cfg
+                .aggregation
+                .offsets(j)
+                .iter()
+                .map(|&o| list[j - o])
+                .collect();
             let cin = b.channels(&srcs);
             let p = format!("stages.{s}.units.{u}");
             let start = b.plan.params_len;
             let mut ops = Vec::new();
             let mut macs = 0;
-            let last_out = if cfg.trailing_bn { format!("{p}.conv_out") } else { p.clone() };
+            let last_out = if cfg.trailing_bn {
+                format!("{p}.conv_out")
+            } else {
+                p.clone()
+            };
             let out = if let Some(bt) = cfg.bottleneck {
                 let inter = bt.width * k;
                 let bn1 = b.bn(&format!("{p}.bn1"), cin, eps);
@@ -398,7 +440,10 @@ pub fn build(cfg: &Config) -> Plan {
                     &format!("{p}.conv1"),
                     &format!("{p}.conv1"),
                     &srcs,
-                    Some(PreOp { bn: bn1, relu: bt.relu }),
+                    Some(PreOp {
+                        bn: bn1,
+                        relu: bt.relu,
+                    }),
                     inter,
                     1,
                     1,
@@ -410,14 +455,20 @@ pub fn build(cfg: &Config) -> Plan {
                     &format!("{p}.conv2"),
                     &last_out,
                     &[mid],
-                    Some(PreOp { bn: bn2, relu: true }),
+                    Some(PreOp {
+                        bn: bn2,
+                        relu: true,
+                    }),
                     k,
                     3,
                     1,
                     1,
                     unit_dropout,
                 );
-                ops.push(format!("BN{}-Conv1x1({inter})", if bt.relu { "-ReLU" } else { "" }));
+                ops.push(format!(
+                    "BN{}-Conv1x1({inter})",
+                    if bt.relu { "-ReLU" } else { "" }
+                ));
                 ops.push(format!("BN-ReLU-Conv3x3({k})"));
                 macs += m1 + m2;
                 o
@@ -427,7 +478,10 @@ pub fn build(cfg: &Config) -> Plan {
                     &format!("{p}.conv1"),
                     &last_out,
                     &srcs,
-                    Some(PreOp { bn: bn1, relu: true }),
+                    Some(PreOp {
+                        bn: bn1,
+                        relu: true,
+                    }),
                     k,
                     3,
                     1,
@@ -443,7 +497,6 @@ pub fn build(cfg: &Config) -> Plan {
                 let ob = b.plan.buffers[out].clone();
                 let y = b.buffer(&p, k, ob.h, ob.w);
                 b.plan.nodes.push(Node {
-                    name: format!("{p}.bn_out"),
                     inputs: vec![out],
                     pre: Some(PreOp { bn, relu: false }),
                     op: Op::Affine,
@@ -460,7 +513,12 @@ pub fn build(cfg: &Config) -> Plan {
         }
         // The block output: what a layer after the last unit would read.
         let j = stage.units + 1;
-        let block_out: Vec<BufId> = cfg.aggregation.offsets(j).iter().map(|&o| list[j - o]).collect();
+        let block_out: Vec<BufId> = cfg
+            .aggregation
+            .offsets(j)
+            .iter()
+            .map(|&o| list[j - o])
+            .collect();
         let cout = b.channels(&block_out);
         if s + 1 < n_stages {
             let p = format!("transitions.{s}");
@@ -482,34 +540,62 @@ pub fn build(cfg: &Config) -> Plan {
             let cb = b.plan.buffers[conv].clone();
             let out = b.buffer(&p, tc, cb.h / 2, cb.w / 2);
             b.plan.nodes.push(Node {
-                name: format!("{p}.pool"),
                 inputs: vec![conv],
                 pre: None,
-                op: Op::AvgPool { kernel: 2, stride: 2 },
+                op: Op::AvgPool {
+                    kernel: 2,
+                    stride: 2,
+                },
                 dropout: 0.0,
                 output: Some(out),
             });
-            b.layer(&p, format!("BN-ReLU-Conv1x1({tc})-AvgPool2x2"), &block_out, Some(out), start, m);
+            b.layer(
+                &p,
+                format!("BN-ReLU-Conv1x1({tc})-AvgPool2x2"),
+                &block_out,
+                Some(out),
+                start,
+                m,
+            );
             cur = out;
         } else {
             let start = b.plan.params_len;
-            let pre = cfg.head_bn.then(|| PreOp { bn: b.bn("head.bn", cout, cfg.head_bn_eps), relu: true });
+            let pre = cfg.head_bn.then(|| PreOp {
+                bn: b.bn("head.bn", cout, cfg.head_bn_eps),
+                relu: true,
+            });
             let weight = b.param(
                 "head.fc.weight".into(),
                 vec![cfg.classes, cout],
-                InitKind::Normal { std: (1.0 / cout as f64).sqrt() },
+                InitKind::Normal {
+                    std: (1.0 / cout as f64).sqrt(),
+                },
             );
             let bias = b.param("head.fc.bias".into(), vec![cfg.classes], InitKind::Zeros);
             b.plan.nodes.push(Node {
-                name: "head".into(),
                 inputs: block_out.clone(),
                 pre,
-                op: Op::GapDense { weight, bias, classes: cfg.classes },
+                op: Op::GapDense {
+                    weight,
+                    bias,
+                    classes: cfg.classes,
+                },
                 dropout: 0.0,
                 output: None,
             });
-            let op = format!("{}GlobalAvgPool-Dense({})", if cfg.head_bn { "BN-ReLU-" } else { "" }, cfg.classes);
-            b.layer("head", op, &block_out, None, start, (cout * cfg.classes) as u64);
+            let op = format!(
+                "{}GlobalAvgPool-Dense({})",
+                if cfg.head_bn { "BN-ReLU-" } else { "" },
+                cfg.classes
+            );
+            b.layer(
+                "head",
+                op,
+                &block_out,
+                None,
+                start,
+                (cout * cfg.classes) as u64,
+            );
         }
     }
     b.plan

@@ -103,7 +103,12 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
     }
     out += &"=".repeat(total);
     out.push('\n');
-    let state: usize = plan.tensors.iter().filter(|t| t.store == Store::State).map(|t| t.len()).sum();
+    let state: usize = plan
+        .tensors
+        .iter()
+        .filter(|t| t.store == Store::State)
+        .map(|t| t.len())
+        .sum();
     out += "Reads: uN is unit N of the newest source's stage; names are layers (or `input`).\n";
     out += &format!("Trainable params: {}\n", group(plan.params_len as u64));
     out += &format!("BatchNorm running statistics: {}\n", group(state as u64));

@@ -10,7 +10,11 @@ use quote::quote;
 fn resolve(ts: TokenStream) -> Vec<config::Config> {
     let inv: Invocation = syn::parse2(ts).expect("parses");
     let mut errors = Errors::default();
-    let cfgs: Vec<_> = inv.nets.into_iter().filter_map(|d| config::resolve(d, &mut errors)).collect();
+    let cfgs: Vec<_> = inv
+        .nets
+        .into_iter()
+        .filter_map(|d| config::resolve(d, &mut errors))
+        .collect();
     errors.finish().expect("valid");
     cfgs
 }
@@ -77,36 +81,53 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
             assert_eq!(t.offset, next, "{} is not contiguous", t.name);
             next += t.len();
         }
-        let len = if store == Store::Param { p.params_len } else { p.state_len };
+        let len = if store == Store::Param {
+            p.params_len
+        } else {
+            p.state_len
+        };
         assert_eq!(next, len);
     }
     let mut names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
     names.sort();
     names.dedup();
     assert_eq!(names.len(), p.tensors.len(), "tensor names are unique");
-    assert_eq!(p.layers.iter().map(|l| l.params).sum::<usize>(), p.params_len);
+    assert_eq!(
+        p.layers.iter().map(|l| l.params).sum::<usize>(),
+        p.params_len
+    );
     // Every node reads buffers that exist before it and produces a new one.
     let mut produced = vec![false; p.buffers.len()];
     produced[0] = true;
-    for n in &p.nodes {
+    for (i, n) in p.nodes.iter().enumerate() {
         for &b in &n.inputs {
-            assert!(produced[b], "{} reads a buffer before it is produced", n.name);
+            assert!(produced[b], "node {i} reads a buffer before it is produced");
         }
         let h = p.buffers[n.inputs[0]].h;
-        assert!(n.inputs.iter().all(|&b| p.buffers[b].h == h), "{}: sources differ in size", n.name);
+        assert!(
+            n.inputs.iter().all(|&b| p.buffers[b].h == h),
+            "node {i}: sources differ in size"
+        );
         let cin: usize = n.inputs.iter().map(|&b| p.buffers[b].channels).sum();
         if let Some(pre) = n.pre {
-            assert_eq!(p.bns[pre.bn].channels, cin, "{}: BN width", n.name);
+            assert_eq!(p.bns[pre.bn].channels, cin, "node {i}: BN width");
         }
         match &n.op {
-            Op::Conv { weight, kernel, out_channels, .. } => {
+            Op::Conv {
+                weight,
+                kernel,
+                out_channels,
+                ..
+            } => {
                 assert_eq!(weight.len, out_channels * cin * kernel * kernel)
             }
-            Op::GapDense { weight, classes, .. } => assert_eq!(weight.len, classes * cin),
+            Op::GapDense {
+                weight, classes, ..
+            } => assert_eq!(weight.len, classes * cin),
             _ => {}
         }
         if let Some(o) = n.output {
-            assert!(!produced[o], "a buffer is produced twice");
+            assert!(!produced[o], "node {i}: a buffer is produced twice");
             produced[o] = true;
         }
     }
@@ -114,7 +135,11 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
     // Units read exactly the layers the aggregation rule names, newest first.
     for (s, stage) in cfg.stages.iter().enumerate() {
         for u in 0..stage.units {
-            let l = p.layers.iter().find(|l| l.name == format!("stages.{s}.units.{u}")).unwrap();
+            let l = p
+                .layers
+                .iter()
+                .find(|l| l.name == format!("stages.{s}.units.{u}"))
+                .unwrap();
             let offsets = cfg.aggregation.offsets(u + 1);
             assert_eq!(l.sources.len(), offsets.len());
             for (src, o) in l.sources.iter().zip(&offsets) {
@@ -137,7 +162,12 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
 fn plans_hold_their_invariants_across_configurations() {
     let mut count = 0;
     for style in ["seed_2018_02_20", "seed_2018_01_30", "paper"] {
-        for aggregation in ["exponential(2)", "exponential(3)", "dense", "offsets(1, 2, 5)"] {
+        for aggregation in [
+            "exponential(2)",
+            "exponential(3)",
+            "dense",
+            "offsets(1, 2, 5)",
+        ] {
             for units in 1..=9usize {
                 for (bottleneck, growth) in [(false, "5"), (true, "[3, 4, 6]")] {
                     if style == "seed_2018_02_20" && growth.starts_with('[') && !bottleneck {
@@ -192,8 +222,14 @@ fn seed_block_of_twelve_units_yields_96_channels() {
 #[test]
 fn generated_code_size_stays_lean() {
     let nets = [
-        ("SparseNet-BC-100 (k=24)", quote!(struct N { style: paper, classes: 10, depth: 100, growth: 24, bottleneck: true })),
-        ("DenseNet-BC-100 (k=12)", quote!(struct N { style: paper, classes: 10, depth: 100, growth: 12, bottleneck: true, aggregation: dense })),
+        (
+            "SparseNet-BC-100 (k=24)",
+            quote!(struct N { style: paper, classes: 10, depth: 100, growth: 24, bottleneck: true }),
+        ),
+        (
+            "DenseNet-BC-100 (k=12)",
+            quote!(struct N { style: paper, classes: 10, depth: 100, growth: 12, bottleneck: true, aggregation: dense }),
+        ),
         (
             "DenseNet-121 (224x224)",
             quote!(struct N { style: paper, input: [3, 224, 224], classes: 1000, units: [6, 12, 24, 16], growth: 32, bottleneck: true, aggregation: dense, stem: imagenet(64) }),
@@ -202,12 +238,22 @@ fn generated_code_size_stays_lean() {
     for (name, ts) in nets {
         let code = pretty(ts);
         let lines = code.lines().count();
-        let fwd = code.split("fn forward(").nth(1).unwrap().split("fn forward_backward(").next().unwrap();
+        let fwd = code
+            .split("fn forward(")
+            .nth(1)
+            .unwrap()
+            .split("fn forward_backward(")
+            .next()
+            .unwrap();
         eprintln!(
             "{name}: {} KiB, {lines} lines of formatted code ({} lines in forward)",
             code.len() / 1024,
             fwd.lines().count()
         );
-        assert!(code.len() < 4 << 20, "{name}: generated code grew to {} bytes", code.len());
+        assert!(
+            code.len() < 4 << 20,
+            "{name}: generated code grew to {} bytes",
+            code.len()
+        );
     }
 }

@@ -10,8 +10,8 @@
 use crate::kernels::{for_each_plane, gather_unfold, read, ConvGeom, Pre};
 use crate::matmul::{matmul, Mat};
 use crate::{concat_channels, Float};
-use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
 use ndarray::parallel::prelude::*;
+use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
 
 /// A zero gradient buffer shaped like `x`.
 pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
@@ -49,13 +49,19 @@ pub fn conv2d_backward<T: Float>(
         .map(|(ci, mut dzc)| {
             let mut dw = vec![T::zero(); oc * kdim];
             let mut db = vec![T::zero(); oc];
-            let (mut xin, mut col, mut dcol) = (Vec::new(), Vec::new(), vec![T::zero(); kdim * hw_out]);
+            let (mut xin, mut col, mut dcol) =
+                (Vec::new(), Vec::new(), vec![T::zero(); kdim * hw_out]);
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = ci * chunk + lb;
                 let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
                 let rhs = gather_unfold(srcs, pre, b, g, &mut xin, &mut col);
                 // dW += dy_b (O x HW) * unfolded^T (HW x K)
-                matmul(&mut dw, Mat::rows(dyb, oc, hw_out), Mat::rows(rhs, kdim, hw_out).t(), true);
+                matmul(
+                    &mut dw,
+                    Mat::rows(dyb, oc, hw_out),
+                    Mat::rows(rhs, kdim, hw_out).t(),
+                    true,
+                );
                 for (d, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
                     *d += row.iter().copied().sum::<T>();
                 }
@@ -106,7 +112,10 @@ fn col2im<T: Float>(dcol: &[T], cin: usize, h: usize, w: usize, g: ConvGeom, dz:
                         let lo = pad.saturating_sub(kx).min(wo);
                         let hi = (w + pad).saturating_sub(kx).min(wo).max(lo);
                         if hi > lo {
-                            for (d, &v) in line[lo + kx - pad..hi + kx - pad].iter_mut().zip(&src[lo..hi]) {
+                            for (d, &v) in line[lo + kx - pad..hi + kx - pad]
+                                .iter_mut()
+                                .zip(&src[lo..hi])
+                            {
                                 *d += v;
                             }
                         }
@@ -125,7 +134,12 @@ fn col2im<T: Float>(dcol: &[T], cin: usize, h: usize, w: usize, g: ConvGeom, dz:
 }
 
 /// Average pooling backward: spreads each output gradient over its window.
-pub fn avg_pool_backward<T: Float>(dy: &Array4<T>, k: usize, stride: usize, in_size: (usize, usize)) -> Array4<T> {
+pub fn avg_pool_backward<T: Float>(
+    dy: &Array4<T>,
+    k: usize,
+    stride: usize,
+    in_size: (usize, usize),
+) -> Array4<T> {
     let (n, c, ho, wo) = dy.dim();
     let (h, w) = in_size;
     let mut dz = Array4::<T>::zeros((n, c, h, w));
@@ -223,7 +237,8 @@ pub fn gap_dense_backward<T: Float>(
             feat[[b, c]] = acc * inv;
         });
     }
-    let mut dw = ndarray::ArrayViewMut2::from_shape((classes, cin), dweight).expect("dweight matches");
+    let mut dw =
+        ndarray::ArrayViewMut2::from_shape((classes, cin), dweight).expect("dweight matches");
     general_mat_mul(T::one(), &dlogits.t(), &feat, T::one(), &mut dw);
     for (d, col) in dbias.iter_mut().zip(dlogits.columns()) {
         *d += col.sum();
@@ -257,9 +272,15 @@ pub fn pre_backward<T: Float>(
     let cin = concat_channels(srcs);
     let dz = dz.as_slice().expect("contiguous");
     // (source index, channel within source) of every concatenated channel.
-    let chan: Vec<(usize, usize)> =
-        srcs.iter().enumerate().flat_map(|(si, s)| (0..s.dim().1).map(move |ci| (si, ci))).collect();
-    let xs: Vec<&[T]> = srcs.iter().map(|s| s.as_slice().expect("contiguous")).collect();
+    let chan: Vec<(usize, usize)> = srcs
+        .iter()
+        .enumerate()
+        .flat_map(|(si, s)| (0..s.dim().1).map(move |ci| (si, ci)))
+        .collect();
+    let xs: Vec<&[T]> = srcs
+        .iter()
+        .map(|s| s.as_slice().expect("contiguous"))
+        .collect();
     let x_plane = |b: usize, c: usize| {
         let (si, ci) = chan[c];
         let cs = srcs[si].dim().1;
@@ -273,7 +294,8 @@ pub fn pre_backward<T: Float>(
         Some(p) => (0..cin)
             .into_par_iter()
             .map(|c| {
-                let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+                let (scale, shift, mean, inv_std) =
+                    (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
                 let mut sum_da = 0.0f64;
                 let mut sum_da_xhat = 0.0f64;
                 let zero = T::zero();
@@ -281,7 +303,11 @@ pub fn pre_backward<T: Float>(
                 for b in 0..n {
                     let (mut sa, mut sax) = (zero, zero);
                     for (&xv, &g) in x_plane(b, c).iter().zip(dz_plane(b, c)) {
-                        let a = if p.relu && scale * xv + shift <= zero { zero } else { g };
+                        let a = if p.relu && scale * xv + shift <= zero {
+                            zero
+                        } else {
+                            g
+                        };
                         sa += a;
                         sax += a * (xv - mean);
                     }
@@ -301,41 +327,50 @@ pub fn pre_backward<T: Float>(
     }
     // dx, image by image in parallel: every image owns its slices of the
     // source gradients.
-    let mut per_image: Vec<Vec<ndarray::ArrayViewMut3<'_, T>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_image: Vec<Vec<ndarray::ArrayViewMut3<'_, T>>> =
+        (0..n).map(|_| Vec::new()).collect();
     for d in dsrcs.iter_mut() {
         for (b, view) in d.axis_iter_mut(Axis(0)).enumerate() {
             per_image[b].push(view);
         }
     }
     let m = (n * hw) as f64;
-    per_image.into_par_iter().enumerate().for_each(|(b, mut views)| {
-        for c in 0..cin {
-            let (si, ci) = chan[c];
-            let dx = views[si].slice_mut(s![ci, .., ..]);
-            let dx = dx.into_slice().expect("contiguous");
-            let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
-            match pre {
-                None => {
-                    for (d, &g) in dx.iter_mut().zip(gv) {
-                        *d += g;
+    per_image
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut views)| {
+            for c in 0..cin {
+                let (si, ci) = chan[c];
+                let dx = views[si].slice_mut(s![ci, .., ..]);
+                let dx = dx.into_slice().expect("contiguous");
+                let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
+                match pre {
+                    None => {
+                        for (d, &g) in dx.iter_mut().zip(gv) {
+                            *d += g;
+                        }
                     }
-                }
-                Some(p) => {
-                    let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
-                    let (mean_da, mean_da_xhat) = if p.batch_stats {
-                        (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
-                    } else {
-                        (T::zero(), T::zero())
-                    };
-                    for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
-                        let a = if p.relu && scale * x + shift <= T::zero() { T::zero() } else { g };
-                        let xhat = (x - mean) * inv_std;
-                        *d += scale * (a - mean_da - xhat * mean_da_xhat);
+                    Some(p) => {
+                        let (scale, shift, mean, inv_std) =
+                            (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+                        let (mean_da, mean_da_xhat) = if p.batch_stats {
+                            (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
+                        } else {
+                            (T::zero(), T::zero())
+                        };
+                        for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                            let a = if p.relu && scale * x + shift <= T::zero() {
+                                T::zero()
+                            } else {
+                                g
+                            };
+                            let xhat = (x - mean) * inv_std;
+                            *d += scale * (a - mean_da - xhat * mean_da_xhat);
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Backward of dropout: the same mask (regenerated from its seed) applied

@@ -121,7 +121,14 @@ impl<'a, T: Float> Ctx<'a, T> {
             shift.push(beta[i] - mean[i] * s);
             inv_std.push(is);
         }
-        Pre { scale, shift, relu, mean, inv_std, batch_stats: self.mode == Mode::Train }
+        Pre {
+            scale,
+            shift,
+            relu,
+            mean,
+            inv_std,
+            batch_stats: self.mode == Mode::Train,
+        }
     }
 
     /// Inverted dropout in training mode (kept values scaled by 1/(1-p));
@@ -144,6 +151,10 @@ pub fn apply_dropout_mask<T: Float>(v: &mut [T], p: f64, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let keep = T::from_f64c(1.0 / (1.0 - p));
     for x in v.iter_mut() {
-        *x = if rng.gen::<f64>() < p { T::zero() } else { *x * keep };
+        *x = if rng.gen::<f64>() < p {
+            T::zero()
+        } else {
+            *x * keep
+        };
     }
 }

@@ -6,10 +6,10 @@
 //! it, and an optional per-channel [`Pre`] (the folded BatchNorm affine plus
 //! ReLU) is applied as each value is read.
 
-use crate::Float;
 use crate::matmul::{matmul, Mat};
-use ndarray::{s, Array2, Array4, ArrayView2, Axis};
+use crate::Float;
 use ndarray::parallel::prelude::*;
+use ndarray::{s, Array2, Array4, ArrayView2, Axis};
 
 /// The per-channel transform applied to inputs as they are read:
 /// `y = relu?(scale[c] * x + shift[c])`. This is BatchNorm folded into one
@@ -34,7 +34,14 @@ impl<T: Float> Pre<T> {
     /// A transform with fixed scale and shift (no BatchNorm behind it).
     pub fn affine(scale: Vec<T>, shift: Vec<T>, relu: bool) -> Self {
         let c = scale.len();
-        Pre { scale, shift, relu, mean: vec![T::zero(); c], inv_std: vec![T::one(); c], batch_stats: false }
+        Pre {
+            scale,
+            shift,
+            relu,
+            mean: vec![T::zero(); c],
+            inv_std: vec![T::one(); c],
+            batch_stats: false,
+        }
     }
 
     /// Applies channel `c`'s transform to a whole plane (a tight loop the
@@ -78,7 +85,11 @@ pub(crate) fn read<T: Float>(pre: Option<&Pre<T>>, c: usize, v: T) -> T {
 /// Calls `f(global_channel, plane)` for every channel plane of image `n`
 /// across the sources, in concatenation order.
 #[inline]
-pub(crate) fn for_each_plane<T: Float>(srcs: &[&Array4<T>], n: usize, mut f: impl FnMut(usize, &[T])) {
+pub(crate) fn for_each_plane<T: Float>(
+    srcs: &[&Array4<T>],
+    n: usize,
+    mut f: impl FnMut(usize, &[T]),
+) {
     let mut gc = 0;
     for src in srcs {
         let (_, c, h, w) = src.dim();
@@ -132,21 +143,24 @@ pub fn conv2d<T: Float>(
     let kdim = cin * g.kernel * g.kernel;
     let wmat = Mat::rows(weight, g.out_channels, kdim);
     let mut out = Array4::<T>::zeros((n, g.out_channels, ho, wo));
-    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(xin, col), (b, mut ob)| {
-            let rhs = gather_unfold(srcs, pre, b, g, xin, col);
-            let o = ob.as_slice_mut().expect("contiguous");
-            matmul(o, wmat, Mat::rows(rhs, kdim, ho * wo), false);
-            if let Some(bias) = bias {
-                for (row, &bv) in o.chunks_exact_mut(ho * wo).zip(bias) {
-                    for v in row {
-                        *v += bv;
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xin, col), (b, mut ob)| {
+                let rhs = gather_unfold(srcs, pre, b, g, xin, col);
+                let o = ob.as_slice_mut().expect("contiguous");
+                matmul(o, wmat, Mat::rows(rhs, kdim, ho * wo), false);
+                if let Some(bias) = bias {
+                    for (row, &bv) in o.chunks_exact_mut(ho * wo).zip(bias) {
+                        for v in row {
+                            *v += bv;
+                        }
                     }
                 }
-            }
-        },
-    );
+            },
+        );
     out
 }
 
@@ -181,7 +195,14 @@ pub(crate) fn gather_unfold<'a, T: Float>(
 }
 
 /// Unfolds `x` (Cin planes of h x w) into `col` (Cin * k * k, Ho * Wo).
-pub(crate) fn im2col<T: Float>(x: &[T], cin: usize, h: usize, w: usize, g: ConvGeom, col: &mut [T]) {
+pub(crate) fn im2col<T: Float>(
+    x: &[T],
+    cin: usize,
+    h: usize,
+    w: usize,
+    g: ConvGeom,
+    col: &mut [T],
+) {
     let (k, stride, pad) = (g.kernel, g.stride, g.pad);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
     for c in 0..cin {
@@ -210,7 +231,11 @@ pub(crate) fn im2col<T: Float>(x: &[T], cin: usize, h: usize, w: usize, g: ConvG
                     }
                     for (ox, d) in dst.iter_mut().enumerate() {
                         let ix = (ox * stride + kx) as isize - pad as isize;
-                        *d = if ix < 0 || ix >= w as isize { T::zero() } else { line[ix as usize] };
+                        *d = if ix < 0 || ix >= w as isize {
+                            T::zero()
+                        } else {
+                            line[ix as usize]
+                        };
                     }
                 }
             }
@@ -373,14 +398,26 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         .map(|ci| {
             let plane = |b: usize| &data[(b * c + ci) * hw..(b * c + ci + 1) * hw];
             // Sums within a plane in T (vectorised), across planes in f64.
-            let sum: f64 = (0..n).map(|b| plane(b).iter().copied().sum::<T>().to_f64c()).sum();
+            let sum: f64 = (0..n)
+                .map(|b| plane(b).iter().copied().sum::<T>().to_f64c())
+                .sum();
             let m = sum / count as f64;
             let mt = T::from_f64c(m);
             let ss: f64 = (0..n)
-                .map(|b| plane(b).iter().map(|&v| (v - mt) * (v - mt)).sum::<T>().to_f64c())
+                .map(|b| {
+                    plane(b)
+                        .iter()
+                        .map(|&v| (v - mt) * (v - mt))
+                        .sum::<T>()
+                        .to_f64c()
+                })
                 .sum();
             (T::from_f64c(m), T::from_f64c(ss / count as f64))
         })
         .collect();
-    Stats { mean: per_channel.iter().map(|p| p.0).collect(), var: per_channel.iter().map(|p| p.1).collect(), count }
+    Stats {
+        mean: per_channel.iter().map(|p| p.0).collect(),
+        var: per_channel.iter().map(|p| p.1).collect(),
+        count,
+    }
 }

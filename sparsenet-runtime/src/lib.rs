@@ -24,7 +24,7 @@ pub use kernels::{
     affine, avg_pool, batch_stats, concat_channels, conv2d, gap_dense, max_pool, ConvGeom, Pre,
     Stats,
 };
-pub use model::{check_input, InputError, Init, LayerInfo, Model, NetworkSpec};
+pub use model::{check_input, Init, InputError, LayerInfo, Model, NetworkSpec};
 pub use weights::*;
 
 /// Re-exported so generated code and users need no direct dependency.

@@ -17,16 +17,30 @@ pub struct Mat<'a, T> {
 impl<'a, T> Mat<'a, T> {
     /// A row-major (rows x cols) matrix.
     pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, rs: cols, cs: 1 }
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The transpose, without copying.
     pub fn t(self) -> Self {
-        Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
 
     fn fits(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 }
 
@@ -34,7 +48,10 @@ impl<'a, T> Mat<'a, T> {
 pub fn matmul<T: Float>(dst: &mut [T], lhs: Mat<'_, T>, rhs: Mat<'_, T>, accumulate: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions agree");
-    assert!(dst.len() >= m * n && lhs.fits() && rhs.fits(), "matrix views fit their data");
+    assert!(
+        dst.len() >= m * n && lhs.fits() && rhs.fits(),
+        "matrix views fit their data"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -90,7 +107,12 @@ mod tests {
         }
         // (b^T a^T) = (a b)^T
         let mut ct = vec![0.0; 15];
-        matmul(&mut ct, Mat::rows(&b, 4, 5).t(), Mat::rows(&a, 3, 4).t(), false);
+        matmul(
+            &mut ct,
+            Mat::rows(&b, 4, 5).t(),
+            Mat::rows(&a, 3, 4).t(),
+            false,
+        );
         for i in 0..3 {
             for j in 0..5 {
                 assert_eq!(ct[j * 3 + i], c[i * 5 + j] - 1.0);

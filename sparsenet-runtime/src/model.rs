@@ -32,9 +32,13 @@ pub struct LayerInfo {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// Normal with std sqrt(2 / fan_in) (He et al.; PyTorch's kaiming_normal_).
-    KaimingNormal { fan_in: usize },
+    KaimingNormal {
+        fan_in: usize,
+    },
     /// Normal with the given std (the classifier: std sqrt(1 / fan_in)).
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     Zeros,
     Ones,
 }

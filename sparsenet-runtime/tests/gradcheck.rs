@@ -20,8 +20,15 @@ fn rand_vec(rng: &mut ChaCha8Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
 /// Compares analytic and numeric gradients; reports the worst relative error.
 fn assert_close(what: &str, analytic: &[f64], numeric: &[f64]) {
     let scale = numeric.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-    let worst = analytic.iter().zip(numeric).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
-    assert!(worst < 1e-6, "{what}: analytic vs finite-difference gradient differ by {worst:.2e} (relative)");
+    let worst = analytic
+        .iter()
+        .zip(numeric)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    assert!(
+        worst < 1e-6,
+        "{what}: analytic vs finite-difference gradient differ by {worst:.2e} (relative)"
+    );
 }
 
 /// Central differences of `f` with respect to every entry of `x`.
@@ -46,7 +53,13 @@ fn dot4(a: &Array4<f64>, b: &Array4<f64>) -> f64 {
 
 /// A BN(+ReLU) Pre built from gamma/beta and either the batch statistics of
 /// `srcs` (training) or fixed statistics (eval), as `Ctx::bn` builds it.
-fn make_pre(srcs: &[&Array4<f64>], gb: &[f64], train: bool, relu: bool, fixed: &(Vec<f64>, Vec<f64>)) -> Pre<f64> {
+fn make_pre(
+    srcs: &[&Array4<f64>],
+    gb: &[f64],
+    train: bool,
+    relu: bool,
+    fixed: &(Vec<f64>, Vec<f64>),
+) -> Pre<f64> {
     let c = gb.len() / 2;
     let eps = 1e-5;
     let (mean, var): (Vec<f64>, Vec<f64>) = if train {
@@ -64,7 +77,14 @@ fn make_pre(srcs: &[&Array4<f64>], gb: &[f64], train: bool, relu: bool, fixed: &
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let scale: Vec<f64> = (0..c).map(|i| gb[i] * inv_std[i]).collect();
     let shift: Vec<f64> = (0..c).map(|i| gb[c + i] - mean[i] * scale[i]).collect();
-    Pre { scale, shift, relu, mean, inv_std, batch_stats: train }
+    Pre {
+        scale,
+        shift,
+        relu,
+        mean,
+        inv_std,
+        batch_stats: train,
+    }
 }
 
 /// Checks op o pre over two sources: gradients for both sources, gamma/beta
@@ -75,16 +95,30 @@ fn check_op(
     shapes: [(usize, usize, usize, usize); 2],
     op_params: usize,
     op: &dyn Fn(&[&Array4<f64>], Option<&Pre<f64>>, &[f64]) -> Array4<f64>,
-    back: &dyn Fn(&[&Array4<f64>], Option<&Pre<f64>>, &[f64], &Array4<f64>, &mut [f64]) -> Array4<f64>,
+    back: &dyn Fn(
+        &[&Array4<f64>],
+        Option<&Pre<f64>>,
+        &[f64],
+        &Array4<f64>,
+        &mut [f64],
+    ) -> Array4<f64>,
 ) {
-    for (train, relu, with_pre) in [(true, true, true), (true, false, true), (false, true, true), (false, false, false)] {
+    for (train, relu, with_pre) in [
+        (true, true, true),
+        (true, false, true),
+        (false, true, true),
+        (false, false, false),
+    ] {
         let mut rng = ChaCha8Rng::seed_from_u64(42);
         let a = rand4(&mut rng, shapes[0]);
         let b = rand4(&mut rng, shapes[1]);
         let c = shapes[0].1 + shapes[1].1;
         let mut gb = rand_vec(&mut rng, c, 0.5, 1.5);
         gb.extend(rand_vec(&mut rng, c, -0.3, 0.3));
-        let fixed = (rand_vec(&mut rng, c, -0.3, 0.3), rand_vec(&mut rng, c, 0.5, 2.0));
+        let fixed = (
+            rand_vec(&mut rng, c, -0.3, 0.3),
+            rand_vec(&mut rng, c, 0.5, 2.0),
+        );
         let mut p = rand_vec(&mut rng, op_params, -0.5, 0.5);
         let out_shape = op(&[&a, &b], None, &p).raw_dim();
         let r = Array4::from_shape_fn(out_shape, |_| rng.gen_range(-1.0..1.0));
@@ -100,16 +134,32 @@ fn check_op(
         let mut dgb = vec![0.0; 2 * c];
         let mut da = zeros_like(&a);
         let mut db = zeros_like(&b);
-        pre_backward(&[&a, &b], &dz, pre.as_ref(), with_pre.then_some(&mut dgb[..]), &mut [&mut da, &mut db]);
+        pre_backward(
+            &[&a, &b],
+            &dz,
+            pre.as_ref(),
+            with_pre.then_some(&mut dgb[..]),
+            &mut [&mut da, &mut db],
+        );
         // Numeric.
         let mut a_flat = a.clone();
         let na = numeric(a_flat.as_slice_mut().unwrap(), |x| {
-            loss(&Array4::from_shape_vec(a.raw_dim(), x.to_vec()).unwrap(), &b, &gb, &p)
+            loss(
+                &Array4::from_shape_vec(a.raw_dim(), x.to_vec()).unwrap(),
+                &b,
+                &gb,
+                &p,
+            )
         });
         assert_close(&format!("{label}: source 0"), da.as_slice().unwrap(), &na);
         let mut b_flat = b.clone();
         let nb = numeric(b_flat.as_slice_mut().unwrap(), |x| {
-            loss(&a, &Array4::from_shape_vec(b.raw_dim(), x.to_vec()).unwrap(), &gb, &p)
+            loss(
+                &a,
+                &Array4::from_shape_vec(b.raw_dim(), x.to_vec()).unwrap(),
+                &gb,
+                &p,
+            )
         });
         assert_close(&format!("{label}: source 1"), db.as_slice().unwrap(), &nb);
         if with_pre {
@@ -125,7 +175,12 @@ fn check_op(
 
 #[test]
 fn conv2d_3x3_gradients() {
-    let g = ConvGeom { out_channels: 3, kernel: 3, stride: 1, pad: 1 };
+    let g = ConvGeom {
+        out_channels: 3,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+    };
     let nw = 3 * 5 * 9;
     check_op(
         "conv3x3",
@@ -141,7 +196,12 @@ fn conv2d_3x3_gradients() {
 
 #[test]
 fn conv2d_strided_7x7_and_1x1_gradients() {
-    let g = ConvGeom { out_channels: 2, kernel: 7, stride: 2, pad: 3 };
+    let g = ConvGeom {
+        out_channels: 2,
+        kernel: 7,
+        stride: 2,
+        pad: 3,
+    };
     let nw = 2 * 3 * 49;
     check_op(
         "conv7x7/2",
@@ -150,7 +210,12 @@ fn conv2d_strided_7x7_and_1x1_gradients() {
         &|s, pre, p| conv2d(s, pre, p, None, g),
         &|s, pre, p, dy, dp| conv2d_backward(s, pre, p, dy, g, dp, None),
     );
-    let g = ConvGeom { out_channels: 4, kernel: 1, stride: 1, pad: 0 };
+    let g = ConvGeom {
+        out_channels: 4,
+        kernel: 1,
+        stride: 1,
+        pad: 0,
+    };
     let nw = 4 * 5;
     check_op(
         "conv1x1",

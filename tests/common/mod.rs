@@ -5,7 +5,9 @@ use sparsenet::runtime::ndarray::{Array, ArrayD, IxDyn};
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Reads tensors of a safetensors file as f64 arrays (F32, F64 or I64).
@@ -16,7 +18,8 @@ pub struct Tensors {
 impl Tensors {
     pub fn open(name: &str) -> Self {
         let path = fixture(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         Tensors { bytes }
     }
 
@@ -27,7 +30,9 @@ impl Tensors {
 
     pub fn get(&self, name: &str) -> ArrayD<f64> {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
         let data = t.data();
         let vals: Vec<f64> = match t.dtype() {
             safetensors::Dtype::F32 => data
@@ -52,6 +57,9 @@ impl Tensors {
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let diff = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
     diff / scale
 }

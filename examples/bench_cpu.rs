@@ -1,0 +1,227 @@
+//! Our half of the CPU benchmark against PyTorch (`scripts/bench-cpu.sh`
+//! runs both halves and prints the comparison).
+//!
+//! For one network it writes its weights (safetensors, PyTorch names and
+//! layouts), a random input and our eval-mode logits for it, so that the
+//! PyTorch script can check it computes the same function; then it times
+//! training steps (forward, backward, SGD update), eval-mode inference and
+//! batch-1 latency, and prints one JSON line with medians and the process's
+//! peak resident memory after the training steps.
+//!
+//! `cargo run --release --example bench_cpu -- --net seed40 --out DIR`
+use clap::{Parser, ValueEnum};
+use safetensors::tensor::{Dtype, TensorView};
+use sparsenet::prelude::*;
+use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+sparsenet! {
+    /// The seed's 2018-02-20 version at depth 40, growth 12 (issue 4's first network).
+    pub struct SeedV2Depth40 {
+        style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 40, growth: 12,
+    }
+    /// SparseNet-BC-100, growth 24, with the seed's stem of k channels (issue 4's second network).
+    pub struct SeedV2Bc100 {
+        style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 100, growth: 24,
+        bottleneck: true, reduction: 0.5,
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Net {
+    Seed40,
+    Bc100,
+}
+
+#[derive(Parser)]
+#[command(about = "Times one network's CPU training step, inference and batch-1 latency")]
+struct Args {
+    #[arg(long, value_enum)]
+    net: Net,
+    /// Folder for weights.safetensors and io.safetensors (input and our logits).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Timed training steps (after 2 warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Timed inference batches (after 2 warm-up batches).
+    #[arg(long, default_value_t = 10)]
+    evals: usize,
+    /// Timed batch-1 forward passes (after 5 warm-up passes).
+    #[arg(long, default_value_t = 50)]
+    latency_reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Peak resident set size of this process so far, in MiB (Linux's VmHWM).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A reproducible input in [-1, 1) and labels (SplitMix64; no RNG state shared
+/// with the model).
+fn input(batch: usize, shape: [usize; 3], seed: u64) -> (Array4<f32>, Vec<usize>) {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let [c, h, w] = shape;
+    let x = Array4::from_shape_simple_fn((batch, c, h, w), || {
+        (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    });
+    let labels = (0..batch).map(|_| (next() % 10) as usize).collect();
+    (x, labels)
+}
+
+fn write_io(path: &std::path::Path, x: &Array4<f32>, logits: &Array2<f32>) -> Result<(), String> {
+    let bytes = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let xb = bytes(x.as_slice().ok_or("input not contiguous")?);
+    let lb = bytes(
+        logits
+            .as_standard_layout()
+            .as_slice()
+            .ok_or("logits not contiguous")?,
+    );
+    let views = vec![
+        (
+            "input",
+            TensorView::new(Dtype::F32, x.shape().to_vec(), &xb).map_err(|e| e.to_string())?,
+        ),
+        (
+            "logits",
+            TensorView::new(Dtype::F32, logits.shape().to_vec(), &lb).map_err(|e| e.to_string())?,
+        ),
+    ];
+    safetensors::serialize_to_file(views, &None, path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let mut model = M::new(1);
+    // Non-trivial BN running statistics, so the parity check covers them.
+    for t in M::tensors() {
+        if t.name.ends_with("running_mean") || t.name.ends_with("running_var") {
+            let state = model.state_mut();
+            for (i, v) in state[t.offset..t.offset + t.len()].iter_mut().enumerate() {
+                let u = ((i * 7919 + t.offset) % 97) as f32 / 97.0;
+                *v = if t.name.ends_with("mean") {
+                    0.2 * (u - 0.5)
+                } else {
+                    0.5 + u
+                };
+            }
+        }
+    }
+    model
+        .save(&args.out.join("weights.safetensors"))
+        .map_err(|e| e.to_string())?;
+    let (x, labels) = input(args.batch, M::INPUT, 7);
+    let logits = model
+        .forward(x.view(), Mode::Eval)
+        .map_err(|e| e.to_string())?;
+    write_io(&args.out.join("io.safetensors"), &x, &logits)?;
+
+    // Training steps: forward and backward in training mode, loss, SGD update.
+    let sgd = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-4,
+    };
+    let mut opt = sgd.init::<f32>(M::PARAMETERS);
+    let mut grads = vec![0.0f32; M::PARAMETERS];
+    let mut train = Vec::new();
+    let mut loss = 0.0f32;
+    for i in 0..args.steps + 2 {
+        let t = Instant::now();
+        model
+            .forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
+                let (v, d, _) =
+                    softmax_cross_entropy(l.view(), &labels, 0.0).expect("labels match the batch");
+                loss = v;
+                d
+            })
+            .map_err(|e| e.to_string())?;
+        sgd.step(&mut opt, model.params_mut(), &grads, 0.01);
+        if i >= 2 {
+            train.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let peak_train = peak_rss_mib();
+
+    let mut eval = Vec::new();
+    for i in 0..args.evals + 2 {
+        let t = Instant::now();
+        std::hint::black_box(
+            model
+                .forward(x.view(), Mode::Eval)
+                .map_err(|e| e.to_string())?,
+        );
+        if i >= 2 {
+            eval.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let one = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
+    let mut lat = Vec::new();
+    for i in 0..args.latency_reps + 5 {
+        let t = Instant::now();
+        std::hint::black_box(
+            model
+                .forward(one.view(), Mode::Eval)
+                .map_err(|e| e.to_string())?,
+        );
+        if i >= 5 {
+            lat.push(t.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"params\": {}, \"macs_per_image\": {}, \"batch\": {}, \
+         \"threads\": {}, \"train_step_ms\": {:.3}, \"eval_ms\": {:.3}, \"latency1_ms\": {:.4}, \
+         \"peak_rss_train_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"last_loss\": {}}}",
+        M::NAME,
+        M::PARAMETERS,
+        M::MACS_PER_IMAGE,
+        args.batch,
+        rayon::current_num_threads(),
+        median(train) * 1e3,
+        median(eval) * 1e3,
+        median(lat) * 1e3,
+        peak_train,
+        peak_rss_mib(),
+        loss
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = match args.net {
+        Net::Seed40 => run::<SeedV2Depth40>(&args),
+        Net::Bc100 => run::<SeedV2Bc100>(&args),
+    };
+    if let Err(e) = r {
+        eprintln!("bench_cpu: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# CPU benchmark: sparsenet against PyTorch on the same architectures, both in
+# this one run. For each network our binary writes weights, an input and its
+# logits; the PyTorch script loads them, checks it computes the same function
+# (eval-mode logits within 1e-4), and both time a training step (forward,
+# backward, SGD update), inference and batch-1 latency at the same thread
+# count. Prints a table of medians, ratios, GFLOP/s and peak resident memory.
+#
+#   bash scripts/bench-cpu.sh            # both networks, 2 threads
+#   NETS=seed40 THREADS=1 bash scripts/bench-cpu.sh
+#
+# Sets up its own Python environment (target/bench-venv: torch, safetensors)
+# on first use; the tests never need it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NETS=${NETS:-"seed40 bc100"}
+THREADS=${THREADS:-2}
+VENV=target/bench-venv
+if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, safetensors" 2>/dev/null; then
+  echo "setting up $VENV (PyTorch, safetensors) ..."
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r scripts/requirements-bench.txt
+fi
+cargo build --release --example bench_cpu
+mkdir -p target/bench
+: > target/bench/results.jsonl
+for net in $NETS; do
+  case $net in
+    seed40) torch_args="--depth 40 --growth 12" ;;
+    bc100) torch_args="--depth 100 --growth 24 --bottleneck" ;;
+    *) echo "unknown network '$net' (expected seed40 or bc100)" >&2; exit 2 ;;
+  esac
+  dir=target/bench/$net
+  echo "== $net: sparsenet" >&2
+  RAYON_NUM_THREADS=$THREADS target/release/examples/bench_cpu --net "$net" --out "$dir" | tee -a target/bench/results.jsonl
+  echo "== $net: pytorch" >&2
+  OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/bench_torch.py --dir "$dir" --threads "$THREADS" $torch_args \
+    | sed "s/^{/{\"net\": \"$net\", /" | tee -a target/bench/results.jsonl
+done
+python3 - target/bench/results.jsonl <<'EOF'
+import json, sys, subprocess
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ours = [r for r in rows if r["side"] == "sparsenet"]
+theirs = [r for r in rows if r["side"] == "pytorch"]
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+print(f"\nCPU: {cpu}; threads: {ours[0]['threads']}; batch {ours[0]['batch']}; torch {theirs[0]['torch']}")
+print("GFLOP/s counts 2 FLOPs per multiply-add; a training step as 3x the forward pass.\n")
+hdr = f"{'network':<16} {'measure':<22} {'sparsenet':>12} {'pytorch':>12} {'ratio':>7}  {'GFLOP/s ours / torch':>22}"
+print(hdr)
+print("-" * len(hdr))
+for o, t in zip(ours, theirs):
+    macs, b = o["macs_per_image"], o["batch"]
+    def line(name, key, flop, unit="ms"):
+        a, p = o[key], t[key]
+        g = f"{flop / a / 1e6:8.1f} / {flop / p / 1e6:6.1f}" if flop else ""
+        print(f"{o['net']:<16} {name:<22} {a:>9.2f} {unit:<2} {p:>9.2f} {unit:<2} {p / a:>6.2f}x  {g:>22}")
+    line("train step (median)", "train_step_ms", 6 * macs * b)
+    line("inference (median)", "eval_ms", 2 * macs * b)
+    line("batch-1 latency", "latency1_ms", 2 * macs)
+    a, p = o["peak_rss_train_mib"], t["peak_rss_train_mib"]
+    print(f"{o['net']:<16} {'peak RSS in training':<22} {a:>8.0f} MiB {p:>8.0f} MiB {a / p:>6.2f}x  (ours / theirs)")
+    print(f"{o['net']:<16} {'logits max rel. err.':<22} {t['logits_max_rel_err']:>12.2e}")
+print("\nratio = PyTorch time / sparsenet time (above 1: we are faster).")
+EOF
