@@ -7,7 +7,7 @@
 //! transformed) concatenated input; [`pre_backward`] then takes it through
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
-use crate::kernels::{for_each_plane, gather_unfold, read, ConvGeom, Pre};
+use crate::kernels::{for_each_plane, gather_unfold, im2col, read, ConvGeom, Pre};
 use crate::matmul::{matmul, Mat};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
@@ -39,6 +39,31 @@ pub fn conv2d_backward<T: Float>(
     let (oc, kdim, hw_out) = (g.out_channels, cin * g.kernel * g.kernel, ho * wo);
     let wmat = Mat::rows(weight, oc, kdim);
     let plain = g.kernel == 1 && g.stride == 1 && g.pad == 0;
+    let k = g.kernel;
+    // A stride-1 convolution's input gradient is itself a convolution: of dy
+    // (padded by k-1-pad) with the flipped, transposed kernel. Unfolding dy
+    // (Cout*k*k rows) instead of scattering an unfolded gradient (Cin*k*k
+    // rows) back with col2im moves far less memory when Cin > Cout, and gives
+    // the product a depth of Cout*k*k instead of Cout.
+    let transposed = !plain && g.stride == 1 && g.pad < k;
+    let tgeom = ConvGeom { out_channels: cin, kernel: k, stride: 1, pad: k - 1 - g.pad.min(k - 1) };
+    let wflip: Vec<T> = if transposed {
+        // wflip[c][(o, ky, kx)] = weight[o][c][k-1-ky][k-1-kx]
+        let mut f = vec![T::zero(); cin * oc * k * k];
+        for o in 0..oc {
+            for c in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        f[((c * oc + o) * k + ky) * k + kx] =
+                            weight[((o * cin + c) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
+                    }
+                }
+            }
+        }
+        f
+    } else {
+        Vec::new()
+    };
     let mut dz = Array4::<T>::zeros((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = dy.as_slice().expect("contiguous");
@@ -49,8 +74,12 @@ pub fn conv2d_backward<T: Float>(
         .map(|(ci, mut dzc)| {
             let mut dw = vec![T::zero(); oc * kdim];
             let mut db = vec![T::zero(); oc];
-            let (mut xin, mut col, mut dcol) =
-                (Vec::new(), Vec::new(), vec![T::zero(); kdim * hw_out]);
+            let (mut xin, mut col, mut dcol) = (Vec::new(), Vec::new(), Vec::new());
+            if transposed {
+                dcol.resize(oc * k * k * h * w, T::zero());
+            } else if !plain {
+                dcol.resize(kdim * hw_out, T::zero());
+            }
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = ci * chunk + lb;
                 let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
@@ -69,6 +98,11 @@ pub fn conv2d_backward<T: Float>(
                 if plain {
                     // dz_b = W^T (K x O) * dy_b (O x HW)
                     matmul(dzb, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
+                } else if transposed {
+                    // dz_b = wflip (Cin x O*k*k) * unfold(dy_b) (O*k*k x HW)
+                    im2col(dyb, oc, ho, wo, tgeom, &mut dcol);
+                    let ok2 = oc * k * k;
+                    matmul(dzb, Mat::rows(&wflip, cin, ok2), Mat::rows(&dcol, ok2, h * w), false);
                 } else {
                     matmul(&mut dcol, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
                     col2im(&dcol, cin, h, w, g, dzb);
