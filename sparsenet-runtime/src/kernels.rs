@@ -421,3 +421,57 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         count,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col straight from its definition, one element at a time.
+    fn im2col_reference(x: &[f64], cin: usize, h: usize, w: usize, g: ConvGeom) -> Vec<f64> {
+        let (k, s, p) = (g.kernel, g.stride, g.pad);
+        let (ho, wo) = (g.out_size(h), g.out_size(w));
+        let mut col = vec![0.0; cin * k * k * ho * wo];
+        for c in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                col[(((c * k + ky) * k + kx) * ho + oy) * wo + ox] =
+                                    x[(c * h + iy as usize) * w + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_its_definition() {
+        // (kernel, stride, pad, h, w): same-size convolutions (including
+        // planes narrower than the kernel), valid and strided ones.
+        let cases = [
+            (3, 1, 1, 5, 7),
+            (3, 1, 1, 1, 1),
+            (3, 1, 1, 2, 1),
+            (5, 1, 2, 4, 6),
+            (7, 1, 3, 2, 3),
+            (1, 1, 0, 3, 4),
+            (3, 1, 0, 5, 5),
+            (3, 2, 1, 6, 5),
+            (7, 2, 3, 9, 8),
+        ];
+        for (k, s, p, h, w) in cases {
+            let g = ConvGeom { out_channels: 1, kernel: k, stride: s, pad: p };
+            let cin = 3;
+            let x: Vec<f64> = (0..cin * h * w).map(|i| (i as f64 * 0.37).sin() + 2.0).collect();
+            let want = im2col_reference(&x, cin, h, w, g);
+            let mut col = vec![f64::NAN; want.len()];
+            im2col(&x, cin, h, w, g, &mut col);
+            assert_eq!(col, want, "k {k} stride {s} pad {p} on {h}x{w}");
+        }
+    }
+}
