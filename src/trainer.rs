@@ -361,7 +361,10 @@ pub fn train<M: Model<f32>>(
             &progress,
         )?;
         metrics.write_csv(&csv)?;
-        metrics.plot_png(&png, &format!("{} on {}", M::NAME, train.source.display()))?;
+        metrics.plot_png(
+            &png,
+            &format!("{} on {}", M::NAME, dataset_label(&train.source)),
+        )?;
         if cfg.verbose {
             println!(
                 "epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  lr {:.4}  {:.0} img/s  {:.0} s",
@@ -413,4 +416,23 @@ pub fn load_weights_any<M: Model<f32>>(model: &mut M, path: &Path) -> Result<(),
     let (p, s) = model.stores_mut();
     load_checkpoint_for(path, M::NAME, M::tensors(), p, s, &mut velocity)?;
     Ok(())
+}
+
+/// A short name for a dataset's origin, for plot captions: the folder that
+/// holds a dataset's files (`fashion-mnist` for
+/// `/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz`), or an
+/// archive's or folder's own name without extensions.
+fn dataset_label(source: &std::path::Path) -> String {
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let own = name(source).unwrap_or_default();
+    let archive = [".tar.gz", ".tgz", ".tar", ".zip"]
+        .iter()
+        .find_map(|ext| own.strip_suffix(ext));
+    if let Some(stem) = archive {
+        return stem.to_string();
+    }
+    if source.is_dir() {
+        return own;
+    }
+    source.parent().and_then(name).unwrap_or(own)
 }
