@@ -189,7 +189,7 @@ fn emit_forward(plan: &Plan) -> TokenStream {
         for (b, l) in last.iter().enumerate() {
             if *l == Some(i) {
                 let bb = buf(b);
-                body.push(quote!(drop(#bb);));
+                body.push(quote!(#rt::scratch::recycle(#bb);));
                 if need_stats[b] {
                     let sb = stat(b);
                     body.push(quote!(drop(#sb);));
@@ -213,7 +213,8 @@ fn emit_forward(plan: &Plan) -> TokenStream {
 /// backward statement group per node in reverse order. A buffer's gradient
 /// is created at its last reader (the first one backward meets), receives
 /// every reader's contribution, and is consumed by its producer; buffers and
-/// gradients are dropped as soon as backward is done with them.
+/// gradients go back to the thread's buffer store ([`scratch::recycle`]) as soon as
+/// backward is done with them, to be reused by the next allocation that fits.
 fn emit_forward_backward(plan: &Plan) -> TokenStream {
     let rt = rt();
     let need_stats = plan.needs_stats();
@@ -353,14 +354,14 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
         body.push(
             quote!(#rt::pre_backward(&[#(&#srcs),*], &dz, #pre_arg, #dbn, &mut [#(&mut #gs),*]);),
         );
-        body.push(quote!(drop(dz);));
+        body.push(quote!(#rt::scratch::recycle(dz);));
         if let Some(o) = node.output {
             let g = format_ident!("g{}", o);
             let ob = buf(o);
             if !matches!(node.op, Op::Affine) {
-                body.push(quote!(drop(#g);));
+                body.push(quote!(#rt::scratch::recycle(#g);));
             }
-            body.push(quote!(drop(#ob);));
+            body.push(quote!(#rt::scratch::recycle(#ob);));
         }
     }
     let params_len = plan.params_len;

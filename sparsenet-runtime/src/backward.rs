@@ -9,13 +9,14 @@
 
 use crate::kernels::{for_each_plane, gather_unfold, im2col, read, ConvGeom, Pre};
 use crate::matmul::{matmul, Mat};
+use crate::scratch::{zeros4, Scratch};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
 
 /// A zero gradient buffer shaped like `x`.
 pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
-    Array4::zeros(x.raw_dim())
+    zeros4(x.dim())
 }
 
 /// Convolution backward. Accumulates into `dweight` (OIHW) and `dbias`, and
@@ -46,7 +47,12 @@ pub fn conv2d_backward<T: Float>(
     // rows) back with col2im moves far less memory when Cin > Cout, and gives
     // the product a depth of Cout*k*k instead of Cout.
     let transposed = !plain && g.stride == 1 && g.pad < k;
-    let tgeom = ConvGeom { out_channels: cin, kernel: k, stride: 1, pad: k - 1 - g.pad.min(k - 1) };
+    let tgeom = ConvGeom {
+        out_channels: cin,
+        kernel: k,
+        stride: 1,
+        pad: k - 1 - g.pad.min(k - 1),
+    };
     let wflip: Vec<T> = if transposed {
         // wflip[c][(o, ky, kx)] = weight[o][c][k-1-ky][k-1-kx]
         let mut f = vec![T::zero(); cin * oc * k * k];
@@ -64,7 +70,7 @@ pub fn conv2d_backward<T: Float>(
     } else {
         Vec::new()
     };
-    let mut dz = Array4::<T>::zeros((n, cin, h, w));
+    let mut dz = zeros4((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = dy.as_slice().expect("contiguous");
     let partials: Vec<(Vec<T>, Vec<T>)> = dz
@@ -74,16 +80,21 @@ pub fn conv2d_backward<T: Float>(
         .map(|(ci, mut dzc)| {
             let mut dw = vec![T::zero(); oc * kdim];
             let mut db = vec![T::zero(); oc];
-            let (mut xin, mut col, mut dcol) = (Vec::new(), Vec::new(), Vec::new());
-            if transposed {
-                dcol.resize(oc * k * k * h * w, T::zero());
-            } else if !plain {
-                dcol.resize(kdim * hw_out, T::zero());
-            }
+            let mut xin = Scratch::with_capacity(cin * h * w);
+            let mut col = Scratch::with_capacity(if plain { 0 } else { kdim * hw_out });
+            let dcol_len = if transposed {
+                oc * k * k * h * w
+            } else if plain {
+                0
+            } else {
+                kdim * hw_out
+            };
+            let mut dcol = Scratch::with_capacity(dcol_len);
+            dcol.0.resize(dcol_len, T::zero());
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = ci * chunk + lb;
                 let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
-                let rhs = gather_unfold(srcs, pre, b, g, &mut xin, &mut col);
+                let rhs = gather_unfold(srcs, pre, b, g, &mut xin.0, &mut col.0);
                 // dW += dy_b (O x HW) * unfolded^T (HW x K)
                 matmul(
                     &mut dw,
@@ -100,12 +111,17 @@ pub fn conv2d_backward<T: Float>(
                     matmul(dzb, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
                 } else if transposed {
                     // dz_b = wflip (Cin x O*k*k) * unfold(dy_b) (O*k*k x HW)
-                    im2col(dyb, oc, ho, wo, tgeom, &mut dcol);
+                    im2col(dyb, oc, ho, wo, tgeom, &mut dcol.0);
                     let ok2 = oc * k * k;
-                    matmul(dzb, Mat::rows(&wflip, cin, ok2), Mat::rows(&dcol, ok2, h * w), false);
+                    matmul(
+                        dzb,
+                        Mat::rows(&wflip, cin, ok2),
+                        Mat::rows(&dcol.0, ok2, h * w),
+                        false,
+                    );
                 } else {
-                    matmul(&mut dcol, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
-                    col2im(&dcol, cin, h, w, g, dzb);
+                    matmul(&mut dcol.0, wmat.t(), Mat::rows(dyb, oc, hw_out), false);
+                    col2im(&dcol.0, cin, h, w, g, dzb);
                 }
             }
             (dw, db)
@@ -176,7 +192,7 @@ pub fn avg_pool_backward<T: Float>(
 ) -> Array4<T> {
     let (n, c, ho, wo) = dy.dim();
     let (h, w) = in_size;
-    let mut dz = Array4::<T>::zeros((n, c, h, w));
+    let mut dz = zeros4((n, c, h, w));
     let inv = T::one() / T::from_usize(k * k).expect("small integer");
     for b in 0..n {
         for ch in 0..c {
@@ -208,7 +224,7 @@ pub fn max_pool_backward<T: Float>(
     let (n, _, h, w) = srcs[0].dim();
     let (_, _, ho, wo) = dy.dim();
     let cin = concat_channels(srcs);
-    let mut dz = Array4::<T>::zeros((n, cin, h, w));
+    let mut dz = zeros4((n, cin, h, w));
     for b in 0..n {
         let dyb = dy.slice(s![b, .., .., ..]);
         let mut dzb = dz.slice_mut(s![b, .., .., ..]);
@@ -279,7 +295,7 @@ pub fn gap_dense_backward<T: Float>(
     }
     let wmat = ArrayView2::from_shape((classes, cin), weight).expect("weight matches");
     let dfeat = dlogits.dot(&wmat);
-    let mut dz = Array4::<T>::zeros((n, cin, h, w));
+    let mut dz = zeros4((n, cin, h, w));
     for b in 0..n {
         for c in 0..cin {
             let g = dfeat[[b, c]] * inv;

@@ -7,6 +7,7 @@
 //! ReLU) is applied as each value is read.
 
 use crate::matmul::{matmul, Mat};
+use crate::scratch::{zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -142,14 +143,19 @@ pub fn conv2d<T: Float>(
     let (ho, wo) = (g.out_size(h), g.out_size(w));
     let kdim = cin * g.kernel * g.kernel;
     let wmat = Mat::rows(weight, g.out_channels, kdim);
-    let mut out = Array4::<T>::zeros((n, g.out_channels, ho, wo));
+    let mut out = zeros4((n, g.out_channels, ho, wo));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
         .for_each_init(
-            || (Vec::new(), Vec::new()),
+            || {
+                (
+                    Scratch::with_capacity(cin * h * w),
+                    Scratch::with_capacity(kdim * ho * wo),
+                )
+            },
             |(xin, col), (b, mut ob)| {
-                let rhs = gather_unfold(srcs, pre, b, g, xin, col);
+                let rhs = gather_unfold(srcs, pre, b, g, &mut xin.0, &mut col.0);
                 let o = ob.as_slice_mut().expect("contiguous");
                 matmul(o, wmat, Mat::rows(rhs, kdim, ho * wo), false);
                 if let Some(bias) = bias {
@@ -254,7 +260,7 @@ pub fn avg_pool<T: Float>(
     let (n, _, h, w) = srcs[0].dim();
     let c_all = concat_channels(srcs);
     let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    let mut out = Array4::<T>::zeros((n, c_all, ho, wo));
+    let mut out = zeros4((n, c_all, ho, wo));
     let inv = T::one() / T::from_usize(k * k).expect("small integer");
     for b in 0..n {
         let mut ob = out.slice_mut(s![b, .., .., ..]);
@@ -292,7 +298,7 @@ pub fn max_pool<T: Float>(
         (h + 2 * pad - k) / stride + 1,
         (w + 2 * pad - k) / stride + 1,
     );
-    let mut out = Array4::<T>::zeros((n, c_all, ho, wo));
+    let mut out = zeros4((n, c_all, ho, wo));
     for b in 0..n {
         let mut ob = out.slice_mut(s![b, .., .., ..]);
         let ob = ob.as_slice_mut().expect("contiguous");
@@ -330,7 +336,7 @@ pub fn max_pool<T: Float>(
 pub fn affine<T: Float>(srcs: &[&Array4<T>], pre: &Pre<T>) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let c_all = concat_channels(srcs);
-    let mut out = Array4::<T>::zeros((n, c_all, h, w));
+    let mut out = zeros4((n, c_all, h, w));
     for b in 0..n {
         let mut ob = out.slice_mut(s![b, .., .., ..]);
         let ob = ob.as_slice_mut().expect("contiguous");
@@ -436,7 +442,10 @@ mod tests {
                 for kx in 0..k {
                     for oy in 0..ho {
                         for ox in 0..wo {
-                            let (iy, ix) = ((oy * s + ky) as isize - p as isize, (ox * s + kx) as isize - p as isize);
+                            let (iy, ix) = (
+                                (oy * s + ky) as isize - p as isize,
+                                (ox * s + kx) as isize - p as isize,
+                            );
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                 col[(((c * k + ky) * k + kx) * ho + oy) * wo + ox] =
                                     x[(c * h + iy as usize) * w + ix as usize];
@@ -465,9 +474,16 @@ mod tests {
             (7, 2, 3, 9, 8),
         ];
         for (k, s, p, h, w) in cases {
-            let g = ConvGeom { out_channels: 1, kernel: k, stride: s, pad: p };
+            let g = ConvGeom {
+                out_channels: 1,
+                kernel: k,
+                stride: s,
+                pad: p,
+            };
             let cin = 3;
-            let x: Vec<f64> = (0..cin * h * w).map(|i| (i as f64 * 0.37).sin() + 2.0).collect();
+            let x: Vec<f64> = (0..cin * h * w)
+                .map(|i| (i as f64 * 0.37).sin() + 2.0)
+                .collect();
             let want = im2col_reference(&x, cin, h, w, g);
             let mut col = vec![f64::NAN; want.len()];
             im2col(&x, cin, h, w, g, &mut col);

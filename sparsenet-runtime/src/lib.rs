@@ -10,6 +10,7 @@ pub mod init;
 pub mod kernels;
 pub mod matmul;
 pub mod model;
+pub mod scratch;
 pub mod train;
 pub mod weights;
 
