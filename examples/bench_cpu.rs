@@ -55,14 +55,29 @@ struct Args {
     latency_reps: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Runs `f` `warmup` times untimed, then `reps` times, and returns the median
+/// time in milliseconds (the mean of the middle two for an even count).
+fn median_ms<E>(
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<f64, E> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    Ok(match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    })
 }
 
 /// Peak resident set size of this process so far, in MiB (Linux's VmHWM).
@@ -151,10 +166,8 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
     };
     let mut opt = sgd.init::<f32>(M::PARAMETERS);
     let mut grads = vec![0.0f32; M::PARAMETERS];
-    let mut train = Vec::new();
     let mut loss = 0.0f32;
-    for i in 0..args.steps + 2 {
-        let t = Instant::now();
+    let train_ms = median_ms(2, args.steps, || {
         model
             .forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
                 let (v, d, _) =
@@ -164,37 +177,21 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
         sgd.step(&mut opt, model.params_mut(), &grads, 0.01);
-        if i >= 2 {
-            train.push(t.elapsed().as_secs_f64());
-        }
-    }
+        Ok::<(), String>(())
+    })?;
     let peak_train = peak_rss_mib();
 
-    let mut eval = Vec::new();
-    for i in 0..args.evals + 2 {
-        let t = Instant::now();
+    let mut infer = |input: &Array4<f32>| {
         std::hint::black_box(
             model
-                .forward(x.view(), Mode::Eval)
+                .forward(input.view(), Mode::Eval)
                 .map_err(|e| e.to_string())?,
         );
-        if i >= 2 {
-            eval.push(t.elapsed().as_secs_f64());
-        }
-    }
+        Ok::<(), String>(())
+    };
+    let eval_ms = median_ms(2, args.evals, || infer(&x))?;
     let one = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
-    let mut lat = Vec::new();
-    for i in 0..args.latency_reps + 5 {
-        let t = Instant::now();
-        std::hint::black_box(
-            model
-                .forward(one.view(), Mode::Eval)
-                .map_err(|e| e.to_string())?,
-        );
-        if i >= 5 {
-            lat.push(t.elapsed().as_secs_f64());
-        }
-    }
+    let latency_ms = median_ms(5, args.latency_reps, || infer(&one))?;
     println!(
         "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"params\": {}, \"macs_per_image\": {}, \"batch\": {}, \
          \"threads\": {}, \"train_step_ms\": {:.3}, \"eval_ms\": {:.3}, \"latency1_ms\": {:.4}, \
@@ -204,9 +201,9 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
         M::MACS_PER_IMAGE,
         args.batch,
         rayon::current_num_threads(),
-        median(train) * 1e3,
-        median(eval) * 1e3,
-        median(lat) * 1e3,
+        train_ms,
+        eval_ms,
+        latency_ms,
         peak_train,
         peak_rss_mib(),
         loss
