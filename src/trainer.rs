@@ -352,6 +352,10 @@ pub fn train<M: Model<f32>>(
             model: M::NAME.to_string(),
             extra: BTreeMap::new(),
         };
+        // Metrics first: a kill between the two writes then leaves a CSV one
+        // epoch ahead of the checkpoint (resume truncates it), never a
+        // checkpoint without its CSV.
+        metrics.write_csv(&csv)?;
         save_checkpoint(
             &ckpt,
             M::tensors(),
@@ -360,7 +364,6 @@ pub fn train<M: Model<f32>>(
             &opt.velocity,
             &progress,
         )?;
-        metrics.write_csv(&csv)?;
         metrics.plot_png(
             &png,
             &format!("{} on {}", M::NAME, dataset_label(&train.source)),
