@@ -83,6 +83,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
 
     let forward = emit_forward(plan);
     let forward_backward = emit_forward_backward(plan);
+    let gpu = crate::emit_gpu::emit_gpu(plan);
 
     quote! {
         #(#attrs)*
@@ -122,6 +123,10 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             fn summary() -> &'static str {
                 #summary
             }
+        }
+
+        impl<T: #rt::Float> #rt::gpu::GpuNetwork for #name<T> {
+            #gpu
         }
 
         impl<T: #rt::Float> #rt::Model<T> for #name<T> {

@@ -5,12 +5,16 @@
 //! resolves the style's defaults, [`plan`] works out the whole network
 //! (buffers, layers, parameters, shapes, MACs), and [`emit`] writes Rust code
 //! from the plan alone. [`summary`] renders the plan as a table.
+//! For the GPU path, [`gpu_plan`] places every buffer in device memory and
+//! [`emit_gpu`] writes the CUDA C kernels and their launch sequences.
 
 mod ast;
 mod config;
 mod emit;
+mod emit_gpu;
 mod errors;
 mod expand;
+mod gpu_plan;
 mod plan;
 mod summary;
 

@@ -3,7 +3,7 @@
 
 use crate::ast::Invocation;
 use crate::errors::Errors;
-use crate::{config, expand, plan, summary};
+use crate::{config, emit_gpu, expand, gpu_plan, plan, summary};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -156,6 +156,71 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
     let last = p.last_use();
     assert!(last.iter().all(|l| l.is_some()), "every buffer is read");
     assert!(p.peak_inference_per_image() <= p.activations_per_image());
+    check_gpu_layout(p);
+}
+
+/// The GPU memory plan: activation buffers are disjoint; in backward, every
+/// region a node touches (its sources' gradients, its output's gradient, its
+/// dz scratch) is disjoint from every other gradient alive at that moment;
+/// each source's gradient has exactly one first writer, its last reader.
+fn check_gpu_layout(p: &plan::Plan) {
+    let lay = gpu_plan::layout(p);
+    let overlap = |a: (usize, usize), b: (usize, usize)| a.0 < b.0 + b.1 && b.0 < a.0 + a.1;
+    for (i, bi) in p.buffers.iter().enumerate() {
+        assert!(lay.act_off[i] + bi.per_image() <= lay.act_per_image);
+        for (j, bj) in p.buffers.iter().enumerate().skip(i + 1) {
+            assert!(
+                !overlap((lay.act_off[i], bi.per_image()), (lay.act_off[j], bj.per_image())),
+                "activations {i} and {j} overlap"
+            );
+        }
+    }
+    let mut alive: Vec<usize> = Vec::new();
+    let mut writers = vec![0; p.buffers.len()];
+    let region = |b: usize| (lay.grad_off[b].unwrap(), p.buffers[b].per_image());
+    for (i, n) in p.nodes.iter().enumerate().rev() {
+        for (k, &b) in n.inputs.iter().enumerate() {
+            if lay.first_writer[i][k] {
+                writers[b] += 1;
+                assert!(!alive.contains(&b), "node {i}: buffer {b} written first twice");
+                alive.push(b);
+            }
+        }
+        for &a in &alive {
+            let (o, l) = region(a);
+            assert!(o + l <= lay.grad_per_image, "gradient {a} outside the arena");
+            for &c in &alive {
+                if a < c {
+                    assert!(!overlap(region(a), region(c)), "node {i}: gradients {a} and {c} overlap");
+                }
+            }
+        }
+        if let (Some(dz), false) = (lay.dz_off[i], matches!(n.op, plan::Op::Affine)) {
+            let b0 = &p.buffers[n.inputs[0]];
+            let cin: usize = n.inputs.iter().map(|&b| p.buffers[b].channels).sum();
+            let len = cin * b0.h * b0.w;
+            assert!(dz + len <= lay.grad_per_image);
+            for &a in &alive {
+                assert!(!overlap((dz, len), region(a)), "node {i}: dz overlaps gradient {a}");
+            }
+        }
+        if let Some(o) = n.output {
+            alive.retain(|&a| a != o);
+        }
+    }
+    for (b, &w) in writers.iter().enumerate().skip(1) {
+        assert_eq!(w, 1, "buffer {b}'s gradient has {w} first writers");
+    }
+    assert_eq!(writers[0], 0, "no one writes the input's gradient");
+}
+
+/// The CUDA C the GPU path compiles for a small seed network.
+#[test]
+fn cuda_source_seed_2018_02_20_small() {
+    let cfg = resolve(quote!(struct Small { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 10, growth: 4 })).remove(0);
+    let (source, kernels) = emit_gpu::source_for_tests(&plan::build(&cfg));
+    assert!(kernels.iter().all(|k| source.contains(&format!("SN_KERNEL({k})"))));
+    insta::assert_snapshot!(source);
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod backward;
 pub mod ctx;
 pub mod data;
 pub mod float;
+pub mod gpu;
 pub mod init;
 pub mod kernels;
 pub mod matmul;

@@ -1,0 +1,365 @@
+//! Emits the GPU program of a network from its [`Plan`] and [`GpuLayout`]:
+//! CUDA C source (one constants struct per node and one `extern "C"` kernel
+//! per node and pass, each instantiating a template of the runtime's
+//! `kernels.cuh` with the node's channel counts, concat sources, shapes and
+//! offsets baked in) and the launch sequences of inference, the training
+//! forward pass, backward and the optimiser step, as tables.
+
+use crate::gpu_plan::{layout, GpuLayout};
+use crate::plan::{Node, Op, Plan};
+use proc_macro2::TokenStream;
+use quote::quote;
+use std::fmt::Write;
+
+/// A kernel launch: kernel index and thread count `per_image * n + fixed`.
+struct Launch {
+    kernel: usize,
+    per_image: usize,
+    fixed: usize,
+}
+
+#[derive(Default)]
+struct Program {
+    source: String,
+    kernels: Vec<String>,
+    forward_eval: Vec<Launch>,
+    forward_train: Vec<Launch>,
+    backward: Vec<Launch>,
+    optimizer: Vec<Launch>,
+}
+
+impl Program {
+    /// Adds `SN_KERNEL(name) { body }` and returns its index.
+    fn kernel(&mut self, name: String, body: String) -> usize {
+        let _ = writeln!(
+            self.source,
+            "SN_KERNEL({name}) {{ {body} }}\nSN_EMU({name})"
+        );
+        self.kernels.push(name);
+        self.kernels.len() - 1
+    }
+}
+
+/// A C float literal that reads back as exactly the `f32` the CPU path
+/// computes from this `f64`.
+fn c_float(v: f64) -> String {
+    let s = format!("{:?}", v as f32);
+    if s.contains(['.', 'e', 'n', 'i']) {
+        format!("{s}f")
+    } else {
+        format!("{s}.0f")
+    }
+}
+
+fn c_array(v: &[i64]) -> String {
+    v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The constants struct of node `i`.
+fn node_struct(plan: &Plan, lay: &GpuLayout, i: usize, node: &Node) -> String {
+    let b0 = &plan.buffers[node.inputs[0]];
+    let (h, w) = (b0.h, b0.w);
+    let ch: Vec<i64> = node
+        .inputs
+        .iter()
+        .map(|&b| plan.buffers[b].channels as i64)
+        .collect();
+    let cin: i64 = ch.iter().sum();
+    let cbeg: Vec<i64> = ch
+        .iter()
+        .scan(0, |acc, &c| {
+            let s = *acc;
+            *acc += c;
+            Some(s)
+        })
+        .collect();
+    let off: Vec<i64> = node.inputs.iter().map(|&b| lay.act_off[b] as i64).collect();
+    let grad: Vec<i64> = node
+        .inputs
+        .iter()
+        .map(|&b| lay.grad_off[b].map_or(-1, |o| o as i64))
+        .collect();
+    let first: Vec<i64> = lay.first_writer[i].iter().map(|&f| f as i64).collect();
+    let stats: Vec<i64> = node
+        .inputs
+        .iter()
+        .map(|&b| lay.stats_off[b].map_or(-1, |o| o as i64))
+        .collect();
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "struct N{i} {{\n  static constexpr int S = {}, CIN = {cin}, H = {h}, W = {w};\n",
+        ch.len()
+    );
+    for (name, v) in [
+        ("off", &off),
+        ("ch", &ch),
+        ("cbeg", &cbeg),
+        ("grad", &grad),
+        ("first", &first),
+        ("stats", &stats),
+    ] {
+        let _ = writeln!(
+            s,
+            "  SN_DEVICE i64 {name}(int s) {{ const i64 v[] = {{{}}}; return v[s]; }}",
+            c_array(v)
+        );
+    }
+    match node.pre {
+        Some(pre) => {
+            let bn = &plan.bns[pre.bn];
+            let _ = writeln!(
+                s,
+                "  static constexpr bool PRE = true, RELU = {}, UNBIASED = {};\n  static constexpr i64 PRE_AUX = {}, GAMMA = {}, RUNNING = {};\n  static constexpr float EPS = {}, MOMENTUM = {}, ONE_MINUS_MOMENTUM = {};",
+                pre.relu,
+                bn.unbiased_running_var,
+                lay.pre_aux[i].expect("a BN node has aux space"),
+                bn.gamma,
+                bn.running,
+                c_float(bn.eps),
+                c_float(bn.momentum),
+                c_float(1.0 - bn.momentum),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "  static constexpr bool PRE = false, RELU = false, UNBIASED = false;\n  static constexpr i64 PRE_AUX = 0, GAMMA = 0, RUNNING = 0;\n  static constexpr float EPS = 0.f, MOMENTUM = 0.f, ONE_MINUS_MOMENTUM = 0.f;"
+            );
+        }
+    }
+    let (k, stride, pad, cout, weight, bias, classes) = match &node.op {
+        Op::Conv {
+            kernel,
+            stride,
+            pad,
+            out_channels,
+            weight,
+            bias,
+        } => (
+            *kernel,
+            *stride,
+            *pad,
+            *out_channels as i64,
+            weight.offset as i64,
+            bias.map_or(-1, |b| b.offset as i64),
+            0,
+        ),
+        Op::AvgPool { kernel, stride } => (*kernel, *stride, 0, cin, -1, -1, 0),
+        Op::MaxPool {
+            kernel,
+            stride,
+            pad,
+        } => (*kernel, *stride, *pad, cin, -1, -1, 0),
+        Op::Affine => (1, 1, 0, cin, -1, -1, 0),
+        Op::GapDense {
+            weight,
+            bias,
+            classes,
+        } => (
+            1,
+            1,
+            0,
+            *classes as i64,
+            weight.offset as i64,
+            bias.offset as i64,
+            *classes,
+        ),
+    };
+    let (ho, wo) = match node.output {
+        Some(o) => (plan.buffers[o].h, plan.buffers[o].w),
+        None => (1, 1),
+    };
+    let out = node.output.map_or(-1, |o| lay.act_off[o] as i64);
+    let out_grad = node
+        .output
+        .map_or(-1, |o| lay.grad_off[o].map_or(-1, |g| g as i64));
+    let dz = lay.dz_off[i].map_or(-1, |d| d as i64);
+    let _ = writeln!(
+        s,
+        "  static constexpr int K = {k}, STRIDE = {stride}, PAD = {pad}, HO = {ho}, WO = {wo}, COUT = {cout}, CLASSES = {classes};\n  static constexpr i64 WEIGHT = {weight}, BIAS = {bias}, OUT = {out}, OUT_GRAD = {out_grad}, DZ = {dz};\n}};"
+    );
+    s
+}
+
+fn build(plan: &Plan, lay: &GpuLayout) -> Program {
+    let mut p = Program::default();
+    p.source
+        .push_str("// Generated by sparsenet!; kernels.cuh precedes this.\n");
+    let need = plan.needs_stats();
+    // Batch statistics of a buffer, right after it is produced.
+    let mut stats_kernel = vec![None; plan.buffers.len()];
+    for (b, buf) in plan.buffers.iter().enumerate() {
+        if need[b] {
+            let aux = lay.stats_off[b].expect("stats placed");
+            let k = p.kernel(
+                format!("stats_b{b}"),
+                format!(
+                    "batch_stats<{}, {}, {}, {aux}>(a);",
+                    lay.act_off[b],
+                    buf.channels,
+                    buf.h * buf.w
+                ),
+            );
+            stats_kernel[b] = Some((k, buf.channels));
+        }
+    }
+    let launch = |kernel, per_image, fixed| Launch {
+        kernel,
+        per_image,
+        fixed,
+    };
+    if let Some((k, c)) = stats_kernel[0] {
+        p.forward_train.push(launch(k, 0, c));
+    }
+    // Forward.
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let st = node_struct(plan, lay, i, node);
+        p.source.push_str(&st);
+        let b0 = &plan.buffers[node.inputs[0]];
+        let cin: usize = node.inputs.iter().map(|&b| plan.buffers[b].channels).sum();
+        if node.pre.is_some() {
+            let k = p.kernel(format!("fold_n{i}"), format!("bn_fold<N{i}>(a);"));
+            p.forward_eval.push(launch(k, 0, cin));
+            p.forward_train.push(launch(k, 0, cin));
+        }
+        let (template, per_image) = match (&node.op, node.output) {
+            (Op::Conv { .. }, Some(o)) => ("conv_forward", plan.buffers[o].per_image()),
+            (Op::AvgPool { .. }, Some(o)) => ("avg_pool_forward", plan.buffers[o].per_image()),
+            (Op::MaxPool { .. }, Some(o)) => ("max_pool_forward", plan.buffers[o].per_image()),
+            (Op::Affine, Some(o)) => ("affine_forward", plan.buffers[o].per_image()),
+            (Op::GapDense { classes, .. }, _) => ("gap_dense_forward", *classes),
+            _ => unreachable!("only the head has no output buffer"),
+        };
+        let k = p.kernel(format!("fwd_n{i}"), format!("{template}<N{i}>(a);"));
+        p.forward_eval.push(launch(k, per_image, 0));
+        p.forward_train.push(launch(k, per_image, 0));
+        if let Some(o) = node.output {
+            if let Some((k, c)) = stats_kernel[o] {
+                p.forward_train.push(launch(k, 0, c));
+            }
+        }
+        let _ = b0;
+    }
+    // Loss.
+    let k = p.kernel(
+        "loss".to_string(),
+        format!("softmax_cross_entropy<{}>(a);", plan.classes),
+    );
+    p.backward.push(launch(k, 1, 0));
+    // Backward, node by node in reverse.
+    for (i, node) in plan.nodes.iter().enumerate().rev() {
+        let b0 = &plan.buffers[node.inputs[0]];
+        let cin: usize = node.inputs.iter().map(|&b| plan.buffers[b].channels).sum();
+        let in_per_image = cin * b0.h * b0.w;
+        let needs_dz = lay.dz_off[i].is_some();
+        let input_template = match node.op {
+            Op::Conv { .. } => Some("conv_backward_input"),
+            Op::AvgPool { .. } => Some("avg_pool_backward_input"),
+            Op::MaxPool { .. } => Some("max_pool_backward_input"),
+            Op::GapDense { .. } => Some("gap_dense_backward_input"),
+            Op::Affine => None,
+        };
+        if let (true, Some(t)) = (needs_dz, input_template) {
+            let k = p.kernel(format!("bin_n{i}"), format!("{t}<N{i}>(a);"));
+            p.backward.push(launch(k, in_per_image, 0));
+        }
+        match &node.op {
+            Op::Conv {
+                kernel,
+                out_channels,
+                bias,
+                ..
+            } => {
+                let k = p.kernel(
+                    format!("bw_n{i}"),
+                    format!("conv_backward_weight<N{i}>(a);"),
+                );
+                let nw = out_channels * cin * kernel * kernel;
+                let nb = if bias.is_some() { *out_channels } else { 0 };
+                p.backward.push(launch(k, 0, nw + nb));
+            }
+            Op::GapDense { classes, .. } => {
+                let k = p.kernel(
+                    format!("bw_n{i}"),
+                    format!("gap_dense_backward_weight<N{i}>(a);"),
+                );
+                p.backward.push(launch(k, 0, classes * cin + classes));
+            }
+            _ => {}
+        }
+        if node.pre.is_some() {
+            let k = p.kernel(format!("bbn_n{i}"), format!("bn_backward_sums<N{i}>(a);"));
+            p.backward.push(launch(k, 0, cin));
+        }
+        if node.inputs.iter().any(|&b| lay.grad_off[b].is_some()) {
+            let k = p.kernel(
+                format!("bdx_n{i}"),
+                format!("backward_to_sources<N{i}>(a);"),
+            );
+            p.backward.push(launch(k, in_per_image, 0));
+        }
+    }
+    let k = p.kernel(
+        "sgd".to_string(),
+        format!("sgd_step<{}>(a);", plan.params_len),
+    );
+    p.optimizer.push(launch(k, 0, plan.params_len));
+    p
+}
+
+/// Why the GPU path cannot run this network yet, if it cannot.
+fn unsupported(plan: &Plan) -> Option<String> {
+    plan.nodes.iter().find(|n| n.dropout > 0.0).map(|_| {
+        "dropout is not implemented on the GPU yet (its mask would have to match the CPU's \
+         ChaCha8 stream); declare the network without dropout to train it on the GPU"
+            .to_string()
+    })
+}
+
+/// The `GPU_PROGRAM` constant of the generated type.
+pub fn emit_gpu(plan: &Plan) -> TokenStream {
+    let rt = quote!(::sparsenet::runtime);
+    let lay = layout(plan);
+    assert_eq!(lay.act_off[0], 0, "the input is the first activation");
+    let prog = build(plan, &lay);
+    let source = &prog.source;
+    let kernels = &prog.kernels;
+    let table = |ls: &[Launch]| {
+        let items = ls.iter().map(|l| {
+            let (k, pi, f) = (l.kernel, l.per_image, l.fixed);
+            quote!(#rt::gpu::Launch { kernel: #k, per_image: #pi, fixed: #f })
+        });
+        quote!(&[#(#items),*])
+    };
+    let fe = table(&prog.forward_eval);
+    let ft = table(&prog.forward_train);
+    let bw = table(&prog.backward);
+    let op = table(&prog.optimizer);
+    let (act, grad, aux) = (lay.act_per_image, lay.grad_per_image, lay.aux_len);
+    let unsupported = match unsupported(plan) {
+        Some(s) => quote!(::std::option::Option::Some(#s)),
+        None => quote!(::std::option::Option::None),
+    };
+    quote! {
+        const GPU_PROGRAM: #rt::gpu::GpuProgram = #rt::gpu::GpuProgram {
+            name: <Self as #rt::NetworkSpec>::NAME,
+            source: #source,
+            kernels: &[#(#kernels),*],
+            act_per_image: #act,
+            grad_per_image: #grad,
+            aux_len: #aux,
+            forward_eval: #fe,
+            forward_train: #ft,
+            backward: #bw,
+            optimizer: #op,
+            unsupported: #unsupported,
+        };
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn source_for_tests(plan: &Plan) -> (String, Vec<String>) {
+    let prog = build(plan, &layout(plan));
+    (prog.source, prog.kernels)
+}

@@ -1,0 +1,303 @@
+//! The CUDA backend (feature `cuda`): the generated source compiled by NVRTC
+//! for the device's architecture, PTX cached on disk, kernels launched on
+//! one stream, and every launch sequence (inference, training forward,
+//! backward, optimiser) captured once as a CUDA graph and replayed, so a
+//! training step costs three graph launches and no synchronisation.
+//!
+//! cudarc loads libcuda and libnvrtc at run time, so building needs no CUDA
+//! installation; [`compile_ptx`] needs only libnvrtc (no GPU), which is how
+//! CI checks that every generated kernel compiles.
+
+use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, Launch, BLOCK};
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+// SAFETY: KernelArgs is repr(C) plain data laid out as kernels.cuh's Args.
+unsafe impl DeviceRepr for KernelArgs {}
+
+fn backend_err(what: &str, e: impl std::fmt::Display) -> GpuError {
+    GpuError::Backend(format!("CUDA: {what}: {e}"))
+}
+
+/// NVRTC options for `arch` (e.g. "sm_90"): precise division and square
+/// root, no flush-to-zero, so the f32 kernels round as the CPU path does.
+pub fn nvrtc_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "--ftz=false".to_string(),
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".to_string(),
+    ]
+}
+
+/// Whether libnvrtc can be loaded (from `LD_LIBRARY_PATH` or the system).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles a program's full source to PTX for `arch` with NVRTC. Needs
+/// libnvrtc, not a GPU.
+pub fn compile_ptx(program: &GpuProgram, arch: &str) -> Result<String, GpuError> {
+    if !nvrtc_available() {
+        return Err(GpuError::Compile {
+            network: program.name,
+            compiler: "NVRTC".to_string(),
+            log: "libnvrtc was not found: install it (`python3 -m pip install \
+                  \"nvidia-cuda-nvrtc==13.0.*\"` and add site-packages/nvidia/cu13/lib to \
+                  LD_LIBRARY_PATH, or a CUDA 13.0 toolkit)"
+                .to_string(),
+        });
+    }
+    let opts = CompileOptions {
+        options: nvrtc_options(arch),
+        name: Some(format!("{}.cu", program.name)),
+        ..Default::default()
+    };
+    let ptx =
+        compile_ptx_with_opts(program.full_source(), opts).map_err(|e| GpuError::Compile {
+            network: program.name,
+            compiler: "NVRTC".to_string(),
+            log: e.to_string(),
+        })?;
+    Ok(ptx.to_src())
+}
+
+/// Where compiled PTX is kept: `$SPARSENET_PTX_CACHE`, else
+/// `$XDG_CACHE_HOME/sparsenet/ptx`, else `~/.cache/sparsenet/ptx`.
+pub fn ptx_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SPARSENET_PTX_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sparsenet").join("ptx")
+}
+
+/// How the last [`Backend::compile`] got its PTX.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PtxOrigin {
+    Compiled { seconds: f64 },
+    Cache,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: Vec<CudaFunction>,
+    arch: String,
+    /// Replayable graphs by (sequence, batch size, arguments).
+    graphs: HashMap<(usize, usize, usize, KernelArgs), CudaGraph>,
+    use_graphs: bool,
+    pub ptx_origin: Option<PtxOrigin>,
+}
+
+impl CudaBackend {
+    /// Device `ordinal`; graphs on unless `SPARSENET_CUDA_GRAPHS=0`.
+    pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(GpuError::Backend(
+                "CUDA: libcuda was not found: is an NVIDIA driver installed and on \
+                 LD_LIBRARY_PATH?"
+                    .to_string(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| backend_err("opening the device", e))?;
+        // One stream orders everything; cudarc's per-buffer events would
+        // only add work (and are not allowed inside a graph capture).
+        // SAFETY: all work of this backend goes to `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| backend_err("creating a stream", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| backend_err("reading the compute capability", e))?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            functions: Vec::new(),
+            arch: format!("sm_{major}{minor}"),
+            graphs: HashMap::new(),
+            use_graphs: std::env::var("SPARSENET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            ptx_origin: None,
+        })
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx
+            .name()
+            .unwrap_or_else(|_| "unknown device".to_string())
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Waits for all launched work.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| backend_err("synchronising", e))
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), GpuError> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| backend_err("reading memory use", e))
+    }
+
+    fn load_ptx(&mut self, program: &GpuProgram) -> Result<String, GpuError> {
+        let opts = nvrtc_options(&self.arch).join(" ");
+        let source = program.full_source();
+        let key = cache_key(&[source.as_bytes(), opts.as_bytes()]);
+        let dir = ptx_cache_dir();
+        let path = dir.join(format!("{}-{key}.ptx", program.name));
+        if let Ok(ptx) = std::fs::read_to_string(&path) {
+            self.ptx_origin = Some(PtxOrigin::Cache);
+            return Ok(ptx);
+        }
+        let t = std::time::Instant::now();
+        let ptx = compile_ptx(program, &self.arch)?;
+        self.ptx_origin = Some(PtxOrigin::Compiled {
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        // A cache that cannot be written only costs the next start a compile.
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = crate::weights::write_atomically(&path, ptx.as_bytes());
+        }
+        Ok(ptx)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaSlice<f32>;
+
+    fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
+        let ptx = self.load_ptx(program)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| backend_err(&format!("loading the PTX of {}", program.name), e))?;
+        self.functions = program
+            .kernels
+            .iter()
+            .map(|k| {
+                module
+                    .load_function(k)
+                    .map_err(|e| backend_err(&format!("finding kernel {k}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        self.graphs.clear();
+        Ok(())
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<CudaSlice<f32>, GpuError> {
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| backend_err(&format!("allocating {len} floats"), e))
+    }
+
+    fn upload(
+        &mut self,
+        dst: &mut CudaSlice<f32>,
+        offset: usize,
+        src: &[f32],
+    ) -> Result<(), GpuError> {
+        let end = offset + src.len();
+        if end > dst.len() {
+            return Err(GpuError::Backend(format!(
+                "CUDA: upload of {} floats at {offset} overruns a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let mut view = dst.slice_mut(offset..end);
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| backend_err("copying to the device", e))
+    }
+
+    fn download(&mut self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), GpuError> {
+        let n = dst.len();
+        if n > src.len() {
+            return Err(GpuError::Backend(format!(
+                "CUDA: download of {n} floats from a buffer of {}",
+                src.len()
+            )));
+        }
+        self.stream
+            .memcpy_dtoh(&src.slice(0..n), dst)
+            .map_err(|e| backend_err("copying from the device", e))?;
+        self.synchronize()
+    }
+
+    fn address(&self, buf: &CudaSlice<f32>) -> u64 {
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        ptr
+    }
+
+    fn launch(&mut self, kernel: usize, blocks: u32, args: &KernelArgs) -> Result<(), GpuError> {
+        let f = self.functions.get(kernel).ok_or_else(|| {
+            GpuError::Backend(format!("CUDA: no kernel {kernel} (compile first)"))
+        })?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(f);
+        b.arg(args);
+        // SAFETY: every generated kernel takes exactly one `Args` by value,
+        // and the addresses in it are live allocations of the model, sized
+        // by the plan the kernels were generated from.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| backend_err("launching a kernel", e))
+    }
+
+    fn run(&mut self, launches: &[Launch], n: usize, args: &KernelArgs) -> Result<(), GpuError> {
+        if !self.use_graphs {
+            for l in launches {
+                self.launch(l.kernel, l.blocks(n), args)?;
+            }
+            return Ok(());
+        }
+        let key = (launches.as_ptr() as usize, launches.len(), n, *args);
+        if !self.graphs.contains_key(&key) {
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| backend_err("starting a graph capture", e))?;
+            let mut captured = Ok(());
+            for l in launches {
+                captured = self.launch(l.kernel, l.blocks(n), args);
+                if captured.is_err() {
+                    break;
+                }
+            }
+            let graph = self
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(|e| backend_err("instantiating a graph", e))?;
+            captured?;
+            let graph = graph.ok_or_else(|| {
+                GpuError::Backend("CUDA: graph capture recorded nothing".to_string())
+            })?;
+            self.graphs.insert(key, graph);
+        }
+        self.graphs[&key]
+            .launch()
+            .map_err(|e| backend_err("replaying a graph", e))
+    }
+}

@@ -1,0 +1,211 @@
+//! The CPU stand-in for a GPU: the generated CUDA C source compiled as C++
+//! by the host compiler (`$CXX`, else `g++`) with `-DSPARSENET_EMULATE`,
+//! loaded as a shared library, each launch run block by block (blocks in
+//! parallel on rayon's threads, a block's threads in order).
+//!
+//! It checks what can be checked without a GPU: that every kernel computes
+//! what the CPU path computes, that the launch sequences are complete and in
+//! the right order, and that the memory plan has no overlaps that matter.
+//! It says nothing about speed, and nothing about races between threads of
+//! a block (the kernels have none by construction: each thread owns its
+//! outputs).
+
+use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, BLOCK};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+type BlockFn = unsafe extern "C" fn(*const KernelArgs, u32, u32, u32);
+
+/// Host memory standing in for device memory, held as a raw allocation
+/// because kernels write it through the addresses they are given.
+pub struct HostBuffer {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl HostBuffer {
+    fn zeroed(len: usize) -> Self {
+        let b: Box<[f32]> = vec![0.0f32; len].into_boxed_slice();
+        HostBuffer {
+            len,
+            ptr: Box::into_raw(b) as *mut f32,
+        }
+    }
+
+    fn slice(&self) -> &[f32] {
+        // SAFETY: ptr/len come from a live boxed slice that only this value frees.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn slice_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and `&mut self` excludes other Rust references.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw of a slice of this length.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+#[derive(Default)]
+pub struct Emulator {
+    // Field order: the function pointers must not outlive the library.
+    kernels: Vec<BlockFn>,
+    library: Option<libloading::Library>,
+    /// Where the compiled library came from (for messages and tests).
+    pub library_path: Option<PathBuf>,
+}
+
+impl Emulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cache_dir() -> PathBuf {
+        std::env::var_os("SPARSENET_EMULATOR_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("sparsenet-emulator"))
+    }
+}
+
+impl Backend for Emulator {
+    type Buffer = HostBuffer;
+
+    fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+        let flags = [
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-DSPARSENET_EMULATE",
+        ];
+        let source = program.full_source();
+        let key = cache_key(&[
+            source.as_bytes(),
+            cxx.as_bytes(),
+            flags.join(" ").as_bytes(),
+        ]);
+        let dir = Self::cache_dir();
+        let lib_path = dir.join(format!("{}-{key}.so", program.name));
+        if !lib_path.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                GpuError::Backend(format!("emulator: cannot create {}: {e}", dir.display()))
+            })?;
+            let src_path = dir.join(format!("{}-{key}.cpp", program.name));
+            std::fs::write(&src_path, &source).map_err(|e| {
+                GpuError::Backend(format!(
+                    "emulator: cannot write {}: {e}",
+                    src_path.display()
+                ))
+            })?;
+            // Compile to a unique name, then rename: concurrent tests never
+            // load a half-written library.
+            let tmp = dir.join(format!(
+                "{}-{key}.{}.tmp.so",
+                program.name,
+                std::process::id()
+            ));
+            let out = Command::new(&cxx)
+                .args(flags)
+                .arg("-x")
+                .arg("c++")
+                .arg(&src_path)
+                .arg("-o")
+                .arg(&tmp)
+                .output()
+                .map_err(|e| GpuError::Compile {
+                    network: program.name,
+                    compiler: cxx.clone(),
+                    log: format!(
+                        "cannot run `{cxx}` ({e}); the GPU emulator needs a C++17 compiler \
+                         (Debian: apt install g++), or set CXX"
+                    ),
+                })?;
+            if !out.status.success() {
+                return Err(GpuError::Compile {
+                    network: program.name,
+                    compiler: cxx,
+                    log: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            std::fs::rename(&tmp, &lib_path).map_err(|e| {
+                GpuError::Backend(format!("emulator: cannot rename {}: {e}", tmp.display()))
+            })?;
+        }
+        // SAFETY: the library is our own generated code, compiled just now
+        // or earlier from the same source; loading it runs no initialisers
+        // beyond the C++ runtime's.
+        let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(|e| {
+            GpuError::Backend(format!("emulator: cannot load {}: {e}", lib_path.display()))
+        })?;
+        let mut kernels = Vec::with_capacity(program.kernels.len());
+        for name in program.kernels {
+            let sym = format!("emu_{name}");
+            // SAFETY: SN_EMU in kernels.cuh defines every emu_ entry point
+            // with exactly this signature.
+            let f: libloading::Symbol<'_, BlockFn> =
+                unsafe { lib.get(sym.as_bytes()) }.map_err(|e| {
+                    GpuError::Backend(format!(
+                        "emulator: {} lacks kernel {sym}: {e}",
+                        lib_path.display()
+                    ))
+                })?;
+            kernels.push(*f);
+        }
+        self.kernels = kernels;
+        self.library = Some(lib);
+        self.library_path = Some(lib_path);
+        Ok(())
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<HostBuffer, GpuError> {
+        Ok(HostBuffer::zeroed(len))
+    }
+
+    fn upload(&mut self, dst: &mut HostBuffer, offset: usize, src: &[f32]) -> Result<(), GpuError> {
+        let end = offset + src.len();
+        if end > dst.len {
+            return Err(GpuError::Backend(format!(
+                "emulator: upload of {} floats at {offset} overruns a buffer of {}",
+                src.len(),
+                dst.len
+            )));
+        }
+        dst.slice_mut()[offset..end].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download(&mut self, src: &HostBuffer, dst: &mut [f32]) -> Result<(), GpuError> {
+        let n = dst.len();
+        if n > src.len {
+            return Err(GpuError::Backend(format!(
+                "emulator: download of {n} floats from a buffer of {}",
+                src.len
+            )));
+        }
+        dst.copy_from_slice(&src.slice()[..n]);
+        Ok(())
+    }
+
+    fn address(&self, buf: &HostBuffer) -> u64 {
+        buf.ptr as u64
+    }
+
+    fn launch(&mut self, kernel: usize, blocks: u32, args: &KernelArgs) -> Result<(), GpuError> {
+        let f = *self.kernels.get(kernel).ok_or_else(|| {
+            GpuError::Backend(format!("emulator: no kernel {kernel} (compile first)"))
+        })?;
+        (0..blocks).into_par_iter().for_each(|b| {
+            // SAFETY: the arguments address live buffers of this model, sized
+            // by the plan the kernels were generated from; blocks write
+            // disjoint elements.
+            unsafe { f(args as *const KernelArgs, b, blocks, BLOCK) }
+        });
+        Ok(())
+    }
+}

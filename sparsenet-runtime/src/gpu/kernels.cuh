@@ -1,0 +1,598 @@
+// sparsenet GPU kernel templates.
+//
+// `sparsenet!` emits, for every node of a network's plan, a small struct of
+// compile-time constants (channel counts, concat sources and where they live,
+// spatial sizes, strides, parameter offsets) and one `extern "C"` kernel per
+// pass that instantiates a template below with it. NVRTC compiles the whole
+// file once per network. Every kernel takes the same argument, `Args`, so the
+// host-side launch sequence is a plain table.
+//
+// The same file also compiles as ordinary C++ (`-DSPARSENET_EMULATE`): the
+// CUDA built-ins become thread-locals set by a host loop over blocks and
+// threads. That is the CPU stand-in the tests run against the CPU model. It
+// is honest only because no kernel here cooperates within a block (no shared
+// memory, no __syncthreads, no atomics, no warp intrinsics): every thread owns
+// the outputs it writes.
+//
+// Memory:
+// - `act`: the activation arena. Buffer b lives at `act + OFF_b * n`, NCHW.
+//   Offsets are per image, fixed by the plan, so one arena serves any batch.
+// - `gact`: the gradient arena, planned by liveness in the backward pass, and
+//   the scratch for a node's input gradient (`dz`) at its end.
+// - `aux`: per-channel values independent of the batch: batch statistics of
+//   buffers that a BatchNorm reads, and each node's folded BatchNorm
+//   (scale, shift, mean, 1/std, and backward's two channel sums).
+
+#ifdef SPARSENET_EMULATE
+#include <math.h>
+struct sn_dim3 { unsigned x, y, z; };
+static thread_local sn_dim3 threadIdx, blockIdx, blockDim, gridDim;
+#define SN_DEVICE static inline
+#define SN_KERNEL(name) static void name(const Args a)
+#define SN_NEG_INF (-INFINITY)
+#define SN_NO_UNROLL
+#else
+#define SN_NEG_INF (__int_as_float(0xff800000u))
+// Loops whose trip count grows with the network stay rolled: unrolling them
+// multiplies code size and NVRTC time for little gain in these kernels.
+#define SN_NO_UNROLL _Pragma("unroll 1")
+#define SN_DEVICE __device__ __forceinline__ static
+#define SN_KERNEL(name) extern "C" __global__ void name(const Args a)
+#endif
+
+typedef long long i64;
+
+struct Args {
+    float* act;
+    float* gact;
+    float* aux;
+    float* params;
+    float* grads;
+    float* state;
+    float* velocity;
+    float* logits;
+    float* dlogits;
+    const int* labels;
+    // Per image: the loss, then 1 where the prediction was right.
+    float* losses;
+    // learning rate, momentum, weight decay, nesterov (0/1), label smoothing.
+    const float* hyper;
+    int n;
+    int train;
+};
+
+// In emulation every kernel also gets a C entry point that runs one block:
+// the host runs blocks in parallel (they never share data), threads in order.
+#ifdef SPARSENET_EMULATE
+#define SN_EMU(name)                                                              \
+    extern "C" void emu_##name(const Args* a, unsigned b, unsigned grid, unsigned block) { \
+        gridDim = {grid, 1, 1};                                                   \
+        blockDim = {block, 1, 1};                                                 \
+        blockIdx = {b, 0, 0};                                                     \
+        for (unsigned t = 0; t < block; ++t) {                                    \
+            threadIdx = {t, 0, 0};                                                \
+            name(*a);                                                             \
+        }                                                                         \
+    }
+#else
+#define SN_EMU(name)
+#endif
+
+#define SN_FOR_EACH(i, total) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+         i += (i64)gridDim.x * blockDim.x)
+
+// ---- reading the virtual concatenation -----------------------------------
+
+// Source s's plane (image img, channel c) in the activation arena.
+template <class L>
+SN_DEVICE const float* src_plane(const Args& a, int s, int img, int c) {
+    return a.act + L::off(s) * a.n + ((i64)img * L::ch(s) + c) * (L::H * L::W);
+}
+
+// Concatenated channel cg -> (source, channel within it).
+template <class L>
+SN_DEVICE void locate(int cg, int& s, int& c) {
+    s = 0;
+    while (s + 1 < L::S && cg >= L::cbeg(s + 1)) ++s;
+    c = cg - L::cbeg(s);
+}
+
+template <class L>
+SN_DEVICE float pre_apply(const Args& a, int cg, float v) {
+    if (!L::PRE) return v;
+    float y = a.aux[L::PRE_AUX + cg] * v + a.aux[L::PRE_AUX + L::CIN + cg];
+    return (L::RELU && !(y > 0.f)) ? 0.f : y;
+}
+
+// ---- forward ----------------------------------------------------------------
+
+// Per-channel mean and biased variance of one buffer over (N, H, W), in two
+// passes accumulated in double; one thread per channel.
+template <int OFF, int C, int HW, int AUX>
+SN_DEVICE void batch_stats(const Args& a) {
+    SN_FOR_EACH(c, C) {
+        const float* base = a.act + (i64)OFF * a.n;
+        double sum = 0.0;
+        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
+            const float* p = base + ((i64)img * C + c) * HW;
+            SN_NO_UNROLL for (int i = 0; i < HW; ++i) sum += p[i];
+        }
+        const double count = (double)a.n * HW;
+        const float mean = (float)(sum / count);
+        double ss = 0.0;
+        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
+            const float* p = base + ((i64)img * C + c) * HW;
+            SN_NO_UNROLL for (int i = 0; i < HW; ++i) {
+                float d = p[i] - mean;
+                ss += (double)(d * d);
+            }
+        }
+        a.aux[AUX + c] = mean;
+        a.aux[AUX + C + c] = (float)(ss / count);
+    }
+}
+
+// Folds a node's BatchNorm into scale/shift (and keeps mean, 1/std for
+// backward); in training mode from the sources' batch statistics, updating
+// the running statistics as the CPU path does, else from the running ones.
+template <class L>
+SN_DEVICE void bn_fold(const Args& a) {
+    SN_FOR_EACH(cg, L::CIN) {
+        int s, c;
+        locate<L>((int)cg, s, c);
+        float* run_mean = a.state + L::RUNNING + cg;
+        float* run_var = a.state + L::RUNNING + L::CIN + cg;
+        float mean, var;
+        if (a.train) {
+            mean = a.aux[L::stats(s) + c];
+            var = a.aux[L::stats(s) + L::ch(s) + c];
+            const float m = L::MOMENTUM, one_m = L::ONE_MINUS_MOMENTUM;
+            const i64 count = (i64)a.n * L::H * L::W;
+            float correction = 1.f;
+            if (L::UNBIASED && count > 1) correction = (float)((double)count / (double)(count - 1));
+            *run_mean = m * *run_mean + one_m * mean;
+            *run_var = m * *run_var + one_m * var * correction;
+        } else {
+            mean = *run_mean;
+            var = *run_var;
+        }
+        const float inv_std = 1.f / sqrtf(var + L::EPS);
+        const float scale = a.params[L::GAMMA + cg] * inv_std;
+        a.aux[L::PRE_AUX + cg] = scale;
+        a.aux[L::PRE_AUX + L::CIN + cg] = a.params[L::GAMMA + L::CIN + cg] - mean * scale;
+        a.aux[L::PRE_AUX + 2 * L::CIN + cg] = mean;
+        a.aux[L::PRE_AUX + 3 * L::CIN + cg] = inv_std;
+    }
+}
+
+// Direct convolution over the transformed concatenation: one thread per
+// output element; padding is zero after BN-ReLU, as in the CPU path.
+template <class L>
+SN_DEVICE void conv_forward(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO;
+    SN_FOR_EACH(i, (i64)a.n * L::COUT * HO * WO) {
+        const int ox = (int)(i % WO);
+        const int oy = (int)((i / WO) % HO);
+        const int co = (int)((i / ((i64)WO * HO)) % L::COUT);
+        const int img = (int)(i / ((i64)WO * HO * L::COUT));
+        float acc = 0.f;
+        const float* wrow = a.params + L::WEIGHT + (i64)co * L::CIN * K * K;
+        for (int s = 0; s < L::S; ++s) {
+            SN_NO_UNROLL for (int c = 0; c < L::ch(s); ++c) {
+                const int cg = L::cbeg(s) + c;
+                const float* plane = src_plane<L>(a, s, img, c);
+                const float* wk = wrow + cg * K * K;
+                for (int ky = 0; ky < K; ++ky) {
+                    const int iy = oy * L::STRIDE - L::PAD + ky;
+                    if (iy < 0 || iy >= L::H) continue;
+                    for (int kx = 0; kx < K; ++kx) {
+                        const int ix = ox * L::STRIDE - L::PAD + kx;
+                        if (ix < 0 || ix >= L::W) continue;
+                        acc += pre_apply<L>(a, cg, plane[iy * L::W + ix]) * wk[ky * K + kx];
+                    }
+                }
+            }
+        }
+        if (L::BIAS >= 0) acc += a.params[L::BIAS + co];
+        a.act[L::OUT * a.n + i] = acc;
+    }
+}
+
+template <class L>
+SN_DEVICE void avg_pool_forward(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO;
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * HO * WO) {
+        const int ox = (int)(i % WO);
+        const int oy = (int)((i / WO) % HO);
+        const int cg = (int)((i / ((i64)WO * HO)) % L::CIN);
+        const int img = (int)(i / ((i64)WO * HO * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        const float* plane = src_plane<L>(a, s, img, c);
+        float acc = 0.f;
+        for (int ky = 0; ky < K; ++ky)
+            for (int kx = 0; kx < K; ++kx)
+                acc += pre_apply<L>(a, cg, plane[(oy * L::STRIDE + ky) * L::W + ox * L::STRIDE + kx]);
+        a.act[L::OUT * a.n + i] = acc * (1.f / (K * K));
+    }
+}
+
+// Index (within the plane) of the first maximum of one max-pool window, or -1.
+template <class L>
+SN_DEVICE int max_pool_argmax(const Args& a, int cg, const float* plane, int oy, int ox, float& best) {
+    best = SN_NEG_INF;
+    int at = -1;
+    for (int ky = 0; ky < L::K; ++ky) {
+        const int iy = oy * L::STRIDE - L::PAD + ky;
+        if (iy < 0 || iy >= L::H) continue;
+        for (int kx = 0; kx < L::K; ++kx) {
+            const int ix = ox * L::STRIDE - L::PAD + kx;
+            if (ix < 0 || ix >= L::W) continue;
+            const float v = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+            if (v > best) {
+                best = v;
+                at = iy * L::W + ix;
+            }
+        }
+    }
+    return at;
+}
+
+template <class L>
+SN_DEVICE void max_pool_forward(const Args& a) {
+    constexpr int HO = L::HO, WO = L::WO;
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * HO * WO) {
+        const int ox = (int)(i % WO);
+        const int oy = (int)((i / WO) % HO);
+        const int cg = (int)((i / ((i64)WO * HO)) % L::CIN);
+        const int img = (int)(i / ((i64)WO * HO * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        float best;
+        max_pool_argmax<L>(a, cg, src_plane<L>(a, s, img, c), oy, ox, best);
+        a.act[L::OUT * a.n + i] = best;
+    }
+}
+
+// Stores the transform of the input (a BatchNorm whose output is a buffer).
+template <class L>
+SN_DEVICE void affine_forward(const Args& a) {
+    constexpr int HW = L::H * L::W;
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
+        const int p = (int)(i % HW);
+        const int cg = (int)((i / HW) % L::CIN);
+        const int img = (int)(i / ((i64)HW * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        a.act[L::OUT * a.n + i] = pre_apply<L>(a, cg, src_plane<L>(a, s, img, c)[p]);
+    }
+}
+
+// Global average of the transformed channel cg of one image.
+template <class L>
+SN_DEVICE float gap_feature(const Args& a, int img, int cg) {
+    int s, c;
+    locate<L>(cg, s, c);
+    const float* plane = src_plane<L>(a, s, img, c);
+    float sum = 0.f;
+    SN_NO_UNROLL for (int p = 0; p < L::H * L::W; ++p) sum += pre_apply<L>(a, cg, plane[p]);
+    return sum * (1.f / (L::H * L::W));
+}
+
+// Global average pool and the dense classifier: one thread per logit.
+template <class L>
+SN_DEVICE void gap_dense_forward(const Args& a) {
+    SN_FOR_EACH(i, (i64)a.n * L::CLASSES) {
+        const int k = (int)(i % L::CLASSES);
+        const int img = (int)(i / L::CLASSES);
+        float acc = 0.f;
+        SN_NO_UNROLL for (int cg = 0; cg < L::CIN; ++cg)
+            acc += gap_feature<L>(a, img, cg) * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
+        a.logits[i] = acc + a.params[L::BIAS + k];
+    }
+}
+
+// ---- loss -------------------------------------------------------------------
+
+// Softmax cross-entropy with label smoothing, as the CPU loss: per image the
+// loss, whether the (first) argmax is the label, and d loss / d logits of the
+// batch mean.
+template <int CLASSES>
+SN_DEVICE void softmax_cross_entropy(const Args& a) {
+    SN_FOR_EACH(img, a.n) {
+        const float* row = a.logits + img * CLASSES;
+        float* g = a.dlogits + img * CLASSES;
+        const int label = a.labels[img];
+        const float eps = a.hyper[4];
+        int best = 0;
+        float mx = row[0];
+        for (int j = 1; j < CLASSES; ++j)
+            if (row[j] > mx) {
+                mx = row[j];
+                best = j;
+            }
+        float sum = 0.f;
+        SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
+            g[j] = expf(row[j] - mx);
+            sum += g[j];
+        }
+        const float lse = mx + logf(sum);
+        float loss = (1.f - eps) * (lse - row[label]);
+        const float off = eps / CLASSES;
+        if (eps > 0.f) {
+            float smooth = 0.f;
+            SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) smooth += lse - row[j];
+            loss += off * smooth;
+        }
+        const float on = (1.f - eps) + off;
+        const float inv_n = 1.f / a.n;
+        SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
+            const float p = g[j] / sum;
+            g[j] = (p - (j == label ? on : off)) * inv_n;
+        }
+        a.losses[img] = loss;
+        a.losses[a.n + img] = best == label ? 1.f : 0.f;
+    }
+}
+
+// ---- backward ---------------------------------------------------------------
+
+// Where a node's output gradient lives: the logits' for the head.
+template <class L>
+SN_DEVICE const float* out_grad(const Args& a) {
+    return L::OUT_GRAD < 0 ? a.dlogits : a.gact + L::OUT_GRAD * a.n;
+}
+
+// dz = d loss / d (transformed, concatenated input) of a convolution: the
+// transposed convolution, one thread per input element.
+template <class L>
+SN_DEVICE void conv_backward_input(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
+    const float* dy = out_grad<L>(a);
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
+        const int x = (int)(i % W);
+        const int y = (int)((i / W) % H);
+        const int cg = (int)((i / ((i64)W * H)) % L::CIN);
+        const int img = (int)(i / ((i64)W * H * L::CIN));
+        float acc = 0.f;
+        for (int ky = 0; ky < K; ++ky) {
+            const int ty = y + L::PAD - ky;
+            if (ty < 0 || ty % L::STRIDE != 0) continue;
+            const int oy = ty / L::STRIDE;
+            if (oy >= HO) continue;
+            for (int kx = 0; kx < K; ++kx) {
+                const int tx = x + L::PAD - kx;
+                if (tx < 0 || tx % L::STRIDE != 0) continue;
+                const int ox = tx / L::STRIDE;
+                if (ox >= WO) continue;
+                SN_NO_UNROLL for (int co = 0; co < L::COUT; ++co)
+                    acc += dy[(((i64)img * L::COUT + co) * HO + oy) * WO + ox] *
+                           a.params[L::WEIGHT + (((i64)co * L::CIN + cg) * K + ky) * K + kx];
+            }
+        }
+        a.gact[L::DZ * a.n + i] = acc;
+    }
+}
+
+// Weight and bias gradients of a convolution: one thread per weight (then
+// per bias), summing over the batch and the output plane.
+template <class L>
+SN_DEVICE void conv_backward_weight(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO;
+    constexpr i64 NW = (i64)L::COUT * L::CIN * K * K;
+    const float* dy = out_grad<L>(a);
+    SN_FOR_EACH(i, NW + (L::BIAS >= 0 ? L::COUT : 0)) {
+        if (i >= NW) {
+            const int co = (int)(i - NW);
+            double sum = 0.0;
+            SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
+                const float* d = dy + ((i64)img * L::COUT + co) * HO * WO;
+                float ps = 0.f;
+                SN_NO_UNROLL for (int p = 0; p < HO * WO; ++p) ps += d[p];
+                sum += ps;
+            }
+            a.grads[L::BIAS + co] = (float)sum;
+            continue;
+        }
+        const int kx = (int)(i % K);
+        const int ky = (int)((i / K) % K);
+        const int cg = (int)((i / (K * K)) % L::CIN);
+        const int co = (int)(i / ((i64)K * K * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        double sum = 0.0;
+        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
+            const float* plane = src_plane<L>(a, s, img, c);
+            const float* d = dy + ((i64)img * L::COUT + co) * HO * WO;
+            float ps = 0.f;
+            SN_NO_UNROLL for (int oy = 0; oy < HO; ++oy) {
+                const int iy = oy * L::STRIDE - L::PAD + ky;
+                if (iy < 0 || iy >= L::H) continue;
+                SN_NO_UNROLL for (int ox = 0; ox < WO; ++ox) {
+                    const int ix = ox * L::STRIDE - L::PAD + kx;
+                    if (ix < 0 || ix >= L::W) continue;
+                    ps += d[oy * WO + ox] * pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+                }
+            }
+            sum += ps;
+        }
+        a.grads[L::WEIGHT + i] = (float)sum;
+    }
+}
+
+template <class L>
+SN_DEVICE void avg_pool_backward_input(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
+    const float* dy = out_grad<L>(a);
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
+        const int x = (int)(i % W);
+        const int y = (int)((i / W) % H);
+        const i64 plane = i / ((i64)W * H);  // img * CIN + cg
+        float acc = 0.f;
+        for (int ky = 0; ky < K; ++ky) {
+            const int ty = y - ky;
+            if (ty < 0 || ty % L::STRIDE != 0 || ty / L::STRIDE >= HO) continue;
+            for (int kx = 0; kx < K; ++kx) {
+                const int tx = x - kx;
+                if (tx < 0 || tx % L::STRIDE != 0 || tx / L::STRIDE >= WO) continue;
+                acc += dy[(plane * HO + ty / L::STRIDE) * WO + tx / L::STRIDE];
+            }
+        }
+        a.gact[L::DZ * a.n + i] = acc * (1.f / (K * K));
+    }
+}
+
+template <class L>
+SN_DEVICE void max_pool_backward_input(const Args& a) {
+    constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
+    const float* dy = out_grad<L>(a);
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
+        const int x = (int)(i % W);
+        const int y = (int)((i / W) % H);
+        const int cg = (int)((i / ((i64)W * H)) % L::CIN);
+        const int img = (int)(i / ((i64)W * H * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        const float* plane = src_plane<L>(a, s, img, c);
+        float acc = 0.f;
+        for (int ky = 0; ky < K; ++ky) {
+            const int ty = y + L::PAD - ky;
+            if (ty < 0 || ty % L::STRIDE != 0 || ty / L::STRIDE >= HO) continue;
+            for (int kx = 0; kx < K; ++kx) {
+                const int tx = x + L::PAD - kx;
+                if (tx < 0 || tx % L::STRIDE != 0 || tx / L::STRIDE >= WO) continue;
+                const int oy = ty / L::STRIDE, ox = tx / L::STRIDE;
+                float best;
+                if (max_pool_argmax<L>(a, cg, plane, oy, ox, best) == y * W + x)
+                    acc += dy[(((i64)img * L::CIN + cg) * HO + oy) * WO + ox];
+            }
+        }
+        a.gact[L::DZ * a.n + i] = acc;
+    }
+}
+
+template <class L>
+SN_DEVICE void gap_dense_backward_input(const Args& a) {
+    constexpr int HW = L::H * L::W;
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
+        const int cg = (int)((i / HW) % L::CIN);
+        const int img = (int)(i / ((i64)HW * L::CIN));
+        float acc = 0.f;
+        SN_NO_UNROLL for (int k = 0; k < L::CLASSES; ++k)
+            acc += a.dlogits[img * L::CLASSES + k] * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
+        a.gact[L::DZ * a.n + i] = acc * (1.f / HW);
+    }
+}
+
+// Dense weight and bias gradients: one thread per weight, then per bias.
+template <class L>
+SN_DEVICE void gap_dense_backward_weight(const Args& a) {
+    constexpr i64 NW = (i64)L::CLASSES * L::CIN;
+    SN_FOR_EACH(i, NW + L::CLASSES) {
+        if (i >= NW) {
+            const int k = (int)(i - NW);
+            float sum = 0.f;
+            SN_NO_UNROLL for (int img = 0; img < a.n; ++img) sum += a.dlogits[img * L::CLASSES + k];
+            a.grads[L::BIAS + k] = sum;
+            continue;
+        }
+        const int cg = (int)(i % L::CIN);
+        const int k = (int)(i / L::CIN);
+        float sum = 0.f;
+        SN_NO_UNROLL for (int img = 0; img < a.n; ++img)
+            sum += a.dlogits[img * L::CLASSES + k] * gap_feature<L>(a, img, cg);
+        a.grads[L::WEIGHT + i] = sum;
+    }
+}
+
+// The gradient reaching the BatchNorm's output through the ReLU.
+template <class L>
+SN_DEVICE float relu_masked(const Args& a, int cg, float x, float g) {
+    if (L::RELU && !(a.aux[L::PRE_AUX + cg] * x + a.aux[L::PRE_AUX + L::CIN + cg] > 0.f)) return 0.f;
+    return g;
+}
+
+// BatchNorm backward, first half: per channel, sum(da) and sum(da * xhat),
+// which are also the beta and gamma gradients.
+template <class L>
+SN_DEVICE void bn_backward_sums(const Args& a) {
+    constexpr int HW = L::H * L::W;
+    const float* dz = a.gact + L::DZ * a.n;
+    SN_FOR_EACH(cg, L::CIN) {
+        int s, c;
+        locate<L>((int)cg, s, c);
+        const float mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
+        const float inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
+        double sum_da = 0.0, sum_da_xhat = 0.0;
+        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
+            const float* x = src_plane<L>(a, s, img, c);
+            const float* g = dz + ((i64)img * L::CIN + cg) * HW;
+            float sa = 0.f, sax = 0.f;
+            SN_NO_UNROLL for (int p = 0; p < HW; ++p) {
+                const float da = relu_masked<L>(a, (int)cg, x[p], g[p]);
+                sa += da;
+                sax += da * (x[p] - mean);
+            }
+            sum_da += sa;
+            sum_da_xhat += sax * inv_std;
+        }
+        a.aux[L::PRE_AUX + 4 * L::CIN + cg] = (float)sum_da;
+        a.aux[L::PRE_AUX + 5 * L::CIN + cg] = (float)sum_da_xhat;
+        a.grads[L::GAMMA + cg] = (float)sum_da_xhat;
+        a.grads[L::GAMMA + L::CIN + cg] = (float)sum_da;
+    }
+}
+
+// The sources' gradients from dz (through BN and ReLU where the node has
+// them). A source's first contributor in backward order writes, the others
+// add: every element of a source gets exactly one contribution per node.
+template <class L>
+SN_DEVICE void backward_to_sources(const Args& a) {
+    constexpr int HW = L::H * L::W;
+    const float* dz = a.gact + L::DZ * a.n;
+    const float m = (float)a.n * HW;
+    SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
+        const int p = (int)(i % HW);
+        const int cg = (int)((i / HW) % L::CIN);
+        const int img = (int)(i / ((i64)HW * L::CIN));
+        int s, c;
+        locate<L>(cg, s, c);
+        if (L::grad(s) < 0) continue;
+        float d = dz[i];
+        if (L::PRE) {
+            const float x = src_plane<L>(a, s, img, c)[p];
+            const float da = relu_masked<L>(a, cg, x, d);
+            const float scale = a.aux[L::PRE_AUX + cg];
+            if (a.train) {
+                const float mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
+                const float inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
+                const float mean_da = a.aux[L::PRE_AUX + 4 * L::CIN + cg] / m;
+                const float mean_da_xhat = a.aux[L::PRE_AUX + 5 * L::CIN + cg] / m;
+                d = scale * (da - mean_da - (x - mean) * inv_std * mean_da_xhat);
+            } else {
+                d = scale * da;
+            }
+        }
+        float* dx = a.gact + L::grad(s) * a.n + ((i64)img * L::ch(s) + c) * HW + p;
+        if (L::first(s)) *dx = d;
+        else *dx += d;
+    }
+}
+
+// ---- optimiser ----------------------------------------------------------------
+
+// SGD with momentum, optional Nesterov and weight decay, as the CPU optimiser.
+template <int LEN>
+SN_DEVICE void sgd_step(const Args& a) {
+    const float lr = a.hyper[0], mom = a.hyper[1], wd = a.hyper[2];
+    const bool nesterov = a.hyper[3] != 0.f;
+    float* p = a.params;
+    SN_FOR_EACH(i, LEN) {
+        float g = a.grads[i];
+        if (wd != 0.f) g = g + wd * p[i];
+        const float v = mom * a.velocity[i] + g;
+        a.velocity[i] = v;
+        p[i] = p[i] - lr * (nesterov ? g + mom * v : v);
+    }
+}

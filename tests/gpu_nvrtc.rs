@@ -1,0 +1,74 @@
+//! Every generated GPU program compiles with NVRTC (CUDA 13.0) for Hopper
+//! (`sm_90`), on a machine without a GPU: a kernel that does not compile
+//! fails here, not on the GPU machine. Needs the `cuda` feature and
+//! libnvrtc on `LD_LIBRARY_PATH` (`.ci/run` installs it from PyPI).
+#![cfg(feature = "cuda")]
+
+use sparsenet::prelude::*;
+use sparsenet::runtime::gpu::cuda::compile_ptx;
+use sparsenet::runtime::gpu::{GpuNetwork, GpuProgram};
+use sparsenet::zoo::*;
+
+sparsenet! {
+    struct PaperDenseImagenet {
+        style: paper, input: [2, 15, 13], classes: 3, units: [2, 3], growth: [3, 4],
+        bottleneck: true, aggregation: dense, stem: imagenet(4),
+    }
+    struct Offsets { classes: 10, input: [3, 16, 16], units: [5, 5], growth: 4, aggregation: offsets(1, 3) }
+}
+
+fn check(p: &GpuProgram) {
+    let t = std::time::Instant::now();
+    let ptx = compile_ptx(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    for k in p.kernels {
+        assert!(
+            ptx.contains(&format!(".entry {k}(")),
+            "{}: kernel {k} missing from the PTX",
+            p.name
+        );
+    }
+    eprintln!(
+        "{}: {} kernels, {} KiB of CUDA C -> {} KiB of PTX in {:.1} s",
+        p.name,
+        p.kernels.len(),
+        p.full_source().len() / 1024,
+        ptx.len() / 1024,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn zoo_programs_compile_for_sm_90() {
+    check(&<FashionSparseNet as GpuNetwork>::GPU_PROGRAM);
+    check(&<SeedV2Depth40 as GpuNetwork>::GPU_PROGRAM);
+    check(&<SeedV1Notebook as GpuNetwork>::GPU_PROGRAM);
+    check(&<SparseNetBc100 as GpuNetwork>::GPU_PROGRAM);
+}
+
+#[test]
+fn imagenet_stem_dense_and_explicit_offsets_compile_for_sm_90() {
+    check(&<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM);
+    check(&<Offsets as GpuNetwork>::GPU_PROGRAM);
+}
+
+#[test]
+fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
+    const BROKEN: GpuProgram = GpuProgram {
+        name: "Broken",
+        source: "SN_KERNEL(k) { this_is_not_cuda(a); }\nSN_EMU(k)\n",
+        kernels: &["k"],
+        act_per_image: 0,
+        grad_per_image: 0,
+        aux_len: 0,
+        forward_eval: &[],
+        forward_train: &[],
+        backward: &[],
+        optimizer: &[],
+        unsupported: None,
+    };
+    let err = compile_ptx(&BROKEN, "sm_90").unwrap_err().to_string();
+    assert!(
+        err.contains("Broken") && err.contains("this_is_not_cuda"),
+        "{err}"
+    );
+}
