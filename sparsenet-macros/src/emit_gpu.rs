@@ -40,15 +40,11 @@ impl Program {
     }
 }
 
-/// A C float literal that reads back as exactly the `f32` the CPU path
-/// computes from this `f64`.
-fn c_float(v: f64) -> String {
-    let s = format!("{:?}", v as f32);
-    if s.contains(['.', 'e', 'n', 'i']) {
-        format!("{s}f")
-    } else {
-        format!("{s}.0f")
-    }
+/// A C literal of the `f64` the CPU path starts from, cast to the kernel's
+/// element type: `(real)0.9` rounds exactly as `T::from_f64(0.9)` does.
+fn c_real(v: f64) -> String {
+    let s = format!("{v:?}");
+    format!("(real){s}")
 }
 
 fn c_array(v: &[i64]) -> String {
@@ -110,21 +106,21 @@ fn node_struct(plan: &Plan, lay: &GpuLayout, i: usize, node: &Node) -> String {
             let bn = &plan.bns[pre.bn];
             let _ = writeln!(
                 s,
-                "  static constexpr bool PRE = true, RELU = {}, UNBIASED = {};\n  static constexpr i64 PRE_AUX = {}, GAMMA = {}, RUNNING = {};\n  static constexpr float EPS = {}, MOMENTUM = {}, ONE_MINUS_MOMENTUM = {};",
+                "  static constexpr bool PRE = true, RELU = {}, UNBIASED = {};\n  static constexpr i64 PRE_AUX = {}, GAMMA = {}, RUNNING = {};\n  static constexpr real EPS = {}, MOMENTUM = {}, ONE_MINUS_MOMENTUM = {};",
                 pre.relu,
                 bn.unbiased_running_var,
                 lay.pre_aux[i].expect("a BN node has aux space"),
                 bn.gamma,
                 bn.running,
-                c_float(bn.eps),
-                c_float(bn.momentum),
-                c_float(1.0 - bn.momentum),
+                c_real(bn.eps),
+                c_real(bn.momentum),
+                c_real(1.0 - bn.momentum),
             );
         }
         None => {
             let _ = writeln!(
                 s,
-                "  static constexpr bool PRE = false, RELU = false, UNBIASED = false;\n  static constexpr i64 PRE_AUX = 0, GAMMA = 0, RUNNING = 0;\n  static constexpr float EPS = 0.f, MOMENTUM = 0.f, ONE_MINUS_MOMENTUM = 0.f;"
+                "  static constexpr bool PRE = false, RELU = false, UNBIASED = false;\n  static constexpr i64 PRE_AUX = 0, GAMMA = 0, RUNNING = 0;\n  static constexpr real EPS = 0, MOMENTUM = 0, ONE_MINUS_MOMENTUM = 0;"
             );
         }
     }

@@ -170,7 +170,10 @@ fn check_gpu_layout(p: &plan::Plan) {
         assert!(lay.act_off[i] + bi.per_image() <= lay.act_per_image);
         for (j, bj) in p.buffers.iter().enumerate().skip(i + 1) {
             assert!(
-                !overlap((lay.act_off[i], bi.per_image()), (lay.act_off[j], bj.per_image())),
+                !overlap(
+                    (lay.act_off[i], bi.per_image()),
+                    (lay.act_off[j], bj.per_image())
+                ),
                 "activations {i} and {j} overlap"
             );
         }
@@ -182,16 +185,25 @@ fn check_gpu_layout(p: &plan::Plan) {
         for (k, &b) in n.inputs.iter().enumerate() {
             if lay.first_writer[i][k] {
                 writers[b] += 1;
-                assert!(!alive.contains(&b), "node {i}: buffer {b} written first twice");
+                assert!(
+                    !alive.contains(&b),
+                    "node {i}: buffer {b} written first twice"
+                );
                 alive.push(b);
             }
         }
         for &a in &alive {
             let (o, l) = region(a);
-            assert!(o + l <= lay.grad_per_image, "gradient {a} outside the arena");
+            assert!(
+                o + l <= lay.grad_per_image,
+                "gradient {a} outside the arena"
+            );
             for &c in &alive {
                 if a < c {
-                    assert!(!overlap(region(a), region(c)), "node {i}: gradients {a} and {c} overlap");
+                    assert!(
+                        !overlap(region(a), region(c)),
+                        "node {i}: gradients {a} and {c} overlap"
+                    );
                 }
             }
         }
@@ -201,7 +213,10 @@ fn check_gpu_layout(p: &plan::Plan) {
             let len = cin * b0.h * b0.w;
             assert!(dz + len <= lay.grad_per_image);
             for &a in &alive {
-                assert!(!overlap((dz, len), region(a)), "node {i}: dz overlaps gradient {a}");
+                assert!(
+                    !overlap((dz, len), region(a)),
+                    "node {i}: dz overlaps gradient {a}"
+                );
             }
         }
         if let Some(o) = n.output {
@@ -219,7 +234,9 @@ fn check_gpu_layout(p: &plan::Plan) {
 fn cuda_source_seed_2018_02_20_small() {
     let cfg = resolve(quote!(struct Small { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 10, growth: 4 })).remove(0);
     let (source, kernels) = emit_gpu::source_for_tests(&plan::build(&cfg));
-    assert!(kernels.iter().all(|k| source.contains(&format!("SN_KERNEL({k})"))));
+    assert!(kernels
+        .iter()
+        .all(|k| source.contains(&format!("SN_KERNEL({k})"))));
     insta::assert_snapshot!(source);
 }
 

@@ -181,7 +181,7 @@ impl CudaBackend {
     }
 }
 
-impl Backend for CudaBackend {
+impl Backend<f32> for CudaBackend {
     type Buffer = CudaSlice<f32>;
 
     fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
@@ -227,6 +227,12 @@ impl Backend for CudaBackend {
         self.stream
             .memcpy_htod(src, &mut view)
             .map_err(|e| backend_err("copying to the device", e))
+    }
+
+    fn upload_i32(&mut self, dst: &mut CudaSlice<f32>, src: &[i32]) -> Result<(), GpuError> {
+        // Same size, any bits: the kernels read this buffer as `int`.
+        let as_f32: &[f32] = bytemuck::cast_slice(src);
+        self.upload(dst, 0, as_f32)
     }
 
     fn download(&mut self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), GpuError> {

@@ -11,7 +11,9 @@
 //! outputs).
 
 use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, BLOCK};
+use crate::Float;
 use rayon::prelude::*;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -19,50 +21,71 @@ type BlockFn = unsafe extern "C" fn(*const KernelArgs, u32, u32, u32);
 
 /// Host memory standing in for device memory, held as a raw allocation
 /// because kernels write it through the addresses they are given.
-pub struct HostBuffer {
-    ptr: *mut f32,
+pub struct HostBuffer<T> {
+    ptr: *mut T,
     len: usize,
 }
 
-impl HostBuffer {
+impl<T: Float> HostBuffer<T> {
     fn zeroed(len: usize) -> Self {
-        let b: Box<[f32]> = vec![0.0f32; len].into_boxed_slice();
+        let b: Box<[T]> = vec![T::zero(); len].into_boxed_slice();
         HostBuffer {
             len,
-            ptr: Box::into_raw(b) as *mut f32,
+            ptr: Box::into_raw(b) as *mut T,
         }
     }
 
-    fn slice(&self) -> &[f32] {
+    fn slice(&self) -> &[T] {
         // SAFETY: ptr/len come from a live boxed slice that only this value frees.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
-    fn slice_mut(&mut self) -> &mut [f32] {
+    fn slice_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and `&mut self` excludes other Rust references.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
-impl Drop for HostBuffer {
+impl<T> Drop for HostBuffer<T> {
     fn drop(&mut self) {
         // SAFETY: the pointer came from Box::into_raw of a slice of this length.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
     }
 }
 
-#[derive(Default)]
-pub struct Emulator {
+/// Runs kernels in element type `T` (`f32` as on the GPU, or `f64`).
+pub struct Emulator<T = f32> {
     // Field order: the function pointers must not outlive the library.
     kernels: Vec<BlockFn>,
     library: Option<libloading::Library>,
     /// Where the compiled library came from (for messages and tests).
     pub library_path: Option<PathBuf>,
+    _element: PhantomData<T>,
 }
 
-impl Emulator {
+impl<T: Float> Default for Emulator<T> {
+    fn default() -> Self {
+        Emulator {
+            kernels: Vec::new(),
+            library: None,
+            library_path: None,
+            _element: PhantomData,
+        }
+    }
+}
+
+impl<T: Float> Emulator<T> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The C type the kernels are compiled for.
+    fn real() -> &'static str {
+        match std::mem::size_of::<T>() {
+            4 => "float",
+            8 => "double",
+            _ => unreachable!("Float is f32 or f64"),
+        }
     }
 
     fn cache_dir() -> PathBuf {
@@ -72,17 +95,19 @@ impl Emulator {
     }
 }
 
-impl Backend for Emulator {
-    type Buffer = HostBuffer;
+impl<T: Float> Backend<T> for Emulator<T> {
+    type Buffer = HostBuffer<T>;
 
     fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+        let real = format!("-DSN_REAL={}", Self::real());
         let flags = [
             "-std=c++17",
             "-O2",
             "-fPIC",
             "-shared",
             "-DSPARSENET_EMULATE",
+            &real,
         ];
         let source = program.full_source();
         let key = cache_key(&[
@@ -91,7 +116,7 @@ impl Backend for Emulator {
             flags.join(" ").as_bytes(),
         ]);
         let dir = Self::cache_dir();
-        let lib_path = dir.join(format!("{}-{key}.so", program.name));
+        let lib_path = dir.join(format!("{}-{}-{key}.so", program.name, Self::real()));
         if !lib_path.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 GpuError::Backend(format!("emulator: cannot create {}: {e}", dir.display()))
@@ -163,11 +188,16 @@ impl Backend for Emulator {
         Ok(())
     }
 
-    fn alloc(&mut self, len: usize) -> Result<HostBuffer, GpuError> {
+    fn alloc(&mut self, len: usize) -> Result<HostBuffer<T>, GpuError> {
         Ok(HostBuffer::zeroed(len))
     }
 
-    fn upload(&mut self, dst: &mut HostBuffer, offset: usize, src: &[f32]) -> Result<(), GpuError> {
+    fn upload(
+        &mut self,
+        dst: &mut HostBuffer<T>,
+        offset: usize,
+        src: &[T],
+    ) -> Result<(), GpuError> {
         let end = offset + src.len();
         if end > dst.len {
             return Err(GpuError::Backend(format!(
@@ -180,7 +210,23 @@ impl Backend for Emulator {
         Ok(())
     }
 
-    fn download(&mut self, src: &HostBuffer, dst: &mut [f32]) -> Result<(), GpuError> {
+    fn upload_i32(&mut self, dst: &mut HostBuffer<T>, src: &[i32]) -> Result<(), GpuError> {
+        let bytes = std::mem::size_of_val(src);
+        if bytes > dst.len * std::mem::size_of::<T>() {
+            return Err(GpuError::Backend(format!(
+                "emulator: {} ints do not fit a buffer of {} elements",
+                src.len(),
+                dst.len
+            )));
+        }
+        // SAFETY: the destination holds at least `bytes` bytes (checked).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr() as *const u8, dst.ptr as *mut u8, bytes)
+        };
+        Ok(())
+    }
+
+    fn download(&mut self, src: &HostBuffer<T>, dst: &mut [T]) -> Result<(), GpuError> {
         let n = dst.len();
         if n > src.len {
             return Err(GpuError::Backend(format!(
@@ -192,7 +238,7 @@ impl Backend for Emulator {
         Ok(())
     }
 
-    fn address(&self, buf: &HostBuffer) -> u64 {
+    fn address(&self, buf: &HostBuffer<T>) -> u64 {
         buf.ptr as u64
     }
 

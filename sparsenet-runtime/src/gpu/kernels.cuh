@@ -23,8 +23,19 @@
 //   buffers that a BatchNorm reads, and each node's folded BatchNorm
 //   (scale, shift, mean, 1/std, and backward's two channel sums).
 
+// The element type: float on the GPU; the emulator also builds a double
+// version, which must match the CPU path's f64 model to rounding level (a
+// check of the kernels' logic free of float noise).
+#ifndef SN_REAL
+#define SN_REAL float
+#endif
+typedef SN_REAL real;
+
 #ifdef SPARSENET_EMULATE
-#include <math.h>
+#include <cmath>
+using std::exp;
+using std::log;
+using std::sqrt;
 struct sn_dim3 { unsigned x, y, z; };
 static thread_local sn_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define SN_DEVICE static inline
@@ -43,20 +54,20 @@ static thread_local sn_dim3 threadIdx, blockIdx, blockDim, gridDim;
 typedef long long i64;
 
 struct Args {
-    float* act;
-    float* gact;
-    float* aux;
-    float* params;
-    float* grads;
-    float* state;
-    float* velocity;
-    float* logits;
-    float* dlogits;
+    real* act;
+    real* gact;
+    real* aux;
+    real* params;
+    real* grads;
+    real* state;
+    real* velocity;
+    real* logits;
+    real* dlogits;
     const int* labels;
     // Per image: the loss, then 1 where the prediction was right.
-    float* losses;
+    real* losses;
     // learning rate, momentum, weight decay, nesterov (0/1), label smoothing.
-    const float* hyper;
+    const real* hyper;
     int n;
     int train;
 };
@@ -86,7 +97,7 @@ struct Args {
 
 // Source s's plane (image img, channel c) in the activation arena.
 template <class L>
-SN_DEVICE const float* src_plane(const Args& a, int s, int img, int c) {
+SN_DEVICE const real* src_plane(const Args& a, int s, int img, int c) {
     return a.act + L::off(s) * a.n + ((i64)img * L::ch(s) + c) * (L::H * L::W);
 }
 
@@ -99,10 +110,10 @@ SN_DEVICE void locate(int cg, int& s, int& c) {
 }
 
 template <class L>
-SN_DEVICE float pre_apply(const Args& a, int cg, float v) {
+SN_DEVICE real pre_apply(const Args& a, int cg, real v) {
     if (!L::PRE) return v;
-    float y = a.aux[L::PRE_AUX + cg] * v + a.aux[L::PRE_AUX + L::CIN + cg];
-    return (L::RELU && !(y > 0.f)) ? 0.f : y;
+    real y = a.aux[L::PRE_AUX + cg] * v + a.aux[L::PRE_AUX + L::CIN + cg];
+    return (L::RELU && !(y > (real)0)) ? (real)0 : y;
 }
 
 // ---- forward ----------------------------------------------------------------
@@ -112,24 +123,24 @@ SN_DEVICE float pre_apply(const Args& a, int cg, float v) {
 template <int OFF, int C, int HW, int AUX>
 SN_DEVICE void batch_stats(const Args& a) {
     SN_FOR_EACH(c, C) {
-        const float* base = a.act + (i64)OFF * a.n;
+        const real* base = a.act + (i64)OFF * a.n;
         double sum = 0.0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const float* p = base + ((i64)img * C + c) * HW;
+            const real* p = base + ((i64)img * C + c) * HW;
             SN_NO_UNROLL for (int i = 0; i < HW; ++i) sum += p[i];
         }
         const double count = (double)a.n * HW;
-        const float mean = (float)(sum / count);
+        const real mean = (real)(sum / count);
         double ss = 0.0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const float* p = base + ((i64)img * C + c) * HW;
+            const real* p = base + ((i64)img * C + c) * HW;
             SN_NO_UNROLL for (int i = 0; i < HW; ++i) {
-                float d = p[i] - mean;
+                real d = p[i] - mean;
                 ss += (double)(d * d);
             }
         }
         a.aux[AUX + c] = mean;
-        a.aux[AUX + C + c] = (float)(ss / count);
+        a.aux[AUX + C + c] = (real)(ss / count);
     }
 }
 
@@ -141,24 +152,24 @@ SN_DEVICE void bn_fold(const Args& a) {
     SN_FOR_EACH(cg, L::CIN) {
         int s, c;
         locate<L>((int)cg, s, c);
-        float* run_mean = a.state + L::RUNNING + cg;
-        float* run_var = a.state + L::RUNNING + L::CIN + cg;
-        float mean, var;
+        real* run_mean = a.state + L::RUNNING + cg;
+        real* run_var = a.state + L::RUNNING + L::CIN + cg;
+        real mean, var;
         if (a.train) {
             mean = a.aux[L::stats(s) + c];
             var = a.aux[L::stats(s) + L::ch(s) + c];
-            const float m = L::MOMENTUM, one_m = L::ONE_MINUS_MOMENTUM;
+            const real m = L::MOMENTUM, one_m = L::ONE_MINUS_MOMENTUM;
             const i64 count = (i64)a.n * L::H * L::W;
-            float correction = 1.f;
-            if (L::UNBIASED && count > 1) correction = (float)((double)count / (double)(count - 1));
+            real correction = (real)1;
+            if (L::UNBIASED && count > 1) correction = (real)((double)count / (double)(count - 1));
             *run_mean = m * *run_mean + one_m * mean;
             *run_var = m * *run_var + one_m * var * correction;
         } else {
             mean = *run_mean;
             var = *run_var;
         }
-        const float inv_std = 1.f / sqrtf(var + L::EPS);
-        const float scale = a.params[L::GAMMA + cg] * inv_std;
+        const real inv_std = (real)1 / sqrt(var + L::EPS);
+        const real scale = a.params[L::GAMMA + cg] * inv_std;
         a.aux[L::PRE_AUX + cg] = scale;
         a.aux[L::PRE_AUX + L::CIN + cg] = a.params[L::GAMMA + L::CIN + cg] - mean * scale;
         a.aux[L::PRE_AUX + 2 * L::CIN + cg] = mean;
@@ -176,13 +187,13 @@ SN_DEVICE void conv_forward(const Args& a) {
         const int oy = (int)((i / WO) % HO);
         const int co = (int)((i / ((i64)WO * HO)) % L::COUT);
         const int img = (int)(i / ((i64)WO * HO * L::COUT));
-        float acc = 0.f;
-        const float* wrow = a.params + L::WEIGHT + (i64)co * L::CIN * K * K;
+        real acc = (real)0;
+        const real* wrow = a.params + L::WEIGHT + (i64)co * L::CIN * K * K;
         for (int s = 0; s < L::S; ++s) {
             SN_NO_UNROLL for (int c = 0; c < L::ch(s); ++c) {
                 const int cg = L::cbeg(s) + c;
-                const float* plane = src_plane<L>(a, s, img, c);
-                const float* wk = wrow + cg * K * K;
+                const real* plane = src_plane<L>(a, s, img, c);
+                const real* wk = wrow + cg * K * K;
                 for (int ky = 0; ky < K; ++ky) {
                     const int iy = oy * L::STRIDE - L::PAD + ky;
                     if (iy < 0 || iy >= L::H) continue;
@@ -209,19 +220,19 @@ SN_DEVICE void avg_pool_forward(const Args& a) {
         const int img = (int)(i / ((i64)WO * HO * L::CIN));
         int s, c;
         locate<L>(cg, s, c);
-        const float* plane = src_plane<L>(a, s, img, c);
-        float acc = 0.f;
+        const real* plane = src_plane<L>(a, s, img, c);
+        real acc = (real)0;
         for (int ky = 0; ky < K; ++ky)
             for (int kx = 0; kx < K; ++kx)
                 acc += pre_apply<L>(a, cg, plane[(oy * L::STRIDE + ky) * L::W + ox * L::STRIDE + kx]);
-        a.act[L::OUT * a.n + i] = acc * (1.f / (K * K));
+        a.act[L::OUT * a.n + i] = acc * ((real)1 / (K * K));
     }
 }
 
 // Index (within the plane) of the first maximum of one max-pool window, or -1.
 template <class L>
-SN_DEVICE int max_pool_argmax(const Args& a, int cg, const float* plane, int oy, int ox, float& best) {
-    best = SN_NEG_INF;
+SN_DEVICE int max_pool_argmax(const Args& a, int cg, const real* plane, int oy, int ox, real& best) {
+    best = (real)SN_NEG_INF;
     int at = -1;
     for (int ky = 0; ky < L::K; ++ky) {
         const int iy = oy * L::STRIDE - L::PAD + ky;
@@ -229,7 +240,7 @@ SN_DEVICE int max_pool_argmax(const Args& a, int cg, const float* plane, int oy,
         for (int kx = 0; kx < L::K; ++kx) {
             const int ix = ox * L::STRIDE - L::PAD + kx;
             if (ix < 0 || ix >= L::W) continue;
-            const float v = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+            const real v = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
             if (v > best) {
                 best = v;
                 at = iy * L::W + ix;
@@ -249,7 +260,7 @@ SN_DEVICE void max_pool_forward(const Args& a) {
         const int img = (int)(i / ((i64)WO * HO * L::CIN));
         int s, c;
         locate<L>(cg, s, c);
-        float best;
+        real best;
         max_pool_argmax<L>(a, cg, src_plane<L>(a, s, img, c), oy, ox, best);
         a.act[L::OUT * a.n + i] = best;
     }
@@ -271,13 +282,13 @@ SN_DEVICE void affine_forward(const Args& a) {
 
 // Global average of the transformed channel cg of one image.
 template <class L>
-SN_DEVICE float gap_feature(const Args& a, int img, int cg) {
+SN_DEVICE real gap_feature(const Args& a, int img, int cg) {
     int s, c;
     locate<L>(cg, s, c);
-    const float* plane = src_plane<L>(a, s, img, c);
-    float sum = 0.f;
+    const real* plane = src_plane<L>(a, s, img, c);
+    real sum = (real)0;
     SN_NO_UNROLL for (int p = 0; p < L::H * L::W; ++p) sum += pre_apply<L>(a, cg, plane[p]);
-    return sum * (1.f / (L::H * L::W));
+    return sum * ((real)1 / (L::H * L::W));
 }
 
 // Global average pool and the dense classifier: one thread per logit.
@@ -286,7 +297,7 @@ SN_DEVICE void gap_dense_forward(const Args& a) {
     SN_FOR_EACH(i, (i64)a.n * L::CLASSES) {
         const int k = (int)(i % L::CLASSES);
         const int img = (int)(i / L::CLASSES);
-        float acc = 0.f;
+        real acc = (real)0;
         SN_NO_UNROLL for (int cg = 0; cg < L::CIN; ++cg)
             acc += gap_feature<L>(a, img, cg) * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
         a.logits[i] = acc + a.params[L::BIAS + k];
@@ -301,38 +312,38 @@ SN_DEVICE void gap_dense_forward(const Args& a) {
 template <int CLASSES>
 SN_DEVICE void softmax_cross_entropy(const Args& a) {
     SN_FOR_EACH(img, a.n) {
-        const float* row = a.logits + img * CLASSES;
-        float* g = a.dlogits + img * CLASSES;
+        const real* row = a.logits + img * CLASSES;
+        real* g = a.dlogits + img * CLASSES;
         const int label = a.labels[img];
-        const float eps = a.hyper[4];
+        const real eps = a.hyper[4];
         int best = 0;
-        float mx = row[0];
+        real mx = row[0];
         for (int j = 1; j < CLASSES; ++j)
             if (row[j] > mx) {
                 mx = row[j];
                 best = j;
             }
-        float sum = 0.f;
+        real sum = (real)0;
         SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
-            g[j] = expf(row[j] - mx);
+            g[j] = exp(row[j] - mx);
             sum += g[j];
         }
-        const float lse = mx + logf(sum);
-        float loss = (1.f - eps) * (lse - row[label]);
-        const float off = eps / CLASSES;
-        if (eps > 0.f) {
-            float smooth = 0.f;
+        const real lse = mx + log(sum);
+        real loss = ((real)1 - eps) * (lse - row[label]);
+        const real off = eps / CLASSES;
+        if (eps > (real)0) {
+            real smooth = (real)0;
             SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) smooth += lse - row[j];
             loss += off * smooth;
         }
-        const float on = (1.f - eps) + off;
-        const float inv_n = 1.f / a.n;
+        const real on = ((real)1 - eps) + off;
+        const real inv_n = (real)1 / a.n;
         SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
-            const float p = g[j] / sum;
+            const real p = g[j] / sum;
             g[j] = (p - (j == label ? on : off)) * inv_n;
         }
         a.losses[img] = loss;
-        a.losses[a.n + img] = best == label ? 1.f : 0.f;
+        a.losses[a.n + img] = best == label ? (real)1 : (real)0;
     }
 }
 
@@ -340,7 +351,7 @@ SN_DEVICE void softmax_cross_entropy(const Args& a) {
 
 // Where a node's output gradient lives: the logits' for the head.
 template <class L>
-SN_DEVICE const float* out_grad(const Args& a) {
+SN_DEVICE const real* out_grad(const Args& a) {
     return L::OUT_GRAD < 0 ? a.dlogits : a.gact + L::OUT_GRAD * a.n;
 }
 
@@ -349,13 +360,13 @@ SN_DEVICE const float* out_grad(const Args& a) {
 template <class L>
 SN_DEVICE void conv_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const float* dy = out_grad<L>(a);
+    const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const int x = (int)(i % W);
         const int y = (int)((i / W) % H);
         const int cg = (int)((i / ((i64)W * H)) % L::CIN);
         const int img = (int)(i / ((i64)W * H * L::CIN));
-        float acc = 0.f;
+        real acc = (real)0;
         for (int ky = 0; ky < K; ++ky) {
             const int ty = y + L::PAD - ky;
             if (ty < 0 || ty % L::STRIDE != 0) continue;
@@ -381,18 +392,18 @@ template <class L>
 SN_DEVICE void conv_backward_weight(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO;
     constexpr i64 NW = (i64)L::COUT * L::CIN * K * K;
-    const float* dy = out_grad<L>(a);
+    const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, NW + (L::BIAS >= 0 ? L::COUT : 0)) {
         if (i >= NW) {
             const int co = (int)(i - NW);
             double sum = 0.0;
             SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-                const float* d = dy + ((i64)img * L::COUT + co) * HO * WO;
-                float ps = 0.f;
+                const real* d = dy + ((i64)img * L::COUT + co) * HO * WO;
+                real ps = (real)0;
                 SN_NO_UNROLL for (int p = 0; p < HO * WO; ++p) ps += d[p];
                 sum += ps;
             }
-            a.grads[L::BIAS + co] = (float)sum;
+            a.grads[L::BIAS + co] = (real)sum;
             continue;
         }
         const int kx = (int)(i % K);
@@ -403,9 +414,9 @@ SN_DEVICE void conv_backward_weight(const Args& a) {
         locate<L>(cg, s, c);
         double sum = 0.0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const float* plane = src_plane<L>(a, s, img, c);
-            const float* d = dy + ((i64)img * L::COUT + co) * HO * WO;
-            float ps = 0.f;
+            const real* plane = src_plane<L>(a, s, img, c);
+            const real* d = dy + ((i64)img * L::COUT + co) * HO * WO;
+            real ps = (real)0;
             SN_NO_UNROLL for (int oy = 0; oy < HO; ++oy) {
                 const int iy = oy * L::STRIDE - L::PAD + ky;
                 if (iy < 0 || iy >= L::H) continue;
@@ -417,19 +428,19 @@ SN_DEVICE void conv_backward_weight(const Args& a) {
             }
             sum += ps;
         }
-        a.grads[L::WEIGHT + i] = (float)sum;
+        a.grads[L::WEIGHT + i] = (real)sum;
     }
 }
 
 template <class L>
 SN_DEVICE void avg_pool_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const float* dy = out_grad<L>(a);
+    const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const int x = (int)(i % W);
         const int y = (int)((i / W) % H);
         const i64 plane = i / ((i64)W * H);  // img * CIN + cg
-        float acc = 0.f;
+        real acc = (real)0;
         for (int ky = 0; ky < K; ++ky) {
             const int ty = y - ky;
             if (ty < 0 || ty % L::STRIDE != 0 || ty / L::STRIDE >= HO) continue;
@@ -439,14 +450,14 @@ SN_DEVICE void avg_pool_backward_input(const Args& a) {
                 acc += dy[(plane * HO + ty / L::STRIDE) * WO + tx / L::STRIDE];
             }
         }
-        a.gact[L::DZ * a.n + i] = acc * (1.f / (K * K));
+        a.gact[L::DZ * a.n + i] = acc * ((real)1 / (K * K));
     }
 }
 
 template <class L>
 SN_DEVICE void max_pool_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const float* dy = out_grad<L>(a);
+    const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const int x = (int)(i % W);
         const int y = (int)((i / W) % H);
@@ -454,8 +465,8 @@ SN_DEVICE void max_pool_backward_input(const Args& a) {
         const int img = (int)(i / ((i64)W * H * L::CIN));
         int s, c;
         locate<L>(cg, s, c);
-        const float* plane = src_plane<L>(a, s, img, c);
-        float acc = 0.f;
+        const real* plane = src_plane<L>(a, s, img, c);
+        real acc = (real)0;
         for (int ky = 0; ky < K; ++ky) {
             const int ty = y + L::PAD - ky;
             if (ty < 0 || ty % L::STRIDE != 0 || ty / L::STRIDE >= HO) continue;
@@ -463,7 +474,7 @@ SN_DEVICE void max_pool_backward_input(const Args& a) {
                 const int tx = x + L::PAD - kx;
                 if (tx < 0 || tx % L::STRIDE != 0 || tx / L::STRIDE >= WO) continue;
                 const int oy = ty / L::STRIDE, ox = tx / L::STRIDE;
-                float best;
+                real best;
                 if (max_pool_argmax<L>(a, cg, plane, oy, ox, best) == y * W + x)
                     acc += dy[(((i64)img * L::CIN + cg) * HO + oy) * WO + ox];
             }
@@ -478,10 +489,10 @@ SN_DEVICE void gap_dense_backward_input(const Args& a) {
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
         const int cg = (int)((i / HW) % L::CIN);
         const int img = (int)(i / ((i64)HW * L::CIN));
-        float acc = 0.f;
+        real acc = (real)0;
         SN_NO_UNROLL for (int k = 0; k < L::CLASSES; ++k)
             acc += a.dlogits[img * L::CLASSES + k] * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
-        a.gact[L::DZ * a.n + i] = acc * (1.f / HW);
+        a.gact[L::DZ * a.n + i] = acc * ((real)1 / HW);
     }
 }
 
@@ -492,14 +503,14 @@ SN_DEVICE void gap_dense_backward_weight(const Args& a) {
     SN_FOR_EACH(i, NW + L::CLASSES) {
         if (i >= NW) {
             const int k = (int)(i - NW);
-            float sum = 0.f;
+            real sum = (real)0;
             SN_NO_UNROLL for (int img = 0; img < a.n; ++img) sum += a.dlogits[img * L::CLASSES + k];
             a.grads[L::BIAS + k] = sum;
             continue;
         }
         const int cg = (int)(i % L::CIN);
         const int k = (int)(i / L::CIN);
-        float sum = 0.f;
+        real sum = (real)0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img)
             sum += a.dlogits[img * L::CLASSES + k] * gap_feature<L>(a, img, cg);
         a.grads[L::WEIGHT + i] = sum;
@@ -508,8 +519,8 @@ SN_DEVICE void gap_dense_backward_weight(const Args& a) {
 
 // The gradient reaching the BatchNorm's output through the ReLU.
 template <class L>
-SN_DEVICE float relu_masked(const Args& a, int cg, float x, float g) {
-    if (L::RELU && !(a.aux[L::PRE_AUX + cg] * x + a.aux[L::PRE_AUX + L::CIN + cg] > 0.f)) return 0.f;
+SN_DEVICE real relu_masked(const Args& a, int cg, real x, real g) {
+    if (L::RELU && !(a.aux[L::PRE_AUX + cg] * x + a.aux[L::PRE_AUX + L::CIN + cg] > (real)0)) return (real)0;
     return g;
 }
 
@@ -518,29 +529,29 @@ SN_DEVICE float relu_masked(const Args& a, int cg, float x, float g) {
 template <class L>
 SN_DEVICE void bn_backward_sums(const Args& a) {
     constexpr int HW = L::H * L::W;
-    const float* dz = a.gact + L::DZ * a.n;
+    const real* dz = a.gact + L::DZ * a.n;
     SN_FOR_EACH(cg, L::CIN) {
         int s, c;
         locate<L>((int)cg, s, c);
-        const float mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
-        const float inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
+        const real mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
+        const real inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
         double sum_da = 0.0, sum_da_xhat = 0.0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const float* x = src_plane<L>(a, s, img, c);
-            const float* g = dz + ((i64)img * L::CIN + cg) * HW;
-            float sa = 0.f, sax = 0.f;
+            const real* x = src_plane<L>(a, s, img, c);
+            const real* g = dz + ((i64)img * L::CIN + cg) * HW;
+            real sa = (real)0, sax = (real)0;
             SN_NO_UNROLL for (int p = 0; p < HW; ++p) {
-                const float da = relu_masked<L>(a, (int)cg, x[p], g[p]);
+                const real da = relu_masked<L>(a, (int)cg, x[p], g[p]);
                 sa += da;
                 sax += da * (x[p] - mean);
             }
             sum_da += sa;
             sum_da_xhat += sax * inv_std;
         }
-        a.aux[L::PRE_AUX + 4 * L::CIN + cg] = (float)sum_da;
-        a.aux[L::PRE_AUX + 5 * L::CIN + cg] = (float)sum_da_xhat;
-        a.grads[L::GAMMA + cg] = (float)sum_da_xhat;
-        a.grads[L::GAMMA + L::CIN + cg] = (float)sum_da;
+        a.aux[L::PRE_AUX + 4 * L::CIN + cg] = (real)sum_da;
+        a.aux[L::PRE_AUX + 5 * L::CIN + cg] = (real)sum_da_xhat;
+        a.grads[L::GAMMA + cg] = (real)sum_da_xhat;
+        a.grads[L::GAMMA + L::CIN + cg] = (real)sum_da;
     }
 }
 
@@ -550,8 +561,8 @@ SN_DEVICE void bn_backward_sums(const Args& a) {
 template <class L>
 SN_DEVICE void backward_to_sources(const Args& a) {
     constexpr int HW = L::H * L::W;
-    const float* dz = a.gact + L::DZ * a.n;
-    const float m = (float)a.n * HW;
+    const real* dz = a.gact + L::DZ * a.n;
+    const real m = (real)a.n * HW;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
         const int p = (int)(i % HW);
         const int cg = (int)((i / HW) % L::CIN);
@@ -559,22 +570,22 @@ SN_DEVICE void backward_to_sources(const Args& a) {
         int s, c;
         locate<L>(cg, s, c);
         if (L::grad(s) < 0) continue;
-        float d = dz[i];
+        real d = dz[i];
         if (L::PRE) {
-            const float x = src_plane<L>(a, s, img, c)[p];
-            const float da = relu_masked<L>(a, cg, x, d);
-            const float scale = a.aux[L::PRE_AUX + cg];
+            const real x = src_plane<L>(a, s, img, c)[p];
+            const real da = relu_masked<L>(a, cg, x, d);
+            const real scale = a.aux[L::PRE_AUX + cg];
             if (a.train) {
-                const float mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
-                const float inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
-                const float mean_da = a.aux[L::PRE_AUX + 4 * L::CIN + cg] / m;
-                const float mean_da_xhat = a.aux[L::PRE_AUX + 5 * L::CIN + cg] / m;
+                const real mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
+                const real inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
+                const real mean_da = a.aux[L::PRE_AUX + 4 * L::CIN + cg] / m;
+                const real mean_da_xhat = a.aux[L::PRE_AUX + 5 * L::CIN + cg] / m;
                 d = scale * (da - mean_da - (x - mean) * inv_std * mean_da_xhat);
             } else {
                 d = scale * da;
             }
         }
-        float* dx = a.gact + L::grad(s) * a.n + ((i64)img * L::ch(s) + c) * HW + p;
+        real* dx = a.gact + L::grad(s) * a.n + ((i64)img * L::ch(s) + c) * HW + p;
         if (L::first(s)) *dx = d;
         else *dx += d;
     }
@@ -585,13 +596,13 @@ SN_DEVICE void backward_to_sources(const Args& a) {
 // SGD with momentum, optional Nesterov and weight decay, as the CPU optimiser.
 template <int LEN>
 SN_DEVICE void sgd_step(const Args& a) {
-    const float lr = a.hyper[0], mom = a.hyper[1], wd = a.hyper[2];
-    const bool nesterov = a.hyper[3] != 0.f;
-    float* p = a.params;
+    const real lr = a.hyper[0], mom = a.hyper[1], wd = a.hyper[2];
+    const bool nesterov = a.hyper[3] != (real)0;
+    real* p = a.params;
     SN_FOR_EACH(i, LEN) {
-        float g = a.grads[i];
-        if (wd != 0.f) g = g + wd * p[i];
-        const float v = mom * a.velocity[i] + g;
+        real g = a.grads[i];
+        if (wd != (real)0) g = g + wd * p[i];
+        const real v = mom * a.velocity[i] + g;
         a.velocity[i] = v;
         p[i] = p[i] - lr * (nesterov ? g + mom * v : v);
     }

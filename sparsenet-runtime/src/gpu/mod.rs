@@ -23,7 +23,7 @@ pub mod cuda;
 
 use crate::model::{check_input, InputError, Model, NetworkSpec};
 use crate::train::Sgd;
-use crate::Mode;
+use crate::{Float, Mode};
 use ndarray::{Array2, ArrayView4};
 use std::marker::PhantomData;
 
@@ -155,23 +155,22 @@ pub enum GpuError {
     },
 }
 
-/// What a GPU model needs from a device.
-pub trait Backend {
-    /// A device allocation of `f32`s.
+/// What a GPU model needs from a device, for element type `T` (the CUDA
+/// backend runs `f32`; the emulator also `f64`).
+pub trait Backend<T> {
+    /// A device allocation of `T`s.
     type Buffer;
     /// Compiles (or loads from a cache) the program's kernels.
     fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError>;
-    /// `len` zeroed floats.
+    /// `len` zeroed elements.
     fn alloc(&mut self, len: usize) -> Result<Self::Buffer, GpuError>;
     /// Copies `src` to `dst[offset..]`.
-    fn upload(
-        &mut self,
-        dst: &mut Self::Buffer,
-        offset: usize,
-        src: &[f32],
-    ) -> Result<(), GpuError>;
+    fn upload(&mut self, dst: &mut Self::Buffer, offset: usize, src: &[T]) -> Result<(), GpuError>;
+    /// Copies `src` bytewise to the start of `dst` (labels, which kernels
+    /// read as `int`).
+    fn upload_i32(&mut self, dst: &mut Self::Buffer, src: &[i32]) -> Result<(), GpuError>;
     /// Copies `src[..dst.len()]` to `dst`, after all launched work is done.
-    fn download(&mut self, src: &Self::Buffer, dst: &mut [f32]) -> Result<(), GpuError>;
+    fn download(&mut self, src: &Self::Buffer, dst: &mut [T]) -> Result<(), GpuError>;
     /// The device address kernels see.
     fn address(&self, buf: &Self::Buffer) -> u64;
     /// Launches kernel `kernel` of the compiled program.
@@ -195,7 +194,7 @@ pub struct StepOutcome {
 }
 
 /// A network's parameters, statistics and working memory on a device.
-pub struct GpuModel<M: GpuNetwork, B: Backend> {
+pub struct GpuModel<M: GpuNetwork, B: Backend<T>, T: Float = f32> {
     backend: B,
     capacity: usize,
     act: B::Buffer,
@@ -210,10 +209,10 @@ pub struct GpuModel<M: GpuNetwork, B: Backend> {
     labels: B::Buffer,
     losses: B::Buffer,
     hyper: B::Buffer,
-    _network: PhantomData<M>,
+    _network: PhantomData<(M, T)>,
 }
 
-impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
+impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
     /// Compiles the network's kernels on `backend`, allocates memory for
     /// batches of up to `capacity` images and uploads `model`'s parameters
     /// and running statistics (SGD velocity starts at zero).
@@ -285,7 +284,7 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
         }
     }
 
-    fn upload_input(&mut self, x: ArrayView4<'_, f32>) -> Result<usize, GpuError> {
+    fn upload_input(&mut self, x: ArrayView4<'_, T>) -> Result<usize, GpuError> {
         check_input(M::NAME, &x, M::INPUT)?;
         let n = x.dim().0;
         if n == 0 || n > self.capacity {
@@ -315,14 +314,13 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
                 ),
             });
         }
-        // Kernels read labels as `int`: store their bit patterns.
-        let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l as u32)).collect();
-        self.backend.upload(&mut self.labels, 0, &bits)
+        let ints: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+        self.backend.upload_i32(&mut self.labels, &ints)
     }
 
     /// Logits `[n, classes]`; in training mode BatchNorm uses batch
     /// statistics and updates the running statistics on the device.
-    pub fn forward(&mut self, x: ArrayView4<'_, f32>, mode: Mode) -> Result<Array2<f32>, GpuError> {
+    pub fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, GpuError> {
         let n = self.upload_input(x)?;
         let args = self.args(n, mode);
         let seq = match mode {
@@ -330,27 +328,28 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
             Mode::Train => M::GPU_PROGRAM.forward_train,
         };
         self.backend.run(seq, n, &args)?;
-        let mut out = vec![0.0; n * M::CLASSES];
+        let mut out = vec![T::zero(); n * M::CLASSES];
         self.backend.download(&self.logits, &mut out)?;
         Ok(Array2::from_shape_vec((n, M::CLASSES), out).expect("n x classes"))
     }
 
     fn set_hyper(&mut self, opt: &Sgd, lr: f64, label_smoothing: f64) -> Result<(), GpuError> {
         let h = [
-            lr as f32,
-            opt.momentum as f32,
-            opt.weight_decay as f32,
-            opt.nesterov as u8 as f32,
-            label_smoothing as f32,
-        ];
+            lr,
+            opt.momentum,
+            opt.weight_decay,
+            opt.nesterov as u8 as f64,
+            label_smoothing,
+        ]
+        .map(T::from_f64c);
         self.backend.upload(&mut self.hyper, 0, &h)
     }
 
     fn outcome(&mut self, n: usize) -> Result<StepOutcome, GpuError> {
-        let mut l = vec![0.0f32; 2 * n];
+        let mut l = vec![T::zero(); 2 * n];
         self.backend.download(&self.losses, &mut l)?;
-        let loss = l[..n].iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-        let correct = l[n..].iter().filter(|&&v| v != 0.0).count();
+        let loss = l[..n].iter().map(|&v| v.to_f64c()).sum::<f64>() / n as f64;
+        let correct = l[n..].iter().filter(|&&v| v != T::zero()).count();
         Ok(StepOutcome { loss, correct })
     }
 
@@ -358,7 +357,7 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
     /// the parameter gradients on the device (see [`GpuModel::gradients`]).
     pub fn forward_backward(
         &mut self,
-        x: ArrayView4<'_, f32>,
+        x: ArrayView4<'_, T>,
         labels: &[usize],
         label_smoothing: f64,
     ) -> Result<StepOutcome, GpuError> {
@@ -381,7 +380,7 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
     /// device; only the loss and accuracy come back.
     pub fn train_step(
         &mut self,
-        x: ArrayView4<'_, f32>,
+        x: ArrayView4<'_, T>,
         labels: &[usize],
         opt: &Sgd,
         lr: f64,
@@ -399,8 +398,8 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
         self.outcome(n)
     }
 
-    fn download_vec(&mut self, which: Which, len: usize) -> Result<Vec<f32>, GpuError> {
-        let mut v = vec![0.0; len];
+    fn download_vec(&mut self, which: Which, len: usize) -> Result<Vec<T>, GpuError> {
+        let mut v = vec![T::zero(); len];
         let buf = match which {
             Which::Params => &self.params,
             Which::Grads => &self.grads,
@@ -412,24 +411,24 @@ impl<M: GpuNetwork + Model<f32>, B: Backend> GpuModel<M, B> {
     }
 
     /// The parameter gradients of the last backward pass.
-    pub fn gradients(&mut self) -> Result<Vec<f32>, GpuError> {
+    pub fn gradients(&mut self) -> Result<Vec<T>, GpuError> {
         self.download_vec(Which::Grads, M::PARAMETERS)
     }
 
-    pub fn params(&mut self) -> Result<Vec<f32>, GpuError> {
+    pub fn params(&mut self) -> Result<Vec<T>, GpuError> {
         self.download_vec(Which::Params, M::PARAMETERS)
     }
 
-    pub fn state(&mut self) -> Result<Vec<f32>, GpuError> {
+    pub fn state(&mut self) -> Result<Vec<T>, GpuError> {
         self.download_vec(Which::State, M::STATE_LEN)
     }
 
-    pub fn velocity(&mut self) -> Result<Vec<f32>, GpuError> {
+    pub fn velocity(&mut self) -> Result<Vec<T>, GpuError> {
         self.download_vec(Which::Velocity, M::PARAMETERS)
     }
 
     /// Replaces the device's SGD velocity (resuming from a checkpoint).
-    pub fn set_velocity(&mut self, v: &[f32]) -> Result<(), GpuError> {
+    pub fn set_velocity(&mut self, v: &[T]) -> Result<(), GpuError> {
         assert_eq!(
             v.len(),
             M::PARAMETERS,
