@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release --example train                 # default: Fashion-MNIST
 //!     cargo run --release --example train -- --help
+//!     cargo run --release --features cuda --example train -- --device cuda --model seed-v2 --dataset cifar10
 //!
 //! Writes `checkpoint.safetensors`, `metrics.csv` and `metrics.png` into
 //! `--out` after every epoch; `--resume` continues a run exactly.
@@ -10,9 +11,10 @@ use clap::{Parser, ValueEnum};
 use sparsenet::runtime::data::{
     load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
 };
+use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork};
 use sparsenet::runtime::train::{parse_schedule, LrPolicy, Recipe, Sgd};
 use sparsenet::runtime::Model;
-use sparsenet::trainer::{train, TrainConfig};
+use sparsenet::trainer::{train, train_with, GpuEngine, TrainConfig};
 use sparsenet::zoo::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,16 @@ enum DatasetName {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Device {
+    /// The generated CPU code.
+    Cpu,
+    /// The generated CUDA kernels on GPU 0 (needs a build with `--features cuda`).
+    Cuda,
+    /// The generated CUDA kernels run by the CPU stand-in (slow; for checking).
+    Emulated,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum RecipeName {
     /// Sensible defaults for a short run (the flags' defaults).
     Quick,
@@ -64,6 +76,9 @@ struct Args {
     /// Dataset format.
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     dataset: DatasetName,
+    /// Where the training steps and evaluation run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
     /// Where the dataset is (default: /usr/share/datasets/fashion-mnist for
     /// Fashion-MNIST, ../shared/data/cifar10-jpeg.tar.gz for CIFAR-10).
     #[arg(long)]
@@ -256,7 +271,7 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     })
 }
 
-fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
+fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let (train_ds, test_ds) = load(args)?;
     println!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -277,8 +292,16 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
     let cfg = config(args, train_ds.channels == 1, train_ds.height <= 28)?;
     let transform = Transform::from_dataset_stats(&train_ds);
     let start = std::time::Instant::now();
-    let (model, report) = train::<M>(&cfg, Arc::new(train_ds), Arc::new(test_ds), transform)
-        .map_err(|e| e.to_string())?;
+    let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
+    let capacity = cfg.batch_size.max(cfg.eval_batch_size);
+    let (model, report) = match args.device {
+        Device::Cpu => train::<M>(&cfg, train_ds, test_ds, transform),
+        Device::Emulated => train_with(&cfg, train_ds, test_ds, transform, |m: &M, opt| {
+            GpuEngine::new(Emulator::<f32>::new(), m, opt, capacity)
+        }),
+        Device::Cuda => cuda_run::<M>(&cfg, train_ds, test_ds, transform, capacity),
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(path) = &args.save_weights {
         model.save(path).map_err(|e| e.to_string())?;
     }
@@ -295,6 +318,37 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
         None => println!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_run<M: Model<f32> + GpuNetwork>(
+    cfg: &TrainConfig,
+    train_ds: Arc<Dataset>,
+    test_ds: Arc<Dataset>,
+    transform: Transform,
+    capacity: usize,
+) -> Result<(M, sparsenet::trainer::TrainReport), sparsenet::trainer::TrainError> {
+    use sparsenet::runtime::gpu::cuda::CudaBackend;
+    train_with(cfg, train_ds, test_ds, transform, |m: &M, opt| {
+        let backend = CudaBackend::new(0)?;
+        println!("device: {} ({})", backend.device_name(), backend.arch());
+        GpuEngine::new(backend, m, opt, capacity)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_run<M: Model<f32> + GpuNetwork>(
+    _: &TrainConfig,
+    _: Arc<Dataset>,
+    _: Arc<Dataset>,
+    _: Transform,
+    _: usize,
+) -> Result<(M, sparsenet::trainer::TrainReport), sparsenet::trainer::TrainError> {
+    Err(sparsenet::trainer::TrainError::Config(
+        "--device cuda: this binary was built without the CUDA backend; rebuild with \
+         `cargo run --release --features cuda --example train -- ...`"
+            .into(),
+    ))
 }
 
 fn main() -> ExitCode {

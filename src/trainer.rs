@@ -11,7 +11,7 @@
 use crate::runtime::data::{epoch_batches, Dataset, LoaderConfig, Transform};
 use crate::runtime::train::{
     load_checkpoint_for, save_checkpoint, softmax_cross_entropy, CheckpointError, EpochRecord,
-    LrPolicy, MetricsError, MetricsLog, Sgd, TrainProgress,
+    LrPolicy, MetricsError, MetricsLog, Sgd, SgdState, TrainProgress,
 };
 use crate::runtime::{Float, InputError, Mode, Model, NetworkSpec};
 use ndarray::Array2;
@@ -72,7 +72,7 @@ pub enum TrainError {
     Loss(String),
     #[error(
         "the training loss became {loss} at epoch {epoch}, step {step} (global step {global_step}); \
-         stopped without updating the weights. The last good checkpoint is {}",
+         stopped. The last good checkpoint is {}",
         checkpoint.display()
     )]
     NonFinite {
@@ -82,6 +82,8 @@ pub enum TrainError {
         global_step: u64,
         checkpoint: PathBuf,
     },
+    #[error(transparent)]
+    Gpu(#[from] crate::runtime::gpu::GpuError),
     #[error("creating output folder {}: {source}", path.display())]
     OutDir {
         path: PathBuf,
@@ -100,8 +102,187 @@ pub struct TrainReport {
     pub wall_seconds: f64,
 }
 
+/// Where a run's steps execute: the CPU path of the generated model, or
+/// its GPU program on a [`Backend`](crate::runtime::gpu::Backend). The
+/// training loop, data, schedule, metrics and checkpoints are the same.
+pub trait Engine<M: Model<f32>> {
+    /// One SGD step on a batch; returns the mean loss and the number of
+    /// correct predictions, or a non-finite loss as is.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &mut M,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ndarray::ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        global_step: u64,
+    ) -> Result<(f64, usize), TrainError>;
+    /// Eval-mode logits.
+    fn logits(
+        &mut self,
+        model: &mut M,
+        images: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError>;
+    /// Brings `model` and `opt` on the host up to date (before a checkpoint).
+    fn sync(&mut self, model: &mut M, opt: &mut SgdState<f32>) -> Result<(), TrainError>;
+}
+
+/// The generated model's own CPU forward and backward passes.
+pub struct CpuEngine {
+    grads: Vec<f32>,
+}
+
+impl CpuEngine {
+    pub fn new<M: NetworkSpec>() -> Self {
+        CpuEngine {
+            grads: vec![0.0; M::PARAMETERS],
+        }
+    }
+}
+
+impl<M: Model<f32>> Engine<M> for CpuEngine {
+    fn step(
+        &mut self,
+        model: &mut M,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ndarray::ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        global_step: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        model.reseed(mix(cfg.seed, global_step));
+        let mut step_loss = Ok((0.0f32, 0usize));
+        let smoothing = cfg.label_smoothing;
+        model.forward_backward(images, Mode::Train, &mut self.grads, &mut |logits| {
+            match softmax_cross_entropy(logits.view(), labels, smoothing) {
+                Ok((l, d, c)) => {
+                    step_loss = Ok((l, c));
+                    d
+                }
+                Err(e) => {
+                    step_loss = Err(e);
+                    Array2::zeros(logits.raw_dim())
+                }
+            }
+        })?;
+        let (loss, c) = step_loss.map_err(TrainError::Loss)?;
+        let loss = loss.to_f64c();
+        if !loss.is_finite() {
+            return Ok((loss, c));
+        }
+        if let Some(g) = self.grads.iter().find(|g| !g.is_finite()) {
+            // Reported as a non-finite loss: the run stops before updating.
+            let _ = g;
+            return Ok((f64::NAN, c));
+        }
+        cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);
+        Ok((loss, c))
+    }
+
+    fn logits(
+        &mut self,
+        model: &mut M,
+        images: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError> {
+        Ok(model.forward(images, Mode::Eval)?)
+    }
+
+    fn sync(&mut self, _: &mut M, _: &mut SgdState<f32>) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// The generated GPU program on a device: parameters, running statistics
+/// and SGD velocity live there, and a step (forward, loss, backward, update)
+/// runs without the host; only the loss comes back. The weights update in
+/// the same launch sequence as the loss, so a non-finite loss stops the run
+/// one update late (the last checkpoint is untouched either way).
+pub struct GpuEngine<M: crate::runtime::gpu::GpuNetwork, B: crate::runtime::gpu::Backend<f32>> {
+    device: crate::runtime::gpu::GpuModel<M, B>,
+}
+
+impl<M, B> GpuEngine<M, B>
+where
+    M: crate::runtime::gpu::GpuNetwork + Model<f32>,
+    B: crate::runtime::gpu::Backend<f32>,
+{
+    /// Uploads `model` and `opt` to `backend`, for batches up to `capacity`.
+    pub fn new(
+        backend: B,
+        model: &M,
+        opt: &SgdState<f32>,
+        capacity: usize,
+    ) -> Result<Self, TrainError> {
+        let mut device = crate::runtime::gpu::GpuModel::new(backend, model, capacity)?;
+        device.set_velocity(&opt.velocity)?;
+        Ok(GpuEngine { device })
+    }
+
+    pub fn device(&mut self) -> &mut crate::runtime::gpu::GpuModel<M, B> {
+        &mut self.device
+    }
+}
+
+impl<M, B> Engine<M> for GpuEngine<M, B>
+where
+    M: crate::runtime::gpu::GpuNetwork + Model<f32>,
+    B: crate::runtime::gpu::Backend<f32>,
+{
+    fn step(
+        &mut self,
+        _: &mut M,
+        _: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ndarray::ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        let out = self
+            .device
+            .train_step(images, labels, &cfg.sgd, lr, cfg.label_smoothing)?;
+        Ok((out.loss, out.correct))
+    }
+
+    fn logits(
+        &mut self,
+        _: &mut M,
+        images: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError> {
+        Ok(self.device.forward(images, Mode::Eval)?)
+    }
+
+    fn sync(&mut self, model: &mut M, opt: &mut SgdState<f32>) -> Result<(), TrainError> {
+        self.device.copy_to(model)?;
+        opt.velocity = self.device.velocity()?;
+        Ok(())
+    }
+}
+
 /// Mean loss and accuracy of `model` on `ds` in eval mode.
 pub fn evaluate<M: Model<f32>>(
+    model: &mut M,
+    ds: &Arc<Dataset>,
+    transform: &Arc<Transform>,
+    batch_size: usize,
+    workers: usize,
+) -> Result<(f64, f64), TrainError> {
+    evaluate_on(
+        &mut CpuEngine::new::<M>(),
+        model,
+        ds,
+        transform,
+        batch_size,
+        workers,
+    )
+}
+
+/// [`evaluate`] on any engine.
+pub fn evaluate_on<M: Model<f32>, E: Engine<M>>(
+    engine: &mut E,
     model: &mut M,
     ds: &Arc<Dataset>,
     transform: &Arc<Transform>,
@@ -119,7 +300,7 @@ pub fn evaluate<M: Model<f32>>(
     };
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     for batch in epoch_batches(ds.clone(), transform.clone(), &cfg, 0) {
-        let logits = model.forward(batch.images.view(), Mode::Eval)?;
+        let logits = engine.logits(model, batch.images.view())?;
         let (loss, _, c) =
             softmax_cross_entropy(logits.view(), &batch.labels, 0.0).map_err(TrainError::Loss)?;
         loss_sum += loss.to_f64c() * batch.len() as f64;
@@ -172,6 +353,20 @@ pub fn train<M: Model<f32>>(
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     transform: Transform,
+) -> Result<(M, TrainReport), TrainError> {
+    train_with(cfg, train, test, transform, |_: &M, _: &SgdState<f32>| {
+        Ok(CpuEngine::new::<M>())
+    })
+}
+
+/// [`train`] on the engine `make_engine` builds from the initial (or
+/// resumed) model and optimiser state.
+pub fn train_with<M: Model<f32>, E: Engine<M>>(
+    cfg: &TrainConfig,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    transform: Transform,
+    make_engine: impl FnOnce(&M, &SgdState<f32>) -> Result<E, TrainError>,
 ) -> Result<(M, TrainReport), TrainError> {
     check_data::<M>(&train, "training")?;
     check_data::<M>(&test, "test")?;
@@ -254,7 +449,7 @@ pub fn train<M: Model<f32>>(
         hflip: false,
         ..(*transform).clone()
     });
-    let mut grads = vec![0.0f32; M::PARAMETERS];
+    let mut engine = make_engine(&model, &opt)?;
     let run_start = Instant::now();
     let end_epoch = cfg
         .stop_after_epoch
@@ -278,28 +473,16 @@ pub fn train<M: Model<f32>>(
             .enumerate()
         {
             lr = cfg.lr.lr_at_step(step, steps_per_epoch);
-            model.reseed(mix(cfg.seed, step));
-            let mut step_loss = Ok((0.0f32, 0usize));
-            let smoothing = cfg.label_smoothing;
-            let labels = &batch.labels;
-            model.forward_backward(
+            let (loss, c) = engine.step(
+                &mut model,
+                &mut opt,
+                cfg,
                 batch.images.view(),
-                Mode::Train,
-                &mut grads,
-                &mut |logits| match softmax_cross_entropy(logits.view(), labels, smoothing) {
-                    Ok((l, d, c)) => {
-                        step_loss = Ok((l, c));
-                        d
-                    }
-                    Err(e) => {
-                        step_loss = Err(e);
-                        Array2::zeros(logits.raw_dim())
-                    }
-                },
+                &batch.labels,
+                lr,
+                step,
             )?;
-            let (loss, c) = step_loss.map_err(TrainError::Loss)?;
-            let loss = loss.to_f64c();
-            if !loss.is_finite() || grads.iter().any(|g| !g.is_finite()) {
+            if !loss.is_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
                     loss,
@@ -309,7 +492,6 @@ pub fn train<M: Model<f32>>(
                     checkpoint: ckpt.clone(),
                 });
             }
-            cfg.sgd.step(&mut opt, model.params_mut(), &grads, lr);
             step += 1;
             loss_sum += loss * batch.len() as f64;
             correct += c;
@@ -326,7 +508,8 @@ pub fn train<M: Model<f32>>(
         }
         bar.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
-        let (test_loss, test_acc) = evaluate(
+        let (test_loss, test_acc) = evaluate_on(
+            &mut engine,
             &mut model,
             &test,
             &eval_transform,
@@ -356,6 +539,7 @@ pub fn train<M: Model<f32>>(
         // epoch ahead of the checkpoint (resume truncates it), never a
         // checkpoint without its CSV.
         metrics.write_csv(&csv)?;
+        engine.sync(&mut model, &mut opt)?;
         save_checkpoint(
             &ckpt,
             M::tensors(),
