@@ -16,17 +16,7 @@ use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
 use std::path::PathBuf;
 use std::time::Instant;
 
-sparsenet! {
-    /// The seed's 2018-02-20 version at depth 40, growth 12 (issue 4's first network).
-    pub struct SeedV2Depth40 {
-        style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 40, growth: 12,
-    }
-    /// SparseNet-BC-100, growth 24, with the seed's stem of k channels (issue 4's second network).
-    pub struct SeedV2Bc100 {
-        style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 100, growth: 24,
-        bottleneck: true, reduction: 0.5,
-    }
-}
+use sparsenet::zoo::{SeedV2Bc100, SeedV2Depth40};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Net {

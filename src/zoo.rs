@@ -67,4 +67,17 @@ sparsenet! {
         aggregation: dense,
         stem: conv3x3(16),
     }
+
+    /// SparseNet-BC-100, growth 24, with the seed's stem of k channels and
+    /// conv biases: the benchmarks' second network (the same function as
+    /// `scripts/bench_torch.py` builds).
+    pub struct SeedV2Bc100 {
+        style: seed_2018_02_20,
+        input: [3, 32, 32],
+        classes: 10,
+        depth: 100,
+        growth: 24,
+        bottleneck: true,
+        reduction: 0.5,
+    }
 }

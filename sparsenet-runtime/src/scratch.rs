@@ -27,7 +27,7 @@ pub fn take<T: 'static>(len: usize) -> Vec<T> {
         for (i, b) in free.iter().enumerate() {
             if let Some(v) = b.downcast_ref::<Vec<T>>() {
                 let cap = v.capacity();
-                if cap >= len && fit.map_or(true, |(_, c)| cap < c) {
+                if cap >= len && fit.is_none_or(|(_, c)| cap < c) {
                     fit = Some((i, cap));
                 }
             }

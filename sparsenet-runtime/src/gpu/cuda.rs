@@ -104,6 +104,12 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Device `ordinal`; graphs on unless `SPARSENET_CUDA_GRAPHS=0`.
     pub fn new(ordinal: usize) -> Result<Self, GpuError> {
+        let graphs = std::env::var("SPARSENET_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Self::with_graphs(ordinal, graphs)
+    }
+
+    /// Device `ordinal`, replaying launch sequences as CUDA graphs or not.
+    pub fn with_graphs(ordinal: usize, use_graphs: bool) -> Result<Self, GpuError> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(GpuError::Backend(
@@ -129,7 +135,7 @@ impl CudaBackend {
             functions: Vec::new(),
             arch: format!("sm_{major}{minor}"),
             graphs: HashMap::new(),
-            use_graphs: std::env::var("SPARSENET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            use_graphs,
             ptx_origin: None,
         })
     }

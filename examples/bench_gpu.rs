@@ -1,0 +1,260 @@
+//! Our half of the GPU benchmark against PyTorch (`scripts/gpu-run.sh` runs
+//! both halves on the GPU machine and `scripts/bench_torch_gpu.py` the other).
+//!
+//! For one network at one batch size: writes the weights, a random input and
+//! the CPU path's eval logits (so the PyTorch script can check it computes
+//! the same function); checks the GPU path against the CPU path (eval and
+//! training logits, loss, every gradient); then times, with CUDA graphs,
+//! training steps (upload of the batch, forward, loss, backward, SGD update,
+//! loss back to the host), eval-mode inference and batch-1 latency; prints
+//! one JSON line with medians, the PTX compile time and device memory.
+//!
+//! `cargo run --release --features cuda --example bench_gpu -- --net bc100 --out DIR`
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Net {
+    /// The seed's 2018-02-20 version, depth 40, growth 12.
+    Seed40,
+    /// SparseNet-BC-100, growth 24, seed-style stem of k channels.
+    Bc100,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Time sparsenet's GPU path (CUDA) on one network")]
+struct Args {
+    #[arg(long, value_enum)]
+    net: Net,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Timed training steps (after 3 warm-up steps).
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 50)]
+    evals: usize,
+    #[arg(long, default_value_t = 200)]
+    latency_reps: usize,
+    /// Folder for weights.safetensors and io.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[cfg(feature = "cuda")]
+mod bench {
+    use super::Args;
+    use sparsenet::prelude::*;
+    use sparsenet::runtime::gpu::cuda::{CudaBackend, PtxOrigin};
+    use sparsenet::runtime::gpu::{GpuModel, GpuNetwork};
+    use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+    use std::time::Instant;
+
+    fn median_ms(
+        warmup: usize,
+        reps: usize,
+        mut f: impl FnMut() -> Result<(), String>,
+    ) -> Result<f64, String> {
+        for _ in 0..warmup {
+            f()?;
+        }
+        let mut t = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let s = Instant::now();
+            f()?;
+            t.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    }
+
+    fn rel(a: &[f32], b: &[f32]) -> f64 {
+        let d = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+        d / b.iter().fold(1e-30f64, |m, x| m.max(x.abs() as f64))
+    }
+
+    pub fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        std::fs::create_dir_all(&args.out).map_err(|er| format!("{}: {er}", args.out.display()))?;
+        let model = M::new(1);
+        model
+            .save(&args.out.join("weights.safetensors"))
+            .map_err(|er| e(&er))?;
+        let n = args.batch;
+        let [c, h, w] = M::INPUT;
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let x =
+            Array4::from_shape_simple_fn((n, c, h, w), || (next() % 2000) as f32 / 1000.0 - 1.0);
+        let labels: Vec<usize> = (0..n)
+            .map(|_| (next() % M::CLASSES as u64) as usize)
+            .collect();
+
+        // CPU references: eval logits (for PyTorch too) and training gradients.
+        let mut cpu = model.clone_model();
+        let cpu_logits = cpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
+        crate::write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
+        let mut cpu_train = model.clone_model();
+        let mut grads = vec![0.0f32; M::PARAMETERS];
+        let mut cpu_loss = 0.0f32;
+        cpu_train
+            .forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
+                let (v, d, _) = softmax_cross_entropy(l.view(), &labels, 0.0).expect("labels");
+                cpu_loss = v;
+                d
+            })
+            .map_err(|er| e(&er))?;
+
+        let t = Instant::now();
+        let backend = CudaBackend::new(0).map_err(|er| e(&er))?;
+        let device = backend.device_name();
+        let (free0, total) = backend.memory().map_err(|er| e(&er))?;
+        let mut gpu = GpuModel::new(backend, &model, n).map_err(|er| e(&er))?;
+        let setup_s = t.elapsed().as_secs_f64();
+        let ptx = match gpu.backend().ptx_origin.clone() {
+            Some(PtxOrigin::Compiled { seconds }) => format!("compiled in {seconds:.1} s"),
+            Some(PtxOrigin::Cache) => "from the cache".to_string(),
+            None => "unknown".to_string(),
+        };
+
+        // Parity with the CPU path.
+        let g_eval = gpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
+        let eval_err = rel(g_eval.as_slice().unwrap(), cpu_logits.as_slice().unwrap());
+        let out = gpu
+            .forward_backward(x.view(), &labels, 0.0)
+            .map_err(|er| e(&er))?;
+        let loss_err = (out.loss - cpu_loss as f64).abs() / (cpu_loss as f64).abs();
+        let g = gpu.gradients().map_err(|er| e(&er))?;
+        let floor = 1e-2 * grads.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+        let mut grad_err = 0.0f64;
+        for t in M::tensors()
+            .iter()
+            .filter(|t| t.store == sparsenet::runtime::Store::Param)
+        {
+            let r = t.offset..t.offset + t.len();
+            let scale = grads[r.clone()]
+                .iter()
+                .fold(floor, |m, v| m.max(v.abs() as f64));
+            let d = g[r.clone()]
+                .iter()
+                .zip(&grads[r])
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+            grad_err = grad_err.max(d / scale);
+        }
+
+        // Timing.
+        let sgd = Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+        };
+        let train_ms = median_ms(3, args.steps, || {
+            gpu.train_step(x.view(), &labels, &sgd, 0.01, 0.0)
+                .map(|_| ())
+                .map_err(|er| e(&er))
+        })?;
+        let eval_ms = median_ms(3, args.evals, || {
+            gpu.forward(x.view(), Mode::Eval)
+                .map(|_| ())
+                .map_err(|er| e(&er))
+        })?;
+        let one = x.slice(ndarray::s![0..1, .., .., ..]).to_owned();
+        let latency_ms = median_ms(5, args.latency_reps, || {
+            gpu.forward(one.view(), Mode::Eval)
+                .map(|_| ())
+                .map_err(|er| e(&er))
+        })?;
+        let (free1, _) = gpu.backend().memory().map_err(|er| e(&er))?;
+        let p = &M::GPU_PROGRAM;
+        let planned = 4
+            * (n * (p.act_per_image + p.grad_per_image)
+                + p.aux_len
+                + 3 * M::PARAMETERS
+                + M::STATE_LEN
+                + n * (2 * M::CLASSES + 3));
+        let flops = 3.0 * 2.0 * M::MACS_PER_IMAGE as f64 * n as f64;
+        println!(
+            "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"device\": \"{device}\", \"batch\": {n}, \
+             \"params\": {}, \"kernels\": {}, \"ptx\": \"{ptx}\", \"setup_s\": {setup_s:.2}, \
+             \"eval_logits_rel_err\": {eval_err:.2e}, \"loss_rel_err\": {loss_err:.2e}, \
+             \"grad_rel_err\": {grad_err:.2e}, \"train_step_ms\": {train_ms:.3}, \"eval_ms\": {eval_ms:.3}, \
+             \"latency1_ms\": {latency_ms:.4}, \"train_tflops\": {:.3}, \"planned_mib\": {:.1}, \
+             \"device_used_mib\": {:.1}, \"device_total_mib\": {:.0}}}",
+            M::NAME,
+            M::PARAMETERS,
+            p.kernels.len(),
+            flops / (train_ms * 1e-3) / 1e12,
+            planned as f64 / 1048576.0,
+            free0.saturating_sub(free1) as f64 / 1048576.0,
+            total as f64 / 1048576.0,
+        );
+        Ok(())
+    }
+
+    trait CloneModel {
+        fn clone_model(&self) -> Self;
+    }
+
+    impl<M: Model<f32>> CloneModel for M {
+        fn clone_model(&self) -> Self {
+            let mut m = M::new(0);
+            m.params_mut().copy_from_slice(self.params());
+            m.state_mut().copy_from_slice(self.state());
+            m
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn write_io(
+    path: &std::path::Path,
+    x: &sparsenet::runtime::ndarray::Array4<f32>,
+    logits: &sparsenet::runtime::ndarray::Array2<f32>,
+) -> Result<(), String> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let xb = bytes(x.as_slice().ok_or("input not contiguous")?);
+    let lg = logits.as_standard_layout();
+    let lb = bytes(lg.as_slice().ok_or("logits not contiguous")?);
+    let views = vec![
+        (
+            "input",
+            TensorView::new(Dtype::F32, x.shape().to_vec(), &xb).map_err(|e| e.to_string())?,
+        ),
+        (
+            "logits",
+            TensorView::new(Dtype::F32, logits.shape().to_vec(), &lb).map_err(|e| e.to_string())?,
+        ),
+    ];
+    safetensors::serialize_to_file(views, &None, path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    #[cfg(feature = "cuda")]
+    let result = match args.net {
+        Net::Seed40 => bench::run::<sparsenet::zoo::SeedV2Depth40>(&args),
+        Net::Bc100 => bench::run::<sparsenet::zoo::SeedV2Bc100>(&args),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let result: Result<(), String> = Err(format!(
+        "bench_gpu ({:?}, batch {}): built without the CUDA backend; \
+         run `cargo run --release --features cuda --example bench_gpu -- ...`",
+        args.net, args.batch
+    ));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

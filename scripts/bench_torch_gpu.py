@@ -1,0 +1,118 @@
+"""PyTorch's half of the GPU benchmark (scripts/gpu-run.sh runs both halves).
+
+The same network as scripts/bench_torch.py (the seed's 2018-02-20 SparseNet,
+sparsenet's module names), on the GPU: loads the weights examples/bench_gpu
+wrote, checks the eval-mode logits on its input equal sparsenet's (TF32 off,
+so f32 means f32), then times a training step (forward, cross-entropy,
+backward, SGD with Nesterov momentum and weight decay) in eager mode,
+torch.compile and torch.compile(mode="reduce-overhead"), plus eager
+inference and batch-1 latency, with peak allocated GPU memory per mode. One
+JSON line per mode.
+
+    python3 scripts/bench_torch_gpu.py --dir DIR --depth 100 --growth 24 --bottleneck
+"""
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import SeedSparseNet  # noqa: E402  (same architecture as the CPU benchmark)
+
+
+def median_ms(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        t = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--depth", type=int, required=True)
+    ap.add_argument("--growth", type=int, required=True)
+    ap.add_argument("--bottleneck", action="store_true")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--modes", default="eager,compile,reduce-overhead")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda")
+
+    base = SeedSparseNet(args.depth, args.growth, args.bottleneck)
+    weights = load_file(f"{args.dir}/weights.safetensors")
+    missing, unexpected = base.load_state_dict(weights, strict=False)
+    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        sys.exit(f"bench_torch_gpu: weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    io = load_file(f"{args.dir}/io.safetensors")
+    x, ours = io["input"].to(dev), io["logits"].to(dev)
+    base = base.to(dev)
+    base.eval()
+    with torch.no_grad():
+        logits = base(x)
+    rel = ((logits - ours).abs().max() / ours.abs().max()).item()
+    if not rel < 1e-4:
+        sys.exit(f"bench_torch_gpu: logits differ from sparsenet's (max relative error {rel:.3g})")
+    labels = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(dev)
+    common = {"side": "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
+              "batch": x.shape[0], "logits_max_rel_err": rel}
+
+    for mode in args.modes.split(","):
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+        def step_eager():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), labels)
+            loss.backward()
+            opt.step()
+            return loss
+
+        if mode == "eager":
+            step = step_eager
+        elif mode == "compile":
+            step = torch.compile(step_eager)
+        elif mode == "reduce-overhead":
+            step = torch.compile(step_eager, mode="reduce-overhead")
+        else:
+            sys.exit(f"bench_torch_gpu: unknown mode {mode!r} (eager, compile, reduce-overhead)")
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        step()  # compiles, where it compiles
+        torch.cuda.synchronize()
+        first_s = time.perf_counter() - t
+        ms = median_ms(step, args.steps, 5)
+        out = dict(common, mode=mode, train_step_ms=round(ms, 3), first_step_s=round(first_s, 2),
+                   peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1))
+        if mode == "eager":
+            model.eval()
+            with torch.no_grad():
+                out["eval_ms"] = round(median_ms(lambda: model(x), args.steps, 5), 3)
+                one = x[:1].clone()
+                out["latency1_ms"] = round(median_ms(lambda: model(one), 200, 10), 4)
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

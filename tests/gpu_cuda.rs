@@ -1,0 +1,121 @@
+//! The GPU program on a real GPU (CUDA backend) against the CPU path: the
+//! same checks as tests/gpu_emulated.rs, in f32, plus the networks
+//! at full size (3x32x32, batch 16) and CUDA graph replay against plain
+//! launches. Every test needs an NVIDIA GPU, so they are ignored by default;
+//! `scripts/gpu-run.sh` runs them with `--ignored` on the GPU machine.
+#![cfg(feature = "cuda")]
+
+mod common;
+#[allow(dead_code)]
+mod gpu_parity;
+
+use gpu_parity::*;
+use sparsenet::prelude::*;
+use sparsenet::runtime::gpu::cuda::CudaBackend;
+use sparsenet::runtime::gpu::GpuModel;
+use sparsenet::runtime::train::Sgd;
+use sparsenet::runtime::Float;
+
+/// The CUDA backend whatever the element type (it implements `Backend<f32>`
+/// only, so only f32 tests compile).
+trait OnCuda {
+    type B;
+}
+impl<T> OnCuda for T {
+    type B = CudaBackend;
+}
+type Dev<T> = <T as OnCuda>::B;
+
+fn new_device<T: Float>() -> Dev<T> {
+    CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}"))
+}
+
+sparsenet! {
+    struct V2D16K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 16, growth: 6 }
+    struct V2BcD28K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 28, growth: 6, bottleneck: true, reduction: 0.5 }
+    struct V1B2L5K6C5 { style: seed_2018_01_30, input: [3, 8, 8], classes: 10, blocks: 2, units: 5, growth: 6, stem: bn_relu_conv3x3(5) }
+    struct PaperDenseImagenet {
+        style: paper, input: [2, 15, 13], classes: 3, units: [2, 3], growth: [3, 4],
+        bottleneck: true, aggregation: dense, stem: imagenet(4),
+    }
+    struct TinySparse { style: paper, input: [1, 10, 10], classes: 5, units: [6, 2], growth: 3, aggregation: exponential(3) }
+}
+
+macro_rules! cuda_parity {
+    ($($name:ident: $net:ty,)*) => {$(
+        #[test]
+        #[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+        fn $name() {
+            parity::<f32, $net>(1e-5, 1e-4);
+        }
+    )*};
+}
+
+cuda_parity! {
+    seed_2018_02_20_plain: V2D16K6<f32>,
+    seed_2018_02_20_bottleneck: V2BcD28K6<f32>,
+    seed_2018_01_30: V1B2L5K6C5<f32>,
+    paper_dense_imagenet_stem_max_pool: PaperDenseImagenet<f32>,
+    paper_exponential_base_3_grayscale: TinySparse<f32>,
+}
+
+/// The networks at full size, batch 16: logits (eval and train),
+/// loss, every gradient (floored relative error) and one SGD step.
+macro_rules! cuda_full_size {
+    ($($name:ident: $net:ty,)*) => {$(
+        #[test]
+        #[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+        fn $name() {
+            parity_with::<f32, $net>(16, 1, 1e-5, 1e-3);
+        }
+    )*};
+}
+
+cuda_full_size! {
+    seed_2018_02_20_depth_40_growth_12: sparsenet::zoo::SeedV2Depth40,
+    seed_2018_01_30_notebook: sparsenet::zoo::SeedV1Notebook,
+    sparsenet_bc_100_growth_24: sparsenet::zoo::SparseNetBc100,
+    sparsenet_bc_100_seed_stem: sparsenet::zoo::SeedV2Bc100,
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+fn fifty_training_steps_track_the_cpu_losses() {
+    fifty_steps::<f32, V2BcD28K6<f32>>(1e-5, 5e-2);
+}
+
+/// Replaying captured graphs computes exactly what launching the kernels
+/// one by one computes.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+fn graph_replay_equals_plain_launches() {
+    type M = sparsenet::zoo::SeedV2Depth40;
+    let m = M::new(3);
+    let (x, labels) = input::<f32, M>(8, 5);
+    let opt = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-4,
+    };
+    let run = |graphs: bool| {
+        let be = CudaBackend::with_graphs(0, graphs).unwrap();
+        let mut dev = GpuModel::new(be, &m, 8).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            losses.push(
+                dev.train_step(x.view(), &labels, &opt, 0.05, 0.0)
+                    .unwrap()
+                    .loss,
+            );
+        }
+        (
+            losses,
+            dev.params().unwrap(),
+            dev.forward(x.view(), Mode::Eval).unwrap(),
+        )
+    };
+    let (a, b) = (run(true), run(false));
+    assert_eq!(a.0, b.0, "losses");
+    assert_eq!(a.1, b.1, "parameters");
+    assert_eq!(a.2, b.2, "logits");
+}
