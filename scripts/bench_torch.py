@@ -20,7 +20,24 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
+try:
+    from safetensors.torch import load_file
+except ImportError:  # the GPU machine may lack the package: the format is simple
+    def load_file(path):
+        """Reads a safetensors file (F32, F64, I64 tensors) without the package."""
+        dtypes = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
+        with open(path, "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        body = memoryview(data)[8 + n:]
+        out = {}
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            out[name] = torch.frombuffer(bytearray(body[a:b]), dtype=dtypes[t["dtype"]]).reshape(t["shape"])
+        return out
 
 
 def exp_sources(outputs):

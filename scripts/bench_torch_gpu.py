@@ -22,10 +22,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_torch import SeedSparseNet  # noqa: E402  (same architecture as the CPU benchmark)
+from bench_torch import SeedSparseNet, load_file  # noqa: E402  (the CPU benchmark's network)
 
 
 def median_ms(fn, reps, warmup):
@@ -99,10 +97,14 @@ def main():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        step()  # compiles, where it compiles
-        torch.cuda.synchronize()
-        first_s = time.perf_counter() - t
-        ms = median_ms(step, args.steps, 5)
+        try:
+            step()  # compiles, where it compiles
+            torch.cuda.synchronize()
+            first_s = time.perf_counter() - t
+            ms = median_ms(step, args.steps, 5)
+        except Exception as e:  # e.g. torch.compile without a working toolchain
+            print(json.dumps(dict(common, mode=mode, error=f"{type(e).__name__}: {e}"[:500])), flush=True)
+            continue
         out = dict(common, mode=mode, train_step_ms=round(ms, 3), first_step_s=round(first_s, 2),
                    peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1))
         if mode == "eager":

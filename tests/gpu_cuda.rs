@@ -119,3 +119,43 @@ fn graph_replay_equals_plain_launches() {
     assert_eq!(a.1, b.1, "parameters");
     assert_eq!(a.2, b.2, "logits");
 }
+
+/// Fills the PTX cache (`$SPARSENET_PTX_CACHE`) for every program the GPU
+/// run uses, for sm_90; `scripts/gpu-check.sh` runs this here (NVRTC needs
+/// no GPU) so the GPU machine starts from cached PTX.
+#[test]
+#[ignore = "run by scripts/gpu-check.sh to fill the PTX cache"]
+fn precompile_ptx_for_sm_90() {
+    use sparsenet::runtime::gpu::{cuda::precompile, GpuNetwork, GpuProgram};
+    let programs: [&GpuProgram; 11] = [
+        &<V2D16K6 as GpuNetwork>::GPU_PROGRAM,
+        &<V2BcD28K6 as GpuNetwork>::GPU_PROGRAM,
+        &<V1B2L5K6C5 as GpuNetwork>::GPU_PROGRAM,
+        &<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM,
+        &<TinySparse as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::SeedV2Depth40 as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::SeedV1Notebook as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::SparseNetBc100 as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::SeedV2Bc100 as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::FashionSparseNet as GpuNetwork>::GPU_PROGRAM,
+        &<sparsenet::zoo::SparseNet40 as GpuNetwork>::GPU_PROGRAM,
+    ];
+    // Two at a time: NVRTC is single-threaded per program.
+    std::thread::scope(|s| {
+        for chunk in programs.chunks(programs.len().div_ceil(2)) {
+            s.spawn(move || {
+                for p in chunk {
+                    let t = std::time::Instant::now();
+                    let (path, compiled) = precompile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+                    eprintln!(
+                        "{}: {} ({:.1} s)",
+                        p.name,
+                        path.display(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    let _ = compiled;
+                }
+            });
+        }
+    });
+}

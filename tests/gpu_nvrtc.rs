@@ -60,6 +60,7 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         act_per_image: 0,
         grad_per_image: 0,
         aux_len: 0,
+        partials_len: 0,
         forward_eval: &[],
         forward_train: &[],
         backward: &[],

@@ -83,6 +83,36 @@ pub fn ptx_cache_dir() -> PathBuf {
     base.join("sparsenet").join("ptx")
 }
 
+/// Where the PTX of `program` for `arch` is cached: named by a hash of the
+/// full source and the NVRTC options, so any change recompiles.
+pub fn ptx_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
+    let opts = nvrtc_options(arch).join(" ");
+    let key = cache_key(&[program.full_source().as_bytes(), opts.as_bytes()]);
+    ptx_cache_dir().join(format!("{}-{key}.ptx", program.name))
+}
+
+/// Compiles `program` for `arch` into the PTX cache unless it is there
+/// already (so a GPU machine can start from PTX built elsewhere: NVRTC
+/// needs no GPU). Returns the cache file and whether it compiled.
+pub fn precompile(program: &GpuProgram, arch: &str) -> Result<(PathBuf, bool), GpuError> {
+    let path = ptx_cache_path(program, arch);
+    if path.exists() {
+        return Ok((path, false));
+    }
+    let ptx = compile_ptx(program, arch)?;
+    write_cache(&path, &ptx)?;
+    Ok((path, true))
+}
+
+fn write_cache(path: &std::path::Path, ptx: &str) -> Result<(), GpuError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GpuError::Backend(format!("creating {}: {e}", dir.display())))?;
+    }
+    crate::weights::write_atomically(path, ptx.as_bytes())
+        .map_err(|e| GpuError::Backend(format!("writing {}: {e}", path.display())))
+}
+
 /// How the last [`Backend::compile`] got its PTX.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PtxOrigin {
@@ -165,11 +195,7 @@ impl CudaBackend {
     }
 
     fn load_ptx(&mut self, program: &GpuProgram) -> Result<String, GpuError> {
-        let opts = nvrtc_options(&self.arch).join(" ");
-        let source = program.full_source();
-        let key = cache_key(&[source.as_bytes(), opts.as_bytes()]);
-        let dir = ptx_cache_dir();
-        let path = dir.join(format!("{}-{key}.ptx", program.name));
+        let path = ptx_cache_path(program, &self.arch);
         if let Ok(ptx) = std::fs::read_to_string(&path) {
             self.ptx_origin = Some(PtxOrigin::Cache);
             return Ok(ptx);
@@ -180,9 +206,7 @@ impl CudaBackend {
             seconds: t.elapsed().as_secs_f64(),
         });
         // A cache that cannot be written only costs the next start a compile.
-        if std::fs::create_dir_all(&dir).is_ok() {
-            let _ = crate::weights::write_atomically(&path, ptx.as_bytes());
-        }
+        let _ = write_cache(&path, &ptx);
         Ok(ptx)
     }
 }

@@ -68,9 +68,29 @@ struct Args {
     real* losses;
     // learning rate, momentum, weight decay, nesterov (0/1), label smoothing.
     const real* hyper;
+    // Partial sums of the split reductions (double whatever `real` is).
+    double* partials;
     int n;
     int train;
 };
+
+// Reductions over the batch (BatchNorm statistics and their backward sums,
+// weight gradients) run as two kernels, so that enough threads share the
+// work and no thread cooperates with another: the first writes one partial
+// per (output, chunk) into `partials`, the second combines each output's
+// partials in a fixed order (deterministic results).
+//
+// Channel reductions split a channel's N*H*W values into SN_CHUNKS chunks;
+// weight gradients split the batch into SN_IMAGE_CHUNKS chunks of images.
+#define SN_CHUNKS 64
+#define SN_IMAGE_CHUNKS 16
+
+// The [begin, end) range of chunk p when `total` items split into `chunks`.
+SN_DEVICE void chunk_range(i64 total, int chunks, int p, i64& begin, i64& end) {
+    const i64 len = (total + chunks - 1) / chunks;
+    begin = p * len < total ? p * len : total;
+    end = begin + len < total ? begin + len : total;
+}
 
 // In emulation every kernel also gets a C entry point that runs one block:
 // the host runs blocks in parallel (they never share data), threads in order.
@@ -118,29 +138,49 @@ SN_DEVICE real pre_apply(const Args& a, int cg, real v) {
 
 // ---- forward ----------------------------------------------------------------
 
-// Per-channel mean and biased variance of one buffer over (N, H, W), in two
-// passes accumulated in double; one thread per channel.
-template <int OFF, int C, int HW, int AUX>
-SN_DEVICE void batch_stats(const Args& a) {
-    SN_FOR_EACH(c, C) {
+// Per-channel mean and biased variance of one buffer over (N, H, W).
+// First kernel: per (channel, chunk), the count, mean and sum of squared
+// deviations of the chunk (two passes over it, in double).
+template <int OFF, int C, int HW>
+SN_DEVICE void batch_stats_partial(const Args& a) {
+    SN_FOR_EACH(i, (i64)C * SN_CHUNKS) {
+        const int c = (int)(i / SN_CHUNKS), p = (int)(i % SN_CHUNKS);
         const real* base = a.act + (i64)OFF * a.n;
+        i64 b, e;
+        chunk_range((i64)a.n * HW, SN_CHUNKS, p, b, e);
         double sum = 0.0;
-        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const real* p = base + ((i64)img * C + c) * HW;
-            SN_NO_UNROLL for (int i = 0; i < HW; ++i) sum += p[i];
+        SN_NO_UNROLL for (i64 k = b; k < e; ++k) sum += base[((k / HW) * C + c) * HW + k % HW];
+        const double cnt = (double)(e - b);
+        const double mean = cnt > 0 ? sum / cnt : 0.0;
+        double m2 = 0.0;
+        SN_NO_UNROLL for (i64 k = b; k < e; ++k) {
+            const double d = base[((k / HW) * C + c) * HW + k % HW] - mean;
+            m2 += d * d;
         }
-        const double count = (double)a.n * HW;
-        const real mean = (real)(sum / count);
-        double ss = 0.0;
-        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const real* p = base + ((i64)img * C + c) * HW;
-            SN_NO_UNROLL for (int i = 0; i < HW; ++i) {
-                real d = p[i] - mean;
-                ss += (double)(d * d);
-            }
+        double* out = a.partials + 3 * i;
+        out[0] = cnt;
+        out[1] = mean;
+        out[2] = m2;
+    }
+}
+
+// Second kernel: per channel, combines its chunks in order (Chan et al.'s
+// pairwise update) into the mean and biased variance.
+template <int C, int AUX>
+SN_DEVICE void batch_stats_final(const Args& a) {
+    SN_FOR_EACH(c, C) {
+        double cnt = 0.0, mean = 0.0, m2 = 0.0;
+        SN_NO_UNROLL for (int p = 0; p < SN_CHUNKS; ++p) {
+            const double* q = a.partials + 3 * (c * SN_CHUNKS + p);
+            if (q[0] == 0.0) continue;
+            const double n_ab = cnt + q[0];
+            const double delta = q[1] - mean;
+            mean += delta * q[0] / n_ab;
+            m2 += q[2] + delta * delta * cnt * q[0] / n_ab;
+            cnt = n_ab;
         }
-        a.aux[AUX + c] = mean;
-        a.aux[AUX + C + c] = (real)(ss / count);
+        a.aux[AUX + c] = (real)mean;
+        a.aux[AUX + C + c] = (real)(m2 / cnt);
     }
 }
 
@@ -386,49 +426,64 @@ SN_DEVICE void conv_backward_input(const Args& a) {
     }
 }
 
-// Weight and bias gradients of a convolution: one thread per weight (then
-// per bias), summing over the batch and the output plane.
+// Weight and bias gradients of a convolution. First kernel: per (weight
+// or bias, chunk of images), the sum over those images and the output plane.
 template <class L>
-SN_DEVICE void conv_backward_weight(const Args& a) {
+SN_DEVICE void conv_backward_weight_partial(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO;
     constexpr i64 NW = (i64)L::COUT * L::CIN * K * K;
+    constexpr i64 NB = L::BIAS >= 0 ? L::COUT : 0;
     const real* dy = out_grad<L>(a);
-    SN_FOR_EACH(i, NW + (L::BIAS >= 0 ? L::COUT : 0)) {
+    SN_FOR_EACH(t, (NW + NB) * SN_IMAGE_CHUNKS) {
+        const i64 i = t / SN_IMAGE_CHUNKS;
+        i64 b, e;
+        chunk_range(a.n, SN_IMAGE_CHUNKS, (int)(t % SN_IMAGE_CHUNKS), b, e);
+        double sum = 0.0;
         if (i >= NW) {
             const int co = (int)(i - NW);
-            double sum = 0.0;
-            SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-                const real* d = dy + ((i64)img * L::COUT + co) * HO * WO;
-                real ps = (real)0;
+            SN_NO_UNROLL for (i64 img = b; img < e; ++img) {
+                const real* d = dy + (img * L::COUT + co) * HO * WO;
+                real ps = 0;
                 SN_NO_UNROLL for (int p = 0; p < HO * WO; ++p) ps += d[p];
                 sum += ps;
             }
-            a.grads[L::BIAS + co] = (real)sum;
-            continue;
-        }
-        const int kx = (int)(i % K);
-        const int ky = (int)((i / K) % K);
-        const int cg = (int)((i / (K * K)) % L::CIN);
-        const int co = (int)(i / ((i64)K * K * L::CIN));
-        int s, c;
-        locate<L>(cg, s, c);
-        double sum = 0.0;
-        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const real* plane = src_plane<L>(a, s, img, c);
-            const real* d = dy + ((i64)img * L::COUT + co) * HO * WO;
-            real ps = (real)0;
-            SN_NO_UNROLL for (int oy = 0; oy < HO; ++oy) {
-                const int iy = oy * L::STRIDE - L::PAD + ky;
-                if (iy < 0 || iy >= L::H) continue;
-                SN_NO_UNROLL for (int ox = 0; ox < WO; ++ox) {
-                    const int ix = ox * L::STRIDE - L::PAD + kx;
-                    if (ix < 0 || ix >= L::W) continue;
-                    ps += d[oy * WO + ox] * pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+        } else {
+            const int kx = (int)(i % K);
+            const int ky = (int)((i / K) % K);
+            const int cg = (int)((i / (K * K)) % L::CIN);
+            const int co = (int)(i / ((i64)K * K * L::CIN));
+            int s, c;
+            locate<L>(cg, s, c);
+            SN_NO_UNROLL for (i64 img = b; img < e; ++img) {
+                const real* plane = src_plane<L>(a, s, (int)img, c);
+                const real* d = dy + (img * L::COUT + co) * HO * WO;
+                real ps = 0;
+                SN_NO_UNROLL for (int oy = 0; oy < HO; ++oy) {
+                    const int iy = oy * L::STRIDE - L::PAD + ky;
+                    if (iy < 0 || iy >= L::H) continue;
+                    SN_NO_UNROLL for (int ox = 0; ox < WO; ++ox) {
+                        const int ix = ox * L::STRIDE - L::PAD + kx;
+                        if (ix < 0 || ix >= L::W) continue;
+                        ps += d[oy * WO + ox] * pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+                    }
                 }
+                sum += ps;
             }
-            sum += ps;
         }
-        a.grads[L::WEIGHT + i] = (real)sum;
+        a.partials[t] = sum;
+    }
+}
+
+// Second kernel: per weight (then bias), the sum of its chunks in order.
+template <class L>
+SN_DEVICE void conv_backward_weight_final(const Args& a) {
+    constexpr i64 NW = (i64)L::COUT * L::CIN * L::K * L::K;
+    constexpr i64 NB = L::BIAS >= 0 ? L::COUT : 0;
+    SN_FOR_EACH(i, NW + NB) {
+        double sum = 0.0;
+        SN_NO_UNROLL for (int p = 0; p < SN_IMAGE_CHUNKS; ++p) sum += a.partials[i * SN_IMAGE_CHUNKS + p];
+        if (i < NW) a.grads[L::WEIGHT + i] = (real)sum;
+        else a.grads[L::BIAS + (i - NW)] = (real)sum;
     }
 }
 
@@ -525,29 +580,42 @@ SN_DEVICE real relu_masked(const Args& a, int cg, real x, real g) {
 }
 
 // BatchNorm backward, first half: per channel, sum(da) and sum(da * xhat),
-// which are also the beta and gamma gradients.
+// which are also the beta and gamma gradients. First kernel: per (channel,
+// chunk of its N*H*W values), the two sums of the chunk.
 template <class L>
-SN_DEVICE void bn_backward_sums(const Args& a) {
+SN_DEVICE void bn_backward_sums_partial(const Args& a) {
     constexpr int HW = L::H * L::W;
     const real* dz = a.gact + L::DZ * a.n;
-    SN_FOR_EACH(cg, L::CIN) {
+    SN_FOR_EACH(i, (i64)L::CIN * SN_CHUNKS) {
+        const int cg = (int)(i / SN_CHUNKS), p = (int)(i % SN_CHUNKS);
         int s, c;
-        locate<L>((int)cg, s, c);
+        locate<L>(cg, s, c);
         const real mean = a.aux[L::PRE_AUX + 2 * L::CIN + cg];
-        const real inv_std = a.aux[L::PRE_AUX + 3 * L::CIN + cg];
-        double sum_da = 0.0, sum_da_xhat = 0.0;
-        SN_NO_UNROLL for (int img = 0; img < a.n; ++img) {
-            const real* x = src_plane<L>(a, s, img, c);
-            const real* g = dz + ((i64)img * L::CIN + cg) * HW;
-            real sa = (real)0, sax = (real)0;
-            SN_NO_UNROLL for (int p = 0; p < HW; ++p) {
-                const real da = relu_masked<L>(a, (int)cg, x[p], g[p]);
-                sa += da;
-                sax += da * (x[p] - mean);
-            }
-            sum_da += sa;
-            sum_da_xhat += sax * inv_std;
+        i64 b, e;
+        chunk_range((i64)a.n * HW, SN_CHUNKS, p, b, e);
+        double sum_da = 0.0, sum_da_xc = 0.0;
+        SN_NO_UNROLL for (i64 k = b; k < e; ++k) {
+            const int img = (int)(k / HW), q = (int)(k % HW);
+            const real x = src_plane<L>(a, s, img, c)[q];
+            const real da = relu_masked<L>(a, cg, x, dz[((i64)img * L::CIN + cg) * HW + q]);
+            sum_da += da;
+            sum_da_xc += (double)(da * (x - mean));
         }
+        a.partials[2 * i] = sum_da;
+        a.partials[2 * i + 1] = sum_da_xc;
+    }
+}
+
+// Second kernel: per channel, the chunks' sums in order.
+template <class L>
+SN_DEVICE void bn_backward_sums_final(const Args& a) {
+    SN_FOR_EACH(cg, L::CIN) {
+        double sum_da = 0.0, sum_da_xc = 0.0;
+        SN_NO_UNROLL for (int p = 0; p < SN_CHUNKS; ++p) {
+            sum_da += a.partials[2 * (cg * SN_CHUNKS + p)];
+            sum_da_xc += a.partials[2 * (cg * SN_CHUNKS + p) + 1];
+        }
+        const double sum_da_xhat = sum_da_xc * (double)a.aux[L::PRE_AUX + 3 * L::CIN + cg];
         a.aux[L::PRE_AUX + 4 * L::CIN + cg] = (real)sum_da;
         a.aux[L::PRE_AUX + 5 * L::CIN + cg] = (real)sum_da_xhat;
         a.grads[L::GAMMA + cg] = (real)sum_da_xhat;
