@@ -10,11 +10,13 @@
 //!
 //! `cargo run --release --example bench_cpu -- --net seed40 --out DIR`
 use clap::{Parser, ValueEnum};
-use safetensors::tensor::{Dtype, TensorView};
 use sparsenet::prelude::*;
 use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
 use std::path::PathBuf;
-use std::time::Instant;
+
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{median_ms, write_io};
 
 use sparsenet::zoo::{SeedV2Bc100, SeedV2Depth40};
 
@@ -45,32 +47,6 @@ struct Args {
     latency_reps: usize,
 }
 
-/// Runs `f` `warmup` times untimed, then `reps` times, and returns the median
-/// time in milliseconds (the mean of the middle two for an even count).
-fn median_ms<E>(
-    warmup: usize,
-    reps: usize,
-    mut f: impl FnMut() -> Result<(), E>,
-) -> Result<f64, E> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let mut v = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Ok(match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    })
-}
-
-/// Peak resident set size of this process so far, in MiB (Linux's VmHWM).
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -97,29 +73,6 @@ fn input(batch: usize, shape: [usize; 3], seed: u64) -> (Array4<f32>, Vec<usize>
     });
     let labels = (0..batch).map(|_| (next() % 10) as usize).collect();
     (x, labels)
-}
-
-fn write_io(path: &std::path::Path, x: &Array4<f32>, logits: &Array2<f32>) -> Result<(), String> {
-    let bytes = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let xb = bytes(x.as_slice().ok_or("input not contiguous")?);
-    let lb = bytes(
-        logits
-            .as_standard_layout()
-            .as_slice()
-            .ok_or("logits not contiguous")?,
-    );
-    let views = vec![
-        (
-            "input",
-            TensorView::new(Dtype::F32, x.shape().to_vec(), &xb).map_err(|e| e.to_string())?,
-        ),
-        (
-            "logits",
-            TensorView::new(Dtype::F32, logits.shape().to_vec(), &lb).map_err(|e| e.to_string())?,
-        ),
-    ];
-    safetensors::serialize_to_file(views, &None, path)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {

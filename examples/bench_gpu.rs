@@ -13,6 +13,10 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
+#[cfg(feature = "cuda")]
+#[path = "common/bench.rs"]
+mod bench_common;
+
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Net {
     /// The seed's 2018-02-20 version, depth 40, growth 12.
@@ -43,29 +47,12 @@ struct Args {
 #[cfg(feature = "cuda")]
 mod bench {
     use super::Args;
+    use crate::bench_common::median_ms;
     use sparsenet::prelude::*;
     use sparsenet::runtime::gpu::cuda::{CudaBackend, PtxOrigin};
     use sparsenet::runtime::gpu::{GpuModel, GpuNetwork};
     use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
     use std::time::Instant;
-
-    fn median_ms(
-        warmup: usize,
-        reps: usize,
-        mut f: impl FnMut() -> Result<(), String>,
-    ) -> Result<f64, String> {
-        for _ in 0..warmup {
-            f()?;
-        }
-        let mut t = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            let s = Instant::now();
-            f()?;
-            t.push(s.elapsed().as_secs_f64() * 1e3);
-        }
-        t.sort_by(f64::total_cmp);
-        Ok(t[t.len() / 2])
-    }
 
     fn rel(a: &[f32], b: &[f32]) -> f64 {
         let d = a
@@ -100,7 +87,7 @@ mod bench {
         // CPU references: eval logits (for PyTorch too) and training gradients.
         let mut cpu = model.clone_model();
         let cpu_logits = cpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
-        crate::write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
+        crate::bench_common::write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
         let mut cpu_train = model.clone_model();
         let mut grads = vec![0.0f32; M::PARAMETERS];
         let mut cpu_loss = 0.0f32;
@@ -210,31 +197,6 @@ mod bench {
             m
         }
     }
-}
-
-#[cfg(feature = "cuda")]
-fn write_io(
-    path: &std::path::Path,
-    x: &sparsenet::runtime::ndarray::Array4<f32>,
-    logits: &sparsenet::runtime::ndarray::Array2<f32>,
-) -> Result<(), String> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let bytes = |a: &[f32]| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let xb = bytes(x.as_slice().ok_or("input not contiguous")?);
-    let lg = logits.as_standard_layout();
-    let lb = bytes(lg.as_slice().ok_or("logits not contiguous")?);
-    let views = vec![
-        (
-            "input",
-            TensorView::new(Dtype::F32, x.shape().to_vec(), &xb).map_err(|e| e.to_string())?,
-        ),
-        (
-            "logits",
-            TensorView::new(Dtype::F32, logits.shape().to_vec(), &lb).map_err(|e| e.to_string())?,
-        ),
-    ];
-    safetensors::serialize_to_file(views, &None, path)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn main() -> std::process::ExitCode {

@@ -30,17 +30,6 @@ fn new_device<T: Float>() -> Dev<T> {
     CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}"))
 }
 
-sparsenet! {
-    struct V2D16K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 16, growth: 6 }
-    struct V2BcD28K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 28, growth: 6, bottleneck: true, reduction: 0.5 }
-    struct V1B2L5K6C5 { style: seed_2018_01_30, input: [3, 8, 8], classes: 10, blocks: 2, units: 5, growth: 6, stem: bn_relu_conv3x3(5) }
-    struct PaperDenseImagenet {
-        style: paper, input: [2, 15, 13], classes: 3, units: [2, 3], growth: [3, 4],
-        bottleneck: true, aggregation: dense, stem: imagenet(4),
-    }
-    struct TinySparse { style: paper, input: [1, 10, 10], classes: 5, units: [6, 2], growth: 3, aggregation: exponential(3) }
-}
-
 macro_rules! cuda_parity {
     ($($name:ident: $net:ty,)*) => {$(
         #[test]

@@ -12,6 +12,19 @@ use sparsenet::runtime::ndarray::{Array2, Array4};
 use sparsenet::runtime::train::{softmax_cross_entropy_into, Sgd, SgdState};
 use sparsenet::runtime::Float;
 
+sparsenet! {
+    // Small networks covering both seed versions, bottlenecks, the ImageNet
+    // stem with max pooling, dense and base-3 exponential aggregation.
+    pub struct V2D16K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 16, growth: 6 }
+    pub struct V2BcD28K6 { style: seed_2018_02_20, input: [3, 8, 8], classes: 10, depth: 28, growth: 6, bottleneck: true, reduction: 0.5 }
+    pub struct V1B2L5K6C5 { style: seed_2018_01_30, input: [3, 8, 8], classes: 10, blocks: 2, units: 5, growth: 6, stem: bn_relu_conv3x3(5) }
+    pub struct PaperDenseImagenet {
+        style: paper, input: [2, 15, 13], classes: 3, units: [2, 3], growth: [3, 4],
+        bottleneck: true, aggregation: dense, stem: imagenet(4),
+    }
+    pub struct TinySparse { style: paper, input: [1, 10, 10], classes: 5, units: [6, 2], growth: 3, aggregation: exponential(3) }
+}
+
 /// A model with random BatchNorm parameters and running statistics, so that
 /// no BN is the identity and eval mode differs from train mode.
 pub fn randomised<T: Float, M: Model<T>>(seed: u64) -> M {

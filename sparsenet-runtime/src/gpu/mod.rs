@@ -66,7 +66,7 @@ pub struct GpuProgram {
     pub act_per_image: usize,
     /// Floats per image of the gradient arena (with each node's dz scratch).
     pub grad_per_image: usize,
-        /// Floats of batch statistics and folded BatchNorms.
+    /// Floats of batch statistics and folded BatchNorms.
     pub aux_len: usize,
     /// Doubles of partial sums for the split reductions (reused by each).
     pub partials_len: usize,
@@ -120,7 +120,7 @@ pub struct KernelArgs {
     pub dlogits: u64,
     pub labels: u64,
     pub losses: u64,
-        pub hyper: u64,
+    pub hyper: u64,
     pub partials: u64,
     pub n: i32,
     pub train: i32,
@@ -211,7 +211,7 @@ pub struct GpuModel<M: GpuNetwork, B: Backend<T>, T: Float = f32> {
     dlogits: B::Buffer,
     labels: B::Buffer,
     losses: B::Buffer,
-        hyper: B::Buffer,
+    hyper: B::Buffer,
     /// Doubles, allocated as enough `T`s.
     partials: B::Buffer,
     _network: PhantomData<(M, T)>,
@@ -252,10 +252,9 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             dlogits: backend.alloc(classes * capacity)?,
             labels: backend.alloc(capacity)?,
             losses: backend.alloc(2 * capacity)?,
-                        hyper: backend.alloc(8)?,
-            partials: backend.alloc(
-                (prog.partials_len.max(1) * 8).div_ceil(std::mem::size_of::<T>()),
-            )?,
+            hyper: backend.alloc(8)?,
+            partials: backend
+                .alloc((prog.partials_len.max(1) * 8).div_ceil(std::mem::size_of::<T>()))?,
             params,
             state,
             backend,
@@ -286,7 +285,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             dlogits: b.address(&self.dlogits),
             labels: b.address(&self.labels),
             losses: b.address(&self.losses),
-                        hyper: b.address(&self.hyper),
+            hyper: b.address(&self.hyper),
             partials: b.address(&self.partials),
             n: n as i32,
             train: (mode == Mode::Train) as i32,
