@@ -47,6 +47,7 @@ struct Args {
     latency_reps: usize,
 }
 
+/// Peak resident set size of this process so far, in MiB (Linux's VmHWM).
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

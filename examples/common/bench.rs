@@ -30,8 +30,6 @@ pub fn median_ms<E>(
     })
 }
 
-/// Peak resident set size of this process so far, in MiB (Linux's VmHWM).
-
 /// Writes `input` and our eval-mode `logits` for it (safetensors, f32).
 pub fn write_io(
     path: &std::path::Path,
