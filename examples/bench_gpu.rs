@@ -62,7 +62,7 @@ mod bench {
         d / b.iter().fold(1e-30f64, |m, x| m.max(x.abs() as f64))
     }
 
-    pub fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
+    pub fn run<M: Model<f32> + GpuNetwork + Clone>(args: &Args) -> Result<(), String> {
         let e = |e: &dyn std::fmt::Display| e.to_string();
         std::fs::create_dir_all(&args.out).map_err(|er| format!("{}: {er}", args.out.display()))?;
         let model = M::new(1);
@@ -85,10 +85,10 @@ mod bench {
             .collect();
 
         // CPU references: eval logits (for PyTorch too) and training gradients.
-        let mut cpu = model.clone_model();
+        let mut cpu = model.clone();
         let cpu_logits = cpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
         crate::bench_common::write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
-        let mut cpu_train = model.clone_model();
+        let mut cpu_train = model.clone();
         let mut grads = vec![0.0f32; M::PARAMETERS];
         let mut cpu_loss = 0.0f32;
         cpu_train
@@ -160,12 +160,7 @@ mod bench {
         })?;
         let (free1, _) = gpu.backend().memory().map_err(|er| e(&er))?;
         let p = &M::GPU_PROGRAM;
-        let planned = 4
-            * (n * (p.act_per_image + p.grad_per_image)
-                + p.aux_len
-                + 3 * M::PARAMETERS
-                + M::STATE_LEN
-                + n * (2 * M::CLASSES + 3));
+        let planned = GpuModel::<M, CudaBackend>::planned_bytes(n);
         let flops = 3.0 * 2.0 * M::MACS_PER_IMAGE as f64 * n as f64;
         println!(
             "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"device\": \"{device}\", \"batch\": {n}, \
@@ -183,19 +178,6 @@ mod bench {
             total as f64 / 1048576.0,
         );
         Ok(())
-    }
-
-    trait CloneModel {
-        fn clone_model(&self) -> Self;
-    }
-
-    impl<M: Model<f32>> CloneModel for M {
-        fn clone_model(&self) -> Self {
-            let mut m = M::new(0);
-            m.params_mut().copy_from_slice(self.params());
-            m.state_mut().copy_from_slice(self.state());
-            m
-        }
     }
 }
 

@@ -173,9 +173,8 @@ impl<M: Model<f32>> Engine<M> for CpuEngine {
         if !loss.is_finite() {
             return Ok((loss, c));
         }
-        if let Some(g) = self.grads.iter().find(|g| !g.is_finite()) {
+        if self.grads.iter().any(|g| !g.is_finite()) {
             // Reported as a non-finite loss: the run stops before updating.
-            let _ = g;
             return Ok((f64::NAN, c));
         }
         cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);

@@ -229,7 +229,6 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
     for (i, node) in plan.nodes.iter().enumerate() {
         let st = node_struct(plan, lay, i, node);
         p.source.push_str(&st);
-        let b0 = &plan.buffers[node.inputs[0]];
         let cin: usize = node.inputs.iter().map(|&b| plan.buffers[b].channels).sum();
         if node.pre.is_some() {
             let k = p.kernel(format!("fold_n{i}"), format!("bn_fold<N{i}>(a);"));
@@ -253,7 +252,6 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
                 p.forward_train.push(launch(kf, 0, c));
             }
         }
-        let _ = b0;
     }
     // Loss.
     let k = p.kernel(

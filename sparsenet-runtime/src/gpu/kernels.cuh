@@ -113,6 +113,20 @@ SN_DEVICE void chunk_range(i64 total, int chunks, int p, i64& begin, i64& end) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
          i += (i64)gridDim.x * blockDim.x)
 
+// Element i of an NCHW tensor with C channels and H x W planes, unflattened.
+struct Nchw {
+    int img, c, y, x;
+};
+
+SN_DEVICE Nchw nchw(i64 i, int C, int H, int W) {
+    Nchw e;
+    e.x = (int)(i % W);
+    e.y = (int)((i / W) % H);
+    e.c = (int)((i / ((i64)W * H)) % C);
+    e.img = (int)(i / ((i64)W * H * C));
+    return e;
+}
+
 // ---- reading the virtual concatenation -----------------------------------
 
 // Source s's plane (image img, channel c) in the activation arena.
@@ -223,10 +237,8 @@ template <class L>
 SN_DEVICE void conv_forward(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO;
     SN_FOR_EACH(i, (i64)a.n * L::COUT * HO * WO) {
-        const int ox = (int)(i % WO);
-        const int oy = (int)((i / WO) % HO);
-        const int co = (int)((i / ((i64)WO * HO)) % L::COUT);
-        const int img = (int)(i / ((i64)WO * HO * L::COUT));
+        const Nchw e = nchw(i, L::COUT, HO, WO);
+        const int ox = e.x, oy = e.y, co = e.c, img = e.img;
         real acc = (real)0;
         const real* wrow = a.params + L::WEIGHT + (i64)co * L::CIN * K * K;
         for (int s = 0; s < L::S; ++s) {
@@ -254,10 +266,8 @@ template <class L>
 SN_DEVICE void avg_pool_forward(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HO * WO) {
-        const int ox = (int)(i % WO);
-        const int oy = (int)((i / WO) % HO);
-        const int cg = (int)((i / ((i64)WO * HO)) % L::CIN);
-        const int img = (int)(i / ((i64)WO * HO * L::CIN));
+        const Nchw e = nchw(i, L::CIN, HO, WO);
+        const int ox = e.x, oy = e.y, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
         const real* plane = src_plane<L>(a, s, img, c);
@@ -294,10 +304,8 @@ template <class L>
 SN_DEVICE void max_pool_forward(const Args& a) {
     constexpr int HO = L::HO, WO = L::WO;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HO * WO) {
-        const int ox = (int)(i % WO);
-        const int oy = (int)((i / WO) % HO);
-        const int cg = (int)((i / ((i64)WO * HO)) % L::CIN);
-        const int img = (int)(i / ((i64)WO * HO * L::CIN));
+        const Nchw e = nchw(i, L::CIN, HO, WO);
+        const int ox = e.x, oy = e.y, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
         real best;
@@ -311,9 +319,8 @@ template <class L>
 SN_DEVICE void affine_forward(const Args& a) {
     constexpr int HW = L::H * L::W;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
-        const int p = (int)(i % HW);
-        const int cg = (int)((i / HW) % L::CIN);
-        const int img = (int)(i / ((i64)HW * L::CIN));
+        const Nchw e = nchw(i, L::CIN, 1, HW);
+        const int p = e.x, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
         a.act[L::OUT * a.n + i] = pre_apply<L>(a, cg, src_plane<L>(a, s, img, c)[p]);
@@ -402,10 +409,8 @@ SN_DEVICE void conv_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
     const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
-        const int x = (int)(i % W);
-        const int y = (int)((i / W) % H);
-        const int cg = (int)((i / ((i64)W * H)) % L::CIN);
-        const int img = (int)(i / ((i64)W * H * L::CIN));
+        const Nchw e = nchw(i, L::CIN, H, W);
+        const int x = e.x, y = e.y, cg = e.c, img = e.img;
         real acc = (real)0;
         for (int ky = 0; ky < K; ++ky) {
             const int ty = y + L::PAD - ky;
@@ -514,10 +519,8 @@ SN_DEVICE void max_pool_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
     const real* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
-        const int x = (int)(i % W);
-        const int y = (int)((i / W) % H);
-        const int cg = (int)((i / ((i64)W * H)) % L::CIN);
-        const int img = (int)(i / ((i64)W * H * L::CIN));
+        const Nchw e = nchw(i, L::CIN, H, W);
+        const int x = e.x, y = e.y, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
         const real* plane = src_plane<L>(a, s, img, c);
@@ -542,8 +545,8 @@ template <class L>
 SN_DEVICE void gap_dense_backward_input(const Args& a) {
     constexpr int HW = L::H * L::W;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
-        const int cg = (int)((i / HW) % L::CIN);
-        const int img = (int)(i / ((i64)HW * L::CIN));
+        const Nchw e = nchw(i, L::CIN, 1, HW);
+        const int cg = e.c, img = e.img;
         real acc = (real)0;
         SN_NO_UNROLL for (int k = 0; k < L::CLASSES; ++k)
             acc += a.dlogits[img * L::CLASSES + k] * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
@@ -632,9 +635,8 @@ SN_DEVICE void backward_to_sources(const Args& a) {
     const real* dz = a.gact + L::DZ * a.n;
     const real m = (real)a.n * HW;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
-        const int p = (int)(i % HW);
-        const int cg = (int)((i / HW) % L::CIN);
-        const int img = (int)(i / ((i64)HW * L::CIN));
+        const Nchw e = nchw(i, L::CIN, 1, HW);
+        const int p = e.x, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
         if (L::grad(s) < 0) continue;

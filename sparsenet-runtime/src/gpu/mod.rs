@@ -89,14 +89,6 @@ impl GpuProgram {
         s.push_str(self.source);
         s
     }
-
-    /// Every launch of one training step, in order.
-    pub fn training_step(&self) -> impl Iterator<Item = &Launch> {
-        self.forward_train
-            .iter()
-            .chain(self.backward)
-            .chain(self.optimizer)
-    }
 }
 
 /// Implemented by every `sparsenet!` type: its GPU program.
@@ -237,30 +229,64 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             });
         }
         backend.compile(prog)?;
-        let classes = M::CLASSES;
-        let mut params = backend.alloc(M::PARAMETERS)?;
+        let len = Self::buffer_lens(capacity);
+        let mut params = backend.alloc(len.params)?;
         backend.upload(&mut params, 0, model.params())?;
-        let mut state = backend.alloc(M::STATE_LEN.max(1))?;
+        let mut state = backend.alloc(len.state)?;
         backend.upload(&mut state, 0, model.state())?;
         Ok(GpuModel {
-            act: backend.alloc(prog.act_per_image * capacity)?,
-            gact: backend.alloc(prog.grad_per_image.max(1) * capacity)?,
-            aux: backend.alloc(prog.aux_len.max(1))?,
-            grads: backend.alloc(M::PARAMETERS)?,
-            velocity: backend.alloc(M::PARAMETERS)?,
-            logits: backend.alloc(classes * capacity)?,
-            dlogits: backend.alloc(classes * capacity)?,
-            labels: backend.alloc(capacity)?,
-            losses: backend.alloc(2 * capacity)?,
-            hyper: backend.alloc(8)?,
-            partials: backend
-                .alloc((prog.partials_len.max(1) * 8).div_ceil(std::mem::size_of::<T>()))?,
+            act: backend.alloc(len.act)?,
+            gact: backend.alloc(len.gact)?,
+            aux: backend.alloc(len.aux)?,
+            grads: backend.alloc(len.params)?,
+            velocity: backend.alloc(len.params)?,
+            logits: backend.alloc(len.logits)?,
+            dlogits: backend.alloc(len.logits)?,
+            labels: backend.alloc(len.labels)?,
+            losses: backend.alloc(len.losses)?,
+            hyper: backend.alloc(len.hyper)?,
+            partials: backend.alloc(len.partials)?,
             params,
             state,
             backend,
             capacity,
             _network: PhantomData,
         })
+    }
+
+    /// Element counts of every device buffer for batches up to `capacity`.
+    fn buffer_lens(capacity: usize) -> BufferLens {
+        let prog = &M::GPU_PROGRAM;
+        BufferLens {
+            act: prog.act_per_image * capacity,
+            gact: prog.grad_per_image.max(1) * capacity,
+            aux: prog.aux_len.max(1),
+            params: M::PARAMETERS,
+            state: M::STATE_LEN.max(1),
+            logits: M::CLASSES * capacity,
+            labels: capacity,
+            losses: 2 * capacity,
+            hyper: 8,
+            // Doubles, as enough `T`s.
+            partials: (prog.partials_len.max(1) * 8).div_ceil(std::mem::size_of::<T>()),
+        }
+    }
+
+    /// Bytes of device memory this model allocates for batches up to
+    /// `capacity`: the compile-time plan, before the backend's own overhead.
+    pub fn planned_bytes(capacity: usize) -> usize {
+        let l = Self::buffer_lens(capacity);
+        let elems = l.act
+            + l.gact
+            + l.aux
+            + 3 * l.params // parameters, gradients, velocity
+            + l.state
+            + 2 * l.logits
+            + l.labels
+            + l.losses
+            + l.hyper
+            + l.partials;
+        elems * std::mem::size_of::<T>()
     }
 
     pub fn capacity(&self) -> usize {
@@ -453,6 +479,20 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         model.state_mut().copy_from_slice(&s);
         Ok(())
     }
+}
+
+/// Element counts of a [`GpuModel`]'s device buffers.
+struct BufferLens {
+    act: usize,
+    gact: usize,
+    aux: usize,
+    params: usize,
+    state: usize,
+    logits: usize,
+    labels: usize,
+    losses: usize,
+    hyper: usize,
+    partials: usize,
 }
 
 #[derive(Clone, Copy)]
