@@ -7,7 +7,11 @@
 //! transformed) concatenated input; [`pre_backward`] then takes it through
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
-use crate::kernels::{for_each_plane, gather_unfold, im2col, read, ConvGeom, Pre};
+use crate::direct::{self, Direct};
+use crate::kernels::{
+    as_f32, as_f32_mut, for_each_plane, gather_padded, gather_unfold, im2col, read, use_direct,
+    ConvGeom, Pre,
+};
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{zeros4, Scratch};
 use crate::{concat_channels, Float};
@@ -34,6 +38,9 @@ pub fn conv2d_backward<T: Float>(
     dweight: &mut [T],
     dbias: Option<&mut [T]>,
 ) -> Array4<T> {
+    if g.stride == 1 && g.pad < g.kernel && use_direct::<T>() {
+        return conv2d_backward_direct(srcs, pre, weight, dy, g, dweight, dbias);
+    }
     let (n, _, h, w) = srcs[0].dim();
     let cin = concat_channels(srcs);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
@@ -127,7 +134,16 @@ pub fn conv2d_backward<T: Float>(
             (dw, db)
         })
         .collect();
-    let mut dbias = dbias;
+    add_partials(partials, dweight, dbias);
+    dz
+}
+
+/// Adds the chunks' weight and bias gradients, in chunk order.
+fn add_partials<T: Float>(
+    partials: Vec<(Vec<T>, Vec<T>)>,
+    dweight: &mut [T],
+    mut dbias: Option<&mut [T]>,
+) {
     for (dw, db) in partials {
         for (d, v) in dweight.iter_mut().zip(dw) {
             *d += v;
@@ -138,6 +154,92 @@ pub fn conv2d_backward<T: Float>(
             }
         }
     }
+}
+
+/// [`conv2d_backward`] for stride 1 (and `pad < kernel`) through the direct
+/// kernels: the weight gradient reads the padded transformed input in place
+/// of an unfolded matrix, and the input gradient is the direct forward
+/// kernel run over the zero-padded output gradient with the flipped kernel.
+/// Chunked over the batch like the general path, with the same
+/// deterministic combination of the chunks' sums.
+fn conv2d_backward_direct<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    weight: &[T],
+    dy: &Array4<T>,
+    g: ConvGeom,
+    dweight: &mut [T],
+    dbias: Option<&mut [T]>,
+) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let (cin, oc, kk) = (concat_channels(srcs), g.out_channels, g.kernel * g.kernel);
+    let d = Direct::new(h, w, g.kernel, g.pad);
+    let dt = Direct::new(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad);
+    debug_assert_eq!((dt.ho, dt.wo), (h, w));
+    let flipped = direct::pack_flipped(as_f32(weight), oc, cin, kk);
+    let (hw_in, hw_out) = (h * w, d.ho * d.wo);
+    let mut dz = zeros4((n, cin, h, w));
+    let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
+    let dy_all = as_f32(dy.as_slice().expect("contiguous"));
+    let partials: Vec<(Vec<T>, Vec<T>)> = dz
+        .axis_chunks_iter_mut(Axis(0), chunk)
+        .into_par_iter()
+        .enumerate()
+        .map(|(ci, mut dzc)| {
+            let mut dw = vec![T::zero(); oc * cin * kk];
+            let mut db = vec![T::zero(); oc];
+            let mut lanes = Scratch::<f32>(crate::scratch::zeros(direct::lanes_len(oc, cin, kk)));
+            let mut xin = Scratch::<T>::with_capacity(cin * d.plane);
+            let mut dyp = Scratch::<f32>(crate::scratch::zeros(oc * dt.plane));
+            let grid_len = |rows: bool, len: usize| if rows { 0 } else { len };
+            let mut dyg = Scratch::<f32>(crate::scratch::zeros(grid_len(d.rows, oc * d.out_plane)));
+            let mut dzg =
+                Scratch::<f32>(crate::scratch::zeros(grid_len(dt.rows, cin * dt.out_plane)));
+            for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
+                let b = ci * chunk + lb;
+                let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
+                gather_padded(srcs, pre, b, &d, &mut xin.0);
+                let x = as_f32(&xin.0);
+                let dyk: &[f32] = if d.rows {
+                    dyb
+                } else {
+                    for (src, grid) in dyb
+                        .chunks_exact(hw_out)
+                        .zip(dyg.0.chunks_exact_mut(d.out_plane))
+                    {
+                        d.expand(src, grid);
+                    }
+                    &dyg.0
+                };
+                direct::weight_grad(&d, x, cin, dyk, oc, &mut lanes.0);
+                for (s, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
+                    *s += T::from_f64c(row.iter().sum::<f32>() as f64);
+                }
+                for (src, dst) in dyb
+                    .chunks_exact(hw_out)
+                    .zip(dyp.0.chunks_exact_mut(dt.plane))
+                {
+                    dt.pad_plane(src, dst, |s, t| t.copy_from_slice(s));
+                }
+                let dzb = as_f32_mut(dzb.as_slice_mut().expect("contiguous"));
+                if dt.rows {
+                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, dzb);
+                } else {
+                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, &mut dzg.0);
+                    for (gp, zp) in dzg
+                        .0
+                        .chunks_exact(dt.out_plane)
+                        .zip(dzb.chunks_exact_mut(hw_in))
+                    {
+                        dt.compact(gp, zp);
+                    }
+                }
+            }
+            direct::fold_lanes(&lanes.0, oc, cin, kk, as_f32_mut(&mut dw));
+            (dw, db)
+        })
+        .collect();
+    add_partials(partials, dweight, dbias);
     dz
 }
 

@@ -6,11 +6,13 @@
 //! it, and an optional per-channel [`Pre`] (the folded BatchNorm affine plus
 //! ReLU) is applied as each value is read.
 
+use crate::direct::{self, Direct};
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
+use std::any::TypeId;
 
 /// The per-channel transform applied to inputs as they are read:
 /// `y = relu?(scale[c] * x + shift[c])`. This is BatchNorm folded into one
@@ -138,6 +140,9 @@ pub fn conv2d<T: Float>(
     bias: Option<&[T]>,
     g: ConvGeom,
 ) -> Array4<T> {
+    if g.stride == 1 && use_direct::<T>() {
+        return conv2d_direct(srcs, pre, weight, bias, g);
+    }
     let (n, _, h, w) = srcs[0].dim();
     let cin = concat_channels(srcs);
     let (ho, wo) = (g.out_size(h), g.out_size(w));
@@ -168,6 +173,106 @@ pub fn conv2d<T: Float>(
             },
         );
     out
+}
+
+/// Whether stride-1 convolutions in `T` take the direct kernels of
+/// [`crate::direct`] (f32 on AVX2 + FMA) instead of im2col + GEMM.
+pub(crate) fn use_direct<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && direct::enabled()
+}
+
+/// `s` as `f32`, for a `T` that [`use_direct`] found to be `f32`.
+pub(crate) fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
+    assert_eq!(
+        TypeId::of::<T>(),
+        TypeId::of::<f32>(),
+        "element type is f32"
+    );
+    // SAFETY: T is f32 (checked), so the layouts are the same.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// `s` as `f32`, for a `T` that [`use_direct`] found to be `f32`.
+pub(crate) fn as_f32_mut<T: 'static>(s: &mut [T]) -> &mut [f32] {
+    assert_eq!(
+        TypeId::of::<T>(),
+        TypeId::of::<f32>(),
+        "element type is f32"
+    );
+    // SAFETY: T is f32 (checked), so the layouts are the same; the borrow
+    // is exclusive and carried over.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+}
+
+/// [`conv2d`] for stride 1 through the direct kernels: each image's
+/// transformed input is written once into zero-padded planes, which the
+/// kernel reads in place of an unfolded matrix.
+fn conv2d_direct<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    weight: &[T],
+    bias: Option<&[T]>,
+    g: ConvGeom,
+) -> Array4<T> {
+    let (n, _, h, w) = srcs[0].dim();
+    let (cin, oc) = (concat_channels(srcs), g.out_channels);
+    let d = Direct::new(h, w, g.kernel, g.pad);
+    let packed = direct::pack_weights(as_f32(weight), oc, cin, g.kernel * g.kernel);
+    let mut out = zeros4((n, oc, d.ho, d.wo));
+    let hw = d.ho * d.wo;
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || {
+                let grid = if d.rows { 0 } else { oc * d.out_plane };
+                (
+                    Scratch::<T>::with_capacity(cin * d.plane),
+                    Scratch::<f32>(crate::scratch::zeros(grid)),
+                )
+            },
+            |(xin, grid), (b, mut ob)| {
+                gather_padded(srcs, pre, b, &d, &mut xin.0);
+                let x = as_f32(&xin.0);
+                let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
+                if d.rows {
+                    direct::forward(&d, x, cin, &packed, oc, o);
+                } else {
+                    direct::forward(&d, x, cin, &packed, oc, &mut grid.0);
+                    for (gp, op) in grid.0.chunks_exact(d.out_plane).zip(o.chunks_exact_mut(hw)) {
+                        d.compact(gp, op);
+                    }
+                }
+                if let Some(bias) = bias {
+                    for (row, &bv) in o.chunks_exact_mut(hw).zip(as_f32(bias)) {
+                        for v in row {
+                            *v += bv;
+                        }
+                    }
+                }
+            },
+        );
+    out
+}
+
+/// Image `b` of the transformed concatenation written into zero-padded
+/// planes laid out as `d` says (see [`crate::direct`]).
+pub(crate) fn gather_padded<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    b: usize,
+    d: &Direct,
+    xin: &mut Vec<T>,
+) {
+    let cin = concat_channels(srcs);
+    xin.resize(cin * d.plane, T::zero());
+    for_each_plane(srcs, b, |c, plane| {
+        let dst = &mut xin[c * d.plane..(c + 1) * d.plane];
+        match pre {
+            Some(p) => d.pad_plane(plane, dst, |s, t| p.apply_plane(c, s, t)),
+            None => d.pad_plane(plane, dst, |s, t| t.copy_from_slice(s)),
+        }
+    });
 }
 
 /// Image `b` of the transformed concatenation as the right-hand side of a

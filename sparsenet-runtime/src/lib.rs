@@ -5,6 +5,7 @@
 pub mod backward;
 pub mod ctx;
 pub mod data;
+pub mod direct;
 pub mod float;
 pub mod gpu;
 pub mod init;

@@ -1,0 +1,639 @@
+//! Direct stride-1 convolution for `f32` on x86-64 with AVX2 and FMA: no
+//! im2col matrix and no GEMM packing.
+//!
+//! Why: a SparseNet layer's convolution has few output channels (the growth
+//! rate, 12-24) and a deep reduction (every concatenated channel times k*k).
+//! Through im2col + GEMM, a third of the time went into building the unfolded
+//! matrix and the GEMM's packing of it; the multiply itself was a third.
+//! Here the input planes are written once, zero-padded (with the BN-ReLU
+//! transform applied, by the caller), and the micro-kernel reads the k*k
+//! shifted windows straight from them: a stride-1 window of 8 consecutive
+//! outputs is 8 consecutive padded inputs.
+//!
+//! Layout of a padded plane: `hp x wp` (the input plus `pad` zeros on every
+//! side) and a little zero slack, `plane` floats per channel. Output vectors
+//! are mapped in one of two ways, chosen by [`Direct::new`]:
+//! - rows: when the output width is a multiple of 8, every vector of 8
+//!   outputs lies in one output row, and is stored straight into the NCHW
+//!   output;
+//! - flat: otherwise, outputs are computed on the padded grid (row stride
+//!   `wp`, so a vector may run past the row end into columns that are thrown
+//!   away) into a grid-shaped buffer that [`Direct::compact`] copies out.
+//!
+//! The three products of a convolution layer map onto two kernels:
+//! forward (`out = W * x`), the input gradient (a forward convolution of the
+//! padded output gradient with the flipped, transposed kernel), and the
+//! weight gradient (`dW += dy . x`, reduced over output positions).
+//!
+//! Every entry point checks its buffer lengths before any unsafe access.
+
+// The micro-kernels index register-tile arrays by position on purpose: the
+// loops are unrolled over constant bounds and the arrays live in registers.
+#![allow(clippy::needless_range_loop)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Output channels per forward tile and vectors (of 8 outputs) per tile:
+/// 6 x 2 = 12 accumulators, 2 input loads and 6 broadcasts per 12 FMAs.
+const FQ: usize = 6;
+const FP: usize = 2;
+/// Forward cache blocking: channel tiles per group, and the bytes of
+/// weights a group of tiles uses per block of input channels.
+const FG: usize = 4;
+const FW_BYTES: usize = 16 * 1024;
+/// Weight-gradient tile: 3 output channels by 4 input rows (channel, tap):
+/// 12 accumulators, 7 loads per 12 FMAs.
+const WQ: usize = 3;
+const WR: usize = 4;
+
+/// Whether the direct kernels run on this machine (AVX2 + FMA) and are not
+/// switched off with `SPARSENET_CONV=gemm` (to measure what they gain).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let requested = std::env::var("SPARSENET_CONV").map_or(true, |v| v != "gemm");
+        requested && cpu_supported()
+    })
+}
+
+fn cpu_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Geometry of one stride-1 convolution over padded planes.
+#[derive(Clone, Debug)]
+pub struct Direct {
+    pub k: usize,
+    pub pad: usize,
+    /// Input size without padding.
+    pub h: usize,
+    pub w: usize,
+    /// Padded input size.
+    pub hp: usize,
+    pub wp: usize,
+    /// Output size.
+    pub ho: usize,
+    pub wo: usize,
+    /// Floats per padded input plane (`hp * wp` and the slack the flat
+    /// mapping reads past the end).
+    pub plane: usize,
+    /// Floats per output plane in the kernels' output layout.
+    pub out_plane: usize,
+    /// True for the rows mapping, false for the flat one.
+    pub rows: bool,
+    /// Per vector of 8 outputs: offset of its first input in a padded plane,
+    /// offset of its first output in an output plane.
+    offs: Vec<(u32, u32)>,
+    /// Offset of each of the k*k taps in a padded plane.
+    taps: Vec<u32>,
+}
+
+impl Direct {
+    pub fn new(h: usize, w: usize, k: usize, pad: usize) -> Self {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        assert!(k >= 1 && hp >= k && wp >= k, "kernel fits the padded input");
+        let (ho, wo) = (hp - k + 1, wp - k + 1);
+        let rows = wo % 8 == 0;
+        let (offs, plane, out_plane) = if rows {
+            let offs = (0..ho * wo / 8)
+                .map(|v| {
+                    let (y, x0) = (8 * v / wo, 8 * v % wo);
+                    ((y * wp + x0) as u32, (y * wo + x0) as u32)
+                })
+                .collect();
+            (offs, hp * wp, ho * wo)
+        } else {
+            let nv = (ho * wp).div_ceil(8);
+            let offs = (0..nv).map(|v| ((8 * v) as u32, (8 * v) as u32)).collect();
+            let reach = 8 * nv + (k - 1) * wp + (k - 1);
+            (offs, (hp * wp).max(reach), 8 * nv)
+        };
+        // An odd number of cache lines per plane: with a power-of-two stride
+        // (a 32x32 plane is 4 KiB) the same position in every channel maps
+        // to one L1 set, and a tile reading all channels thrashes it.
+        let lines = plane.div_ceil(16);
+        let plane = 16 * (lines + (lines + 1) % 2);
+        let taps = (0..k * k).map(|t| ((t / k) * wp + t % k) as u32).collect();
+        Direct {
+            k,
+            pad,
+            h,
+            w,
+            hp,
+            wp,
+            ho,
+            wo,
+            plane,
+            out_plane,
+            rows,
+            offs,
+            taps,
+        }
+    }
+
+    /// Writes plane `src` (h x w) into `dst` (one padded plane) with its zero
+    /// border and slack, applying `f` to each row as it is copied.
+    pub fn pad_plane<T: Copy + num_traits::Zero>(
+        &self,
+        src: &[T],
+        dst: &mut [T],
+        mut row: impl FnMut(&[T], &mut [T]),
+    ) {
+        let (p, w, wp) = (self.pad, self.w, self.wp);
+        debug_assert!(src.len() == self.h * w && dst.len() == self.plane);
+        dst[..p * wp].fill(T::zero());
+        for y in 0..self.h {
+            let line = &mut dst[(y + p) * wp..(y + p + 1) * wp];
+            line[..p].fill(T::zero());
+            row(&src[y * w..(y + 1) * w], &mut line[p..p + w]);
+            line[p + w..].fill(T::zero());
+        }
+        dst[(p + self.h) * wp..].fill(T::zero());
+    }
+
+    /// Copies a grid-shaped output plane (flat mapping) into an NCHW plane.
+    pub fn compact(&self, grid: &[f32], dst: &mut [f32]) {
+        for y in 0..self.ho {
+            dst[y * self.wo..(y + 1) * self.wo]
+                .copy_from_slice(&grid[y * self.wp..y * self.wp + self.wo]);
+        }
+    }
+
+    /// Writes an NCHW output-gradient plane into the grid layout (flat
+    /// mapping), zeros in the thrown-away columns so they add nothing to the
+    /// weight gradient.
+    pub fn expand(&self, src: &[f32], grid: &mut [f32]) {
+        grid.fill(0.0);
+        for y in 0..self.ho {
+            grid[y * self.wp..y * self.wp + self.wo]
+                .copy_from_slice(&src[y * self.wo..(y + 1) * self.wo]);
+        }
+    }
+}
+
+/// Forward weights `weight` (OIHW: cout x cin x k x k) packed for the forward
+/// kernel: per tile of [`FQ`] output channels, `[c][tap][q]`, zero-padded to
+/// whole tiles.
+pub fn pack_weights(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
+    assert_eq!(
+        weight.len(),
+        cout * cin * kk,
+        "weight is cout x cin x k x k"
+    );
+    let tiles = cout.div_ceil(FQ);
+    let mut packed = vec![0.0; tiles * cin * kk * FQ];
+    for o in 0..cout {
+        let (tile, q) = (o / FQ, o % FQ);
+        for c in 0..cin {
+            for t in 0..kk {
+                packed[((tile * cin + c) * kk + t) * FQ + q] = weight[(o * cin + c) * kk + t];
+            }
+        }
+    }
+    packed
+}
+
+/// The kernel of the input gradient of a stride-1 convolution with `weight`
+/// (OIHW), packed like [`pack_weights`]: a convolution from `cout` channels
+/// to `cin` with the taps flipped.
+pub fn pack_flipped(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
+    assert_eq!(
+        weight.len(),
+        cout * cin * kk,
+        "weight is cout x cin x k x k"
+    );
+    let mut t_weight = vec![0.0; cin * cout * kk];
+    for o in 0..cout {
+        for c in 0..cin {
+            for t in 0..kk {
+                t_weight[(c * cout + o) * kk + (kk - 1 - t)] = weight[(o * cin + c) * kk + t];
+            }
+        }
+    }
+    pack_weights(&t_weight, cin, cout, kk)
+}
+
+/// `out = conv(x, W)` for one image: `x` holds `cin` padded planes, `packed`
+/// comes from [`pack_weights`], `out` holds `cout` planes of `out_plane`
+/// floats (NCHW planes in the rows mapping, grid planes in the flat one).
+pub fn forward(d: &Direct, x: &[f32], cin: usize, packed: &[f32], cout: usize, out: &mut [f32]) {
+    let kk = d.k * d.k;
+    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+    assert!(
+        packed.len() >= cout.div_ceil(FQ) * cin * kk * FQ,
+        "packed weights"
+    );
+    assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
+    assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present (checked above). The asserts bound
+    // every access: input reads stay below `cin * plane` by construction of
+    // `offs`/`taps` in `Direct::new`; weight reads below the packed length;
+    // stores go to planes `q < cout` at offsets below `out_plane`.
+    unsafe {
+        let tiles = cout.div_ceil(FQ);
+        // Cache blocking: a block of input channels and a group of channel
+        // tiles whose weights (at most FW_BYTES) stay in L1 while every
+        // position tile passes; within a position tile the group reuses
+        // the input windows from L1. Blocks after the first add to the
+        // output.
+        let cb = (FW_BYTES / (FG * kk * FQ * 4)).clamp(1, cin);
+        for c0 in (0..cin).step_by(cb) {
+            let cn = cb.min(cin - c0);
+            let xb = x.as_ptr().add(c0 * d.plane);
+            for g0 in (0..tiles).step_by(FG) {
+                let mut v = 0;
+                while v < d.offs.len() {
+                    let pn = if v + FP <= d.offs.len() { FP } else { 1 };
+                    let offs = &d.offs[v..v + pn];
+                    for tile in g0..tiles.min(g0 + FG) {
+                        let qn = FQ.min(cout - tile * FQ);
+                        let w = packed.as_ptr().add(((tile * cin) + c0) * kk * FQ);
+                        let o = out.as_mut_ptr().add(tile * FQ * d.out_plane);
+                        if pn == FP {
+                            fwd_tile::<FP>(xb, d, cn, w, offs, o, qn, c0 > 0);
+                        } else {
+                            fwd_tile::<1>(xb, d, cn, w, offs, o, qn, c0 > 0);
+                        }
+                    }
+                    v += pn;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fwd_tile<const P: usize>(
+    x: *const f32,
+    d: &Direct,
+    cin: usize,
+    mut w: *const f32,
+    offs: &[(u32, u32)],
+    out: *mut f32,
+    qn: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); P]; FQ];
+    if accumulate {
+        for q in 0..qn {
+            for p in 0..P {
+                acc[q][p] = _mm256_loadu_ps(out.add(q * d.out_plane + offs[p].1 as usize));
+            }
+        }
+    }
+    let mut base = [x; P];
+    for p in 0..P {
+        base[p] = x.add(offs[p].0 as usize);
+    }
+    for c in 0..cin {
+        let plane = c * d.plane;
+        for &t in &d.taps {
+            let at = plane + t as usize;
+            let mut xv = [_mm256_setzero_ps(); P];
+            for p in 0..P {
+                xv[p] = _mm256_loadu_ps(base[p].add(at));
+            }
+            for q in 0..FQ {
+                let wv = _mm256_broadcast_ss(&*w.add(q));
+                for p in 0..P {
+                    acc[q][p] = _mm256_fmadd_ps(xv[p], wv, acc[q][p]);
+                }
+            }
+            w = w.add(FQ);
+        }
+    }
+    for q in 0..qn {
+        for p in 0..P {
+            _mm256_storeu_ps(out.add(q * d.out_plane + offs[p].1 as usize), acc[q][p]);
+        }
+    }
+}
+
+/// Floats of the lane accumulator that [`weight_grad`] sums into: one
+/// vector of 8 partial sums per weight, padded to whole tiles.
+pub fn lanes_len(cout: usize, cin: usize, kk: usize) -> usize {
+    cout.div_ceil(WQ) * (cin * kk).div_ceil(WR) * WQ * WR * 8
+}
+
+/// `lanes += dy . x` for one image, kept as 8 partial sums per weight (a
+/// horizontal sum per weight and image would cost as much as the products
+/// on an 8x8 plane); [`fold_lanes`] adds them into the weight gradient.
+/// `x` holds the `cin` padded input planes, `dy` the `cout` output-gradient
+/// planes in the kernels' output layout (in the flat mapping, zero outside
+/// the output; see [`Direct::expand`]), `lanes` [`lanes_len`] floats.
+pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dy: &[f32], cout: usize, lanes: &mut [f32]) {
+    let kk = d.k * d.k;
+    let j_all = cin * kk;
+    let otiles = cout.div_ceil(WQ);
+    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+    assert!(
+        dy.len() >= cout * d.out_plane,
+        "output gradient holds cout planes"
+    );
+    assert!(
+        lanes.len() >= lanes_len(cout, cin, kk),
+        "lane accumulator size"
+    );
+    assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present; reads of `x` stay below
+    // `cin * plane` and of `dy` below `cout * out_plane` (offsets from
+    // `Direct::new`); rows past `cout` or `j_all` read a valid row again
+    // into lanes that `fold_lanes` ignores; each tile's lanes lie inside
+    // `lanes_len`.
+    unsafe {
+        // Input rows outer: a tile's WR input rows stay in L1 while every
+        // output channel's gradient plane streams past (from L2: they are
+        // fewer than the input channels).
+        for (jt, j0) in (0..j_all).step_by(WR).enumerate() {
+            let rn = WR.min(j_all - j0);
+            let mut xp = [x.as_ptr(); WR];
+            for (r, p) in xp.iter_mut().enumerate() {
+                let j = j0 + r.min(rn - 1);
+                *p = x.as_ptr().add((j / kk) * d.plane + d.taps[j % kk] as usize);
+            }
+            for (ot, o0) in (0..cout).step_by(WQ).enumerate() {
+                let qn = WQ.min(cout - o0);
+                let mut dyp = [dy.as_ptr(); WQ];
+                for (q, p) in dyp.iter_mut().enumerate() {
+                    *p = dy.as_ptr().add((o0 + q.min(qn - 1)) * d.out_plane);
+                }
+                let tile = lanes.as_mut_ptr().add((jt * otiles + ot) * WQ * WR * 8);
+                wgrad_tile(&dyp, &xp, &d.offs, tile);
+            }
+        }
+    }
+}
+
+/// Adds the lane sums of [`weight_grad`] into `dw` (cout x cin*kk, OIHW).
+pub fn fold_lanes(lanes: &[f32], cout: usize, cin: usize, kk: usize, dw: &mut [f32]) {
+    let j_all = cin * kk;
+    let otiles = cout.div_ceil(WQ);
+    assert!(lanes.len() >= lanes_len(cout, cin, kk) && dw.len() >= cout * j_all);
+    for o in 0..cout {
+        for j in 0..j_all {
+            let tile = ((j / WR) * otiles + o / WQ) * WQ * WR * 8;
+            let at = tile + ((o % WQ) * WR + j % WR) * 8;
+            dw[o * j_all + j] += lanes[at..at + 8].iter().sum::<f32>();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_tile(
+    dy: &[*const f32; WQ],
+    x: &[*const f32; WR],
+    offs: &[(u32, u32)],
+    lanes: *mut f32,
+) {
+    let mut acc = [[_mm256_setzero_ps(); WR]; WQ];
+    for q in 0..WQ {
+        for r in 0..WR {
+            acc[q][r] = _mm256_loadu_ps(lanes.add((q * WR + r) * 8));
+        }
+    }
+    for &(xi, yi) in offs {
+        let mut g = [_mm256_setzero_ps(); WQ];
+        for q in 0..WQ {
+            g[q] = _mm256_loadu_ps(dy[q].add(yi as usize));
+        }
+        for r in 0..WR {
+            let xv = _mm256_loadu_ps(x[r].add(xi as usize));
+            for q in 0..WQ {
+                acc[q][r] = _mm256_fmadd_ps(g[q], xv, acc[q][r]);
+            }
+        }
+    }
+    for q in 0..WQ {
+        for r in 0..WR {
+            _mm256_storeu_ps(lanes.add((q * WR + r) * 8), acc[q][r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain stride-1 convolution from its definition, in f64.
+    fn reference(
+        x: &[f32],
+        cin: usize,
+        h: usize,
+        w: usize,
+        wt: &[f32],
+        cout: usize,
+        k: usize,
+        pad: usize,
+    ) -> (Vec<f64>, usize, usize) {
+        let (ho, wo) = (h + 2 * pad - k + 1, w + 2 * pad - k + 1);
+        let mut out = vec![0.0; cout * ho * wo];
+        for o in 0..cout {
+            for y in 0..ho {
+                for xo in 0..wo {
+                    let mut s = 0.0f64;
+                    for c in 0..cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (y + ky, xo + kx);
+                                if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
+                                    continue;
+                                }
+                                s += wt[((o * cin + c) * k + ky) * k + kx] as f64
+                                    * x[(c * h + iy - pad) * w + ix - pad] as f64;
+                            }
+                        }
+                    }
+                    out[(o * ho + y) * wo + xo] = s;
+                }
+            }
+        }
+        (out, ho, wo)
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.731 + seed).sin() * 1.3))
+            .collect()
+    }
+
+    fn padded(d: &Direct, x: &[f32], cin: usize) -> Vec<f32> {
+        let mut xp = vec![f32::NAN; cin * d.plane];
+        for c in 0..cin {
+            d.pad_plane(
+                &x[c * d.h * d.w..(c + 1) * d.h * d.w],
+                &mut xp[c * d.plane..(c + 1) * d.plane],
+                |s, t| t.copy_from_slice(s),
+            );
+        }
+        xp
+    }
+
+    fn nchw(d: &Direct, out: &[f32], cout: usize) -> Vec<f32> {
+        if d.rows {
+            return out[..cout * d.ho * d.wo].to_vec();
+        }
+        let mut dst = vec![0.0; cout * d.ho * d.wo];
+        for o in 0..cout {
+            d.compact(
+                &out[o * d.out_plane..(o + 1) * d.out_plane],
+                &mut dst[o * d.ho * d.wo..(o + 1) * d.ho * d.wo],
+            );
+        }
+        dst
+    }
+
+    // (cin, cout, h, w, k, pad): both mappings, tile remainders in channels
+    // and vectors, 1x1, 3x3 and 5x5 kernels, valid and same padding.
+    const CASES: [(usize, usize, usize, usize, usize, usize); 10] = [
+        (70, 30, 4, 8, 3, 1),
+        (300, 26, 3, 5, 1, 0),
+        (5, 12, 8, 16, 3, 1),
+        (7, 13, 7, 5, 3, 1),
+        (3, 4, 4, 8, 3, 1),
+        (9, 24, 3, 3, 3, 1),
+        (6, 7, 6, 6, 1, 0),
+        (4, 9, 8, 8, 1, 0),
+        (2, 5, 9, 11, 5, 2),
+        (3, 2, 10, 10, 3, 0),
+    ];
+
+    #[test]
+    fn forward_matches_the_definition() {
+        if !cpu_supported() {
+            return;
+        }
+        for (cin, cout, h, w, k, pad) in CASES {
+            let d = Direct::new(h, w, k, pad);
+            let x = values(cin * h * w, 0.3);
+            let wt = values(cout * cin * k * k, 1.7);
+            let (want, _, _) = reference(&x, cin, h, w, &wt, cout, k, pad);
+            let mut out = vec![f32::NAN; cout * d.out_plane];
+            forward(
+                &d,
+                &padded(&d, &x, cin),
+                cin,
+                &pack_weights(&wt, cout, cin, k * k),
+                cout,
+                &mut out,
+            );
+            let got = nchw(&d, &out, cout);
+            for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                    "case {:?} element {i}: {g} vs {r}",
+                    (cin, cout, h, w, k, pad)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn input_gradient_is_the_adjoint_of_forward() {
+        // <conv(x), dy> == <x, conv_T(dy)> for random x and dy.
+        if !cpu_supported() {
+            return;
+        }
+        for (cin, cout, h, w, k, pad) in CASES {
+            if pad >= k {
+                continue;
+            }
+            let x = values(cin * h * w, 0.1);
+            let wt = values(cout * cin * k * k, 2.9);
+            let (y, ho, wo) = reference(&x, cin, h, w, &wt, cout, k, pad);
+            let dy = values(cout * ho * wo, 4.2);
+            let lhs: f64 = y.iter().zip(&dy).map(|(&a, &b)| a * b as f64).sum();
+            let dt = Direct::new(ho, wo, k, k - 1 - pad);
+            assert_eq!((dt.ho, dt.wo), (h, w));
+            let mut dx = vec![f32::NAN; cin * dt.out_plane];
+            forward(
+                &dt,
+                &padded(&dt, &dy, cout),
+                cout,
+                &pack_flipped(&wt, cout, cin, k * k),
+                cin,
+                &mut dx,
+            );
+            let dx = nchw(&dt, &dx, cin);
+            let rhs: f64 = dx.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()),
+                "case {:?}: {lhs} vs {rhs}",
+                (cin, cout, h, w, k, pad)
+            );
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        if !cpu_supported() {
+            return;
+        }
+        for (cin, cout, h, w, k, pad) in CASES {
+            let d = Direct::new(h, w, k, pad);
+            let x = values(cin * h * w, 0.5);
+            let dy = values(cout * d.ho * d.wo, 3.3);
+            // dW[o][c][t] = sum_p dy[o][p] * x_padded[c][p + tap]
+            let kk = k * k;
+            let mut want = vec![0.0f64; cout * cin * kk];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for t in 0..kk {
+                        let (ky, kx) = (t / k, t % k);
+                        let mut s = 0.0;
+                        for y in 0..d.ho {
+                            for xo in 0..d.wo {
+                                let (iy, ix) = (y + ky, xo + kx);
+                                if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
+                                    continue;
+                                }
+                                s += dy[(o * d.ho + y) * d.wo + xo] as f64
+                                    * x[(c * h + iy - pad) * w + ix - pad] as f64;
+                            }
+                        }
+                        want[(o * cin + c) * kk + t] = s;
+                    }
+                }
+            }
+            let dyk = if d.rows {
+                dy.clone()
+            } else {
+                let mut g = vec![f32::NAN; cout * d.out_plane];
+                for o in 0..cout {
+                    d.expand(
+                        &dy[o * d.ho * d.wo..(o + 1) * d.ho * d.wo],
+                        &mut g[o * d.out_plane..(o + 1) * d.out_plane],
+                    );
+                }
+                g
+            };
+            let mut dw = vec![1.0f32; cout * cin * kk];
+            let mut lanes = vec![0.0; lanes_len(cout, cin, kk)];
+            let xp = padded(&d, &x, cin);
+            // Two images' worth into the same lanes: the sums add up.
+            weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes);
+            weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes);
+            fold_lanes(&lanes, cout, cin, kk, &mut dw);
+            for (i, (&g, &r)) in dw.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - 1.0 - 2.0 * r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    "case {:?} element {i}: {g} vs 1 + 2 * {r}",
+                    (cin, cout, h, w, k, pad)
+                );
+            }
+        }
+    }
+}
