@@ -15,8 +15,8 @@ fn main() {
         (300, 12, 8, 3),
     ];
     for (cin, cout, hw, k) in shapes {
-        let d = Direct::new(hw, hw, k, k / 2);
-        let x: Vec<f32> = (0..cin * d.plane).map(|i| (i % 17) as f32 * 0.1).collect();
+        let d = Direct::for_conv(hw, hw, k, k / 2, cin);
+        let x: Vec<f32> = (0..d.input_len(cin)).map(|i| (i % 17) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..cout * cin * k * k)
             .map(|i| (i % 13) as f32 * 0.01)
             .collect();

@@ -10,7 +10,7 @@
 use crate::direct::{self, Direct};
 use crate::kernels::{
     as_f32, as_f32_mut, for_each_plane, gather_padded, gather_unfold, im2col, read, use_direct,
-    ConvGeom, Pre,
+    ConvGeom, Pre, LANES,
 };
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{zeros4, Scratch};
@@ -173,12 +173,13 @@ fn conv2d_backward_direct<T: Float>(
 ) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let (cin, oc, kk) = (concat_channels(srcs), g.out_channels, g.kernel * g.kernel);
-    let d = Direct::new(h, w, g.kernel, g.pad);
-    let dt = Direct::new(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad);
+    let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
+    let dt = Direct::for_conv(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad, oc);
     debug_assert_eq!((dt.ho, dt.wo), (h, w));
     let flipped = direct::pack_flipped(as_f32(weight), oc, cin, kk);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
-    let mut dz = zeros4((n, cin, h, w));
+    // Every element is written below.
+    let mut dz = crate::scratch::stale4((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = as_f32(dy.as_slice().expect("contiguous"));
     let partials: Vec<(Vec<T>, Vec<T>)> = dz
@@ -189,8 +190,8 @@ fn conv2d_backward_direct<T: Float>(
             let mut dw = vec![T::zero(); oc * cin * kk];
             let mut db = vec![T::zero(); oc];
             let mut lanes = Scratch::<f32>(crate::scratch::zeros(direct::lanes_len(oc, cin, kk)));
-            let mut xin = Scratch::<T>::with_capacity(cin * d.plane);
-            let mut dyp = Scratch::<f32>(crate::scratch::zeros(oc * dt.plane));
+            let mut xin = Scratch::<T>::with_capacity(d.input_len(cin));
+            let mut dyp = Scratch::<f32>(crate::scratch::stale(dt.input_len(oc)));
             let grid_len = |rows: bool, len: usize| if rows { 0 } else { len };
             let mut dyg = Scratch::<f32>(crate::scratch::zeros(grid_len(d.rows, oc * d.out_plane)));
             let mut dzg =
@@ -213,13 +214,10 @@ fn conv2d_backward_direct<T: Float>(
                 };
                 direct::weight_grad(&d, x, cin, dyk, oc, &mut lanes.0);
                 for (s, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
-                    *s += T::from_f64c(row.iter().sum::<f32>() as f64);
+                    *s += T::from_f64c(crate::kernels::lane_sum(row, |v| v) as f64);
                 }
-                for (src, dst) in dyb
-                    .chunks_exact(hw_out)
-                    .zip(dyp.0.chunks_exact_mut(dt.plane))
-                {
-                    dt.pad_plane(src, dst, |s, t| t.copy_from_slice(s));
+                for (o, src) in dyb.chunks_exact(hw_out).enumerate() {
+                    dt.fill(o, src, &mut dyp.0, |s, t| t.copy_from_slice(s));
                 }
                 let dzb = as_f32_mut(dzb.as_slice_mut().expect("contiguous"));
                 if dt.rows {
@@ -452,19 +450,38 @@ pub fn pre_backward<T: Float>(
                 let mut sum_da_xhat = 0.0f64;
                 let zero = T::zero();
                 // Within a plane in T (vectorised), across planes in f64.
-                for b in 0..n {
-                    let (mut sa, mut sax) = (zero, zero);
-                    for (&xv, &g) in x_plane(b, c).iter().zip(dz_plane(b, c)) {
-                        let a = if p.relu && scale * xv + shift <= zero {
-                            zero
-                        } else {
-                            g
-                        };
-                        sa += a;
-                        sax += a * (xv - mean);
+                let da = |xv: T, g: T| {
+                    if p.relu && scale * xv + shift <= zero {
+                        zero
+                    } else {
+                        g
                     }
-                    sum_da += sa.to_f64c();
-                    sum_da_xhat += (sax * inv_std).to_f64c();
+                };
+                for b in 0..n {
+                    // In LANES independent partial sums (vectorised; see
+                    // `lane_sum`).
+                    let (mut sa, mut sax) = ([zero; LANES], [zero; LANES]);
+                    let (xs, gs) = (x_plane(b, c), dz_plane(b, c));
+                    let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
+                    let (mut ta, mut tax) = (zero, zero);
+                    for (&xv, &g) in xc.remainder().iter().zip(gc.remainder()) {
+                        let a = da(xv, g);
+                        ta += a;
+                        tax += a * (xv - mean);
+                    }
+                    for (xl, gl) in xc.zip(gc) {
+                        for l in 0..LANES {
+                            let a = da(xl[l], gl[l]);
+                            sa[l] += a;
+                            sax[l] += a * (xl[l] - mean);
+                        }
+                    }
+                    for l in 0..LANES {
+                        ta += sa[l];
+                        tax += sax[l];
+                    }
+                    sum_da += ta.to_f64c();
+                    sum_da_xhat += (tax * inv_std).to_f64c();
                 }
                 (sum_da, sum_da_xhat)
             })

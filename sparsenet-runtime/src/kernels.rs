@@ -8,7 +8,7 @@
 
 use crate::direct::{self, Direct};
 use crate::matmul::{matmul, Mat};
-use crate::scratch::{zeros4, Scratch};
+use crate::scratch::{stale4, zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -216,9 +216,10 @@ fn conv2d_direct<T: Float>(
 ) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let (cin, oc) = (concat_channels(srcs), g.out_channels);
-    let d = Direct::new(h, w, g.kernel, g.pad);
+    let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
     let packed = direct::pack_weights(as_f32(weight), oc, cin, g.kernel * g.kernel);
-    let mut out = zeros4((n, oc, d.ho, d.wo));
+    // Every element is written below.
+    let mut out = stale4((n, oc, d.ho, d.wo));
     let hw = d.ho * d.wo;
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
@@ -227,7 +228,7 @@ fn conv2d_direct<T: Float>(
             || {
                 let grid = if d.rows { 0 } else { oc * d.out_plane };
                 (
-                    Scratch::<T>::with_capacity(cin * d.plane),
+                    Scratch::<T>::with_capacity(d.input_len(cin)),
                     Scratch::<f32>(crate::scratch::zeros(grid)),
                 )
             },
@@ -255,8 +256,9 @@ fn conv2d_direct<T: Float>(
     out
 }
 
-/// Image `b` of the transformed concatenation written into zero-padded
-/// planes laid out as `d` says (see [`crate::direct`]).
+/// Image `b` of the transformed concatenation written into the direct
+/// kernels' input layout `d` (zero-padded planes, or pointwise blocks; see
+/// [`crate::direct`]).
 pub(crate) fn gather_padded<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
@@ -265,13 +267,10 @@ pub(crate) fn gather_padded<T: Float>(
     xin: &mut Vec<T>,
 ) {
     let cin = concat_channels(srcs);
-    xin.resize(cin * d.plane, T::zero());
-    for_each_plane(srcs, b, |c, plane| {
-        let dst = &mut xin[c * d.plane..(c + 1) * d.plane];
-        match pre {
-            Some(p) => d.pad_plane(plane, dst, |s, t| p.apply_plane(c, s, t)),
-            None => d.pad_plane(plane, dst, |s, t| t.copy_from_slice(s)),
-        }
+    xin.resize(d.input_len(cin), T::zero());
+    for_each_plane(srcs, b, |c, plane| match pre {
+        Some(p) => d.fill(c, plane, xin, |s, t| p.apply_plane(c, s, t)),
+        None => d.fill(c, plane, xin, |s, t| t.copy_from_slice(s)),
     });
 }
 
@@ -508,20 +507,13 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         .into_par_iter()
         .map(|ci| {
             let plane = |b: usize| &data[(b * c + ci) * hw..(b * c + ci + 1) * hw];
-            // Sums within a plane in T (vectorised), across planes in f64.
-            let sum: f64 = (0..n)
-                .map(|b| plane(b).iter().copied().sum::<T>().to_f64c())
-                .sum();
+            // Sums within a plane in T (in lanes, vectorised), across planes
+            // in f64.
+            let sum: f64 = (0..n).map(|b| lane_sum(plane(b), |v| v).to_f64c()).sum();
             let m = sum / count as f64;
             let mt = T::from_f64c(m);
             let ss: f64 = (0..n)
-                .map(|b| {
-                    plane(b)
-                        .iter()
-                        .map(|&v| (v - mt) * (v - mt))
-                        .sum::<T>()
-                        .to_f64c()
-                })
+                .map(|b| lane_sum(plane(b), |v| (v - mt) * (v - mt)).to_f64c())
                 .sum();
             (T::from_f64c(m), T::from_f64c(ss / count as f64))
         })
@@ -531,6 +523,29 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         var: per_channel.iter().map(|p| p.1).collect(),
         count,
     }
+}
+
+/// Number of independent partial sums in [`lane_sum`] and friends.
+pub(crate) const LANES: usize = 16;
+
+/// `sum f(v)` over `xs`, in [`LANES`] independent partial sums: a single
+/// running float sum is a chain of dependent adds that the compiler may not
+/// reorder, a few times slower than the memory it reads.
+#[inline(always)]
+pub(crate) fn lane_sum<T: Float>(xs: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for l in 0..LANES {
+            acc[l] += f(ch[l]);
+        }
+    }
+    let mut s = tail.iter().fold(T::zero(), |a, &v| a + f(v));
+    for v in acc {
+        s += v;
+    }
+    s
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ thread_local! {
     static FREE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty vector with room for `len` elements: the smallest allocation this
-/// thread gave back that fits, else a new one.
-pub fn take<T: 'static>(len: usize) -> Vec<T> {
+/// The smallest allocation this thread gave back with room for `len`
+/// elements, with the values it held, else a new empty one.
+fn take_kept<T: 'static>(len: usize) -> Vec<T> {
     FREE.with(|free| {
         let mut free = free.borrow_mut();
         let mut fit: Option<(usize, usize)> = None;
@@ -42,12 +42,43 @@ pub fn take<T: 'static>(len: usize) -> Vec<T> {
     })
 }
 
-/// Gives a vector back to this thread's store for a later [`take`].
-pub fn give<T: 'static>(mut v: Vec<T>) {
+/// An empty vector with room for `len` elements: the smallest allocation this
+/// thread gave back that fits, else a new one.
+pub fn take<T: 'static>(len: usize) -> Vec<T> {
+    let mut v = take_kept(len);
+    v.clear();
+    v
+}
+
+/// A vector of `len` elements whose values are unspecified (what the reused
+/// allocation held before, zeros where it held nothing): for buffers the
+/// caller overwrites entirely, so that no pass of zeros precedes the real
+/// writes.
+pub fn stale<T: Clone + num_traits::Zero + 'static>(len: usize) -> Vec<T> {
+    let mut v = take_kept(len);
+    if v.len() >= len {
+        v.truncate(len);
+    } else {
+        v.resize(len, T::zero());
+    }
+    v
+}
+
+/// An array of the given shape whose values are unspecified (see [`stale`]).
+pub fn stale4<T: Clone + num_traits::Zero + 'static>(
+    shape: (usize, usize, usize, usize),
+) -> Array4<T> {
+    let len = shape.0 * shape.1 * shape.2 * shape.3;
+    Array4::from_shape_vec(shape, stale(len)).expect("length matches the shape")
+}
+
+/// Gives a vector back to this thread's store for a later [`take`]. Its
+/// values are kept (they are initialised memory that [`stale`] may hand
+/// out again).
+pub fn give<T: 'static>(v: Vec<T>) {
     if v.capacity() == 0 {
         return;
     }
-    v.clear();
     FREE.with(|free| free.borrow_mut().push(Box::new(v)));
 }
 
@@ -118,6 +149,16 @@ mod tests {
         );
         let small: Vec<f32> = take(50);
         assert!(small.capacity() >= 100 && small.capacity() < 1000);
+        give(vec![7.0f32; 300]);
+        let s: Vec<f32> = stale(200);
+        assert_eq!(s.len(), 200, "a stale vector has the asked length");
+        assert!(s.iter().all(|&v| v == 7.0), "and keeps the reused values");
+        give(s);
+        let s: Vec<f32> = stale(250);
+        assert!(
+            s.len() == 250 && s[200..].iter().all(|&v| v == 0.0),
+            "zeros past what was held"
+        );
         let w: Vec<f64> = take(0);
         assert!(w.is_empty() && w.capacity() >= 10);
         let fresh: Vec<f64> = take(0);
