@@ -16,11 +16,12 @@ fn main() {
     ];
     for (cin, cout, hw, k) in shapes {
         let d = Direct::for_conv(hw, hw, k, k / 2, cin);
-        let x: Vec<f32> = (0..d.input_len(cin)).map(|i| (i % 17) as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..d.input_len(cin))
+            .map(|i| (i % 17) as f32 * 0.1)
+            .collect();
         let w: Vec<f32> = (0..cout * cin * k * k)
             .map(|i| (i % 13) as f32 * 0.01)
             .collect();
-        let pk = direct::pack_weights(&w, cout, cin, k * k);
         let mut out = vec![0.0f32; cout * d.out_plane];
         let mut dw = vec![0.0f32; direct::lanes_len(cout, cin, k * k)];
         let dy: Vec<f32> = (0..cout * d.out_plane)
@@ -31,7 +32,7 @@ fn main() {
         let mut bestw = f64::MAX;
         for _ in 0..30 {
             let t = Instant::now();
-            direct::forward(&d, &x, cin, &pk, cout, &mut out);
+            direct::forward(&d, &x, cin, &w, cout, &mut out);
             best = best.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
             direct::weight_grad(&d, &x, cin, &dy, cout, &mut dw);

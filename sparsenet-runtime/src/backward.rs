@@ -176,7 +176,7 @@ fn conv2d_backward_direct<T: Float>(
     let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
     let dt = Direct::for_conv(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad, oc);
     debug_assert_eq!((dt.ho, dt.wo), (h, w));
-    let flipped = direct::pack_flipped(as_f32(weight), oc, cin, kk);
+    let flipped = direct::flipped(as_f32(weight), oc, cin, kk);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
     // Every element is written below.
     let mut dz = crate::scratch::stale4((n, cin, h, w));

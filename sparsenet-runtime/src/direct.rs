@@ -40,7 +40,7 @@ use std::sync::OnceLock;
 const FQ: usize = 6;
 const FP: usize = 2;
 /// Forward cache blocking: channel tiles per group, and the bytes of
-/// weights a group of tiles uses per block of input channels.
+/// weights a group of tiles reads per block of input channels.
 const FG: usize = 4;
 const FW_BYTES: usize = 16 * 1024;
 /// Weight-gradient tile: 3 output channels by 4 input rows (channel, tap):
@@ -270,32 +270,10 @@ impl Direct {
     }
 }
 
-/// Forward weights `weight` (OIHW: cout x cin x k x k) packed for the forward
-/// kernel: per tile of [`FQ`] output channels, `[c][tap][q]`, zero-padded to
-/// whole tiles.
-pub fn pack_weights(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
-    assert_eq!(
-        weight.len(),
-        cout * cin * kk,
-        "weight is cout x cin x k x k"
-    );
-    let tiles = cout.div_ceil(FQ);
-    let mut packed = vec![0.0; tiles * cin * kk * FQ];
-    for o in 0..cout {
-        let (tile, q) = (o / FQ, o % FQ);
-        for c in 0..cin {
-            for t in 0..kk {
-                packed[((tile * cin + c) * kk + t) * FQ + q] = weight[(o * cin + c) * kk + t];
-            }
-        }
-    }
-    packed
-}
-
 /// The kernel of the input gradient of a stride-1 convolution with `weight`
-/// (OIHW), packed like [`pack_weights`]: a convolution from `cout` channels
-/// to `cin` with the taps flipped.
-pub fn pack_flipped(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
+/// (OIHW): a convolution from `cout` channels to `cin` with the taps
+/// flipped, in OIHW (`cin x cout x k x k`).
+pub fn flipped(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
     assert_eq!(
         weight.len(),
         cout * cin * kk,
@@ -309,26 +287,28 @@ pub fn pack_flipped(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f
             }
         }
     }
-    pack_weights(&t_weight, cin, cout, kk)
+    t_weight
 }
 
-/// `out = conv(x, W)` for one image: `x` holds `cin` padded planes, `packed`
-/// comes from [`pack_weights`], `out` holds `cout` planes of `out_plane`
-/// floats (NCHW planes in the rows mapping, grid planes in the flat one).
-pub fn forward(d: &Direct, x: &[f32], cin: usize, packed: &[f32], cout: usize, out: &mut [f32]) {
+/// `out = conv(x, W)` for one image: `x` holds `cin` input channels in the
+/// layout of `d`, `weight` is OIHW (cout x cin x k x k), `out` holds `cout`
+/// planes of `out_plane` floats (NCHW planes in the rows mapping, grid
+/// planes in the flat one).
+pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, out: &mut [f32]) {
     let kk = d.k * d.k;
-    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+    assert!(x.len() >= d.input_len(cin), "input holds cin channels");
     assert!(
-        packed.len() >= cout.div_ceil(FQ) * cin * kk * FQ,
-        "packed weights"
+        weight.len() >= cout * cin * kk,
+        "weight is cout x cin x k x k"
     );
     assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
     assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present (checked above). The asserts bound
     // every access: input reads stay below `cin * plane` by construction of
-    // `offs`/`taps` in `Direct::new`; weight reads below the packed length;
-    // stores go to planes `q < cout` at offsets below `out_plane`.
+    // `offs`/`taps` in `Direct::new`; weight reads stay in rows `< cout`
+    // (rows past `cout` in a partial tile read a valid row again and are not
+    // stored); stores go to planes `q < cout` at offsets below `out_plane`.
     unsafe {
         let tiles = cout.div_ceil(FQ);
         // Cache blocking: a block of input channels and a group of channel
@@ -347,12 +327,22 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, packed: &[f32], cout: usize, o
                     let offs = &d.offs[v..v + pn];
                     for tile in g0..tiles.min(g0 + FG) {
                         let qn = FQ.min(cout - tile * FQ);
-                        let w = packed.as_ptr().add(((tile * cin) + c0) * kk * FQ);
+                        let mut w = [weight.as_ptr(); FQ];
+                        for (q, p) in w.iter_mut().enumerate() {
+                            let o = tile * FQ + q.min(qn - 1);
+                            *p = weight.as_ptr().add((o * cin + c0) * kk);
+                        }
                         let o = out.as_mut_ptr().add(tile * FQ * d.out_plane);
-                        if pn == FP {
-                            fwd_tile::<FP>(xb, d, cn, w, offs, o, qn, c0 > 0);
-                        } else {
-                            fwd_tile::<1>(xb, d, cn, w, offs, o, qn, c0 > 0);
+                        let acc = c0 > 0;
+                        // Tap counts known at compile time unroll the tap
+                        // loop (a 1x1 kernel has none left).
+                        match (pn == FP, kk) {
+                            (true, 1) => fwd_tile::<FP, 1>(xb, d, cn, w, offs, o, qn, acc),
+                            (true, 9) => fwd_tile::<FP, 9>(xb, d, cn, w, offs, o, qn, acc),
+                            (true, _) => fwd_tile::<FP, 0>(xb, d, cn, w, offs, o, qn, acc),
+                            (false, 1) => fwd_tile::<1, 1>(xb, d, cn, w, offs, o, qn, acc),
+                            (false, 9) => fwd_tile::<1, 9>(xb, d, cn, w, offs, o, qn, acc),
+                            (false, _) => fwd_tile::<1, 0>(xb, d, cn, w, offs, o, qn, acc),
                         }
                     }
                     v += pn;
@@ -362,14 +352,45 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, packed: &[f32], cout: usize, o
     }
 }
 
+/// [`forward`] with the output channels split into up to `parts` groups of
+/// whole tiles run on rayon's threads (for a batch too small to give every
+/// thread its own images).
+pub fn forward_parts(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    out: &mut [f32],
+    parts: usize,
+) {
+    use rayon::prelude::*;
+    let tiles = cout.div_ceil(FQ);
+    let per = tiles.div_ceil(parts.max(1));
+    if per >= tiles {
+        return forward(d, x, cin, weight, cout, out);
+    }
+    let wlen = per * FQ * cin * d.k * d.k;
+    let olen = per * FQ * d.out_plane;
+    assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
+    out[..cout * d.out_plane]
+        .par_chunks_mut(olen)
+        .zip(weight[..cout * cin * d.k * d.k].par_chunks(wlen))
+        .enumerate()
+        .for_each(|(i, (o, w))| {
+            let c = (cout - i * per * FQ).min(per * FQ);
+            forward(d, x, cin, w, c, o);
+        });
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile<const P: usize>(
+unsafe fn fwd_tile<const P: usize, const KK: usize>(
     x: *const f32,
     d: &Direct,
     cin: usize,
-    mut w: *const f32,
+    w: [*const f32; FQ],
     offs: &[(u32, u32)],
     out: *mut f32,
     qn: usize,
@@ -387,21 +408,29 @@ unsafe fn fwd_tile<const P: usize>(
     for p in 0..P {
         base[p] = x.add(offs[p].0 as usize);
     }
+    // KK: the number of taps when known at compile time, 0 when not.
+    let taps: &[u32] = match KK {
+        0 => &d.taps,
+        1 => &[0],
+        _ => &d.taps[..KK],
+    };
+    // `i` walks the (channel, tap) pairs: the position in every weight row.
+    let mut i = 0;
     for c in 0..cin {
         let plane = c * d.plane;
-        for &t in &d.taps {
+        for &t in taps {
             let at = plane + t as usize;
             let mut xv = [_mm256_setzero_ps(); P];
             for p in 0..P {
                 xv[p] = _mm256_loadu_ps(base[p].add(at));
             }
             for q in 0..FQ {
-                let wv = _mm256_broadcast_ss(&*w.add(q));
+                let wv = _mm256_broadcast_ss(&*w[q].add(i));
                 for p in 0..P {
                     acc[q][p] = _mm256_fmadd_ps(xv[p], wv, acc[q][p]);
                 }
             }
-            w = w.add(FQ);
+            i += 1;
         }
     }
     for q in 0..qn {
@@ -624,14 +653,7 @@ mod tests {
                 let wt = values(cout * cin * k * k, 1.7);
                 let (want, _, _) = reference(&x, cin, h, w, &wt, cout, k, pad);
                 let mut out = vec![f32::NAN; cout * d.out_plane];
-                forward(
-                    &d,
-                    &padded(&d, &x, cin),
-                    cin,
-                    &pack_weights(&wt, cout, cin, k * k),
-                    cout,
-                    &mut out,
-                );
+                forward(&d, &padded(&d, &x, cin), cin, &wt, cout, &mut out);
                 let got = nchw(&d, &out, cout);
                 for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -667,7 +689,7 @@ mod tests {
                     &dt,
                     &padded(&dt, &dy, cout),
                     cout,
-                    &pack_flipped(&wt, cout, cin, k * k),
+                    &flipped(&wt, cout, cin, k * k),
                     cin,
                     &mut dx,
                 );
