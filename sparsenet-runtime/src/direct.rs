@@ -352,37 +352,6 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
     }
 }
 
-/// [`forward`] with the output channels split into up to `parts` groups of
-/// whole tiles run on rayon's threads (for a batch too small to give every
-/// thread its own images).
-pub fn forward_parts(
-    d: &Direct,
-    x: &[f32],
-    cin: usize,
-    weight: &[f32],
-    cout: usize,
-    out: &mut [f32],
-    parts: usize,
-) {
-    use rayon::prelude::*;
-    let tiles = cout.div_ceil(FQ);
-    let per = tiles.div_ceil(parts.max(1));
-    if per >= tiles {
-        return forward(d, x, cin, weight, cout, out);
-    }
-    let wlen = per * FQ * cin * d.k * d.k;
-    let olen = per * FQ * d.out_plane;
-    assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
-    out[..cout * d.out_plane]
-        .par_chunks_mut(olen)
-        .zip(weight[..cout * cin * d.k * d.k].par_chunks(wlen))
-        .enumerate()
-        .for_each(|(i, (o, w))| {
-            let c = (cout - i * per * FQ).min(per * FQ);
-            forward(d, x, cin, w, c, o);
-        });
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]

@@ -221,52 +221,38 @@ fn conv2d_direct<T: Float>(
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
     let hw = d.ho * d.wo;
-    // One image per task; with fewer images than threads (batch-1
-    // latency), the images in turn with their output channels split
-    // across the threads.
-    let threads = rayon::current_num_threads();
-    let parts = if n < threads { threads } else { 1 };
-    let image = |b: usize, o: &mut [f32], xin: &mut Vec<T>, grid: &mut Vec<f32>| {
-        gather_padded(srcs, pre, b, &d, xin);
-        let x = as_f32(xin);
-        if d.rows {
-            direct::forward_parts(&d, x, cin, weight, oc, o, parts);
-        } else {
-            grid.resize(oc * d.out_plane, 0.0);
-            direct::forward_parts(&d, x, cin, weight, oc, grid, parts);
-            for (gp, op) in grid.chunks_exact(d.out_plane).zip(o.chunks_exact_mut(hw)) {
-                d.compact(gp, op);
-            }
-        }
-        if let Some(bias) = bias {
-            for (row, &bv) in o.chunks_exact_mut(hw).zip(as_f32(bias)) {
-                for v in row {
-                    *v += bv;
-                }
-            }
-        }
-    };
-    let init = || {
-        (
-            Scratch::<T>::with_capacity(d.input_len(cin)),
-            Scratch::<f32>::with_capacity(if d.rows { 0 } else { oc * d.out_plane }),
-        )
-    };
-    if parts > 1 {
-        let (mut xin, mut grid) = init();
-        for (b, mut ob) in out.axis_iter_mut(Axis(0)).enumerate() {
-            let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-            image(b, o, &mut xin.0, &mut grid.0);
-        }
-    } else {
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .enumerate()
-            .for_each_init(init, |(xin, grid), (b, mut ob)| {
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || {
+                (
+                    Scratch::<T>::with_capacity(d.input_len(cin)),
+                    Scratch::<f32>::with_capacity(if d.rows { 0 } else { oc * d.out_plane }),
+                )
+            },
+            |(xin, grid), (b, mut ob)| {
+                gather_padded(srcs, pre, b, &d, &mut xin.0);
+                let x = as_f32(&xin.0);
                 let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-                image(b, o, &mut xin.0, &mut grid.0);
-            });
-    }
+                if d.rows {
+                    direct::forward(&d, x, cin, weight, oc, o);
+                } else {
+                    grid.0.resize(oc * d.out_plane, 0.0);
+                    direct::forward(&d, x, cin, weight, oc, &mut grid.0);
+                    for (gp, op) in grid.0.chunks_exact(d.out_plane).zip(o.chunks_exact_mut(hw)) {
+                        d.compact(gp, op);
+                    }
+                }
+                if let Some(bias) = bias {
+                    for (row, &bv) in o.chunks_exact_mut(hw).zip(as_f32(bias)) {
+                        for v in row {
+                            *v += bv;
+                        }
+                    }
+                }
+            },
+        );
     out
 }
 

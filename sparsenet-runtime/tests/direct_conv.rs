@@ -40,6 +40,8 @@ fn direct_f32_convolution_matches_the_general_path() {
         ((4, 2), 5, 9, 6, 5, 2, 2),
         ((3, 0), 16, 28, 28, 3, 1, 2),
         ((100, 60), 12, 32, 32, 3, 1, 2),
+        ((30, 50), 96, 8, 8, 1, 0, 1),
+        ((30, 20), 24, 7, 7, 3, 1, 1),
     ];
     for ((c1, c2), oc, h, w, k, pad, n) in cases {
         let mut rand4 =
