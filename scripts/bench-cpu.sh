@@ -22,9 +22,12 @@ if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, safeten
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r scripts/requirements-bench.txt
 fi
-cargo build --release --example bench_cpu
+cargo build --release --example bench_cpu --example bench_direct
 mkdir -p target/bench
 : > target/bench/results.jsonl
+# The fp32 peak as this machine runs it now (boost clock included): one
+# core's independent FMA chains, times the thread count.
+target/release/examples/bench_direct --peak > target/bench/peak.json
 for net in $NETS; do
   case $net in
     seed40) torch_args="--depth 40 --growth 12" ;;
@@ -38,23 +41,27 @@ for net in $NETS; do
   OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/bench_torch.py --dir "$dir" --threads "$THREADS" $torch_args \
     | sed "s/^{/{\"net\": \"$net\", /" | tee -a target/bench/results.jsonl
 done
-python3 - target/bench/results.jsonl <<'EOF'
+python3 - target/bench/results.jsonl target/bench/peak.json <<'EOF'
 import json, sys, subprocess
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peak_core = json.load(open(sys.argv[2]))["peak_gflops_per_core"]
 ours = [r for r in rows if r["side"] == "sparsenet"]
 theirs = [r for r in rows if r["side"] == "pytorch"]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 print(f"\nCPU: {cpu}; threads: {ours[0]['threads']}; batch {ours[0]['batch']}; torch {theirs[0]['torch']}")
-print("GFLOP/s counts 2 FLOPs per multiply-add; a training step as 3x the forward pass.\n")
-hdr = f"{'network':<16} {'measure':<22} {'sparsenet':>12} {'pytorch':>12} {'ratio':>7}  {'GFLOP/s ours / torch':>22}"
+peak = peak_core * ours[0]["threads"]
+print(f"fp32 peak measured now: {peak_core:.1} GFLOP/s per core (8-wide FMA chains), {peak:.1} for {ours[0]['threads']} threads")
+print("GFLOP/s counts 2 FLOPs per multiply-add; a training step as 3x the forward pass; % is of that peak.\n")
+hdr = f"{'network':<16} {'measure':<22} {'sparsenet':>12} {'pytorch':>12} {'ratio':>7}  {'GFLOP/s (% of peak) ours / torch':>34}"
 print(hdr)
 print("-" * len(hdr))
 for o, t in zip(ours, theirs):
     macs, b = o["macs_per_image"], o["batch"]
     def line(name, key, flop, unit="ms"):
         a, p = o[key], t[key]
-        g = f"{flop / a / 1e6:8.1f} / {flop / p / 1e6:6.1f}" if flop else ""
-        print(f"{o['net']:<16} {name:<22} {a:>9.2f} {unit:<2} {p:>9.2f} {unit:<2} {p / a:>6.2f}x  {g:>22}")
+        ga, gp = flop / a / 1e6, flop / p / 1e6
+        g = f"{ga:6.1f} ({100 * ga / peak:3.0f}%) / {gp:6.1f} ({100 * gp / peak:3.0f}%)"
+        print(f"{o['net']:<16} {name:<22} {a:>9.2f} {unit:<2} {p:>9.2f} {unit:<2} {p / a:>6.2f}x  {g:>34}")
     line("train step (median)", "train_step_ms", 6 * macs * b)
     line("inference (median)", "eval_ms", 2 * macs * b)
     line("batch-1 latency", "latency1_ms", 2 * macs)

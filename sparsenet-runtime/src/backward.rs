@@ -9,7 +9,7 @@
 
 use crate::direct::{self, Direct};
 use crate::kernels::{
-    as_f32, as_f32_mut, for_each_plane, gather_padded, gather_unfold, im2col, read, use_direct,
+    as_f32, as_f32_mut, for_each_plane, gather_into, gather_unfold, im2col, read, use_direct,
     ConvGeom, Pre, LANES,
 };
 use crate::matmul::{matmul, Mat};
@@ -138,6 +138,11 @@ pub fn conv2d_backward<T: Float>(
     dz
 }
 
+/// Output positions (in vectors of 8) that one weight-gradient call should
+/// see at least: fewer, and loading and storing a tile's accumulators costs
+/// as much as its products.
+const MIN_POSITIONS: usize = 32;
+
 /// Adds the chunks' weight and bias gradients, in chunk order.
 fn add_partials<T: Float>(
     partials: Vec<(Vec<T>, Vec<T>)>,
@@ -196,23 +201,46 @@ fn conv2d_backward_direct<T: Float>(
             let mut dyg = Scratch::<f32>(crate::scratch::zeros(grid_len(d.rows, oc * d.out_plane)));
             let mut dzg =
                 Scratch::<f32>(crate::scratch::zeros(grid_len(dt.rows, cin * dt.out_plane)));
+            // The weight gradient takes `group` images per call, so that
+            // small planes still give each tile a long run of positions.
+            let group = (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0);
+            let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
+            xin.0.resize(group * x_img, T::zero());
+            if !d.rows {
+                dyg.0.resize(group * dy_img, 0.0);
+            }
+            let (b0, dzc_len) = (ci * chunk, dzc.dim().0);
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
-                let b = ci * chunk + lb;
+                let b = b0 + lb;
                 let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
-                gather_padded(srcs, pre, b, &d, &mut xin.0);
-                let x = as_f32(&xin.0);
-                let dyk: &[f32] = if d.rows {
-                    dyb
-                } else {
-                    for (src, grid) in dyb
+                let slot = lb % group;
+                gather_into(
+                    srcs,
+                    pre,
+                    b,
+                    &d,
+                    &mut xin.0[slot * x_img..(slot + 1) * x_img],
+                );
+                if !d.rows {
+                    let grid = &mut dyg.0[slot * dy_img..(slot + 1) * dy_img];
+                    for (src, plane) in dyb
                         .chunks_exact(hw_out)
-                        .zip(dyg.0.chunks_exact_mut(d.out_plane))
+                        .zip(grid.chunks_exact_mut(d.out_plane))
                     {
-                        d.expand(src, grid);
+                        d.expand(src, plane);
                     }
-                    &dyg.0
-                };
-                direct::weight_grad(&d, x, cin, dyk, oc, &mut lanes.0);
+                }
+                let last = lb + 1 == dzc_len;
+                if slot + 1 == group || last {
+                    let images = slot + 1;
+                    let b_first = b + 1 - images;
+                    let dyk: &[f32] = if d.rows {
+                        &dy_all[b_first * dy_img..(b + 1) * dy_img]
+                    } else {
+                        &dyg.0
+                    };
+                    direct::weight_grad(&d, as_f32(&xin.0), cin, dyk, oc, &mut lanes.0, images);
+                }
                 for (s, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
                     *s += T::from_f64c(crate::kernels::lane_sum(row, |v| v) as f64);
                 }

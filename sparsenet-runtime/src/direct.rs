@@ -195,6 +195,11 @@ impl Direct {
         }
     }
 
+    /// Vectors of 8 outputs per image.
+    pub fn offs_len(&self) -> usize {
+        self.offs.len()
+    }
+
     /// Floats of an input buffer of `chans` channels in this layout.
     pub fn input_len(&self, chans: usize) -> usize {
         if self.chans == 0 {
@@ -415,20 +420,35 @@ pub fn lanes_len(cout: usize, cin: usize, kk: usize) -> usize {
     cout.div_ceil(WQ) * (cin * kk).div_ceil(WR) * WQ * WR * 8
 }
 
-/// `lanes += dy . x` for one image, kept as 8 partial sums per weight (a
-/// horizontal sum per weight and image would cost as much as the products
-/// on an 8x8 plane); [`fold_lanes`] adds them into the weight gradient.
-/// `x` holds the `cin` padded input planes, `dy` the `cout` output-gradient
-/// planes in the kernels' output layout (in the flat mapping, zero outside
-/// the output; see [`Direct::expand`]), `lanes` [`lanes_len`] floats.
-pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dy: &[f32], cout: usize, lanes: &mut [f32]) {
+/// `lanes += dy . x` summed over `images` images, kept as 8 partial sums
+/// per weight (a horizontal sum per weight and call would cost as much as
+/// the products on an 8x8 plane); [`fold_lanes`] adds them into the weight
+/// gradient. `x` holds each image's `cin` input channels in the layout of
+/// `d` ([`Direct::input_len`] floats per image), `dy` each image's `cout`
+/// output-gradient planes in the kernels' output layout (`cout *
+/// out_plane` floats per image; in the flat mapping zero outside the
+/// output, see [`Direct::expand`]), `lanes` [`lanes_len`] floats. Several
+/// images per call give small planes enough positions per tile.
+pub fn weight_grad(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    dy: &[f32],
+    cout: usize,
+    lanes: &mut [f32],
+    images: usize,
+) {
     let kk = d.k * d.k;
     let j_all = cin * kk;
     let otiles = cout.div_ceil(WQ);
-    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+    let (x_img, dy_img) = (d.input_len(cin), cout * d.out_plane);
     assert!(
-        dy.len() >= cout * d.out_plane,
-        "output gradient holds cout planes"
+        x.len() >= images * x_img,
+        "input holds cin channels per image"
+    );
+    assert!(
+        dy.len() >= images * dy_img,
+        "output gradient holds cout planes per image"
     );
     assert!(
         lanes.len() >= lanes_len(cout, cin, kk),
@@ -437,10 +457,10 @@ pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dy: &[f32], cout: usize, l
     assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present; reads of `x` stay below
-    // `cin * plane` and of `dy` below `cout * out_plane` (offsets from
-    // `Direct::new`); rows past `cout` or `j_all` read a valid row again
-    // into lanes that `fold_lanes` ignores; each tile's lanes lie inside
-    // `lanes_len`.
+    // `images * x_img` and of `dy` below `images * dy_img` (offsets from
+    // `Direct::new`/`pointwise` stay inside one image's buffers); rows past
+    // `cout` or `j_all` read a valid row again into lanes that `fold_lanes`
+    // ignores; each tile's lanes lie inside `lanes_len`.
     unsafe {
         // Input rows outer: a tile's WR input rows stay in L1 while every
         // output channel's gradient plane streams past (from L2: they are
@@ -459,7 +479,7 @@ pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dy: &[f32], cout: usize, l
                     *p = dy.as_ptr().add((o0 + q.min(qn - 1)) * d.out_plane);
                 }
                 let tile = lanes.as_mut_ptr().add((jt * otiles + ot) * WQ * WR * 8);
-                wgrad_tile(&dyp, &xp, &d.offs, tile);
+                wgrad_tile(&dyp, &xp, &d.offs, tile, images, x_img, dy_img);
             }
         }
     }
@@ -486,6 +506,9 @@ unsafe fn wgrad_tile(
     x: &[*const f32; WR],
     offs: &[(u32, u32)],
     lanes: *mut f32,
+    images: usize,
+    x_img: usize,
+    dy_img: usize,
 ) {
     let mut acc = [[_mm256_setzero_ps(); WR]; WQ];
     for q in 0..WQ {
@@ -493,15 +516,19 @@ unsafe fn wgrad_tile(
             acc[q][r] = _mm256_loadu_ps(lanes.add((q * WR + r) * 8));
         }
     }
-    for &(xi, yi) in offs {
-        let mut g = [_mm256_setzero_ps(); WQ];
-        for q in 0..WQ {
-            g[q] = _mm256_loadu_ps(dy[q].add(yi as usize));
-        }
-        for r in 0..WR {
-            let xv = _mm256_loadu_ps(x[r].add(xi as usize));
+    for img in 0..images {
+        let (x0, y0) = (img * x_img, img * dy_img);
+        for &(xi, yi) in offs {
+            let (xi, yi) = (x0 + xi as usize, y0 + yi as usize);
+            let mut g = [_mm256_setzero_ps(); WQ];
             for q in 0..WQ {
-                acc[q][r] = _mm256_fmadd_ps(g[q], xv, acc[q][r]);
+                g[q] = _mm256_loadu_ps(dy[q].add(yi));
+            }
+            for r in 0..WR {
+                let xv = _mm256_loadu_ps(x[r].add(xi));
+                for q in 0..WQ {
+                    acc[q][r] = _mm256_fmadd_ps(g[q], xv, acc[q][r]);
+                }
             }
         }
     }
@@ -720,14 +747,18 @@ mod tests {
                 let mut dw = vec![1.0f32; cout * cin * kk];
                 let mut lanes = vec![0.0; lanes_len(cout, cin, kk)];
                 let xp = padded(&d, &x, cin);
-                // Two images' worth into the same lanes: the sums add up.
-                weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes);
-                weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes);
+                // One image, then the same image once more and twice more as a
+                // batch of two, into the same lanes: four times the sums.
+                weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes, 1);
+                let two_x = [xp.clone(), xp].concat();
+                let two_dy = [dyk.clone(), dyk].concat();
+                weight_grad(&d, &two_x, cin, &two_dy, cout, &mut lanes, 1);
+                weight_grad(&d, &two_x, cin, &two_dy, cout, &mut lanes, 2);
                 fold_lanes(&lanes, cout, cin, kk, &mut dw);
                 for (i, (&g, &r)) in dw.iter().zip(&want).enumerate() {
                     assert!(
-                        (g as f64 - 1.0 - 2.0 * r).abs() <= 1e-4 * (1.0 + r.abs()),
-                        "case {:?} (pointwise layout: {}) element {i}: {g} vs 1 + 2 * {r}",
+                        (g as f64 - 1.0 - 4.0 * r).abs() <= 1e-4 * (1.0 + r.abs()),
+                        "case {:?} (pointwise layout: {}) element {i}: {g} vs 1 + 4 * {r}",
                         (cin, cout, h, w, k, pad),
                         d.chans > 0
                     );

@@ -266,11 +266,26 @@ pub(crate) fn gather_padded<T: Float>(
     d: &Direct,
     xin: &mut Vec<T>,
 ) {
-    let cin = concat_channels(srcs);
-    xin.resize(d.input_len(cin), T::zero());
+    xin.resize(d.input_len(concat_channels(srcs)), T::zero());
+    gather_into(srcs, pre, b, d, xin);
+}
+
+/// [`gather_padded`] into a slice of [`Direct::input_len`] elements.
+pub(crate) fn gather_into<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    b: usize,
+    d: &Direct,
+    dst: &mut [T],
+) {
+    assert_eq!(
+        dst.len(),
+        d.input_len(concat_channels(srcs)),
+        "input buffer size"
+    );
     for_each_plane(srcs, b, |c, plane| match pre {
-        Some(p) => d.fill(c, plane, xin, |s, t| p.apply_plane(c, s, t)),
-        None => d.fill(c, plane, xin, |s, t| t.copy_from_slice(s)),
+        Some(p) => d.fill(c, plane, dst, |s, t| p.apply_plane(c, s, t)),
+        None => d.fill(c, plane, dst, |s, t| t.copy_from_slice(s)),
     });
 }
 
