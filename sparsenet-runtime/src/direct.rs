@@ -109,7 +109,7 @@ impl Direct {
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         assert!(k >= 1 && hp >= k && wp >= k, "kernel fits the padded input");
         let (ho, wo) = (hp - k + 1, wp - k + 1);
-        let rows = wo % 8 == 0;
+        let rows = wo.is_multiple_of(8);
         let (offs, plane, out_plane) = if rows {
             let offs = (0..ho * wo / 8)
                 .map(|v| {
@@ -157,7 +157,7 @@ impl Direct {
     pub fn pointwise(h: usize, w: usize, chans: usize) -> Self {
         assert!(chans > 0, "a convolution has input channels");
         let hw = h * w;
-        let rows = hw % 8 == 0;
+        let rows = hw.is_multiple_of(8);
         let nv = hw.div_ceil(8);
         let offs = (0..nv)
             .map(|v| {
