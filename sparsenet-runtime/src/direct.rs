@@ -20,6 +20,12 @@
 //!   `wp`, so a vector may run past the row end into columns that are thrown
 //!   away) into a grid-shaped buffer that [`Direct::compact`] copies out.
 //!
+//! 1x1 convolutions use a second input layout instead of padded planes
+//! ([`Direct::pointwise`]): positions in blocks of 16, every channel's 16
+//! values one after another within a block, so that a position tile reads
+//! one contiguous run of memory. [`Direct::for_conv`] picks the layout and
+//! [`Direct::fill`] writes either.
+//!
 //! The three products of a convolution layer map onto two kernels:
 //! forward (`out = W * x`), the input gradient (a forward convolution of the
 //! padded output gradient with the flipped, transposed kernel), and the
