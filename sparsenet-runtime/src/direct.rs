@@ -155,8 +155,8 @@ impl Direct {
     }
 
     /// A 1x1 convolution over `chans` input channels, in the pointwise
-    /// layout: the pixels in blocks of [`BLOCK`], and within a block every
-    /// channel's [`BLOCK`] values one after the other. A position tile then
+    /// layout: the pixels in blocks of `BLOCK` (16), and within a block every
+    /// channel's `BLOCK` (16) values one after the other. A position tile then
     /// reads one contiguous run of memory instead of one cache line in each
     /// of `chans` planes, which the hardware prefetchers cannot follow.
     /// In this layout `plane` is the distance between channels in a block.
