@@ -61,19 +61,7 @@ pub fn conv2d_backward<T: Float>(
         pad: k - 1 - g.pad.min(k - 1),
     };
     let wflip: Vec<T> = if transposed {
-        // wflip[c][(o, ky, kx)] = weight[o][c][k-1-ky][k-1-kx]
-        let mut f = vec![T::zero(); cin * oc * k * k];
-        for o in 0..oc {
-            for c in 0..cin {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        f[((c * oc + o) * k + ky) * k + kx] =
-                            weight[((o * cin + c) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
-                    }
-                }
-            }
-        }
-        f
+        flipped_kernel(weight, oc, cin, k * k)
     } else {
         Vec::new()
     };
@@ -138,6 +126,32 @@ pub fn conv2d_backward<T: Float>(
     dz
 }
 
+/// The kernel of a stride-1 convolution's input gradient, for `weight`
+/// (OIHW, cout x cin x k x k): a convolution from `cout` channels to `cin`
+/// with the taps flipped, in OIHW (cin x cout x k x k):
+/// `flipped[c][o][t] = weight[o][c][kk - 1 - t]`.
+pub(crate) fn flipped_kernel<T: Copy + num_traits::Zero>(
+    weight: &[T],
+    cout: usize,
+    cin: usize,
+    kk: usize,
+) -> Vec<T> {
+    assert_eq!(
+        weight.len(),
+        cout * cin * kk,
+        "weight is cout x cin x k x k"
+    );
+    let mut f = vec![T::zero(); cin * cout * kk];
+    for o in 0..cout {
+        for c in 0..cin {
+            for t in 0..kk {
+                f[(c * cout + o) * kk + (kk - 1 - t)] = weight[(o * cin + c) * kk + t];
+            }
+        }
+    }
+    f
+}
+
 /// Output positions (in vectors of 8) that one weight-gradient call should
 /// see at least: fewer, and loading and storing a tile's accumulators costs
 /// as much as its products.
@@ -181,7 +195,7 @@ fn conv2d_backward_direct<T: Float>(
     let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
     let dt = Direct::for_conv(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad, oc);
     debug_assert_eq!((dt.ho, dt.wo), (h, w));
-    let flipped = direct::flipped(as_f32(weight), oc, cin, kk);
+    let flipped = flipped_kernel(as_f32(weight), oc, cin, kk);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
     // Every element is written below.
     let mut dz = crate::scratch::stale4((n, cin, h, w));
@@ -195,20 +209,25 @@ fn conv2d_backward_direct<T: Float>(
             let mut dw = vec![T::zero(); oc * cin * kk];
             let mut db = vec![T::zero(); oc];
             let mut lanes = Scratch::<f32>(crate::scratch::zeros(direct::lanes_len(oc, cin, kk)));
-            let mut xin = Scratch::<T>::with_capacity(d.input_len(cin));
-            let mut dyp = Scratch::<f32>(crate::scratch::stale(dt.input_len(oc)));
-            let grid_len = |rows: bool, len: usize| if rows { 0 } else { len };
-            let mut dyg = Scratch::<f32>(crate::scratch::zeros(grid_len(d.rows, oc * d.out_plane)));
-            let mut dzg =
-                Scratch::<f32>(crate::scratch::zeros(grid_len(dt.rows, cin * dt.out_plane)));
             // The weight gradient takes `group` images per call, so that
-            // small planes still give each tile a long run of positions.
+            // small planes still give each tile a long run of positions:
+            // their inputs (and, in the flat mapping, their output
+            // gradients in the grid layout) sit side by side.
             let group = (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0);
             let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
-            xin.0.resize(group * x_img, T::zero());
-            if !d.rows {
-                dyg.0.resize(group * dy_img, 0.0);
-            }
+            let mut xin = Scratch::<T>(crate::scratch::stale(group * x_img));
+            let mut dyg = Scratch::<f32>(crate::scratch::stale(if d.rows {
+                0
+            } else {
+                group * dy_img
+            }));
+            // Fully written for every image before they are read.
+            let mut dyp = Scratch::<f32>(crate::scratch::stale(dt.input_len(oc)));
+            let mut dzg = Scratch::<f32>(crate::scratch::stale(if dt.rows {
+                0
+            } else {
+                cin * dt.out_plane
+            }));
             let (b0, dzc_len) = (ci * chunk, dzc.dim().0);
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = b0 + lb;

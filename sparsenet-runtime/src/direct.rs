@@ -83,8 +83,7 @@ pub struct Direct {
     /// Input size without padding.
     pub h: usize,
     pub w: usize,
-    /// Padded input size.
-    pub hp: usize,
+    /// Padded input width (the row stride of a padded plane).
     pub wp: usize,
     /// Output size.
     pub ho: usize,
@@ -141,7 +140,6 @@ impl Direct {
             pad,
             h,
             w,
-            hp,
             wp,
             ho,
             wo,
@@ -178,7 +176,6 @@ impl Direct {
             pad: 0,
             h,
             w,
-            hp: h,
             wp: w,
             ho: h,
             wo: w,
@@ -243,7 +240,7 @@ impl Direct {
 
     /// Writes plane `src` (h x w) into `dst` (one padded plane) with its zero
     /// border and slack, applying `f` to each row as it is copied.
-    pub fn pad_plane<T: Copy + num_traits::Zero>(
+    fn pad_plane<T: Copy + num_traits::Zero>(
         &self,
         src: &[T],
         dst: &mut [T],
@@ -281,26 +278,6 @@ impl Direct {
     }
 }
 
-/// The kernel of the input gradient of a stride-1 convolution with `weight`
-/// (OIHW): a convolution from `cout` channels to `cin` with the taps
-/// flipped, in OIHW (`cin x cout x k x k`).
-pub fn flipped(weight: &[f32], cout: usize, cin: usize, kk: usize) -> Vec<f32> {
-    assert_eq!(
-        weight.len(),
-        cout * cin * kk,
-        "weight is cout x cin x k x k"
-    );
-    let mut t_weight = vec![0.0; cin * cout * kk];
-    for o in 0..cout {
-        for c in 0..cin {
-            for t in 0..kk {
-                t_weight[(c * cout + o) * kk + (kk - 1 - t)] = weight[(o * cin + c) * kk + t];
-            }
-        }
-    }
-    t_weight
-}
-
 /// `out = conv(x, W)` for one image: `x` holds `cin` input channels in the
 /// layout of `d`, `weight` is OIHW (cout x cin x k x k), `out` holds `cout`
 /// planes of `out_plane` floats (NCHW planes in the rows mapping, grid
@@ -313,7 +290,7 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
         "weight is cout x cin x k x k"
     );
     assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
-    assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
+    assert!(cpu_supported(), "AVX2 and FMA are available");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present (checked above). The asserts bound
     // every access: input reads stay below `cin * plane` by construction of
@@ -460,7 +437,7 @@ pub fn weight_grad(
         lanes.len() >= lanes_len(cout, cin, kk),
         "lane accumulator size"
     );
-    assert!(enabled() || cpu_supported(), "AVX2 and FMA are available");
+    assert!(cpu_supported(), "AVX2 and FMA are available");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present; reads of `x` stay below
     // `images * x_img` and of `dy` below `images * dy_img` (offsets from
@@ -596,7 +573,7 @@ mod tests {
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as f32 * 0.731 + seed).sin() * 1.3))
+            .map(|i| (i as f32 * 0.731 + seed).sin() * 1.3)
             .collect()
     }
 
@@ -691,7 +668,7 @@ mod tests {
                     &dt,
                     &padded(&dt, &dy, cout),
                     cout,
-                    &flipped(&wt, cout, cin, k * k),
+                    &crate::backward::flipped_kernel(&wt, cout, cin, k * k),
                     cin,
                     &mut dx,
                 );

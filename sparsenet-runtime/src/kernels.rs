@@ -164,15 +164,20 @@ pub fn conv2d<T: Float>(
                 let o = ob.as_slice_mut().expect("contiguous");
                 matmul(o, wmat, Mat::rows(rhs, kdim, ho * wo), false);
                 if let Some(bias) = bias {
-                    for (row, &bv) in o.chunks_exact_mut(ho * wo).zip(bias) {
-                        for v in row {
-                            *v += bv;
-                        }
-                    }
+                    add_bias(o, bias, ho * wo);
                 }
             },
         );
     out
+}
+
+/// Adds `bias[o]` to every value of output plane `o` (planes of `hw`).
+fn add_bias<T: Float>(out: &mut [T], bias: &[T], hw: usize) {
+    for (plane, &b) in out.chunks_exact_mut(hw).zip(bias) {
+        for v in plane {
+            *v += b;
+        }
+    }
 }
 
 /// Whether stride-1 convolutions in `T` take the direct kernels of
@@ -245,11 +250,7 @@ fn conv2d_direct<T: Float>(
                     }
                 }
                 if let Some(bias) = bias {
-                    for (row, &bv) in o.chunks_exact_mut(hw).zip(as_f32(bias)) {
-                        for v in row {
-                            *v += bv;
-                        }
-                    }
+                    add_bias(o, as_f32(bias), hw);
                 }
             },
         );

@@ -68,8 +68,7 @@ pub fn stale<T: Clone + num_traits::Zero + 'static>(len: usize) -> Vec<T> {
 pub fn stale4<T: Clone + num_traits::Zero + 'static>(
     shape: (usize, usize, usize, usize),
 ) -> Array4<T> {
-    let len = shape.0 * shape.1 * shape.2 * shape.3;
-    Array4::from_shape_vec(shape, stale(len)).expect("length matches the shape")
+    shaped(shape, stale)
 }
 
 /// Gives a vector back to this thread's store for a later [`take`]. Its
@@ -93,8 +92,13 @@ pub fn zeros<T: Clone + num_traits::Zero + 'static>(len: usize) -> Vec<T> {
 pub fn zeros4<T: Clone + num_traits::Zero + 'static>(
     shape: (usize, usize, usize, usize),
 ) -> Array4<T> {
+    shaped(shape, zeros)
+}
+
+/// An array of the given shape over the vector `make` builds for its length.
+fn shaped<T>(shape: (usize, usize, usize, usize), make: fn(usize) -> Vec<T>) -> Array4<T> {
     let len = shape.0 * shape.1 * shape.2 * shape.3;
-    Array4::from_shape_vec(shape, zeros(len)).expect("length matches the shape")
+    Array4::from_shape_vec(shape, make(len)).expect("length matches the shape")
 }
 
 /// Gives an array's allocation back to this thread's store.
