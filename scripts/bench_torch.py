@@ -152,6 +152,20 @@ class SeedSparseNet(nn.Module):
         return self.head(x)
 
 
+def load_ours(args, who):
+    """The network of `args` (depth, growth, bottleneck) with sparsenet's
+    weights from `args.dir`, and the input and logits sparsenet wrote there;
+    exits naming `who` if the weights do not fit the model."""
+    model = SeedSparseNet(args.depth, args.growth, args.bottleneck)
+    weights = load_file(f"{args.dir}/weights.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        sys.exit(f"{who}: weights do not match the PyTorch model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    io = load_file(f"{args.dir}/io.safetensors")
+    return model, io["input"], io["logits"]
+
+
 def median_ms(fn, reps, warmup):
     for _ in range(warmup):
         fn()
@@ -181,14 +195,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = SeedSparseNet(args.depth, args.growth, args.bottleneck)
-    weights = load_file(f"{args.dir}/weights.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        sys.exit(f"bench_torch: weights do not match the PyTorch model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    io = load_file(f"{args.dir}/io.safetensors")
-    x, ours = io["input"], io["logits"]
+    model, x, ours = load_ours(args, "bench_torch")
 
     # Same function: eval-mode logits on the same weights and input.
     model.eval()

@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_torch import SeedSparseNet, load_file  # noqa: E402  (the CPU benchmark's network)
+from bench_torch import load_ours  # noqa: E402  (the CPU benchmark's network and loading)
 
 
 def median_ms(fn, reps, warmup):
@@ -32,12 +32,8 @@ def median_ms(fn, reps, warmup):
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
         t = time.perf_counter()
-        start.record()
         fn()
-        end.record()
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
@@ -56,15 +52,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
 
-    base = SeedSparseNet(args.depth, args.growth, args.bottleneck)
-    weights = load_file(f"{args.dir}/weights.safetensors")
-    missing, unexpected = base.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        sys.exit(f"bench_torch_gpu: weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    io = load_file(f"{args.dir}/io.safetensors")
-    x, ours = io["input"].to(dev), io["logits"].to(dev)
-    base = base.to(dev)
+    base, x, ours = load_ours(args, "bench_torch_gpu")
+    base, x, ours = base.to(dev), x.to(dev), ours.to(dev)
     base.eval()
     with torch.no_grad():
         logits = base(x)
