@@ -48,11 +48,25 @@ const FP: usize = 2;
 /// Forward cache blocking: channel tiles per group, and the bytes of
 /// weights a group of tiles reads per block of input channels.
 const FG: usize = 4;
-const FW_BYTES: usize = 16 * 1024;
+const FW_BYTES: usize = 24 * 1024;
+/// How many position tiles ahead [`forward`] prefetches its output lines.
+const PF_AHEAD: usize = 2;
 /// Weight-gradient tile: 3 output channels by 4 input rows (channel, tap):
 /// 12 accumulators, 7 loads per 12 FMAs.
 const WQ: usize = 3;
 const WR: usize = 4;
+/// The weight gradient's position blocks: output-gradient bytes per block
+/// (all channels), and the fewest vectors of 8 positions per block (each
+/// block loads and stores every tile's accumulators once).
+const WG_DY_BYTES: usize = 128 * 1024;
+const WG_MIN_BLOCK: usize = 32;
+
+/// Asks for the cache line holding `p`, to be written.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_write(p: *const f32) {
+    _mm_prefetch::<_MM_HINT_ET0>(p as *const i8);
+}
 
 /// Whether the direct kernels run on this machine (AVX2 + FMA) and are not
 /// switched off with `SPARSENET_CONV=gemm` (to measure what they gain).
@@ -305,6 +319,10 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
         // the input windows from L1. Blocks after the first add to the
         // output.
         let cb = (FW_BYTES / (FG * kk * FQ * 4)).clamp(1, cin);
+        // Blocks of even size: 24 channels as one block of 24 rather than
+        // 18 + 6 (each block after the first reads and writes the output
+        // again).
+        let cb = cin.div_ceil(cin.div_ceil(cb));
         for c0 in (0..cin).step_by(cb) {
             let cn = cb.min(cin - c0);
             let xb = x.as_ptr().add(c0 * d.plane);
@@ -313,8 +331,20 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
                 while v < d.offs.len() {
                     let pn = if v + FP <= d.offs.len() { FP } else { 1 };
                     let offs = &d.offs[v..v + pn];
+                    // The output lines a few position tiles ahead, asked
+                    // for now: a freshly allocated output is in no cache,
+                    // and the hardware's stream prefetch does not follow
+                    // FQ * FG planes written at once.
+                    let ahead = d.offs.get(v + PF_AHEAD * FP).map(|o| o.1 as usize);
                     for tile in g0..tiles.min(g0 + FG) {
                         let qn = FQ.min(cout - tile * FQ);
+                        if let Some(at) = ahead {
+                            let o = out.as_ptr().wrapping_add(tile * FQ * d.out_plane + at);
+                            for q in 0..qn {
+                                prefetch_write(o.wrapping_add(q * d.out_plane));
+                                prefetch_write(o.wrapping_add(q * d.out_plane + 8));
+                            }
+                        }
                         let mut w = [weight.as_ptr(); FQ];
                         for (q, p) in w.iter_mut().enumerate() {
                             let o = tile * FQ + q.min(qn - 1);
@@ -445,24 +475,34 @@ pub fn weight_grad(
     // `cout` or `j_all` read a valid row again into lanes that `fold_lanes`
     // ignores; each tile's lanes lie inside `lanes_len`.
     unsafe {
-        // Input rows outer: a tile's WR input rows stay in L1 while every
-        // output channel's gradient plane streams past (from L2: they are
-        // fewer than the input channels).
-        for (jt, j0) in (0..j_all).step_by(WR).enumerate() {
-            let rn = WR.min(j_all - j0);
-            let mut xp = [x.as_ptr(); WR];
-            for (r, p) in xp.iter_mut().enumerate() {
-                let j = j0 + r.min(rn - 1);
-                *p = x.as_ptr().add((j / kk) * d.plane + d.taps[j % kk] as usize);
-            }
-            for (ot, o0) in (0..cout).step_by(WQ).enumerate() {
-                let qn = WQ.min(cout - o0);
-                let mut dyp = [dy.as_ptr(); WQ];
-                for (q, p) in dyp.iter_mut().enumerate() {
-                    *p = dy.as_ptr().add((o0 + q.min(qn - 1)) * d.out_plane);
+        // Positions in blocks whose output gradient (all `cout` planes)
+        // stays in L2 while every input row passes (a 1x1 layer's 96
+        // planes of 32x32 would not; calls over several images are small
+        // planes: one block). Within a block, input rows outer: a tile's
+        // WR input rows stay in L1 while every output channel's gradient
+        // streams past from L2.
+        let pb = if images > 1 {
+            d.offs.len()
+        } else {
+            (WG_DY_BYTES / (cout * 32)).max(WG_MIN_BLOCK)
+        };
+        for offs in d.offs.chunks(pb) {
+            for (jt, j0) in (0..j_all).step_by(WR).enumerate() {
+                let rn = WR.min(j_all - j0);
+                let mut xp = [x.as_ptr(); WR];
+                for (r, p) in xp.iter_mut().enumerate() {
+                    let j = j0 + r.min(rn - 1);
+                    *p = x.as_ptr().add((j / kk) * d.plane + d.taps[j % kk] as usize);
                 }
-                let tile = lanes.as_mut_ptr().add((jt * otiles + ot) * WQ * WR * 8);
-                wgrad_tile(&dyp, &xp, &d.offs, tile, images, x_img, dy_img);
+                for (ot, o0) in (0..cout).step_by(WQ).enumerate() {
+                    let qn = WQ.min(cout - o0);
+                    let mut dyp = [dy.as_ptr(); WQ];
+                    for (q, p) in dyp.iter_mut().enumerate() {
+                        *p = dy.as_ptr().add((o0 + q.min(qn - 1)) * d.out_plane);
+                    }
+                    let tile = lanes.as_mut_ptr().add((jt * otiles + ot) * WQ * WR * 8);
+                    wgrad_tile(&dyp, &xp, offs, tile, images, x_img, dy_img);
+                }
             }
         }
     }
