@@ -335,12 +335,16 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             }
         };
         body.push(quote!(let dz = #dz;));
+        // The first node (in backward order) to write a source's gradient
+        // stores into a fresh buffer; later ones add.
+        let mut first = Vec::with_capacity(node.inputs.len());
         for &b in &node.inputs {
+            first.push(!has_grad[b]);
             if !has_grad[b] {
                 has_grad[b] = true;
                 let g = format_ident!("g{}", b);
                 let bb = buf(b);
-                body.push(quote!(let mut #g = #rt::zeros_like(&#bb);));
+                body.push(quote!(let mut #g = #rt::stale_like(&#bb);));
             }
         }
         let gs: Vec<Ident> = node
@@ -356,10 +360,9 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             }
             None => quote!(None),
         };
-        body.push(
-            quote!(#rt::pre_backward(&[#(&#srcs),*], &dz, #pre_arg, #dbn, &mut [#(&mut #gs),*]);),
-        );
-        body.push(quote!(#rt::scratch::recycle(dz);));
+        body.push(quote!(
+            #rt::pre_backward(&[#(&#srcs),*], dz.into(), #pre_arg, #dbn, &mut [#(&mut #gs),*], &[#(#first),*]);
+        ));
         if let Some(o) = node.output {
             let g = format_ident!("g{}", o);
             let ob = buf(o);

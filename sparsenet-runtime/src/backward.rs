@@ -18,13 +18,38 @@ use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
 
+/// The gradient with respect to a node's transformed, concatenated input, as
+/// a backward kernel hands it to [`pre_backward`]: `dz` itself and, when the
+/// kernel computed them on the way (while each image's gradient was in
+/// cache), the per-channel BatchNorm sums over it that `pre_backward` would
+/// otherwise compute in a pass of its own.
+pub struct InputGrad<T> {
+    pub dz: Array4<T>,
+    /// Per concatenated channel: the sums over the batch of `da` and of
+    /// `da * xhat` (see [`pre_backward`]).
+    bn_sums: Option<Vec<(f64, f64)>>,
+}
+
+impl<T> From<Array4<T>> for InputGrad<T> {
+    fn from(dz: Array4<T>) -> Self {
+        InputGrad { dz, bn_sums: None }
+    }
+}
+
 /// A zero gradient buffer shaped like `x`.
 pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
     zeros4(x.dim())
 }
 
+/// A gradient buffer shaped like `x` with unspecified (stale) contents, for
+/// a source whose first [`pre_backward`] call stores rather than adds.
+pub fn stale_like<T: Float>(x: &Array4<T>) -> Array4<T> {
+    crate::scratch::stale4(x.dim())
+}
+
 /// Convolution backward. Accumulates into `dweight` (OIHW) and `dbias`, and
-/// returns the gradient with respect to the transformed, concatenated input.
+/// returns the gradient with respect to the transformed, concatenated input
+/// (with its BatchNorm sums when the direct kernels computed it).
 ///
 /// The batch is split into one chunk per worker thread; each chunk sums its
 /// own weight gradient and the chunks' sums are added in chunk order, so the
@@ -37,7 +62,7 @@ pub fn conv2d_backward<T: Float>(
     g: ConvGeom,
     dweight: &mut [T],
     dbias: Option<&mut [T]>,
-) -> Array4<T> {
+) -> InputGrad<T> {
     if g.stride == 1 && g.pad < g.kernel && use_direct::<T>() {
         return conv2d_backward_direct(srcs, pre, weight, dy, g, dweight, dbias);
     }
@@ -123,7 +148,7 @@ pub fn conv2d_backward<T: Float>(
         })
         .collect();
     add_partials(partials, dweight, dbias);
-    dz
+    dz.into()
 }
 
 /// The kernel of a stride-1 convolution's input gradient, for `weight`
@@ -180,7 +205,10 @@ fn add_partials<T: Float>(
 /// of an unfolded matrix, and the input gradient is the direct forward
 /// kernel run over the zero-padded output gradient with the flipped kernel.
 /// Chunked over the batch like the general path, with the same
-/// deterministic combination of the chunks' sums.
+/// deterministic combination of the chunks' sums. With a BatchNorm in
+/// `pre`, also sums each image's `dz` for [`pre_backward`] right after
+/// computing it, while it is in cache (one pass less over every source and
+/// over `dz`).
 fn conv2d_backward_direct<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
@@ -189,7 +217,7 @@ fn conv2d_backward_direct<T: Float>(
     g: ConvGeom,
     dweight: &mut [T],
     dbias: Option<&mut [T]>,
-) -> Array4<T> {
+) -> InputGrad<T> {
     let (n, _, h, w) = srcs[0].dim();
     let (cin, oc, kk) = (concat_channels(srcs), g.out_channels, g.kernel * g.kernel);
     let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
@@ -201,13 +229,14 @@ fn conv2d_backward_direct<T: Float>(
     let mut dz = crate::scratch::stale4((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = as_f32(dy.as_slice().expect("contiguous"));
-    let partials: Vec<(Vec<T>, Vec<T>)> = dz
+    let partials: Vec<((Vec<T>, Vec<T>), Vec<(f64, f64)>)> = dz
         .axis_chunks_iter_mut(Axis(0), chunk)
         .into_par_iter()
         .enumerate()
         .map(|(ci, mut dzc)| {
             let mut dw = vec![T::zero(); oc * cin * kk];
             let mut db = vec![T::zero(); oc];
+            let mut sums = vec![(0.0f64, 0.0f64); if pre.is_some() { cin } else { 0 }];
             let mut lanes = Scratch::<f32>(crate::scratch::zeros(direct::lanes_len(oc, cin, kk)));
             // The weight gradient takes `group` images per call, so that
             // small planes still give each tile a long run of positions:
@@ -266,26 +295,46 @@ fn conv2d_backward_direct<T: Float>(
                 for (o, src) in dyb.chunks_exact(hw_out).enumerate() {
                     dt.fill(o, src, &mut dyp.0, |s, t| t.copy_from_slice(s));
                 }
-                let dzb = as_f32_mut(dzb.as_slice_mut().expect("contiguous"));
+                let dzb = dzb.as_slice_mut().expect("contiguous");
+                let dzf = as_f32_mut(&mut *dzb);
                 if dt.rows {
-                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, dzb);
+                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, dzf);
                 } else {
                     direct::forward(&dt, &dyp.0, oc, &flipped, cin, &mut dzg.0);
                     for (gp, zp) in dzg
                         .0
                         .chunks_exact(dt.out_plane)
-                        .zip(dzb.chunks_exact_mut(hw_in))
+                        .zip(dzf.chunks_exact_mut(hw_in))
                     {
                         dt.compact(gp, zp);
                     }
                 }
+                if let Some(p) = pre {
+                    for_each_plane(srcs, b, |c, xs| {
+                        let (a, ax) = bn_plane_sums(p, c, xs, &dzb[c * hw_in..(c + 1) * hw_in]);
+                        sums[c].0 += a;
+                        sums[c].1 += ax;
+                    });
+                }
             }
             direct::fold_lanes(&lanes.0, oc, cin, kk, as_f32_mut(&mut dw));
-            (dw, db)
+            ((dw, db), sums)
         })
         .collect();
-    add_partials(partials, dweight, dbias);
-    dz
+    // Chunk by chunk, in order (deterministic for a given thread count).
+    let mut bn_sums = pre.map(|_| vec![(0.0f64, 0.0f64); cin]);
+    let mut wb = Vec::with_capacity(partials.len());
+    for (dwb, sums) in partials {
+        wb.push(dwb);
+        if let Some(total) = bn_sums.as_mut() {
+            for (t, s) in total.iter_mut().zip(sums) {
+                t.0 += s.0;
+                t.1 += s.1;
+            }
+        }
+    }
+    add_partials(wb, dweight, dbias);
+    InputGrad { dz, bn_sums }
 }
 
 /// Scatter-adds an unfolded gradient (Cin * k * k, Ho * Wo) back onto the
@@ -452,22 +501,66 @@ pub fn gap_dense_backward<T: Float>(
     dz
 }
 
+/// Sums over one plane of the ReLU-masked gradient `da` (zero where the
+/// BN-ReLU output is zero, `dz` elsewhere) and of `da * xhat`, for channel
+/// `c` of `pre`: `xs` the plane's source values, `gs` its `dz`. Within the
+/// plane in `T` over LANES independent partial sums (vectorised; see
+/// `lane_sum`), returned in f64 for summing across planes.
+fn bn_plane_sums<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
+    let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+    let zero = T::zero();
+    let da = |xv: T, g: T| {
+        if p.relu && scale * xv + shift <= zero {
+            zero
+        } else {
+            g
+        }
+    };
+    let (mut sa, mut sax) = ([zero; LANES], [zero; LANES]);
+    let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
+    let (mut ta, mut tax) = (zero, zero);
+    for (&xv, &g) in xc.remainder().iter().zip(gc.remainder()) {
+        let a = da(xv, g);
+        ta += a;
+        tax += a * (xv - mean);
+    }
+    for (xl, gl) in xc.zip(gc) {
+        for l in 0..LANES {
+            let a = da(xl[l], gl[l]);
+            sa[l] += a;
+            sax[l] += a * (xl[l] - mean);
+        }
+    }
+    for l in 0..LANES {
+        ta += sa[l];
+        tax += sax[l];
+    }
+    (ta.to_f64c(), (tax * inv_std).to_f64c())
+}
+
 /// Takes `dz`, the gradient with respect to `pre(concat(srcs))`, back
 /// through ReLU and BatchNorm (batch statistics or fixed ones, as `pre`
 /// says), accumulating gamma/beta gradients into `dbn` (gamma then beta, as
 /// in the parameter store) and each source's gradient into `dsrcs`.
 /// Without `pre`, `dz` is split and added to the sources as it is.
+///
+/// `first[i]` says this is the first call to write `dsrcs[i]` (the plan
+/// knows): it stores instead of adding, so the buffer needs no zeroing.
+/// Every element of every source is written. `dz` is recycled.
 pub fn pre_backward<T: Float>(
     srcs: &[&Array4<T>],
-    dz: &Array4<T>,
+    dz: InputGrad<T>,
     pre: Option<&Pre<T>>,
     dbn: Option<&mut [T]>,
     dsrcs: &mut [&mut Array4<T>],
+    first: &[bool],
 ) {
+    assert_eq!(first.len(), dsrcs.len(), "one first-write flag per source");
     let (n, _, h, w) = srcs[0].dim();
     let hw = h * w;
     let cin = concat_channels(srcs);
-    let dz = dz.as_slice().expect("contiguous");
+    let InputGrad { dz, bn_sums } = dz;
+    let dzs = dz.as_slice().expect("contiguous");
     // (source index, channel within source) of every concatenated channel.
     let chan: Vec<(usize, usize)> = srcs
         .iter()
@@ -483,57 +576,26 @@ pub fn pre_backward<T: Float>(
         let cs = srcs[si].dim().1;
         &xs[si][(b * cs + ci) * hw..(b * cs + ci + 1) * hw]
     };
-    let dz_plane = |b: usize, c: usize| &dz[(b * cin + c) * hw..(b * cin + c + 1) * hw];
+    let dz_plane = |b: usize, c: usize| &dzs[(b * cin + c) * hw..(b * cin + c + 1) * hw];
     // Per-channel sums of da and da * xhat (training-mode BN needs them for
-    // dx; gamma and beta gradients are these sums), in f64, one channel per
+    // dx; gamma and beta gradients are these sums), in f64: from the
+    // backward kernel when it computed them, else here, one channel per
     // task so the result does not depend on the thread count.
-    let sums: Vec<(f64, f64)> = match pre {
-        Some(p) => (0..cin)
+    let sums: Vec<(f64, f64)> = match (pre, bn_sums) {
+        (Some(_), Some(s)) => {
+            assert_eq!(s.len(), cin, "one pair of BN sums per channel");
+            s
+        }
+        (Some(p), None) => (0..cin)
             .into_par_iter()
             .map(|c| {
-                let (scale, shift, mean, inv_std) =
-                    (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
-                let mut sum_da = 0.0f64;
-                let mut sum_da_xhat = 0.0f64;
-                let zero = T::zero();
-                // Within a plane in T (vectorised), across planes in f64.
-                let da = |xv: T, g: T| {
-                    if p.relu && scale * xv + shift <= zero {
-                        zero
-                    } else {
-                        g
-                    }
-                };
-                for b in 0..n {
-                    // In LANES independent partial sums (vectorised; see
-                    // `lane_sum`).
-                    let (mut sa, mut sax) = ([zero; LANES], [zero; LANES]);
-                    let (xs, gs) = (x_plane(b, c), dz_plane(b, c));
-                    let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
-                    let (mut ta, mut tax) = (zero, zero);
-                    for (&xv, &g) in xc.remainder().iter().zip(gc.remainder()) {
-                        let a = da(xv, g);
-                        ta += a;
-                        tax += a * (xv - mean);
-                    }
-                    for (xl, gl) in xc.zip(gc) {
-                        for l in 0..LANES {
-                            let a = da(xl[l], gl[l]);
-                            sa[l] += a;
-                            sax[l] += a * (xl[l] - mean);
-                        }
-                    }
-                    for l in 0..LANES {
-                        ta += sa[l];
-                        tax += sax[l];
-                    }
-                    sum_da += ta.to_f64c();
-                    sum_da_xhat += (tax * inv_std).to_f64c();
-                }
-                (sum_da, sum_da_xhat)
+                (0..n).fold((0.0, 0.0), |(a, ax), b| {
+                    let (pa, pax) = bn_plane_sums(p, c, x_plane(b, c), dz_plane(b, c));
+                    (a + pa, ax + pax)
+                })
             })
             .collect(),
-        None => Vec::new(),
+        (None, _) => Vec::new(),
     };
     if let (Some(dbn), Some(_)) = (dbn, pre) {
         for (c, &(sum_da, sum_da_xhat)) in sums.iter().enumerate() {
@@ -562,8 +624,12 @@ pub fn pre_backward<T: Float>(
                 let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
                 match pre {
                     None => {
-                        for (d, &g) in dx.iter_mut().zip(gv) {
-                            *d += g;
+                        if first[si] {
+                            dx.copy_from_slice(gv);
+                        } else {
+                            for (d, &g) in dx.iter_mut().zip(gv) {
+                                *d += g;
+                            }
                         }
                     }
                     Some(p) => {
@@ -574,19 +640,29 @@ pub fn pre_backward<T: Float>(
                         } else {
                             (T::zero(), T::zero())
                         };
-                        for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                        let grad = |x: T, g: T| {
                             let a = if p.relu && scale * x + shift <= T::zero() {
                                 T::zero()
                             } else {
                                 g
                             };
                             let xhat = (x - mean) * inv_std;
-                            *d += scale * (a - mean_da - xhat * mean_da_xhat);
+                            scale * (a - mean_da - xhat * mean_da_xhat)
+                        };
+                        if first[si] {
+                            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                                *d = grad(x, g);
+                            }
+                        } else {
+                            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                                *d += grad(x, g);
+                            }
                         }
                     }
                 }
             }
         });
+    crate::scratch::recycle(dz);
 }
 
 /// Backward of dropout: the same mask (regenerated from its seed) applied

@@ -51,12 +51,22 @@ fn direct_f32_convolution_matches_the_general_path() {
         let cin: usize = srcs64.iter().map(|s| s.dim().1).sum();
         let scale: Vec<f64> = (0..cin).map(|_| rng.gen_range(0.5..1.5)).collect();
         let shift: Vec<f64> = (0..cin).map(|_| rng.gen_range(-0.3..0.3)).collect();
-        let pre64 = Pre::affine(scale.clone(), shift.clone(), true);
-        let pre32 = Pre::affine(
-            scale.iter().map(|&v| v as f32).collect(),
-            shift.iter().map(|&v| v as f32).collect(),
-            true,
-        );
+        // Batch-statistics BatchNorm constants, so that the BN backward
+        // (whose sums the direct path computes inside the convolution's
+        // backward) takes its full form; they need not match the data for
+        // comparing the two paths.
+        let mut pre64 = Pre::affine(scale.clone(), shift.clone(), true);
+        pre64.mean = (0..cin).map(|_| rng.gen_range(-0.2..0.2)).collect();
+        pre64.inv_std = (0..cin).map(|_| rng.gen_range(0.5..2.0)).collect();
+        pre64.batch_stats = true;
+        let pre32 = Pre {
+            scale: pre64.scale.iter().map(|&v| v as f32).collect(),
+            shift: pre64.shift.iter().map(|&v| v as f32).collect(),
+            relu: true,
+            mean: pre64.mean.iter().map(|&v| v as f32).collect(),
+            inv_std: pre64.inv_std.iter().map(|&v| v as f32).collect(),
+            batch_stats: true,
+        };
         let weight: Vec<f64> = (0..oc * cin * k * k)
             .map(|_| rng.gen_range(-0.3..0.3))
             .collect();
@@ -107,11 +117,60 @@ fn direct_f32_convolution_matches_the_general_path() {
         for (name, e) in [
             (
                 "input gradient",
-                worst(dz32.as_slice().unwrap(), dz64.as_slice().unwrap()),
+                worst(dz32.dz.as_slice().unwrap(), dz64.dz.as_slice().unwrap()),
             ),
             ("weight gradient", worst(&dw32, &dw64)),
             ("bias gradient", worst(&db32, &db64)),
         ] {
+            assert!(e < 1e-5, "{what}: {name} differs by {e:.2e} (relative)");
+        }
+
+        // On through ReLU and BatchNorm into the sources and gamma/beta.
+        let (mut g1, mut g2) = (x1.mapv(|_| f64::NAN), x2.mapv(|_| f64::NAN));
+        let mut dbn64 = vec![0.0; 2 * cin];
+        let mut d64: Vec<&mut Array4<f64>> = if c2 == 0 {
+            vec![&mut g1]
+        } else {
+            vec![&mut g1, &mut g2]
+        };
+        let first = vec![true; d64.len()];
+        pre_backward(
+            &srcs64,
+            dz64,
+            Some(&pre64),
+            Some(&mut dbn64),
+            &mut d64,
+            &first,
+        );
+        let (mut f1, mut f2) = (to32(&x1), to32(&x2));
+        let mut dbn32 = vec![0.0f32; 2 * cin];
+        let mut d32: Vec<&mut Array4<f32>> = if c2 == 0 {
+            vec![&mut f1]
+        } else {
+            vec![&mut f1, &mut f2]
+        };
+        pre_backward(
+            &srcs32,
+            dz32,
+            Some(&pre32),
+            Some(&mut dbn32),
+            &mut d32,
+            &first,
+        );
+        let mut checks = vec![
+            (
+                "source 0 gradient",
+                worst(f1.as_slice().unwrap(), g1.as_slice().unwrap()),
+            ),
+            ("gamma/beta gradient", worst(&dbn32, &dbn64)),
+        ];
+        if c2 > 0 {
+            checks.push((
+                "source 1 gradient",
+                worst(f2.as_slice().unwrap(), g2.as_slice().unwrap()),
+            ));
+        }
+        for (name, e) in checks {
             assert!(e < 1e-5, "{what}: {name} differs by {e:.2e} (relative)");
         }
     }

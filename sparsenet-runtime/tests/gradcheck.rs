@@ -101,7 +101,7 @@ fn check_op(
         &[f64],
         &Array4<f64>,
         &mut [f64],
-    ) -> Array4<f64>,
+    ) -> InputGrad<f64>,
 ) {
     for (train, relu, with_pre) in [
         (true, true, true),
@@ -132,15 +132,20 @@ fn check_op(
         let mut dp = vec![0.0; op_params];
         let dz = back(&[&a, &b], pre.as_ref(), &p, &r, &mut dp);
         let mut dgb = vec![0.0; 2 * c];
-        let mut da = zeros_like(&a);
-        let mut db = zeros_like(&b);
+        // Source 0 as its first writer (a stale buffer of NaNs: every
+        // element must be stored), source 1 adding to a buffer that holds
+        // 0.25 already.
+        let mut da = a.mapv(|_| f64::NAN);
+        let mut db = b.mapv(|_| 0.25);
         pre_backward(
             &[&a, &b],
-            &dz,
+            dz,
             pre.as_ref(),
             with_pre.then_some(&mut dgb[..]),
             &mut [&mut da, &mut db],
+            &[true, false],
         );
+        db.mapv_inplace(|v| v - 0.25);
         // Numeric.
         let mut a_flat = a.clone();
         let na = numeric(a_flat.as_slice_mut().unwrap(), |x| {
@@ -233,14 +238,14 @@ fn pooling_gradients() {
         [(2, 2, 4, 6), (2, 1, 4, 6)],
         0,
         &|s, pre, _| avg_pool(s, pre, 2, 2),
-        &|s, _, _, dy, _| avg_pool_backward(dy, 2, 2, (s[0].dim().2, s[0].dim().3)),
+        &|s, _, _, dy, _| avg_pool_backward(dy, 2, 2, (s[0].dim().2, s[0].dim().3)).into(),
     );
     check_op(
         "maxpool3x3/2",
         [(2, 2, 7, 6), (2, 1, 7, 6)],
         0,
         &|s, pre, _| max_pool(s, pre, 3, 2, 1),
-        &|s, pre, _, dy, _| max_pool_backward(s, pre, dy, 3, 2, 1),
+        &|s, pre, _, dy, _| max_pool_backward(s, pre, dy, 3, 2, 1).into(),
     );
 }
 
@@ -254,7 +259,7 @@ fn affine_gradients() {
             Some(p) => affine(s, p),
             None => affine(s, &Pre::affine(vec![1.0; 4], vec![0.0; 4], false)),
         },
-        &|_, _, _, dy, _| dy.clone(),
+        &|_, _, _, dy, _| dy.clone().into(),
     );
 }
 
@@ -275,7 +280,7 @@ fn gap_dense_gradients() {
             let n = dy.dim().0;
             let dl: Array2<f64> = dy.clone().into_shape_with_order((n, classes)).unwrap();
             let (dw, db) = dp.split_at_mut(nw);
-            gap_dense_backward(s, pre, &p[..nw], &dl, dw, db)
+            gap_dense_backward(s, pre, &p[..nw], &dl, dw, db).into()
         },
     );
 }
