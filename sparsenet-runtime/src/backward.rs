@@ -229,7 +229,9 @@ fn conv2d_backward_direct<T: Float>(
     let mut dz = crate::scratch::stale4((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = as_f32(dy.as_slice().expect("contiguous"));
-    let partials: Vec<((Vec<T>, Vec<T>), Vec<(f64, f64)>)> = dz
+    // Per chunk: (weight gradient, bias gradient), BN sums per channel.
+    type ChunkSums<T> = ((Vec<T>, Vec<T>), Vec<(f64, f64)>);
+    let partials: Vec<ChunkSums<T>> = dz
         .axis_chunks_iter_mut(Axis(0), chunk)
         .into_par_iter()
         .enumerate()

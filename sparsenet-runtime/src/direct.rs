@@ -44,6 +44,9 @@ use std::sync::OnceLock;
 /// Output channels per forward tile and vectors (of 8 outputs) per tile:
 /// 6 x 2 = 12 accumulators, 2 input loads and 6 broadcasts per 12 FMAs.
 const FQ: usize = 6;
+/// [`forward`]'s output channels per tile: callers that split a convolution
+/// by output channels split at multiples of it.
+pub const OUT_TILE: usize = FQ;
 const FP: usize = 2;
 /// Forward cache blocking: channel tiles per group, and the bytes of
 /// weights a group of tiles reads per block of input channels.

@@ -12,6 +12,7 @@ use crate::scratch::{stale4, zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
+use rayon::prelude::{ParallelSlice, ParallelSliceMut};
 use std::any::TypeId;
 
 /// The per-channel transform applied to inputs as they are read:
@@ -226,6 +227,40 @@ fn conv2d_direct<T: Float>(
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
     let hw = d.ho * d.wo;
+    let threads = rayon::current_num_threads();
+    if n < threads && oc >= 2 * direct::OUT_TILE {
+        // Fewer images than threads (batch-1 inference): the threads
+        // share each image, split by output channels.
+        let mut xin = Vec::new();
+        let per = oc.div_ceil(threads).next_multiple_of(direct::OUT_TILE);
+        for (b, mut ob) in out.axis_iter_mut(Axis(0)).enumerate() {
+            gather_padded(srcs, pre, b, &d, &mut xin);
+            let x = as_f32(&xin);
+            let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
+            o.par_chunks_mut(per * hw)
+                .zip(weight.par_chunks(per * cin * d.k * d.k))
+                .for_each(|(oc_part, w_part)| {
+                    let cn = oc_part.len() / hw;
+                    if d.rows {
+                        direct::forward(&d, x, cin, w_part, cn, oc_part);
+                    } else {
+                        let mut grid = crate::scratch::stale::<f32>(cn * d.out_plane);
+                        direct::forward(&d, x, cin, w_part, cn, &mut grid);
+                        for (gp, op) in grid
+                            .chunks_exact(d.out_plane)
+                            .zip(oc_part.chunks_exact_mut(hw))
+                        {
+                            d.compact(gp, op);
+                        }
+                        crate::scratch::give(grid);
+                    }
+                });
+            if let Some(bias) = bias {
+                add_bias(o, as_f32(bias), hw);
+            }
+        }
+        return out;
+    }
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
