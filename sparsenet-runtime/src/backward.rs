@@ -254,11 +254,8 @@ fn conv2d_backward_direct<T: Float>(
             }));
             // Fully written for every image before they are read.
             let mut dyp = Scratch::<f32>(crate::scratch::stale(dt.input_len(oc)));
-            let mut dzg = Scratch::<f32>(crate::scratch::stale(if dt.rows {
-                0
-            } else {
-                cin * dt.out_plane
-            }));
+            let mut dzg =
+                Scratch::<f32>::with_capacity(if dt.rows { 0 } else { cin * dt.out_plane });
             let (b0, dzc_len) = (ci * chunk, dzc.dim().0);
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = b0 + lb;
@@ -299,18 +296,7 @@ fn conv2d_backward_direct<T: Float>(
                 }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
-                if dt.rows {
-                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, dzf);
-                } else {
-                    direct::forward(&dt, &dyp.0, oc, &flipped, cin, &mut dzg.0);
-                    for (gp, zp) in dzg
-                        .0
-                        .chunks_exact(dt.out_plane)
-                        .zip(dzf.chunks_exact_mut(hw_in))
-                    {
-                        dt.compact(gp, zp);
-                    }
-                }
+                direct::forward_nchw(&dt, &dyp.0, oc, &flipped, cin, dzf, &mut dzg.0);
                 if let Some(p) = pre {
                     for_each_plane(srcs, b, |c, xs| {
                         let (a, ax) = bn_plane_sums(p, c, xs, &dzb[c * hw_in..(c + 1) * hw_in]);

@@ -295,6 +295,31 @@ impl Direct {
     }
 }
 
+/// [`forward`] into `cout` NCHW planes of `ho * wo` floats whatever the
+/// output mapping: straight in the rows mapping; in the flat one through
+/// `grid` (resized as needed, contents stale) and compacted.
+pub fn forward_nchw(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    out: &mut [f32],
+    grid: &mut Vec<f32>,
+) {
+    if d.rows {
+        return forward(d, x, cin, weight, cout, out);
+    }
+    grid.resize(cout * d.out_plane, 0.0);
+    forward(d, x, cin, weight, cout, grid);
+    for (gp, op) in grid
+        .chunks_exact(d.out_plane)
+        .zip(out.chunks_exact_mut(d.ho * d.wo))
+    {
+        d.compact(gp, op);
+    }
+}
+
 /// `out = conv(x, W)` for one image: `x` holds `cin` input channels in the
 /// layout of `d`, `weight` is OIHW (cout x cin x k x k), `out` holds `cout`
 /// planes of `out_plane` floats (NCHW planes in the rows mapping, grid

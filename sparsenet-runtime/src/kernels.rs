@@ -240,20 +240,9 @@ fn conv2d_direct<T: Float>(
             o.par_chunks_mut(per * hw)
                 .zip(weight.par_chunks(per * cin * d.k * d.k))
                 .for_each(|(oc_part, w_part)| {
+                    let mut grid = Scratch::<f32>::with_capacity(0);
                     let cn = oc_part.len() / hw;
-                    if d.rows {
-                        direct::forward(&d, x, cin, w_part, cn, oc_part);
-                    } else {
-                        let mut grid = crate::scratch::stale::<f32>(cn * d.out_plane);
-                        direct::forward(&d, x, cin, w_part, cn, &mut grid);
-                        for (gp, op) in grid
-                            .chunks_exact(d.out_plane)
-                            .zip(oc_part.chunks_exact_mut(hw))
-                        {
-                            d.compact(gp, op);
-                        }
-                        crate::scratch::give(grid);
-                    }
+                    direct::forward_nchw(&d, x, cin, w_part, cn, oc_part, &mut grid.0);
                 });
             if let Some(bias) = bias {
                 add_bias(o, as_f32(bias), hw);
@@ -275,15 +264,7 @@ fn conv2d_direct<T: Float>(
                 gather_padded(srcs, pre, b, &d, &mut xin.0);
                 let x = as_f32(&xin.0);
                 let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-                if d.rows {
-                    direct::forward(&d, x, cin, weight, oc, o);
-                } else {
-                    grid.0.resize(oc * d.out_plane, 0.0);
-                    direct::forward(&d, x, cin, weight, oc, &mut grid.0);
-                    for (gp, op) in grid.0.chunks_exact(d.out_plane).zip(o.chunks_exact_mut(hw)) {
-                        d.compact(gp, op);
-                    }
-                }
+                direct::forward_nchw(&d, x, cin, weight, oc, o, &mut grid.0);
                 if let Some(bias) = bias {
                     add_bias(o, as_f32(bias), hw);
                 }
