@@ -36,11 +36,6 @@ impl<T> From<Array4<T>> for InputGrad<T> {
     }
 }
 
-/// A zero gradient buffer shaped like `x`.
-pub fn zeros_like<T: Float>(x: &Array4<T>) -> Array4<T> {
-    zeros4(x.dim())
-}
-
 /// A gradient buffer shaped like `x` with unspecified (stale) contents, for
 /// a source whose first [`pre_backward`] call stores rather than adds.
 pub fn stale_like<T: Float>(x: &Array4<T>) -> Array4<T> {

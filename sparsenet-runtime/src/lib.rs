@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use backward::{
     avg_pool_backward, conv2d_backward, dropout_backward, gap_dense_backward, max_pool_backward,
-    pre_backward, stale_like, zeros_like, InputGrad,
+    pre_backward, stale_like, InputGrad,
 };
 pub use ctx::{BnSpec, Ctx, Mode};
 pub use float::Float;
