@@ -234,21 +234,17 @@ fn conv2d_backward_direct<T: Float>(
             let mut dw = vec![T::zero(); oc * cin * kk];
             let mut db = vec![T::zero(); oc];
             let mut sums = vec![(0.0f64, 0.0f64); if pre.is_some() { cin } else { 0 }];
-            let mut lanes = Scratch::<f32>(crate::scratch::zeros(direct::lanes_len(oc, cin, kk)));
+            let mut lanes = Scratch::<f32>::zeros(direct::lanes_len(oc, cin, kk));
             // The weight gradient takes `group` images per call, so that
             // small planes still give each tile a long run of positions:
             // their inputs (and, in the flat mapping, their output
             // gradients in the grid layout) sit side by side.
             let group = (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0);
             let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
-            let mut xin = Scratch::<T>(crate::scratch::stale(group * x_img));
-            let mut dyg = Scratch::<f32>(crate::scratch::stale(if d.rows {
-                0
-            } else {
-                group * dy_img
-            }));
+            let mut xin = Scratch::<T>::stale(group * x_img);
+            let mut dyg = Scratch::<f32>::stale(if d.rows { 0 } else { group * dy_img });
             // Fully written for every image before they are read.
-            let mut dyp = Scratch::<f32>(crate::scratch::stale(dt.input_len(oc)));
+            let mut dyp = Scratch::<f32>::stale(dt.input_len(oc));
             let mut dzg =
                 Scratch::<f32>::with_capacity(if dt.rows { 0 } else { cin * dt.out_plane });
             let (b0, dzc_len) = (ci * chunk, dzc.dim().0);
@@ -291,7 +287,7 @@ fn conv2d_backward_direct<T: Float>(
                 }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
-                direct::forward_nchw(&dt, &dyp.0, oc, &flipped, cin, dzf, &mut dzg.0);
+                direct::forward_nchw(&dt, &dyp.0, oc, &flipped, cin, dzf, &mut dzg.0, None);
                 if let Some(p) = pre {
                     for_each_plane(srcs, b, |c, xs| {
                         let (a, ax) = bn_plane_sums(p, c, xs, &dzb[c * hw_in..(c + 1) * hw_in]);

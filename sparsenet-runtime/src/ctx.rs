@@ -79,7 +79,6 @@ impl<'a, T: Float> Ctx<'a, T> {
         let c = bn.channels;
         let gamma = &self.params[bn.gamma..bn.gamma + c];
         let beta = &self.params[bn.gamma + c..bn.gamma + 2 * c];
-        let eps = T::from_f64c(bn.eps);
         let (mean, var): (Vec<T>, Vec<T>) = match self.mode {
             Mode::Eval => (
                 self.state[bn.running..bn.running + c].to_vec(),
@@ -111,24 +110,7 @@ impl<'a, T: Float> Ctx<'a, T> {
                 (mean, var)
             }
         };
-        let mut scale = Vec::with_capacity(c);
-        let mut shift = Vec::with_capacity(c);
-        let mut inv_std = Vec::with_capacity(c);
-        for i in 0..c {
-            let is = T::one() / (var[i] + eps).sqrt();
-            let s = gamma[i] * is;
-            scale.push(s);
-            shift.push(beta[i] - mean[i] * s);
-            inv_std.push(is);
-        }
-        Pre {
-            scale,
-            shift,
-            relu,
-            mean,
-            inv_std,
-            batch_stats: self.mode == Mode::Train,
-        }
+        fold_bn(bn, gamma, beta, &mean, &var, relu, self.mode == Mode::Train)
     }
 
     /// Inverted dropout in training mode (kept values scaled by 1/(1-p));
@@ -141,6 +123,75 @@ impl<'a, T: Float> Ctx<'a, T> {
         let seed: u64 = self.rng.gen();
         apply_dropout_mask(x.as_slice_mut().expect("contiguous"), p, seed);
         (x, seed)
+    }
+}
+
+/// BatchNorm with mean `mean` and variance `var`, then maybe ReLU, as a
+/// [`Pre`]: `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`.
+fn fold_bn<T: Float>(
+    bn: &BnSpec,
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    var: &[T],
+    relu: bool,
+    batch_stats: bool,
+) -> Pre<T> {
+    let eps = T::from_f64c(bn.eps);
+    let c = bn.channels;
+    let mut scale = Vec::with_capacity(c);
+    let mut shift = Vec::with_capacity(c);
+    let mut inv_std = Vec::with_capacity(c);
+    for i in 0..c {
+        let is = T::one() / (var[i] + eps).sqrt();
+        let s = gamma[i] * is;
+        scale.push(s);
+        shift.push(beta[i] - mean[i] * s);
+        inv_std.push(is);
+    }
+    Pre {
+        scale,
+        shift,
+        relu,
+        mean: mean.to_vec(),
+        inv_std,
+        batch_stats,
+    }
+}
+
+/// The context of an inference pass: the parameters and the running
+/// statistics, read only, so that several images can run at once on one
+/// model (see [`crate::threads::by_image`]). BatchNorm uses the running
+/// statistics; there is no dropout.
+#[derive(Clone, Copy)]
+pub struct EvalCtx<'a, T> {
+    params: &'a [T],
+    state: &'a [T],
+}
+
+impl<'a, T: Float> EvalCtx<'a, T> {
+    pub fn new(params: &'a [T], state: &'a [T]) -> Self {
+        EvalCtx { params, state }
+    }
+
+    /// A parameter tensor by its place in the flat store.
+    #[inline]
+    pub fn p(&self, offset: usize, len: usize) -> &'a [T] {
+        &self.params[offset..offset + len]
+    }
+
+    /// A BatchNorm with its running statistics (and maybe ReLU) as a [`Pre`].
+    pub fn bn(&self, bn: &BnSpec, relu: bool) -> Pre<T> {
+        let c = bn.channels;
+        fold_bn(
+            bn,
+            &self.params[bn.gamma..bn.gamma + c],
+            &self.params[bn.gamma + c..bn.gamma + 2 * c],
+            &self.state[bn.running..bn.running + c],
+            &self.state[bn.running + c..bn.running + 2 * c],
+            relu,
+            false,
+        )
     }
 }
 

@@ -71,6 +71,29 @@ unsafe fn prefetch_write(p: *const f32) {
     _mm_prefetch::<_MM_HINT_ET0>(p as *const i8);
 }
 
+/// What [`forward_ep`] applies to every output value before storing it, per
+/// output channel `o`: `y = scale[o] * sum + shift[o]`, then `max(y, 0)` when
+/// `relu`. A convolution's bias, and in inference the BatchNorm (and ReLU)
+/// that reads its output next, fold into one of these, so that the output
+/// is transformed while it is still in registers instead of in another pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The epilogue of output channels `from..from + n`.
+    pub fn channels(&self, from: usize, n: usize) -> Epilogue<'a> {
+        Epilogue {
+            scale: &self.scale[from..from + n],
+            shift: &self.shift[from..from + n],
+            relu: self.relu,
+        }
+    }
+}
+
 /// Whether the direct kernels run on this machine (AVX2 + FMA) and are not
 /// switched off with `SPARSENET_CONV=gemm` (to measure what they gain).
 pub fn enabled() -> bool {
@@ -215,6 +238,51 @@ impl Direct {
         }
     }
 
+    /// A 1x1 convolution over `chans` channels in the pointwise layout
+    /// whose output goes straight into the padded planes of `next` (the
+    /// input layout of the convolution that reads it): output vector `v`
+    /// is stored at its pixel's place inside the zero border, and output
+    /// planes are `next.plane` apart. The border itself is left alone (see
+    /// [`Direct::zero_border`]). `None` unless `next` is a padded-planes
+    /// layout of the same h x w and rows are whole vectors (w a multiple
+    /// of 8), so that no vector straddles two rows.
+    pub fn pointwise_into(h: usize, w: usize, chans: usize, next: &Direct) -> Option<Self> {
+        if next.chans != 0 || next.h != h || next.w != w || !w.is_multiple_of(8) {
+            return None;
+        }
+        let mut d = Direct::pointwise(h, w, chans);
+        let (p, wp) = (next.pad, next.wp);
+        for (v, o) in d.offs.iter_mut().enumerate() {
+            let (y, x) = (8 * v / w, 8 * v % w);
+            o.1 = ((y + p) * wp + x + p) as u32;
+        }
+        d.out_plane = next.plane;
+        Some(d)
+    }
+
+    /// Zeros everything of each padded plane in `planes` but the h x w
+    /// interior: the border, and the slack after the last row.
+    pub fn zero_border(&self, planes: &mut [f32]) {
+        assert_eq!(self.chans, 0, "a padded-planes layout");
+        let (p, w, wp) = (self.pad, self.w, self.wp);
+        for plane in planes.chunks_exact_mut(self.plane) {
+            // From the end of one interior row to the start of the next:
+            // the right border of the one and the left border of the next.
+            plane[..p * wp + p].fill(0.0);
+            for y in 0..self.h - 1 {
+                let end = (y + p) * wp + p + w;
+                if p == 1 {
+                    // Two stores, not a call to memset per row.
+                    plane[end] = 0.0;
+                    plane[end + 1] = 0.0;
+                } else {
+                    plane[end..end + 2 * p].fill(0.0);
+                }
+            }
+            plane[(p + self.h - 1) * wp + p + w..].fill(0.0);
+        }
+    }
+
     /// Vectors of 8 outputs per image.
     pub fn offs_len(&self) -> usize {
         self.offs.len()
@@ -295,9 +363,10 @@ impl Direct {
     }
 }
 
-/// [`forward`] into `cout` NCHW planes of `ho * wo` floats whatever the
+/// [`forward_ep`] into `cout` NCHW planes of `ho * wo` floats whatever the
 /// output mapping: straight in the rows mapping; in the flat one through
 /// `grid` (resized as needed, contents stale) and compacted.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_nchw(
     d: &Direct,
     x: &[f32],
@@ -306,12 +375,13 @@ pub fn forward_nchw(
     cout: usize,
     out: &mut [f32],
     grid: &mut Vec<f32>,
+    ep: Option<Epilogue>,
 ) {
     if d.rows {
-        return forward(d, x, cin, weight, cout, out);
+        return forward_ep(d, x, cin, weight, cout, out, ep);
     }
     grid.resize(cout * d.out_plane, 0.0);
-    forward(d, x, cin, weight, cout, grid);
+    forward_ep(d, x, cin, weight, cout, grid, ep);
     for (gp, op) in grid
         .chunks_exact(d.out_plane)
         .zip(out.chunks_exact_mut(d.ho * d.wo))
@@ -325,7 +395,26 @@ pub fn forward_nchw(
 /// planes of `out_plane` floats (NCHW planes in the rows mapping, grid
 /// planes in the flat one).
 pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, out: &mut [f32]) {
+    forward_ep(d, x, cin, weight, cout, out, None)
+}
+
+/// [`forward`] with `ep` applied to each output as it is stored.
+pub fn forward_ep(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    out: &mut [f32],
+    ep: Option<Epilogue>,
+) {
     let kk = d.k * d.k;
+    if let Some(e) = &ep {
+        assert!(
+            e.scale.len() >= cout && e.shift.len() >= cout,
+            "epilogue covers cout channels"
+        );
+    }
     assert!(x.len() >= d.input_len(cin), "input holds cin channels");
     assert!(
         weight.len() >= cout * cin * kk,
@@ -338,7 +427,8 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
     // every access: input reads stay below `cin * plane` by construction of
     // `offs`/`taps` in `Direct::new`; weight reads stay in rows `< cout`
     // (rows past `cout` in a partial tile read a valid row again and are not
-    // stored); stores go to planes `q < cout` at offsets below `out_plane`.
+    // stored); stores go to planes `q < cout` at offsets below `out_plane`;
+    // epilogue reads stay below `cout` (asserted above).
     unsafe {
         let tiles = cout.div_ceil(FQ);
         // Cache blocking: a block of input channels and a group of channel
@@ -380,15 +470,24 @@ pub fn forward(d: &Direct, x: &[f32], cin: usize, weight: &[f32], cout: usize, o
                         }
                         let o = out.as_mut_ptr().add(tile * FQ * d.out_plane);
                         let acc = c0 > 0;
+                        // The epilogue goes with the last block's store.
+                        let e = match &ep {
+                            Some(e) if c0 + cn == cin => Some((
+                                e.scale.as_ptr().add(tile * FQ),
+                                e.shift.as_ptr().add(tile * FQ),
+                                e.relu,
+                            )),
+                            _ => None,
+                        };
                         // Tap counts known at compile time unroll the tap
                         // loop (a 1x1 kernel has none left).
                         match (pn == FP, kk) {
-                            (true, 1) => fwd_tile::<FP, 1>(xb, d, cn, w, offs, o, qn, acc),
-                            (true, 9) => fwd_tile::<FP, 9>(xb, d, cn, w, offs, o, qn, acc),
-                            (true, _) => fwd_tile::<FP, 0>(xb, d, cn, w, offs, o, qn, acc),
-                            (false, 1) => fwd_tile::<1, 1>(xb, d, cn, w, offs, o, qn, acc),
-                            (false, 9) => fwd_tile::<1, 9>(xb, d, cn, w, offs, o, qn, acc),
-                            (false, _) => fwd_tile::<1, 0>(xb, d, cn, w, offs, o, qn, acc),
+                            (true, 1) => fwd_tile::<FP, 1>(xb, d, cn, w, offs, o, qn, acc, e),
+                            (true, 9) => fwd_tile::<FP, 9>(xb, d, cn, w, offs, o, qn, acc, e),
+                            (true, _) => fwd_tile::<FP, 0>(xb, d, cn, w, offs, o, qn, acc, e),
+                            (false, 1) => fwd_tile::<1, 1>(xb, d, cn, w, offs, o, qn, acc, e),
+                            (false, 9) => fwd_tile::<1, 9>(xb, d, cn, w, offs, o, qn, acc, e),
+                            (false, _) => fwd_tile::<1, 0>(xb, d, cn, w, offs, o, qn, acc, e),
                         }
                     }
                     v += pn;
@@ -410,6 +509,7 @@ unsafe fn fwd_tile<const P: usize, const KK: usize>(
     out: *mut f32,
     qn: usize,
     accumulate: bool,
+    ep: Option<(*const f32, *const f32, bool)>,
 ) {
     let mut acc = [[_mm256_setzero_ps(); P]; FQ];
     if accumulate {
@@ -446,6 +546,18 @@ unsafe fn fwd_tile<const P: usize, const KK: usize>(
                 }
             }
             i += 1;
+        }
+    }
+    if let Some((scale, shift, relu)) = ep {
+        for q in 0..qn {
+            let s = _mm256_broadcast_ss(&*scale.add(q));
+            let t = _mm256_broadcast_ss(&*shift.add(q));
+            for p in 0..P {
+                acc[q][p] = _mm256_fmadd_ps(acc[q][p], s, t);
+                if relu {
+                    acc[q][p] = _mm256_max_ps(acc[q][p], _mm256_setzero_ps());
+                }
+            }
         }
     }
     for q in 0..qn {

@@ -6,13 +6,13 @@
 //! it, and an optional per-channel [`Pre`] (the folded BatchNorm affine plus
 //! ReLU) is applied as each value is read.
 
-use crate::direct::{self, Direct};
+use crate::direct::{self, Direct, Epilogue};
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{stale4, zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
-use rayon::prelude::{ParallelSlice, ParallelSliceMut};
+use rayon::prelude::ParallelSliceMut;
 use std::any::TypeId;
 
 /// The per-channel transform applied to inputs as they are read:
@@ -142,7 +142,8 @@ pub fn conv2d<T: Float>(
     g: ConvGeom,
 ) -> Array4<T> {
     if g.stride == 1 && use_direct::<T>() {
-        return conv2d_direct(srcs, pre, weight, bias, g);
+        let ep = OwnedEpilogue::new(bias, None, g.out_channels);
+        return conv2d_direct(srcs, pre, weight, g, ep.as_ref().map(OwnedEpilogue::view));
     }
     let (n, _, h, w) = srcs[0].dim();
     let cin = concat_channels(srcs);
@@ -212,13 +213,15 @@ pub(crate) fn as_f32_mut<T: 'static>(s: &mut [T]) -> &mut [f32] {
 
 /// [`conv2d`] for stride 1 through the direct kernels: each image's
 /// transformed input is written once into zero-padded planes, which the
-/// kernel reads in place of an unfolded matrix.
-fn conv2d_direct<T: Float>(
+/// kernel reads in place of an unfolded matrix. `ep` (the bias, and in
+/// inference maybe the transform of the output) is applied as outputs are
+/// stored.
+pub(crate) fn conv2d_direct<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
     weight: &[T],
-    bias: Option<&[T]>,
     g: ConvGeom,
+    ep: Option<Epilogue>,
 ) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let (cin, oc) = (concat_channels(srcs), g.out_channels);
@@ -227,26 +230,20 @@ fn conv2d_direct<T: Float>(
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
     let hw = d.ho * d.wo;
-    let threads = rayon::current_num_threads();
-    if n < threads && oc >= 2 * direct::OUT_TILE {
+    if n < crate::threads::available() {
         // Fewer images than threads (batch-1 inference): the threads
         // share each image, split by output channels.
-        let mut xin = Vec::new();
-        let per = oc.div_ceil(threads).next_multiple_of(direct::OUT_TILE);
+        let mut xin = Scratch::<T>::stale(d.input_len(cin));
         for (b, mut ob) in out.axis_iter_mut(Axis(0)).enumerate() {
-            gather_padded(srcs, pre, b, &d, &mut xin);
-            let x = as_f32(&xin);
+            gather_padded(srcs, pre, b, &d, &mut xin.0);
+            let x = as_f32(&xin.0);
             let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-            o.par_chunks_mut(per * hw)
-                .zip(weight.par_chunks(per * cin * d.k * d.k))
-                .for_each(|(oc_part, w_part)| {
-                    let mut grid = Scratch::<f32>::with_capacity(0);
-                    let cn = oc_part.len() / hw;
-                    direct::forward_nchw(&d, x, cin, w_part, cn, oc_part, &mut grid.0);
-                });
-            if let Some(bias) = bias {
-                add_bias(o, as_f32(bias), hw);
-            }
+            split_out_channels(o, hw, |c0, cn, part| {
+                let mut grid = Scratch::<f32>::with_capacity(0);
+                let wp = &weight[c0 * cin * d.k * d.k..(c0 + cn) * cin * d.k * d.k];
+                let e = ep.map(|e| e.channels(c0, cn));
+                direct::forward_nchw(&d, x, cin, wp, cn, part, &mut grid.0, e);
+            });
         }
         return out;
     }
@@ -254,23 +251,99 @@ fn conv2d_direct<T: Float>(
         .into_par_iter()
         .enumerate()
         .for_each_init(
+            // Stale contents: the gather and the kernel write every
+            // element, and rayon calls this once per piece of work it
+            // splits off.
             || {
                 (
-                    Scratch::<T>::with_capacity(d.input_len(cin)),
-                    Scratch::<f32>::with_capacity(if d.rows { 0 } else { oc * d.out_plane }),
+                    Scratch::<T>::stale(d.input_len(cin)),
+                    Scratch::<f32>::stale(if d.rows { 0 } else { oc * d.out_plane }),
                 )
             },
             |(xin, grid), (b, mut ob)| {
                 gather_padded(srcs, pre, b, &d, &mut xin.0);
                 let x = as_f32(&xin.0);
                 let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-                direct::forward_nchw(&d, x, cin, weight, oc, o, &mut grid.0);
-                if let Some(bias) = bias {
-                    add_bias(o, as_f32(bias), hw);
-                }
+                direct::forward_nchw(&d, x, cin, weight, oc, o, &mut grid.0, ep);
             },
         );
     out
+}
+
+/// Runs `f(first_channel, channels, planes)` over the output planes of one
+/// image (`plane` floats each) split by output channels across the threads,
+/// at whole forward tiles: how a convolution of fewer images than threads
+/// uses every thread. One part (no split) when there are too few channels.
+pub(crate) fn split_out_channels(
+    out: &mut [f32],
+    plane: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let channels = out.len() / plane;
+    let per = channels
+        .div_ceil(crate::threads::available())
+        .next_multiple_of(direct::OUT_TILE)
+        .max(2 * direct::OUT_TILE);
+    out.par_chunks_mut(per * plane)
+        .enumerate()
+        .for_each(|(i, part)| f(i * per, part.len() / plane, part));
+}
+
+/// A convolution's bias and a fixed per-channel transform `post` of its
+/// output folded into one [`Epilogue`]: `post(sum + bias)` is
+/// `post.scale * sum + (post.scale * bias + post.shift)`. `None` when there
+/// is neither. Only for `f32` (the direct kernels' type).
+pub(crate) struct OwnedEpilogue {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl OwnedEpilogue {
+    pub(crate) fn new<T: Float>(
+        bias: Option<&[T]>,
+        post: Option<&Pre<T>>,
+        channels: usize,
+    ) -> Option<Self> {
+        let zeros;
+        let bias = match bias {
+            Some(b) => as_f32(b),
+            None if post.is_none() => return None,
+            None => {
+                zeros = vec![0.0; channels];
+                &zeros[..]
+            }
+        };
+        assert_eq!(bias.len(), channels, "one bias per output channel");
+        Some(match post {
+            None => OwnedEpilogue {
+                scale: vec![1.0; channels],
+                shift: bias.to_vec(),
+                relu: false,
+            },
+            Some(p) => {
+                assert!(
+                    !p.batch_stats,
+                    "an output transform folded into the convolution uses fixed statistics"
+                );
+                let (s, t) = (as_f32(&p.scale), as_f32(&p.shift));
+                assert_eq!(s.len(), channels, "one transform per output channel");
+                OwnedEpilogue {
+                    scale: s.to_vec(),
+                    shift: (0..channels).map(|c| s[c] * bias[c] + t[c]).collect(),
+                    relu: p.relu,
+                }
+            }
+        })
+    }
+
+    pub(crate) fn view(&self) -> Epilogue<'_> {
+        Epilogue {
+            scale: &self.scale,
+            shift: &self.shift,
+            relu: self.relu,
+        }
+    }
 }
 
 /// Image `b` of the transformed concatenation written into the direct

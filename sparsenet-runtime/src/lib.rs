@@ -3,6 +3,7 @@
 //! topology: the generated code calls these pieces in its planned order.
 
 pub mod backward;
+pub mod chain;
 pub mod ctx;
 pub mod data;
 pub mod direct;
@@ -13,6 +14,7 @@ pub mod kernels;
 pub mod matmul;
 pub mod model;
 pub mod scratch;
+pub mod threads;
 pub mod train;
 pub mod weights;
 
@@ -20,7 +22,8 @@ pub use backward::{
     avg_pool_backward, conv2d_backward, dropout_backward, gap_dense_backward, max_pool_backward,
     pre_backward, stale_like, InputGrad,
 };
-pub use ctx::{BnSpec, Ctx, Mode};
+pub use chain::{conv_chain, ConvStep};
+pub use ctx::{BnSpec, Ctx, EvalCtx, Mode};
 pub use float::Float;
 pub use init::{init_params, init_state};
 pub use kernels::{

@@ -113,18 +113,79 @@ pub fn release() {
 }
 
 /// A temporary vector that goes back to the store of the thread dropping it.
-pub struct Scratch<T: 'static>(pub Vec<T>);
+pub struct Scratch<T: 'static>(pub Vec<T>, Kept);
+
+/// What a [`Scratch::stale`] vector's allocation held initialised before
+/// it was shortened: its address and that length, so that it goes back to
+/// the store with that length again.
+#[derive(Clone, Copy)]
+pub struct Kept {
+    at: *const u8,
+    len: usize,
+}
+
+// SAFETY: `Kept` is only compared with the vector's own pointer, never
+// dereferenced.
+unsafe impl Send for Kept {}
+unsafe impl Sync for Kept {}
+
+impl Kept {
+    const NONE: Kept = Kept {
+        at: std::ptr::null(),
+        len: 0,
+    };
+}
 
 impl<T: 'static> Scratch<T> {
     /// An empty vector with room for `len` elements (see [`take`]).
     pub fn with_capacity(len: usize) -> Self {
-        Scratch(take(len))
+        Scratch(take(len), Kept::NONE)
+    }
+
+    /// A vector of `len` zeros (see [`zeros`]).
+    pub fn zeros(len: usize) -> Self
+    where
+        T: Clone + num_traits::Zero,
+    {
+        Scratch(zeros(len), Kept::NONE)
+    }
+
+    /// A vector of `len` elements with unspecified values (see [`stale`]),
+    /// for a buffer its user overwrites entirely. When the reused
+    /// allocation held more initialised elements than `len`, it goes back
+    /// to the store with all of them: kernels ask for scratch of a
+    /// different length at every layer, and a vector that went back as
+    /// short as its last use would be zero-filled again up to the next
+    /// longer one.
+    pub fn stale(len: usize) -> Self
+    where
+        T: Copy + num_traits::Zero,
+    {
+        let mut v = take_kept::<T>(len);
+        let kept = Kept {
+            at: v.as_ptr().cast(),
+            len: v.len().max(len),
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, T::zero());
+        }
+        Scratch(v, kept)
     }
 }
 
 impl<T: 'static> Drop for Scratch<T> {
     fn drop(&mut self) {
-        give(std::mem::take(&mut self.0));
+        let mut v = std::mem::take(&mut self.0);
+        if v.as_ptr().cast() == self.1.at && v.len() < self.1.len {
+            // SAFETY: still the allocation `stale` handed out (same
+            // address), whose first `kept.len` elements were initialised
+            // then; shortening a vector of `Copy` values leaves them
+            // initialised, and `kept.len` is within its capacity.
+            unsafe { v.set_len(self.1.len) };
+        }
+        give(v);
     }
 }
 

@@ -1,0 +1,75 @@
+//! How an inference pass shares the CPU's threads: image by image.
+//!
+//! A layer at a time over the whole batch, every activation of a SparseNet
+//! stage is a batch-sized buffer (6 MB per BC-100 stage-1 layer at batch 64)
+//! that is written to memory and read back from it by each later layer
+//! that aggregates it. Image by image, one thread carries one image through
+//! every layer, and what that image's layers read (its live activations,
+//! 1.3 MB at the peak of BC-100) stays in the caches; the threads run
+//! different images at once. Training cannot do this: BatchNorm needs the
+//! whole batch's statistics at every layer.
+//!
+//! Inside [`by_image`] the kernels see one thread ([`available`]), so that a
+//! one-image call runs where it was made instead of splitting its channels
+//! over threads that are busy with images of their own. A batch of one
+//! image is the exception: it runs as one pass whose layers split their
+//! channels over the threads (batch-1 latency).
+
+use crate::Float;
+use ndarray::{s, Array2, ArrayView4, Axis};
+use rayon::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    /// True while this thread runs one image of [`by_image`].
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Threads one kernel call may spread its work over: rayon's, or 1 on a
+/// thread that runs an image of [`by_image`].
+pub fn available() -> usize {
+    if ALONE.get() {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// The logits of inference `pass` over the batch `x`, computed image by
+/// image in parallel (each image on one thread, start to end), in batch
+/// order. A batch of one is one `pass` that may use every thread.
+pub fn by_image<T: Float>(
+    x: ArrayView4<'_, T>,
+    pass: impl Fn(ArrayView4<'_, T>) -> Array2<T> + Sync,
+) -> Array2<T> {
+    let n = x.dim().0;
+    if n <= 1 || ALONE.get() {
+        return pass(x);
+    }
+    let rows: Vec<Array2<T>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let _alone = Alone::enter();
+            pass(x.slice(s![i..i + 1, .., .., ..]))
+        })
+        .collect();
+    let views: Vec<_> = rows.iter().map(Array2::view).collect();
+    ndarray::concatenate(Axis(0), &views).expect("every image has the same number of classes")
+}
+
+/// Marks this thread as running one image until dropped (also when the pass
+/// unwinds).
+struct Alone;
+
+impl Alone {
+    fn enter() -> Self {
+        ALONE.set(true);
+        Alone
+    }
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.set(false);
+    }
+}
