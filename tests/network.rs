@@ -31,6 +31,13 @@ sparsenet! {
     /// A small grayscale network.
     struct Gray { style: paper, input: [1, 28, 28], classes: 10, depth: 22, growth: 8, bottleneck: true }
 
+    /// The paper's BC units (BN-ReLU-Conv1x1-BN-ReLU-Conv3x3) on planes whose
+    /// widths (32, 16, 8) take the fused inference chain.
+    struct PaperSmallBc { style: paper, input: [3, 32, 32], classes: 10, depth: 22, growth: 12, bottleneck: true }
+
+    /// The seed's BC units (BN-Conv1x1-BN-ReLU-Conv3x3-BN).
+    struct SeedV2SmallBc { style: seed_2018_02_20, input: [3, 32, 32], classes: 10, depth: 22, growth: 12, bottleneck: true }
+
     /// Explicit offsets.
     struct Offsets { classes: 10, input: [3, 16, 16], units: [5, 5], growth: 4, aggregation: offsets(1, 3) }
 }
@@ -175,6 +182,61 @@ fn eval_is_per_image_and_deterministic() {
     }
     let again = m.forward(x.view(), Mode::Eval).unwrap();
     assert_eq!(all, again);
+}
+
+/// Eval logits of the f32 model (direct kernels, fused unit chains, image
+/// by image) against the f64 model with the same weights (general kernels,
+/// each layer on its own), within `tol` relative to the largest logit.
+fn f32_eval_matches_f64<A: Model<f32>, B: Model<f64>>(batch: usize, tol: f64) {
+    let mut a = A::new(5);
+    // Non-zero biases and BN shifts, and running statistics away from
+    // (0, 1), so that every folded term does something.
+    for (i, v) in a.params_mut().iter_mut().enumerate() {
+        *v += ((i * 13) % 7) as f32 * 0.01 - 0.03;
+    }
+    for t in A::tensors() {
+        let is_mean = t.name.ends_with("running_mean");
+        if is_mean || t.name.ends_with("running_var") {
+            for (i, v) in a.state_mut()[t.offset..t.offset + t.len()]
+                .iter_mut()
+                .enumerate()
+            {
+                let u = ((i * 37) % 11) as f32 / 11.0;
+                *v = if is_mean { 0.2 * (u - 0.5) } else { 0.5 + u };
+            }
+        }
+    }
+    let mut b = B::new(0);
+    for (d, &s) in b.params_mut().iter_mut().zip(a.params()) {
+        *d = s as f64;
+    }
+    for (d, &s) in b.state_mut().iter_mut().zip(a.state()) {
+        *d = s as f64;
+    }
+    let [c, h, w] = A::INPUT;
+    let x = Array4::<f64>::from_shape_fn((batch, c, h, w), |(n, c, y, x)| {
+        ((n * 5 + c * 3 + y * 7 + x) % 13) as f64 / 6.5 - 1.0
+    });
+    let want = b.forward(x.view(), Mode::Eval).unwrap();
+    let got = a.forward(x.mapv(|v| v as f32).view(), Mode::Eval).unwrap();
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
+        / scale;
+    assert!(err < tol, "{}: relative error {err:e}", A::NAME);
+}
+
+#[test]
+fn fused_f32_inference_matches_the_layer_by_layer_f64_pass() {
+    // Batch 3 runs image by image on the threads, batch 1 splits each
+    // layer's channels over them.
+    for batch in [3, 1] {
+        f32_eval_matches_f64::<PaperSmallBc<f32>, PaperSmallBc<f64>>(batch, 2e-5);
+        f32_eval_matches_f64::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(batch, 2e-5);
+        f32_eval_matches_f64::<SeedV2Depth40<f32>, SeedV2Depth40<f64>>(batch, 2e-5);
+    }
 }
 
 #[test]

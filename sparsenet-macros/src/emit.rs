@@ -5,7 +5,7 @@
 //! of an inference pass.
 
 use crate::config::Config;
-use crate::plan::{InitKind, Op, Plan, Store};
+use crate::plan::{EvalChain, InitKind, Op, Plan, Store};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
@@ -82,6 +82,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     });
 
     let forward = emit_forward(plan);
+    let eval_pass = emit_eval_pass(plan);
     let forward_backward = emit_forward_backward(plan);
     let gpu = crate::emit_gpu::emit_gpu(plan);
 
@@ -129,6 +130,10 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             #gpu
         }
 
+        impl<T: #rt::Float> #name<T> {
+            #eval_pass
+        }
+
         impl<T: #rt::Float> #rt::Model<T> for #name<T> {
             fn new(seed: u64) -> Self {
                 const INIT: &[(usize, usize, #rt::Init)] = &[#(#inits),*];
@@ -154,6 +159,9 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     }
 }
 
+/// `forward`: in eval mode the inference pass ([`emit_eval_pass`]) image by
+/// image on every thread; in training mode the nodes one by one over the
+/// batch, with the batch statistics every BN needs.
 fn emit_forward(plan: &Plan) -> TokenStream {
     let rt = rt();
     let need_stats = plan.needs_stats();
@@ -165,52 +173,199 @@ fn emit_forward(plan: &Plan) -> TokenStream {
         let s0 = stat(0);
         body.push(quote!(let #s0 = ctx.stats(&#b0);));
     }
-    for (i, node) in plan.nodes.iter().enumerate() {
-        let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
-        let p = format_ident!("pre{}", i);
-        let pre_arg = match pre_statement(plan, node, &p) {
-            Some(stmt) => {
-                body.push(stmt);
-                quote!(Some(&#p))
-            }
-            None => quote!(None),
-        };
-        let call = forward_call(node, &srcs, &pre_arg, &p);
-        match node.output {
-            Some(o) => {
-                let ob = buf(o);
-                body.push(quote!(let #ob = #call;));
-                if node.dropout > 0.0 {
-                    let p = lit_f64(node.dropout);
-                    body.push(quote!(let (#ob, _) = ctx.dropout(#ob, #p);));
-                }
-                if need_stats[o] {
-                    let so = stat(o);
-                    body.push(quote!(let #so = ctx.stats(&#ob);));
-                }
-            }
-            None => body.push(quote!(let logits = #call;)),
-        }
-        for (b, l) in last.iter().enumerate() {
-            if *l == Some(i) {
-                let bb = buf(b);
-                body.push(quote!(#rt::scratch::recycle(#bb);));
-                if need_stats[b] {
-                    let sb = stat(b);
-                    body.push(quote!(drop(#sb);));
-                }
-            }
-        }
+    for i in 0..plan.nodes.len() {
+        body.extend(node_statements(plan, i, &need_stats));
+        body.extend(recycles(&last, i, &need_stats));
     }
     quote! {
         fn forward(&mut self, x: #rt::ndarray::ArrayView4<'_, T>, mode: #rt::Mode)
             -> ::std::result::Result<#rt::ndarray::Array2<T>, #rt::InputError> {
             #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            if mode == #rt::Mode::Eval {
+                let ctx = #rt::EvalCtx::new(&self.params, &self.state);
+                return ::std::result::Result::Ok(#rt::threads::by_image(x, |x| Self::eval_pass(ctx, x)));
+            }
             let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(logits)
         }
     }
+}
+
+/// The inference pass over a batch (one image, as `forward` calls it): BN
+/// with running statistics, no dropout, and each [`EvalChain`] of the plan
+/// (a unit's convolutions and trailing BN) as one `conv_chain` call.
+fn emit_eval_pass(plan: &Plan) -> TokenStream {
+    let rt = rt();
+    let no_stats = vec![false; plan.buffers.len()];
+    let last = plan.last_use();
+    let mut body = Vec::new();
+    let b0 = buf(0);
+    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    let chains = plan.eval_chains();
+    let mut chain_at = chains.iter().peekable();
+    let mut i = 0;
+    while i < plan.nodes.len() {
+        let Some(c) = chain_at.next_if(|c| c.start == i) else {
+            let node = &plan.nodes[i];
+            let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
+            let p = format_ident!("pre{}", i);
+            let pre_arg = match bn_statement(plan, node, &p, None) {
+                Some(stmt) => {
+                    body.push(stmt);
+                    quote!(Some(&#p))
+                }
+                None => quote!(None),
+            };
+            let call = forward_call(node, &srcs, &pre_arg, &p);
+            body.push(match node.output {
+                Some(o) => {
+                    let ob = buf(o);
+                    quote!(let #ob = #call;)
+                }
+                None => quote!(let logits = #call;),
+            });
+            body.extend(recycles(&last, i, &no_stats));
+            i += 1;
+            continue;
+        };
+        let o = plan.nodes[c.end()]
+            .output
+            .expect("a chain ends in a buffer");
+        let ob = buf(o);
+        let call = chain_call(plan, c);
+        body.push(quote!(let #ob = #call;));
+        // The chain's own intermediate buffers never exist here.
+        let inner: Vec<usize> = (c.start..c.end())
+            .filter_map(|j| plan.nodes[j].output)
+            .collect();
+        for j in c.start..=c.end() {
+            for stmt_b in
+                (0..plan.buffers.len()).filter(|&b| last[b] == Some(j) && !inner.contains(&b))
+            {
+                let bb = buf(stmt_b);
+                body.push(quote!(#rt::scratch::recycle(#bb);));
+            }
+        }
+        i = c.end() + 1;
+    }
+    quote! {
+        /// The inference pass (see `forward`).
+        fn eval_pass(ctx: #rt::EvalCtx<'_, T>, x: #rt::ndarray::ArrayView4<'_, T>) -> #rt::ndarray::Array2<T> {
+            #(#body)*
+            logits
+        }
+    }
+}
+
+/// Buffers to hand back once node `i` has run: those it reads last (and
+/// their statistics, where `need_stats`).
+fn recycles(last: &[Option<usize>], i: usize, need_stats: &[bool]) -> Vec<TokenStream> {
+    let rt = rt();
+    let mut out = Vec::new();
+    for (b, l) in last.iter().enumerate() {
+        if *l == Some(i) {
+            let bb = buf(b);
+            out.push(quote!(#rt::scratch::recycle(#bb);));
+            if need_stats[b] {
+                let sb = stat(b);
+                out.push(quote!(drop(#sb);));
+            }
+        }
+    }
+    out
+}
+
+/// The statements of node `i` in the training-mode pass of [`emit_forward`]: its
+/// pre-op, its call, its dropout, and the statistics of its output when a BN
+/// reads it.
+fn node_statements(plan: &Plan, i: usize, need_stats: &[bool]) -> Vec<TokenStream> {
+    let node = &plan.nodes[i];
+    let mut out = Vec::new();
+    let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
+    let p = format_ident!("pre{}", i);
+    let pre_arg = match pre_statement(plan, node, &p) {
+        Some(stmt) => {
+            out.push(stmt);
+            quote!(Some(&#p))
+        }
+        None => quote!(None),
+    };
+    let call = forward_call(node, &srcs, &pre_arg, &p);
+    match node.output {
+        Some(o) => {
+            let ob = buf(o);
+            out.push(quote!(let #ob = #call;));
+            if node.dropout > 0.0 {
+                let p = lit_f64(node.dropout);
+                out.push(quote!(let (#ob, _) = ctx.dropout(#ob, #p);));
+            }
+            if need_stats[o] {
+                let so = stat(o);
+                out.push(quote!(let #so = ctx.stats(&#ob);));
+            }
+        }
+        None => out.push(quote!(let logits = #call;)),
+    }
+    out
+}
+
+/// The `conv_chain` call that runs chain `c` in the inference pass, as a
+/// block: the BN transforms of its nodes, then the call.
+fn chain_call(plan: &Plan, c: &EvalChain) -> TokenStream {
+    let rt = rt();
+    let mut stmts = Vec::new();
+    let mut pre_of = |j: usize| -> TokenStream {
+        let p = format_ident!("pre{}", j);
+        match bn_statement(plan, &plan.nodes[j], &p, None) {
+            Some(stmt) => {
+                stmts.push(stmt);
+                quote!(Some(&#p))
+            }
+            None => quote!(None),
+        }
+    };
+    let step = |j: usize, pre: TokenStream| -> TokenStream {
+        let Op::Conv {
+            kernel,
+            stride,
+            pad,
+            out_channels,
+            weight,
+            bias,
+        } = &plan.nodes[j].op
+        else {
+            unreachable!("chains are made of convolutions")
+        };
+        let (wo, wl) = (weight.offset, weight.len);
+        let bias = match bias {
+            Some(b) => {
+                let (bo, bl) = (b.offset, b.len);
+                quote!(Some(ctx.p(#bo, #bl)))
+            }
+            None => quote!(None),
+        };
+        quote!(#rt::ConvStep { pre: #pre, weight: ctx.p(#wo, #wl), bias: #bias,
+            geom: #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad } })
+    };
+    let bottleneck = match c.bottleneck() {
+        Some(j) => {
+            let s = step(j, pre_of(j));
+            quote!(Some(#s))
+        }
+        None => quote!(None),
+    };
+    let conv = step(c.conv, pre_of(c.conv));
+    let post = if c.post {
+        pre_of(c.conv + 1)
+    } else {
+        quote!(None)
+    };
+    let srcs: Vec<Ident> = plan.nodes[c.start].inputs.iter().map(|&b| buf(b)).collect();
+    quote!({
+        #(#stmts)*
+        #rt::conv_chain(&[#(&#srcs),*], #bottleneck, #conv, #post)
+    })
 }
 
 /// The training pass: the forward statements keep every buffer, every
@@ -444,8 +599,28 @@ fn forward_call(
 }
 
 /// `let preN = ctx.bn(...)`: the folded BN(-ReLU) a node applies to its
-/// sources while reading them (none for nodes without a pre-op).
+/// sources while reading them (none for nodes without a pre-op), with the
+/// statistics of the sources (training-mode pass).
 fn pre_statement(plan: &Plan, node: &crate::plan::Node, p: &Ident) -> Option<TokenStream> {
+    let st = node
+        .inputs
+        .iter()
+        .map(|&b| {
+            let s = stat(b);
+            quote!(#s.as_ref())
+        })
+        .collect();
+    bn_statement(plan, node, p, Some(st))
+}
+
+/// `let preN = ctx.bn(...)` with `stats`, one per source of `node`, or with
+/// none for the inference pass's `EvalCtx`.
+fn bn_statement(
+    plan: &Plan,
+    node: &crate::plan::Node,
+    p: &Ident,
+    stats: Option<Vec<TokenStream>>,
+) -> Option<TokenStream> {
     let rt = rt();
     let pre = node.pre?;
     let bn = &plan.bns[pre.bn];
@@ -454,9 +629,9 @@ fn pre_statement(plan: &Plan, node: &crate::plan::Node, p: &Ident) -> Option<Tok
     let mom = lit_f64(bn.momentum);
     let unb = bn.unbiased_running_var;
     let relu = pre.relu;
-    let st: Vec<Ident> = node.inputs.iter().map(|&b| stat(b)).collect();
-    Some(quote! {
-        let #p = ctx.bn(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb },
-            &[#(#st.as_ref()),*], #relu);
+    let spec = quote!(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb });
+    Some(match stats {
+        Some(st) => quote!(let #p = ctx.bn(#spec, &[#(#st),*], #relu);),
+        None => quote!(let #p = ctx.bn(#spec, #relu);),
     })
 }

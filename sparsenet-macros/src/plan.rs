@@ -92,6 +92,26 @@ pub struct Node {
     pub output: Option<BufId>,
 }
 
+/// Nodes `start..=end()` that inference runs as one call: a 1x1
+/// bottleneck convolution at `start` when `start < conv`, the convolution
+/// `conv`, and the `Affine` node `conv + 1` when `post`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvalChain {
+    pub start: usize,
+    pub conv: usize,
+    pub post: bool,
+}
+
+impl EvalChain {
+    pub fn end(&self) -> usize {
+        self.conv + usize::from(self.post)
+    }
+
+    pub fn bottleneck(&self) -> Option<usize> {
+        (self.start < self.conv).then_some(self.start)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
     Param,
@@ -157,6 +177,75 @@ impl Plan {
     /// a training step keeps for backward at most.
     pub fn activations_per_image(&self) -> usize {
         self.buffers.iter().map(Buffer::per_image).sum()
+    }
+
+    /// The runs of nodes that an inference pass does as one
+    /// `conv_chain` call (see the runtime's `chain` module), in node order
+    /// and not overlapping: a stride-1 convolution, with the 1x1
+    /// convolution before it when that one's output is read by it alone
+    /// (a bottleneck), and with the `Affine` after it when that is the only
+    /// reader of its output (a unit's trailing BN). A convolution with
+    /// neither is no chain. An intermediate output must have no dropout:
+    /// nothing reads it.
+    pub fn eval_chains(&self) -> Vec<EvalChain> {
+        let readers = self.readers();
+        // The single reader of node `i`'s output, if it has exactly one and
+        // `i` applies no dropout to it.
+        let only_reader = |i: usize| -> Option<usize> {
+            let n = &self.nodes[i];
+            let o = n.output?;
+            if n.dropout > 0.0 || readers[o].len() != 1 {
+                return None;
+            }
+            let r = readers[o][0];
+            (self.nodes[r].inputs == [o]).then_some(r)
+        };
+        let conv = |i: usize| match self.nodes[i].op {
+            Op::Conv {
+                kernel,
+                stride,
+                pad,
+                ..
+            } => Some((kernel, stride, pad)),
+            _ => None,
+        };
+        let mut chains = Vec::new();
+        let mut i = 0;
+        while i < self.nodes.len() {
+            let bottleneck = conv(i) == Some((1, 1, 0))
+                && only_reader(i).is_some_and(|r| r == i + 1 && conv(r).is_some_and(|c| c.1 == 1));
+            let at = if bottleneck { i + 1 } else { i };
+            let post = conv(at).is_some_and(|c| c.1 == 1)
+                && only_reader(at).is_some_and(|r| {
+                    r == at + 1
+                        && matches!(self.nodes[r].op, Op::Affine)
+                        && self.nodes[r].pre.is_some()
+                });
+            if bottleneck || post {
+                chains.push(EvalChain {
+                    start: i,
+                    conv: at,
+                    post,
+                });
+                i = at + 1 + usize::from(post);
+            } else {
+                i += 1;
+            }
+        }
+        chains
+    }
+
+    /// For each buffer, the nodes that read it, in order.
+    pub fn readers(&self) -> Vec<Vec<usize>> {
+        let mut readers = vec![Vec::new(); self.buffers.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &b in &n.inputs {
+                if readers[b].last() != Some(&i) {
+                    readers[b].push(i);
+                }
+            }
+        }
+        readers
     }
 
     /// For each buffer, the index of the last node that reads it.
