@@ -486,6 +486,20 @@ pub fn gap_dense_backward<T: Float>(
 /// plane in `T` over LANES independent partial sums (vectorised; see
 /// `lane_sum`), returned in f64 for summing across planes.
 fn bn_plane_sums<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
+            bn_plane_sums_loop(p, c, xs, gs)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { wide(p, c, xs, gs) };
+    }
+    bn_plane_sums_loop(p, c, xs, gs)
+}
+
+#[inline(always)]
+fn bn_plane_sums_loop<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
     let (scale, shift, mean, inv_std) = (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
     let zero = T::zero();
     let da = |xv: T, g: T| {
@@ -592,56 +606,122 @@ pub fn pre_backward<T: Float>(
         }
     }
     let m = (n * hw) as f64;
-    per_image
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, mut views)| {
-            for c in 0..cin {
-                let (si, ci) = chan[c];
-                let dx = views[si].slice_mut(s![ci, .., ..]);
-                let dx = dx.into_slice().expect("contiguous");
-                let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
-                match pre {
-                    None => {
-                        if first[si] {
-                            dx.copy_from_slice(gv);
-                        } else {
-                            for (d, &g) in dx.iter_mut().zip(gv) {
-                                *d += g;
-                            }
-                        }
-                    }
-                    Some(p) => {
-                        let (scale, shift, mean, inv_std) =
-                            (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
-                        let (mean_da, mean_da_xhat) = if p.batch_stats {
-                            (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
-                        } else {
-                            (T::zero(), T::zero())
-                        };
-                        let grad = |x: T, g: T| {
-                            let a = if p.relu && scale * x + shift <= T::zero() {
-                                T::zero()
-                            } else {
-                                g
-                            };
-                            let xhat = (x - mean) * inv_std;
-                            scale * (a - mean_da - xhat * mean_da_xhat)
-                        };
-                        if first[si] {
-                            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
-                                *d = grad(x, g);
-                            }
-                        } else {
-                            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
-                                *d += grad(x, g);
-                            }
+    // One image's source gradients, every channel.
+    let image_dx = |b: usize, views: &mut [ndarray::ArrayViewMut3<'_, T>]| {
+        for c in 0..cin {
+            let (si, ci) = chan[c];
+            let dx = views[si].slice_mut(s![ci, .., ..]);
+            let dx = dx.into_slice().expect("contiguous");
+            let (xv, gv) = (x_plane(b, c), dz_plane(b, c));
+            match pre {
+                None => {
+                    if first[si] {
+                        dx.copy_from_slice(gv);
+                    } else {
+                        for (d, &g) in dx.iter_mut().zip(gv) {
+                            *d += g;
                         }
                     }
                 }
+                Some(p) => {
+                    let (scale, shift, mean, inv_std) =
+                        (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
+                    let (mean_da, mean_da_xhat) = if p.batch_stats {
+                        (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
+                    } else {
+                        (T::zero(), T::zero())
+                    };
+                    let k = BnBackward {
+                        relu: p.relu,
+                        scale,
+                        shift,
+                        mean,
+                        inv_std,
+                        mean_da,
+                        mean_da_xhat,
+                    };
+                    k.plane(dx, xv, gv, first[si]);
+                }
             }
-        });
+        }
+    };
+    per_image
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut views)| image_dx(b, &mut views));
     crate::scratch::recycle(dz);
+}
+
+/// One channel's constants for the ReLU + BatchNorm backward of
+/// [`pre_backward`].
+#[derive(Clone, Copy)]
+struct BnBackward<T> {
+    relu: bool,
+    scale: T,
+    shift: T,
+    mean: T,
+    inv_std: T,
+    /// Means over the batch of da and da * xhat (zero for fixed statistics).
+    mean_da: T,
+    mean_da_xhat: T,
+}
+
+impl<T: Float> BnBackward<T> {
+    /// `dx = scale * (da - mean_da - xhat * mean_da_xhat)` over one plane,
+    /// with `da` the output gradient `g` where the ReLU passed it; stored
+    /// into `dx` or added to it.
+    fn plane(&self, dx: &mut [T], xv: &[T], gv: &[T], store: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide<T: Float>(
+                k: &BnBackward<T>,
+                dx: &mut [T],
+                xv: &[T],
+                gv: &[T],
+                store: bool,
+            ) {
+                k.plane_loop(dx, xv, gv, store)
+            }
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { wide(self, dx, xv, gv, store) };
+        }
+        self.plane_loop(dx, xv, gv, store)
+    }
+
+    #[inline(always)]
+    fn plane_loop(&self, dx: &mut [T], xv: &[T], gv: &[T], store: bool) {
+        // Copied out of `self`, so that the loops keep them in registers
+        // (read through `&self` they were reloaded at every element, and
+        // the loop stayed scalar).
+        let BnBackward {
+            relu,
+            scale,
+            shift,
+            mean,
+            inv_std,
+            mean_da,
+            mean_da_xhat,
+        } = *self;
+        let grad = |x: T, g: T| {
+            let a = if relu && scale * x + shift <= T::zero() {
+                T::zero()
+            } else {
+                g
+            };
+            let xhat = (x - mean) * inv_std;
+            scale * (a - mean_da - xhat * mean_da_xhat)
+        };
+        if store {
+            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                *d = grad(x, g);
+            }
+        } else {
+            for ((d, &x), &g) in dx.iter_mut().zip(xv).zip(gv) {
+                *d += grad(x, g);
+            }
+        }
+    }
 }
 
 /// Backward of dropout: the same mask (regenerated from its seed) applied

@@ -104,7 +104,13 @@ pub fn enabled() -> bool {
     })
 }
 
-fn cpu_supported() -> bool {
+#[inline]
+pub(crate) fn cpu_supported() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(detect_avx2_fma)
+}
+
+fn detect_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod matmul;
 pub mod model;
 pub mod scratch;
+pub mod simd;
 pub mod threads;
 pub mod train;
 pub mod weights;
