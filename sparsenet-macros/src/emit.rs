@@ -183,7 +183,8 @@ fn emit_forward(plan: &Plan) -> TokenStream {
             #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
             if mode == #rt::Mode::Eval {
                 let ctx = #rt::EvalCtx::new(&self.params, &self.state);
-                return ::std::result::Result::Ok(#rt::threads::by_image(x, |x| Self::eval_pass(ctx, x)));
+                let macs = <Self as #rt::NetworkSpec>::MACS_PER_IMAGE;
+                return ::std::result::Result::Ok(#rt::threads::by_image(x, macs, |x| Self::eval_pass(ctx, x)));
             }
             let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*

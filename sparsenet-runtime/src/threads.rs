@@ -35,22 +35,33 @@ pub fn available() -> usize {
     }
 }
 
+/// Multiply-adds a thread's piece of [`by_image`] should hold at least:
+/// small images go several to a piece, so that the fixed cost of each
+/// layer's call (folding BatchNorm, taking scratch buffers, setting up the
+/// kernel) is shared by them.
+const PIECE_MACS: u64 = 50_000_000;
+
 /// The logits of inference `pass` over the batch `x`, computed image by
-/// image in parallel (each image on one thread, start to end), in batch
-/// order. A batch of one is one `pass` that may use every thread.
+/// image in parallel (each image on one thread, start to end; images of
+/// fewer than [`PIECE_MACS`] multiply-adds, `macs_per_image`, a few at a
+/// time), in batch order. A batch of one is one `pass` that may use every
+/// thread.
 pub fn by_image<T: Float>(
     x: ArrayView4<'_, T>,
+    macs_per_image: u64,
     pass: impl Fn(ArrayView4<'_, T>) -> Array2<T> + Sync,
 ) -> Array2<T> {
     let n = x.dim().0;
     if n <= 1 || ALONE.get() {
         return pass(x);
     }
-    let rows: Vec<Array2<T>> = (0..n)
+    let piece = (PIECE_MACS.div_ceil(macs_per_image.max(1)) as usize)
+        .clamp(1, n.div_ceil(rayon::current_num_threads()));
+    let rows: Vec<Array2<T>> = (0..n.div_ceil(piece))
         .into_par_iter()
         .map(|i| {
             let _alone = Alone::enter();
-            pass(x.slice(s![i..i + 1, .., .., ..]))
+            pass(x.slice(s![i * piece..n.min((i + 1) * piece), .., .., ..]))
         })
         .collect();
     let views: Vec<_> = rows.iter().map(Array2::view).collect();
