@@ -174,7 +174,7 @@ fn emit_forward(plan: &Plan) -> TokenStream {
         body.push(quote!(let #s0 = ctx.stats(&#b0);));
     }
     for i in 0..plan.nodes.len() {
-        body.extend(node_statements(plan, i, &need_stats));
+        body.extend(node_statements(plan, i, &need_stats, Pass::Train));
         body.extend(recycles(&last, i, &need_stats));
     }
     quote! {
@@ -208,24 +208,7 @@ fn emit_eval_pass(plan: &Plan) -> TokenStream {
     let mut i = 0;
     while i < plan.nodes.len() {
         let Some(c) = chain_at.next_if(|c| c.start == i) else {
-            let node = &plan.nodes[i];
-            let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
-            let p = format_ident!("pre{}", i);
-            let pre_arg = match bn_statement(plan, node, &p, None) {
-                Some(stmt) => {
-                    body.push(stmt);
-                    quote!(Some(&#p))
-                }
-                None => quote!(None),
-            };
-            let call = forward_call(node, &srcs, &pre_arg, &p);
-            body.push(match node.output {
-                Some(o) => {
-                    let ob = buf(o);
-                    quote!(let #ob = #call;)
-                }
-                None => quote!(let logits = #call;),
-            });
+            body.extend(node_statements(plan, i, &no_stats, Pass::Eval));
             body.extend(recycles(&last, i, &no_stats));
             i += 1;
             continue;
@@ -277,15 +260,31 @@ fn recycles(last: &[Option<usize>], i: usize, need_stats: &[bool]) -> Vec<TokenS
     out
 }
 
-/// The statements of node `i` in the training-mode pass of [`emit_forward`]: its
-/// pre-op, its call, its dropout, and the statistics of its output when a BN
-/// reads it.
-fn node_statements(plan: &Plan, i: usize, need_stats: &[bool]) -> Vec<TokenStream> {
+/// Which pass [`node_statements`] writes a node's forward for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The inference pass: BN from running statistics, no dropout, no
+    /// batch statistics.
+    Eval,
+    /// Training mode in `forward`: dropout masks are not needed again.
+    Train,
+    /// The forward half of `forward_backward`: each dropout mask's seed is
+    /// kept (`dropN`) for backward.
+    TrainForBackward,
+}
+
+/// The forward statements of node `i` in `pass`: its pre-op, its call, its
+/// dropout, and the statistics of its output when a BN reads it.
+fn node_statements(plan: &Plan, i: usize, need_stats: &[bool], pass: Pass) -> Vec<TokenStream> {
     let node = &plan.nodes[i];
     let mut out = Vec::new();
     let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
     let p = format_ident!("pre{}", i);
-    let pre_arg = match pre_statement(plan, node, &p) {
+    let pre = match pass {
+        Pass::Eval => bn_statement(plan, node, &p, None),
+        Pass::Train | Pass::TrainForBackward => pre_statement(plan, node, &p),
+    };
+    let pre_arg = match pre {
         Some(stmt) => {
             out.push(stmt);
             quote!(Some(&#p))
@@ -293,20 +292,28 @@ fn node_statements(plan: &Plan, i: usize, need_stats: &[bool]) -> Vec<TokenStrea
         None => quote!(None),
     };
     let call = forward_call(node, &srcs, &pre_arg, &p);
-    match node.output {
-        Some(o) => {
-            let ob = buf(o);
-            out.push(quote!(let #ob = #call;));
-            if node.dropout > 0.0 {
-                let p = lit_f64(node.dropout);
-                out.push(quote!(let (#ob, _) = ctx.dropout(#ob, #p);));
+    let Some(o) = node.output else {
+        out.push(quote!(let logits = #call;));
+        return out;
+    };
+    let ob = buf(o);
+    out.push(quote!(let #ob = #call;));
+    if pass == Pass::Eval {
+        return out;
+    }
+    if node.dropout > 0.0 {
+        let pr = lit_f64(node.dropout);
+        out.push(match pass {
+            Pass::TrainForBackward => {
+                let d = format_ident!("drop{}", i);
+                quote!(let (#ob, #d) = ctx.dropout(#ob, #pr);)
             }
-            if need_stats[o] {
-                let so = stat(o);
-                out.push(quote!(let #so = ctx.stats(&#ob);));
-            }
-        }
-        None => out.push(quote!(let logits = #call;)),
+            _ => quote!(let (#ob, _) = ctx.dropout(#ob, #pr);),
+        });
+    }
+    if need_stats[o] {
+        let so = stat(o);
+        out.push(quote!(let #so = ctx.stats(&#ob);));
     }
     out
 }
@@ -387,33 +394,13 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
         body.push(quote!(let #s0 = ctx.stats(&#b0);));
     }
     // Forward, keeping everything backward recomputes from.
-    for (i, node) in plan.nodes.iter().enumerate() {
-        let srcs: Vec<Ident> = node.inputs.iter().map(|&b| buf(b)).collect();
-        let p = format_ident!("pre{}", i);
-        let pre_arg = match pre_statement(plan, node, &p) {
-            Some(stmt) => {
-                body.push(stmt);
-                quote!(Some(&#p))
-            }
-            None => quote!(None),
-        };
-        let call = forward_call(node, &srcs, &pre_arg, &p);
-        match node.output {
-            Some(o) => {
-                let ob = buf(o);
-                body.push(quote!(let #ob = #call;));
-                if node.dropout > 0.0 {
-                    let pr = lit_f64(node.dropout);
-                    let d = format_ident!("drop{}", i);
-                    body.push(quote!(let (#ob, #d) = ctx.dropout(#ob, #pr);));
-                }
-                if need_stats[o] {
-                    let so = stat(o);
-                    body.push(quote!(let #so = ctx.stats(&#ob);));
-                }
-            }
-            None => body.push(quote!(let logits = #call;)),
-        }
+    for i in 0..plan.nodes.len() {
+        body.extend(node_statements(
+            plan,
+            i,
+            &need_stats,
+            Pass::TrainForBackward,
+        ));
     }
     body.push(quote!(let dlogits = loss(&logits);));
     body.push(quote!(drop(logits);));

@@ -130,7 +130,7 @@ fn bottleneck_direct<T: Float>(
     conv: &ConvStep<'_, T>,
     ep: Option<Epilogue>,
 ) -> Array4<T> {
-    let (n, _, h, w) = srcs[0].dim();
+    let n = srcs[0].dim().0;
     let cin = concat_channels(srcs);
     let (cm, oc) = (b.geom.out_channels, conv.geom.out_channels);
     let kk = conv.geom.kernel * conv.geom.kernel;
@@ -138,14 +138,13 @@ fn bottleneck_direct<T: Float>(
     // The bottleneck's bias and the BN(-ReLU) that `conv` reads it through.
     let mid_ep = OwnedEpilogue::new(b.bias, conv.pre, cm);
     let mid_ep = mid_ep.as_ref().map(OwnedEpilogue::view);
-    let input = Direct::pointwise(h, w, cin);
     let mut out = stale4((n, oc, mid.ho, mid.wo));
     let hw = mid.ho * mid.wo;
     // One image, start to end, in the scratch buffers of the calling thread
     // (`planes` with its zero border already in place).
     let image =
         |bi: usize, o: &mut [f32], xin: &mut [T], planes: &mut [f32], grid: &mut Vec<f32>| {
-            gather_into(srcs, b.pre, bi, &input, xin);
+            gather_into(srcs, b.pre, bi, into, xin);
             let x = as_f32(xin);
             if n < crate::threads::available() {
                 // Fewer images than threads: both convolutions split by output
@@ -178,7 +177,7 @@ fn bottleneck_direct<T: Float>(
                 let mut planes = Scratch::<f32>::stale(cm * mid.plane);
                 mid.zero_border(&mut planes.0);
                 (
-                    Scratch::<T>::stale(input.input_len(cin)),
+                    Scratch::<T>::stale(into.input_len(cin)),
                     planes,
                     Scratch::<f32>::stale(if mid.rows { 0 } else { oc * mid.out_plane }),
                 )

@@ -76,41 +76,35 @@ impl<'a, T: Float> Ctx<'a, T> {
     /// are `stats` into a [`Pre`]; in training mode also updates the layer's
     /// running statistics.
     pub fn bn(&mut self, bn: &BnSpec, stats: &[Option<&Stats<T>>], relu: bool) -> Pre<T> {
+        if self.mode == Mode::Eval {
+            return EvalCtx::new(self.params, self.state).bn(bn, relu);
+        }
         let c = bn.channels;
         let gamma = &self.params[bn.gamma..bn.gamma + c];
         let beta = &self.params[bn.gamma + c..bn.gamma + 2 * c];
-        let (mean, var): (Vec<T>, Vec<T>) = match self.mode {
-            Mode::Eval => (
-                self.state[bn.running..bn.running + c].to_vec(),
-                self.state[bn.running + c..bn.running + 2 * c].to_vec(),
-            ),
-            Mode::Train => {
-                let mut mean = Vec::with_capacity(c);
-                let mut var = Vec::with_capacity(c);
-                let m = T::from_f64c(bn.momentum);
-                let one_m = T::from_f64c(1.0 - bn.momentum);
-                for s in stats {
-                    let s = s.expect("training mode computes statistics for every BN source");
-                    let correction = if bn.unbiased_running_var && s.count > 1 {
-                        T::from_f64c(s.count as f64 / (s.count as f64 - 1.0))
-                    } else {
-                        T::one()
-                    };
-                    for (&mu, &v) in s.mean.iter().zip(&s.var) {
-                        let i = mean.len();
-                        let rm = &mut self.state[bn.running + i];
-                        *rm = m * *rm + one_m * mu;
-                        let rv = &mut self.state[bn.running + c + i];
-                        *rv = m * *rv + one_m * v * correction;
-                        mean.push(mu);
-                        var.push(v);
-                    }
-                }
-                debug_assert_eq!(mean.len(), c);
-                (mean, var)
+        let mut mean = Vec::with_capacity(c);
+        let mut var = Vec::with_capacity(c);
+        let m = T::from_f64c(bn.momentum);
+        let one_m = T::from_f64c(1.0 - bn.momentum);
+        for s in stats {
+            let s = s.expect("training mode computes statistics for every BN source");
+            let correction = if bn.unbiased_running_var && s.count > 1 {
+                T::from_f64c(s.count as f64 / (s.count as f64 - 1.0))
+            } else {
+                T::one()
+            };
+            for (&mu, &v) in s.mean.iter().zip(&s.var) {
+                let i = mean.len();
+                let rm = &mut self.state[bn.running + i];
+                *rm = m * *rm + one_m * mu;
+                let rv = &mut self.state[bn.running + c + i];
+                *rv = m * *rv + one_m * v * correction;
+                mean.push(mu);
+                var.push(v);
             }
-        };
-        fold_bn(bn, gamma, beta, &mean, &var, relu, self.mode == Mode::Train)
+        }
+        debug_assert_eq!(mean.len(), c);
+        fold_bn(bn, gamma, beta, &mean, &var, relu, true)
     }
 
     /// Inverted dropout in training mode (kept values scaled by 1/(1-p));

@@ -120,20 +120,13 @@ pub struct Scratch<T: 'static>(pub Vec<T>, Kept);
 /// the store with that length again.
 #[derive(Clone, Copy)]
 pub struct Kept {
-    at: *const u8,
+    /// The allocation's address (only compared, never dereferenced).
+    at: usize,
     len: usize,
 }
 
-// SAFETY: `Kept` is only compared with the vector's own pointer, never
-// dereferenced.
-unsafe impl Send for Kept {}
-unsafe impl Sync for Kept {}
-
 impl Kept {
-    const NONE: Kept = Kept {
-        at: std::ptr::null(),
-        len: 0,
-    };
+    const NONE: Kept = Kept { at: 0, len: 0 };
 }
 
 impl<T: 'static> Scratch<T> {
@@ -163,7 +156,7 @@ impl<T: 'static> Scratch<T> {
     {
         let mut v = take_kept::<T>(len);
         let kept = Kept {
-            at: v.as_ptr().cast(),
+            at: v.as_ptr() as usize,
             len: v.len().max(len),
         };
         if v.len() >= len {
@@ -178,7 +171,7 @@ impl<T: 'static> Scratch<T> {
 impl<T: 'static> Drop for Scratch<T> {
     fn drop(&mut self) {
         let mut v = std::mem::take(&mut self.0);
-        if v.as_ptr().cast() == self.1.at && v.len() < self.1.len {
+        if v.as_ptr() as usize == self.1.at && v.len() < self.1.len {
             // SAFETY: still the allocation `stale` handed out (same
             // address), whose first `kept.len` elements were initialised
             // then; shortening a vector of `Copy` values leaves them
