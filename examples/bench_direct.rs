@@ -1,6 +1,7 @@
 //! The machine's measured fp32 peak (one core: independent AVX2 FMAs on
 //! registers, so the real clock, boost included, sets it) and the GFLOP/s of
-//! the direct f32 convolution kernels (forward and weight gradient, one
+//! the direct f32 convolution kernels (forward and weight gradient, the
+//! latter through `pointwise_wgrad` for 1x1 layers as in training; one
 //! thread, best of 30) on layer shapes from the seed depth-40 and
 //! SparseNet-BC-100 networks, as a fraction of that peak: a tool for tuning
 //! the kernels' blocking. Whole-network comparisons with PyTorch are
@@ -8,6 +9,7 @@
 //!
 //! `cargo run --release --example bench_direct [-- --peak]`
 use sparsenet_runtime::direct::{self, Direct};
+use sparsenet_runtime::pointwise_wgrad;
 use std::time::Instant;
 
 /// GFLOP/s of one core running 12 independent 8-wide FMA chains (enough to
@@ -81,6 +83,22 @@ fn main() {
         let dy: Vec<f32> = (0..cout * d.out_plane)
             .map(|i| (i % 7) as f32 * 0.1)
             .collect();
+        let dt = Direct::for_conv(hw, hw, k, k - 1 - k / 2, cout);
+        let mut dyp = vec![0.0f32; dt.input_len(cout)];
+        if k == 1 {
+            for (o, src) in dy.chunks_exact(d.out_plane).enumerate() {
+                dt.fill(o, src, &mut dyp, |s, t| t.copy_from_slice(s));
+            }
+        }
+        let mut dyt = vec![
+            0.0f32;
+            if k == 1 {
+                pointwise_wgrad::dyt_len(&dt, cout)
+            } else {
+                0
+            }
+        ];
+        let mut acc = vec![0.0f32; pointwise_wgrad::acc_len(cin, cout)];
         let flop = 2.0 * (cin * cout * k * k * hw * hw) as f64;
         let (mut fwd, mut wgrad) = (f64::MAX, f64::MAX);
         for _ in 0..30 {
@@ -88,7 +106,14 @@ fn main() {
             direct::forward(&d, &x, cin, &w, cout, &mut out);
             fwd = fwd.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            direct::weight_grad(&d, &x, cin, &dy, cout, &mut lanes, 1);
+            if k == 1 {
+                // As the network runs it: transposed from the pointwise
+                // copy of the gradient the input-gradient kernel reads.
+                pointwise_wgrad::transpose(&dt, &dyp, cout, &mut dyt);
+                pointwise_wgrad::weight_grad(&d, &x, cin, &dyt, cout, &mut acc);
+            } else {
+                direct::weight_grad(&d, &x, cin, &dy, cout, &mut lanes, 1);
+            }
             wgrad = wgrad.min(t.elapsed().as_secs_f64());
         }
         let (f, g) = (flop / fwd / 1e9, flop / wgrad / 1e9);

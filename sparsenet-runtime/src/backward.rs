@@ -13,6 +13,7 @@ use crate::kernels::{
     ConvGeom, Pre, LANES,
 };
 use crate::matmul::{matmul, Mat};
+use crate::pointwise_wgrad;
 use crate::scratch::{zeros4, Scratch};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
@@ -234,12 +235,34 @@ fn conv2d_backward_direct<T: Float>(
             let mut dw = vec![T::zero(); oc * cin * kk];
             let mut db = vec![T::zero(); oc];
             let mut sums = vec![(0.0f64, 0.0f64); if pre.is_some() { cin } else { 0 }];
-            let mut lanes = Scratch::<f32>::zeros(direct::lanes_len(oc, cin, kk));
-            // The weight gradient takes `group` images per call, so that
-            // small planes still give each tile a long run of positions:
-            // their inputs (and, in the flat mapping, their output
-            // gradients in the grid layout) sit side by side.
-            let group = (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0);
+            // A 1x1 layer's weight gradient goes through `pointwise_wgrad`
+            // (image by image, from the transposed output gradient), any
+            // other through `direct::weight_grad`'s lane sums.
+            let pointwise = kk == 1;
+            let mut lanes = Scratch::<f32>::zeros(if pointwise {
+                0
+            } else {
+                direct::lanes_len(oc, cin, kk)
+            });
+            let mut acc = Scratch::<f32>::zeros(if pointwise {
+                pointwise_wgrad::acc_len(cin, oc)
+            } else {
+                0
+            });
+            let mut dyt = Scratch::<f32>::stale(if pointwise {
+                pointwise_wgrad::dyt_len(&dt, oc)
+            } else {
+                0
+            });
+            // The lane kernel takes `group` images per call, so that small
+            // planes still give each tile a long run of positions: their
+            // inputs (and, in the flat mapping, their output gradients in
+            // the grid layout) sit side by side.
+            let group = if pointwise {
+                1
+            } else {
+                (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0)
+            };
             let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
             let mut xin = Scratch::<T>::stale(group * x_img);
             let mut dyg = Scratch::<f32>::stale(if d.rows { 0 } else { group * dy_img });
@@ -259,7 +282,13 @@ fn conv2d_backward_direct<T: Float>(
                     &d,
                     &mut xin.0[slot * x_img..(slot + 1) * x_img],
                 );
-                if !d.rows {
+                for (o, src) in dyb.chunks_exact(hw_out).enumerate() {
+                    dt.fill(o, src, &mut dyp.0, |s, t| t.copy_from_slice(s));
+                }
+                if pointwise {
+                    pointwise_wgrad::transpose(&dt, &dyp.0, oc, &mut dyt.0);
+                    pointwise_wgrad::weight_grad(&d, as_f32(&xin.0), cin, &dyt.0, oc, &mut acc.0);
+                } else if !d.rows {
                     let grid = &mut dyg.0[slot * dy_img..(slot + 1) * dy_img];
                     for (src, plane) in dyb
                         .chunks_exact(hw_out)
@@ -269,7 +298,7 @@ fn conv2d_backward_direct<T: Float>(
                     }
                 }
                 let last = lb + 1 == dzc_len;
-                if slot + 1 == group || last {
+                if !pointwise && (slot + 1 == group || last) {
                     let images = slot + 1;
                     let b_first = b + 1 - images;
                     let dyk: &[f32] = if d.rows {
@@ -282,9 +311,6 @@ fn conv2d_backward_direct<T: Float>(
                 for (s, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
                     *s += T::from_f64c(crate::kernels::lane_sum(row, |v| v) as f64);
                 }
-                for (o, src) in dyb.chunks_exact(hw_out).enumerate() {
-                    dt.fill(o, src, &mut dyp.0, |s, t| t.copy_from_slice(s));
-                }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
                 direct::forward_nchw(&dt, &dyp.0, oc, &flipped, cin, dzf, &mut dzg.0, None);
@@ -296,7 +322,11 @@ fn conv2d_backward_direct<T: Float>(
                     });
                 }
             }
-            direct::fold_lanes(&lanes.0, oc, cin, kk, as_f32_mut(&mut dw));
+            if pointwise {
+                pointwise_wgrad::fold(&mut acc.0, cin, oc, as_f32_mut(&mut dw));
+            } else {
+                direct::fold_lanes(&lanes.0, oc, cin, kk, as_f32_mut(&mut dw));
+            }
             ((dw, db), sums)
         })
         .collect();

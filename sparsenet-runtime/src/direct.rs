@@ -29,7 +29,9 @@
 //! The three products of a convolution layer map onto two kernels:
 //! forward (`out = W * x`), the input gradient (a forward convolution of the
 //! padded output gradient with the flipped, transposed kernel), and the
-//! weight gradient (`dW += dy . x`, reduced over output positions).
+//! weight gradient (`dW += dy . x`, reduced over output positions). A 1x1
+//! layer's weight gradient has a kernel of its own,
+//! [`crate::pointwise_wgrad`].
 //!
 //! Every entry point checks its buffer lengths before any unsafe access.
 

@@ -13,6 +13,7 @@ pub mod init;
 pub mod kernels;
 pub mod matmul;
 pub mod model;
+pub mod pointwise_wgrad;
 pub mod scratch;
 pub mod simd;
 pub mod threads;
