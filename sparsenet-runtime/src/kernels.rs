@@ -594,7 +594,7 @@ pub fn gap_dense<T: Float>(
 }
 
 /// Per-channel batch statistics of one buffer: mean and biased variance over
-/// (N, H, W), accumulated in f64 in two passes.
+/// (N, H, W), in one pass over shifted values (see [`batch_stats`]).
 #[derive(Clone, Debug)]
 pub struct Stats<T> {
     pub mean: Vec<T>,
@@ -612,15 +612,21 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         .into_par_iter()
         .map(|ci| {
             let plane = |b: usize| &data[(b * c + ci) * hw..(b * c + ci + 1) * hw];
-            // Sums within a plane in T (in lanes, vectorised), across planes
-            // in f64.
-            let sum: f64 = (0..n).map(|b| lane_sum(plane(b), |v| v).to_f64c()).sum();
-            let m = sum / count as f64;
-            let mt = T::from_f64c(m);
-            let ss: f64 = (0..n)
-                .map(|b| lane_sum(plane(b), |v| (v - mt) * (v - mt)).to_f64c())
-                .sum();
-            (T::from_f64c(m), T::from_f64c(ss / count as f64))
+            // One pass over the channel, its values shifted by the first
+            // plane's mean: the shift is within a fraction of a standard
+            // deviation of the channel's mean, so the sum of squares minus
+            // the squared sum loses no more than the two-pass form did
+            // (sums within a plane in T, in lanes; across planes in f64).
+            let shift = lane_sum(plane(0), |v| v) / T::from_f64c(hw as f64);
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for b in 0..n {
+                let (a, q) = shifted_sums(plane(b), shift);
+                s1 += a;
+                s2 += q;
+            }
+            let d = s1 / count as f64;
+            let var = (s2 / count as f64 - d * d).max(0.0);
+            (T::from_f64c(shift.to_f64c() + d), T::from_f64c(var))
         })
         .collect();
     Stats {
@@ -628,6 +634,46 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
         var: per_channel.iter().map(|p| p.1).collect(),
         count,
     }
+}
+
+/// `(sum (v - shift), sum (v - shift)^2)` over one plane, with the CPU's
+/// 256-bit vectors where it has them (see [`crate::simd`]).
+fn shifted_sums<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
+            shifted_sums_loop(xs, shift)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { wide(xs, shift) };
+    }
+    shifted_sums_loop(xs, shift)
+}
+
+#[inline(always)]
+fn shifted_sums_loop<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
+    let zero = T::zero();
+    let (mut s1, mut s2) = ([zero; LANES], [zero; LANES]);
+    let chunks = xs.chunks_exact(LANES);
+    let (mut t1, mut t2) = (zero, zero);
+    for &v in chunks.remainder() {
+        let d = v - shift;
+        t1 += d;
+        t2 += d * d;
+    }
+    for ch in chunks {
+        for l in 0..LANES {
+            let d = ch[l] - shift;
+            s1[l] += d;
+            s2[l] += d * d;
+        }
+    }
+    for l in 0..LANES {
+        t1 += s1[l];
+        t2 += s2[l];
+    }
+    (t1.to_f64c(), t2.to_f64c())
 }
 
 /// Number of independent partial sums in [`lane_sum`] and friends.
@@ -681,6 +727,42 @@ mod tests {
             }
         }
         col
+    }
+
+    /// f32 batch statistics against the f64 two-pass definition over the
+    /// same values, including a channel whose mean is 10^4 standard
+    /// deviations from zero (where the sum of squares minus the squared sum,
+    /// unshifted, would keep no correct digit).
+    #[test]
+    fn batch_stats_match_their_definition() {
+        let (n, c, h, w) = (5, 3, 7, 9);
+        let moments = [(0.0f64, 1.0f64), (100.0, 0.01), (-3.0, 2.0)];
+        let x = Array4::<f32>::from_shape_fn((n, c, h, w), |(b, ci, y, xx)| {
+            let u = ((b * 131 + y * 17 + xx * 7 + ci) % 29) as f64 / 29.0 - 0.5;
+            (moments[ci].0 + moments[ci].1 * 3.4 * u) as f32
+        });
+        let st = batch_stats(&x);
+        assert_eq!(st.count, n * h * w);
+        for ci in 0..c {
+            let vals: Vec<f64> = x
+                .slice(ndarray::s![.., ci, .., ..])
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / vals.len() as f64;
+            // The mean to 1e-6 standard deviations, or to the f32 rounding
+            // of the mean itself where that is coarser.
+            let tol = 1e-6 * var.sqrt() + 2.0 * m.abs() * f32::EPSILON as f64;
+            let (em, ev) = (
+                (st.mean[ci] as f64 - m).abs(),
+                (st.var[ci] as f64 - var).abs() / var,
+            );
+            assert!(
+                em < tol && ev < 1e-5,
+                "channel {ci}: mean off by {em:.1e} (bar {tol:.1e}), variance by {ev:.1e}"
+            );
+        }
     }
 
     #[test]
