@@ -14,7 +14,7 @@ use crate::kernels::{
 };
 use crate::matmul::{matmul, Mat};
 use crate::pointwise_wgrad;
-use crate::scratch::{zeros4, Scratch};
+use crate::scratch::{stale4, zeros4, Scratch};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
@@ -397,22 +397,27 @@ pub fn avg_pool_backward<T: Float>(
 ) -> Array4<T> {
     let (n, c, ho, wo) = dy.dim();
     let (h, w) = in_size;
-    let mut dz = zeros4((n, c, h, w));
+    let mut dz = stale4((n, c, h, w));
     let inv = T::one() / T::from_usize(k * k).expect("small integer");
-    for b in 0..n {
-        for ch in 0..c {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let g = dy[[b, ch, oy, ox]] * inv;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            dz[[b, ch, oy * stride + ky, ox * stride + kx]] += g;
+    // Image by image on the threads, each zeroing its own part first.
+    dz.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut db)| {
+            db.fill(T::zero());
+            for ch in 0..c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let g = dy[[b, ch, oy, ox]] * inv;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                db[[ch, oy * stride + ky, ox * stride + kx]] += g;
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        });
     dz
 }
 

@@ -469,26 +469,30 @@ pub fn avg_pool<T: Float>(
     let (n, _, h, w) = srcs[0].dim();
     let c_all = concat_channels(srcs);
     let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    let mut out = zeros4((n, c_all, ho, wo));
+    // Every element is written below.
+    let mut out = stale4((n, c_all, ho, wo));
     let inv = T::one() / T::from_usize(k * k).expect("small integer");
-    for b in 0..n {
-        let mut ob = out.slice_mut(s![b, .., .., ..]);
-        let ob = ob.as_slice_mut().expect("contiguous");
-        for_each_plane(srcs, b, |c, plane| {
-            let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut acc = T::zero();
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            acc += read(pre, c, plane[(oy * stride + ky) * w + ox * stride + kx]);
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut ob)| {
+            let ob = ob.as_slice_mut().expect("contiguous");
+            for_each_plane(srcs, b, |c, plane| {
+                let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = T::zero();
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                acc +=
+                                    read(pre, c, plane[(oy * stride + ky) * w + ox * stride + kx]);
+                            }
                         }
+                        dst[oy * wo + ox] = acc * inv;
                     }
-                    dst[oy * wo + ox] = acc * inv;
                 }
-            }
+            });
         });
-    }
     out
 }
 
@@ -545,16 +549,19 @@ pub fn max_pool<T: Float>(
 pub fn affine<T: Float>(srcs: &[&Array4<T>], pre: &Pre<T>) -> Array4<T> {
     let (n, _, h, w) = srcs[0].dim();
     let c_all = concat_channels(srcs);
-    let mut out = zeros4((n, c_all, h, w));
-    for b in 0..n {
-        let mut ob = out.slice_mut(s![b, .., .., ..]);
-        let ob = ob.as_slice_mut().expect("contiguous");
-        for_each_plane(srcs, b, |c, plane| {
-            for (d, &v) in ob[c * h * w..(c + 1) * h * w].iter_mut().zip(plane) {
-                *d = pre.apply(c, v);
-            }
+    // Every element is written below; the images on the threads (this and
+    // the pooling are the only element-wise passes of a training step that
+    // would otherwise run on one thread while the others wait).
+    let mut out = stale4((n, c_all, h, w));
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut ob)| {
+            let ob = ob.as_slice_mut().expect("contiguous");
+            for_each_plane(srcs, b, |c, plane| {
+                pre.apply_plane(c, plane, &mut ob[c * h * w..(c + 1) * h * w]);
+            });
         });
-    }
     out
 }
 
