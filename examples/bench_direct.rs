@@ -86,9 +86,7 @@ fn main() {
         let dt = Direct::for_conv(hw, hw, k, k - 1 - k / 2, cout);
         let mut dyp = vec![0.0f32; dt.input_len(cout)];
         if k == 1 {
-            for (o, src) in dy.chunks_exact(d.out_plane).enumerate() {
-                dt.fill(o, src, &mut dyp, |s, t| t.copy_from_slice(s));
-            }
+            dt.fill_planes(&dy, &mut dyp);
         }
         let mut dyt = vec![
             0.0f32;

@@ -282,9 +282,7 @@ fn conv2d_backward_direct<T: Float>(
                     &d,
                     &mut xin.0[slot * x_img..(slot + 1) * x_img],
                 );
-                for (o, src) in dyb.chunks_exact(hw_out).enumerate() {
-                    dt.fill(o, src, &mut dyp.0, |s, t| t.copy_from_slice(s));
-                }
+                dt.fill_planes(dyb, &mut dyp.0);
                 if pointwise {
                     pointwise_wgrad::transpose(&dt, &dyp.0, oc, &mut dyt.0);
                     pointwise_wgrad::weight_grad(&d, as_f32(&xin.0), cin, &dyt.0, oc, &mut acc.0);

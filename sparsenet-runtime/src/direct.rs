@@ -331,6 +331,14 @@ impl Direct {
         }
     }
 
+    /// Copies consecutive h x w planes (`planes`, one per channel, as in
+    /// NCHW) into the input buffer `buf` in this layout, zeros around them.
+    pub fn fill_planes<T: Copy + num_traits::Zero>(&self, planes: &[T], buf: &mut [T]) {
+        for (c, src) in planes.chunks_exact(self.h * self.w).enumerate() {
+            self.fill(c, src, buf, |s, t| t.copy_from_slice(s));
+        }
+    }
+
     /// Writes plane `src` (h x w) into `dst` (one padded plane) with its zero
     /// border and slack, applying `f` to each row as it is copied.
     fn pad_plane<T: Copy + num_traits::Zero>(

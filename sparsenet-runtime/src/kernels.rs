@@ -466,34 +466,22 @@ pub fn avg_pool<T: Float>(
     k: usize,
     stride: usize,
 ) -> Array4<T> {
-    let (n, _, h, w) = srcs[0].dim();
-    let c_all = concat_channels(srcs);
+    let (_, _, h, w) = srcs[0].dim();
     let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    // Every element is written below.
-    let mut out = stale4((n, c_all, ho, wo));
     let inv = T::one() / T::from_usize(k * k).expect("small integer");
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, mut ob)| {
-            let ob = ob.as_slice_mut().expect("contiguous");
-            for_each_plane(srcs, b, |c, plane| {
-                let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut acc = T::zero();
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                acc +=
-                                    read(pre, c, plane[(oy * stride + ky) * w + ox * stride + kx]);
-                            }
-                        }
-                        dst[oy * wo + ox] = acc * inv;
+    map_planes(srcs, (ho, wo), |c, plane, dst| {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = T::zero();
+                for ky in 0..k {
+                    for kx in 0..k {
+                        acc += read(pre, c, plane[(oy * stride + ky) * w + ox * stride + kx]);
                     }
                 }
-            });
-        });
-    out
+                dst[oy * wo + ox] = acc * inv;
+            }
+        }
+    })
 }
 
 /// Max pooling with a `k` x `k` window, stride and padding (padded positions
@@ -505,61 +493,64 @@ pub fn max_pool<T: Float>(
     stride: usize,
     pad: usize,
 ) -> Array4<T> {
-    let (n, _, h, w) = srcs[0].dim();
-    let c_all = concat_channels(srcs);
+    let (_, _, h, w) = srcs[0].dim();
     let (ho, wo) = (
         (h + 2 * pad - k) / stride + 1,
         (w + 2 * pad - k) / stride + 1,
     );
-    let mut out = zeros4((n, c_all, ho, wo));
-    for b in 0..n {
-        let mut ob = out.slice_mut(s![b, .., .., ..]);
-        let ob = ob.as_slice_mut().expect("contiguous");
-        for_each_plane(srcs, b, |c, plane| {
-            let dst = &mut ob[c * ho * wo..(c + 1) * ho * wo];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut best = T::neg_infinity();
-                    for ky in 0..k {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
+    map_planes(srcs, (ho, wo), |c, plane, dst| {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best = T::neg_infinity();
+                for ky in 0..k {
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if ix < 0 || ix >= w as isize {
                             continue;
                         }
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let v = read(pre, c, plane[iy as usize * w + ix as usize]);
-                            if v > best {
-                                best = v;
-                            }
+                        let v = read(pre, c, plane[iy as usize * w + ix as usize]);
+                        if v > best {
+                            best = v;
                         }
                     }
-                    dst[oy * wo + ox] = best;
                 }
+                dst[oy * wo + ox] = best;
             }
-        });
-    }
-    out
+        }
+    })
 }
 
 /// Materialises `pre` applied to the sources (a BatchNorm whose output must
 /// be stored, such as the trailing BN of a seed 2018-02-20 unit).
 pub fn affine<T: Float>(srcs: &[&Array4<T>], pre: &Pre<T>) -> Array4<T> {
-    let (n, _, h, w) = srcs[0].dim();
-    let c_all = concat_channels(srcs);
-    // Every element is written below; the images on the threads (this and
-    // the pooling are the only element-wise passes of a training step that
-    // would otherwise run on one thread while the others wait).
-    let mut out = stale4((n, c_all, h, w));
+    let (_, _, h, w) = srcs[0].dim();
+    map_planes(srcs, (h, w), |c, plane, dst| pre.apply_plane(c, plane, dst))
+}
+
+/// A new array of one `ho x wo` output plane per channel of the sources'
+/// concatenation, each written in full by `f(channel, source plane,
+/// output plane)`, image by image on the threads: the element-wise and
+/// pooling passes of a step (trailing BN, pooling) would otherwise run on
+/// the calling thread while the workers wait.
+fn map_planes<T: Float>(
+    srcs: &[&Array4<T>],
+    (ho, wo): (usize, usize),
+    f: impl Fn(usize, &[T], &mut [T]) + Sync,
+) -> Array4<T> {
+    let n = srcs[0].dim().0;
+    // Every element is written by `f`.
+    let mut out = stale4((n, concat_channels(srcs), ho, wo));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut ob)| {
             let ob = ob.as_slice_mut().expect("contiguous");
             for_each_plane(srcs, b, |c, plane| {
-                pre.apply_plane(c, plane, &mut ob[c * h * w..(c + 1) * h * w]);
+                f(c, plane, &mut ob[c * ho * wo..(c + 1) * ho * wo])
             });
         });
     out

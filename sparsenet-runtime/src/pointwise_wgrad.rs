@@ -286,9 +286,7 @@ mod tests {
             let dt = Direct::pointwise(h, w, cout);
             let dy = values(cout * hw, 1);
             let mut dyp = vec![f32::NAN; dt.input_len(cout)];
-            for (o, src) in dy.chunks_exact(hw).enumerate() {
-                dt.fill(o, src, &mut dyp, |s, t| t.copy_from_slice(s));
-            }
+            dt.fill_planes(&dy, &mut dyp);
             let mut dyt = vec![f32::NAN; dyt_len(&dt, cout)];
             transpose(&dt, &dyp, cout, &mut dyt);
             let wd = width(cout);
@@ -330,13 +328,9 @@ mod tests {
                     }
                 }
                 let mut xp = vec![f32::NAN; d.input_len(cin)];
-                for (c, src) in x.chunks_exact(hw).enumerate() {
-                    d.fill(c, src, &mut xp, |s, t| t.copy_from_slice(s));
-                }
+                d.fill_planes(&x, &mut xp);
                 let mut dyp = vec![f32::NAN; dt.input_len(cout)];
-                for (o, src) in dy.chunks_exact(hw).enumerate() {
-                    dt.fill(o, src, &mut dyp, |s, t| t.copy_from_slice(s));
-                }
+                dt.fill_planes(&dy, &mut dyp);
                 let mut dyt = vec![f32::NAN; dyt_len(&dt, cout)];
                 transpose(&dt, &dyp, cout, &mut dyt);
                 weight_grad(&d, &xp, cin, &dyt, cout, &mut acc);
