@@ -23,7 +23,7 @@
 use crate::direct::{self, Direct, Epilogue};
 use crate::kernels::{
     affine, as_f32, as_f32_mut, concat_channels, conv2d, conv2d_direct, gather_into,
-    split_out_channels, use_direct, ConvGeom, OwnedEpilogue, Pre,
+    gather_into_split, split_out_channels, use_direct, ConvGeom, OwnedEpilogue, Pre,
 };
 use crate::scratch::{recycle, stale4, Scratch};
 use crate::Float;
@@ -144,9 +144,14 @@ fn bottleneck_direct<T: Float>(
     // (`planes` with its zero border already in place).
     let image =
         |bi: usize, o: &mut [f32], xin: &mut [T], planes: &mut [f32], grid: &mut Vec<f32>| {
-            gather_into(srcs, b.pre, bi, into, xin);
+            let split = n < crate::threads::available();
+            if split {
+                gather_into_split(srcs, b.pre, bi, into, xin);
+            } else {
+                gather_into(srcs, b.pre, bi, into, xin);
+            }
             let x = as_f32(xin);
-            if n < crate::threads::available() {
+            if split {
                 // Fewer images than threads: both convolutions split by output
                 // channels.
                 split_out_channels(planes, mid.plane, |c0, cn, part| {

@@ -331,6 +331,40 @@ impl Direct {
         }
     }
 
+    /// [`Direct::fill`] through a pointer to the whole input buffer (`len`
+    /// elements), touching only channel `c`'s elements, so that threads can
+    /// fill different channels of one buffer at once.
+    ///
+    /// # Safety
+    /// `buf` is valid for writes of `len` elements, and while this runs no
+    /// other thread accesses channel `c`'s elements or holds a reference to
+    /// the whole buffer.
+    pub unsafe fn fill_channel_of<T: Copy + num_traits::Zero>(
+        &self,
+        c: usize,
+        src: &[T],
+        buf: *mut T,
+        len: usize,
+        mut f: impl FnMut(&[T], &mut [T]),
+    ) {
+        // A slice of the buffer: checked against `len`, disjoint from other
+        // channels' slices.
+        let part = |at: usize, n: usize| {
+            assert!(at + n <= len, "channel {c} lies outside the input buffer");
+            // SAFETY: within the buffer (checked), and channel c's alone.
+            unsafe { std::slice::from_raw_parts_mut(buf.add(at), n) }
+        };
+        if self.chans == 0 {
+            return self.pad_plane(src, part(c * self.plane, self.plane), f);
+        }
+        debug_assert!(src.len() == self.h * self.w && c < self.chans);
+        for (t, run) in src.chunks(BLOCK).enumerate() {
+            let dst = part((t * self.chans + c) * BLOCK, BLOCK);
+            f(run, &mut dst[..run.len()]);
+            dst[run.len()..].fill(T::zero());
+        }
+    }
+
     /// Copies consecutive h x w planes (`planes`, one per channel, as in
     /// NCHW) into the input buffer `buf` in this layout, zeros around them.
     pub fn fill_planes<T: Copy + num_traits::Zero>(&self, planes: &[T], buf: &mut [T]) {

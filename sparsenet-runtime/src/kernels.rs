@@ -12,7 +12,6 @@ use crate::scratch::{stale4, zeros4, Scratch};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
-use rayon::prelude::ParallelSliceMut;
 use std::any::TypeId;
 
 /// The per-channel transform applied to inputs as they are read:
@@ -235,7 +234,8 @@ pub(crate) fn conv2d_direct<T: Float>(
         // share each image, split by output channels.
         let mut xin = Scratch::<T>::stale(d.input_len(cin));
         for (b, mut ob) in out.axis_iter_mut(Axis(0)).enumerate() {
-            gather_padded(srcs, pre, b, &d, &mut xin.0);
+            xin.0.resize(d.input_len(cin), T::zero());
+            gather_into_split(srcs, pre, b, &d, &mut xin.0);
             let x = as_f32(&xin.0);
             let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
             split_out_channels(o, hw, |c0, cn, part| {
@@ -284,9 +284,30 @@ pub(crate) fn split_out_channels(
         .div_ceil(crate::threads::available())
         .next_multiple_of(direct::OUT_TILE)
         .max(2 * direct::OUT_TILE);
-    out.par_chunks_mut(per * plane)
-        .enumerate()
-        .for_each(|(i, part)| f(i * per, part.len() / plane, part));
+    let (len, parts) = (out.len(), channels.div_ceil(per));
+    let base = Shared(out.as_mut_ptr());
+    crate::team::for_each_part(parts, &|i| {
+        let start = i * per * plane;
+        let end = len.min(start + per * plane);
+        // SAFETY: the parts are disjoint ranges of `out`, which outlives
+        // this call, and each is handed to one call of `f`.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        f(i * per, (end - start) / plane, part)
+    });
+}
+
+/// A buffer shared by the threads that write its disjoint parts
+/// (`split_out_channels`, `gather_into_split`).
+struct Shared<T>(*mut T);
+
+// SAFETY: only used to write disjoint parts, one thread each.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    fn at(&self, offset: usize) -> *mut T {
+        // SAFETY: callers stay within the slice the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// A convolution's bias and a fixed per-channel transform `post` of its
@@ -376,6 +397,46 @@ pub(crate) fn gather_into<T: Float>(
     for_each_plane(srcs, b, |c, plane| match pre {
         Some(p) => d.fill(c, plane, dst, |s, t| p.apply_plane(c, s, t)),
         None => d.fill(c, plane, dst, |s, t| t.copy_from_slice(s)),
+    });
+}
+
+/// [`gather_into`] for a batch of one: the channels split over the threads
+/// (the batch-1 team, [`crate::team`]), which otherwise wait while the
+/// calling thread gathers each layer's input alone.
+pub(crate) fn gather_into_split<T: Float>(
+    srcs: &[&Array4<T>],
+    pre: Option<&Pre<T>>,
+    b: usize,
+    d: &Direct,
+    dst: &mut [T],
+) {
+    let cin = concat_channels(srcs);
+    let parts = crate::threads::available().min(cin);
+    if parts <= 1 {
+        return gather_into(srcs, pre, b, d, dst);
+    }
+    assert_eq!(dst.len(), d.input_len(cin), "input buffer size");
+    let per = cin.div_ceil(parts);
+    let (len, base) = (dst.len(), Shared(dst.as_mut_ptr()));
+    crate::team::for_each_part(cin.div_ceil(per), &|i| {
+        let mine = i * per..cin.min((i + 1) * per);
+        for_each_plane(srcs, b, |c, plane| {
+            if !mine.contains(&c) {
+                return;
+            }
+            // SAFETY: `dst` outlives the call and is not otherwise used
+            // meanwhile; channel c is filled by this part alone.
+            unsafe {
+                match pre {
+                    Some(p) => {
+                        d.fill_channel_of(c, plane, base.at(0), len, |s, t| p.apply_plane(c, s, t))
+                    }
+                    None => {
+                        d.fill_channel_of(c, plane, base.at(0), len, |s, t| t.copy_from_slice(s))
+                    }
+                }
+            }
+        });
     });
 }
 

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pointwise_wgrad;
 pub mod scratch;
 pub mod simd;
+mod team;
 pub mod threads;
 pub mod train;
 pub mod weights;

@@ -13,7 +13,8 @@
 //! one-image call runs where it was made instead of splitting its channels
 //! over threads that are busy with images of their own. A batch of one
 //! image is the exception: it runs as one pass whose layers split their
-//! channels over the threads (batch-1 latency).
+//! channels over the threads, held as a team for the pass
+//! ([`crate::team`]; batch-1 latency).
 
 use crate::Float;
 use ndarray::{s, Array2, ArrayView4, Axis};
@@ -52,8 +53,12 @@ pub fn by_image<T: Float>(
     pass: impl Fn(ArrayView4<'_, T>) -> Array2<T> + Sync,
 ) -> Array2<T> {
     let n = x.dim().0;
-    if n <= 1 || ALONE.get() {
+    if ALONE.get() {
         return pass(x);
+    }
+    if n <= 1 {
+        // Its layers split their channels over a team held for the pass.
+        return crate::team::run(|| pass(x));
     }
     let piece = (PIECE_MACS.div_ceil(macs_per_image.max(1)) as usize)
         .clamp(1, n.div_ceil(rayon::current_num_threads()));
