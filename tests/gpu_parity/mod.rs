@@ -214,8 +214,18 @@ where
     dev.train_step(x32.view(), &labels, &opt, lr, SMOOTHING)
         .unwrap();
     for (what, got, cpu, truth) in [
-        ("parameters", dev.params().unwrap(), cpu.params().to_vec(), m64.params().to_vec()),
-        ("velocity", dev.velocity().unwrap(), st32.velocity, st64.velocity),
+        (
+            "parameters",
+            dev.params().unwrap(),
+            cpu.params().to_vec(),
+            m64.params().to_vec(),
+        ),
+        (
+            "velocity",
+            dev.velocity().unwrap(),
+            st32.velocity,
+            st64.velocity,
+        ),
     ] {
         let e_dev = rel_err(&f64s(&got), &truth);
         let e_cpu = rel_err(&f64s(&cpu), &truth);
