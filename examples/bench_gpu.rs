@@ -39,6 +39,11 @@ struct Args {
     evals: usize,
     #[arg(long, default_value_t = 200)]
     latency_reps: usize,
+    /// After timing, profile one training step and one inference kernel by
+    /// kernel (no graphs; events between kernels) and print the kernels
+    /// that take the most time to stderr.
+    #[arg(long)]
+    profile: bool,
     /// Folder for weights.safetensors and io.safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -159,6 +164,43 @@ mod bench {
                 .map_err(|er| e(&er))
         })?;
         let (free1, _) = gpu.backend().memory().map_err(|er| e(&er))?;
+        if args.profile {
+            let names = M::GPU_PROGRAM.kernels;
+            for what in ["training step", "inference"] {
+                gpu.backend_mut().profiling(true);
+                const REPS: u32 = 3;
+                for _ in 0..REPS {
+                    if what == "inference" {
+                        gpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
+                    } else {
+                        gpu.train_step(x.view(), &labels, &sgd, 0.01, 0.0)
+                            .map_err(|er| e(&er))?;
+                    }
+                }
+                let times = gpu.backend().kernel_times();
+                gpu.backend_mut().profiling(false);
+                let total: f64 = times.iter().map(|t| t.ms).sum::<f64>() / REPS as f64;
+                eprintln!(
+                    "profile of one {what} ({}, batch {n}; kernel by kernel, no graph): \
+                     {total:.3} ms in {} kernels",
+                    M::NAME,
+                    times.len()
+                );
+                let mut shown = 0.0;
+                for t in times.iter().take(40) {
+                    let ms = t.ms / REPS as f64;
+                    shown += ms;
+                    eprintln!(
+                        "  {:>8.3} ms {:>5.1}% {:>3}x  {}",
+                        ms,
+                        100.0 * ms / total,
+                        t.launches / REPS,
+                        names.get(t.kernel).copied().unwrap_or("?")
+                    );
+                }
+                eprintln!("  {:>8.3} ms in the other kernels", total - shown);
+            }
+        }
         let p = &M::GPU_PROGRAM;
         let planned = GpuModel::<M, CudaBackend>::planned_bytes(n);
         let flops = 3.0 * 2.0 * M::MACS_PER_IMAGE as f64 * n as f64;

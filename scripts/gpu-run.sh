@@ -16,6 +16,8 @@
 #   TORCH_MODES_seed40, TORCH_MODES_bc100  the same for one network
 #   NETS          networks to benchmark [seed40 bc100]
 #   BATCHES       batch sizes [64]
+#   BENCH_ARGS    more arguments of bench_gpu [--profile: kernel-by-kernel
+#                 times of one training step and one inference, in bench.log]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=target/gpu-carry
@@ -24,6 +26,7 @@ WORK=${WORK:-/tmp/sparsenet-gpu-work}
 TORCH_MODES=${TORCH_MODES:-eager,compile,reduce-overhead}
 NETS=${NETS:-seed40 bc100}
 BATCHES=${BATCHES:-64}
+BENCH_ARGS=${BENCH_ARGS---profile}
 mkdir -p "$OUT" "$WORK"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export SPARSENET_PTX_CACHE="$PWD/$CARRY/ptx"
@@ -75,7 +78,8 @@ for batch in $BATCHES; do
 for net in $NETS; do
   stamp "$net batch $batch: sparsenet"
   dir="$WORK/$net-$batch"
-  timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --out "$dir" > "$WORK/bench-$net-$batch.json" 2> "$WORK/bench.err"
+  # shellcheck disable=SC2086
+  timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --out "$dir" $BENCH_ARGS > "$WORK/bench-$net-$batch.json" 2> "$WORK/bench.err"
   echo "bench_gpu exit $?"; cat "$WORK/bench-$net-$batch.json"; tail -5 "$WORK/bench.err"
   cat "$WORK/bench-$net-$batch.json" "$WORK/bench.err" >> "$OUT/bench.log"
   modes_var=TORCH_MODES_$net

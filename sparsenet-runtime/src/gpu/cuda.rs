@@ -129,6 +129,16 @@ pub struct CudaBackend {
     graphs: HashMap<(usize, usize, usize, KernelArgs), CudaGraph>,
     use_graphs: bool,
     pub ptx_origin: Option<PtxOrigin>,
+    /// Per kernel: launches and milliseconds, while profiling.
+    profile: Option<Vec<(u32, f64)>>,
+}
+
+/// One kernel's share of the launches timed by [`CudaBackend::profiling`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub kernel: usize,
+    pub launches: u32,
+    pub ms: f64,
 }
 
 impl CudaBackend {
@@ -167,6 +177,7 @@ impl CudaBackend {
             graphs: HashMap::new(),
             use_graphs,
             ptx_origin: None,
+            profile: None,
         })
     }
 
@@ -185,6 +196,65 @@ impl CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| backend_err("synchronising", e))
+    }
+
+    /// Times every kernel from now on (`true`) or stops (`false`): each
+    /// launch sequence then runs kernel by kernel, without its graph, with
+    /// an event between consecutive kernels, and waits for them. An
+    /// interval is the kernel's run plus any gap before it started (the
+    /// host enqueues about one launch per 5 us), so short kernels read
+    /// long; the long ones, which decide a step's time, read true.
+    pub fn profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![(0, 0.0); self.functions.len()]);
+    }
+
+    /// The times gathered since profiling was switched on, longest first.
+    pub fn kernel_times(&self) -> Vec<KernelTime> {
+        let mut v: Vec<KernelTime> = self
+            .profile
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, t)| t.0 > 0)
+            .map(|(kernel, &(launches, ms))| KernelTime {
+                kernel,
+                launches,
+                ms,
+            })
+            .collect();
+        v.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        v
+    }
+
+    /// One launch sequence, kernel by kernel between timing events.
+    fn run_profiled(
+        &mut self,
+        launches: &[Launch],
+        n: usize,
+        args: &KernelArgs,
+    ) -> Result<(), GpuError> {
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = |b: &Self| {
+            b.stream
+                .record_event(timed)
+                .map_err(|e| backend_err("recording an event", e))
+        };
+        let mut marks = vec![event(self)?];
+        for l in launches {
+            self.launch(l.kernel, l.blocks(n), args)?;
+            marks.push(event(self)?);
+        }
+        self.synchronize()?;
+        for (l, pair) in launches.iter().zip(marks.windows(2)) {
+            let ms = pair[0]
+                .elapsed_ms(&pair[1])
+                .map_err(|e| backend_err("reading an event", e))?;
+            if let Some(t) = self.profile.as_mut().and_then(|p| p.get_mut(l.kernel)) {
+                t.0 += 1;
+                t.1 += ms as f64;
+            }
+        }
+        Ok(())
     }
 
     /// Free and total device memory in bytes.
@@ -230,6 +300,9 @@ impl Backend<f32> for CudaBackend {
             })
             .collect::<Result<_, _>>()?;
         self.graphs.clear();
+        if self.profile.is_some() {
+            self.profiling(true);
+        }
         Ok(())
     }
 
@@ -304,6 +377,9 @@ impl Backend<f32> for CudaBackend {
     }
 
     fn run(&mut self, launches: &[Launch], n: usize, args: &KernelArgs) -> Result<(), GpuError> {
+        if self.profile.is_some() {
+            return self.run_profiled(launches, n, args);
+        }
         if !self.use_graphs {
             for l in launches {
                 self.launch(l.kernel, l.blocks(n), args)?;

@@ -297,6 +297,11 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         &self.backend
     }
 
+    /// The backend, e.g. to switch its profiling on.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     fn args(&self, n: usize, mode: Mode) -> KernelArgs {
         let b = &self.backend;
         KernelArgs {
