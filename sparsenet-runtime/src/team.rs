@@ -148,9 +148,11 @@ pub fn for_each_part(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if next >= parts {
             break;
         }
-        if b.serving.load(Ordering::Acquire) {
-            // SAFETY: state is EMPTY (every earlier post was waited for), so
-            // the helper does not read `job` now.
+        // Only idle helpers: a part that splits again (nested) finds its
+        // own helper busy and runs the inner parts itself.
+        if b.serving.load(Ordering::Acquire) && b.state.load(Ordering::Acquire) == EMPTY {
+            // SAFETY: state is EMPTY and only this thread posts, so the
+            // helper does not read `job` now.
             unsafe {
                 *b.job.get() = Some(Job {
                     f: erased,
@@ -254,6 +256,26 @@ mod tests {
             })
         });
         assert!(elsewhere > 10, "parts ran on the helper {elsewhere} times");
+    }
+
+    #[test]
+    fn a_part_that_splits_again_runs_every_inner_part() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let hits: Vec<AtomicU64> = (0..12).map(|_| AtomicU64::new(0)).collect();
+        pool.install(|| {
+            run(|| {
+                for _ in 0..200 {
+                    for_each_part(3, &|outer| {
+                        for_each_part(4, &|inner| {
+                            hits[outer * 4 + inner].fetch_add(1, Ordering::Relaxed);
+                        })
+                    });
+                }
+            })
+        });
+        for h in &hits {
+            assert_eq!(h.load(Ordering::Relaxed), 200);
+        }
     }
 
     #[test]
