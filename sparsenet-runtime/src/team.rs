@@ -260,7 +260,10 @@ mod tests {
 
     #[test]
     fn a_part_that_splits_again_runs_every_inner_part() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
         let hits: Vec<AtomicU64> = (0..12).map(|_| AtomicU64::new(0)).collect();
         pool.install(|| {
             run(|| {
