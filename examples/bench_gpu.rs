@@ -113,6 +113,7 @@ mod bench {
         let ptx = match gpu.backend().ptx_origin.clone() {
             Some(PtxOrigin::Compiled { seconds }) => format!("compiled in {seconds:.1} s"),
             Some(PtxOrigin::Cache) => "from the cache".to_string(),
+            Some(PtxOrigin::Cubin) => "machine code from the cache".to_string(),
             None => "unknown".to_string(),
         };
 

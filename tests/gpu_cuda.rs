@@ -140,7 +140,8 @@ fn precompile_ptx_for_sm_90() {
             s.spawn(move || {
                 for p in chunk {
                     let t = std::time::Instant::now();
-                    let (path, compiled) = precompile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+                    let (path, compiled) =
+                        precompile(p, "sm_90", true).unwrap_or_else(|e| panic!("{e}"));
                     eprintln!(
                         "{}: {} ({:.1} s)",
                         p.name,

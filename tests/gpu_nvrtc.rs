@@ -5,7 +5,7 @@
 #![cfg(feature = "cuda")]
 
 use sparsenet::prelude::*;
-use sparsenet::runtime::gpu::cuda::compile_ptx;
+use sparsenet::runtime::gpu::cuda::{compile_cubin, compile_ptx};
 use sparsenet::runtime::gpu::{GpuNetwork, GpuProgram};
 use sparsenet::zoo::*;
 
@@ -51,6 +51,26 @@ fn imagenet_stem_dense_and_explicit_offsets_compile_for_sm_90() {
     check(&<Offsets as GpuNetwork>::GPU_PROGRAM);
 }
 
+/// The machine code `scripts/gpu-check.sh` caches so that a GPU machine
+/// skips the driver's PTX compilation: an sm_90 ELF image naming every
+/// kernel.
+#[test]
+fn a_program_compiles_to_sm_90_machine_code() {
+    let p = &<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM;
+    let bin = compile_cubin(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&bin[..4], b"\x7fELF", "a cubin is an ELF image");
+    for k in p.kernels {
+        assert!(
+            bin.windows(k.len() + 1)
+                .any(|w| &w[..k.len()] == k.as_bytes() && w[k.len()] == 0),
+            "{}: kernel {k} missing from the cubin",
+            p.name
+        );
+    }
+    let err = compile_cubin(p, "compute_90").unwrap_err().to_string();
+    assert!(err.contains("no machine code"), "{err}");
+}
+
 #[test]
 fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
     const BROKEN: GpuProgram = GpuProgram {
@@ -67,9 +87,13 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         optimizer: &[],
         unsupported: None,
     };
-    let err = compile_ptx(&BROKEN, "sm_90").unwrap_err().to_string();
-    assert!(
-        err.contains("Broken") && err.contains("this_is_not_cuda"),
-        "{err}"
-    );
+    for err in [
+        compile_ptx(&BROKEN, "sm_90").unwrap_err().to_string(),
+        compile_cubin(&BROKEN, "sm_90").unwrap_err().to_string(),
+    ] {
+        assert!(
+            err.contains("Broken") && err.contains("this_is_not_cuda"),
+            "{err}"
+        );
+    }
 }

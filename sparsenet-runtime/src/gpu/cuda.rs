@@ -93,31 +93,109 @@ pub fn ptx_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
 
 /// Compiles `program` for `arch` into the PTX cache unless it is there
 /// already (so a GPU machine can start from PTX built elsewhere: NVRTC
-/// needs no GPU). Returns the cache file and whether it compiled.
-pub fn precompile(program: &GpuProgram, arch: &str) -> Result<(PathBuf, bool), GpuError> {
+/// needs no GPU), and into the cubin cache too when `cubin` is set.
+/// Returns the PTX cache file and whether anything compiled.
+pub fn precompile(
+    program: &GpuProgram,
+    arch: &str,
+    cubin: bool,
+) -> Result<(PathBuf, bool), GpuError> {
     let path = ptx_cache_path(program, arch);
-    if path.exists() {
-        return Ok((path, false));
+    let mut compiled = false;
+    if !path.exists() {
+        let ptx = compile_ptx(program, arch)?;
+        write_cache(&path, ptx.as_bytes())?;
+        compiled = true;
     }
-    let ptx = compile_ptx(program, arch)?;
-    write_cache(&path, &ptx)?;
-    Ok((path, true))
+    let bin = cubin_cache_path(program, arch);
+    if cubin && !bin.exists() {
+        write_cache(&bin, &compile_cubin(program, arch)?)?;
+        compiled = true;
+    }
+    Ok((path, compiled))
 }
 
-fn write_cache(path: &std::path::Path, ptx: &str) -> Result<(), GpuError> {
+/// Where the machine code (cubin) of `program` for `arch` is cached, beside
+/// its PTX and under the same key. Loading it skips the driver's PTX
+/// compilation, which takes 15-40 s for the zoo's networks on an H200.
+pub fn cubin_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
+    ptx_cache_path(program, arch).with_extension("cubin")
+}
+
+/// Compiles a program's full source to machine code (cubin) for `arch`, a
+/// real architecture such as "sm_90", with NVRTC (which runs the assembler
+/// itself). Needs libnvrtc, not a GPU.
+pub fn compile_cubin(program: &GpuProgram, arch: &str) -> Result<Vec<u8>, GpuError> {
+    use cudarc::nvrtc::{result, sys as nv};
+    let fail = |what: &str, log: String| GpuError::Compile {
+        network: program.name,
+        compiler: "NVRTC".to_string(),
+        log: format!("{what}: {log}"),
+    };
+    if !nvrtc_available() {
+        return Err(fail("libnvrtc was not found", String::new()));
+    }
+    let src = std::ffi::CString::new(program.full_source())
+        .map_err(|e| fail("the source holds a NUL byte", e.to_string()))?;
+    let name = std::ffi::CString::new(format!("{}.cu", program.name))
+        .map_err(|e| fail("the program name holds a NUL byte", e.to_string()))?;
+    let prog = result::create_program(&src, Some(&name))
+        .map_err(|e| fail("creating the program", e.to_string()))?;
+    // SAFETY: `prog` is a live program until destroyed at the end; the
+    // buffers handed to NVRTC are as long as it says they must be.
+    let out = unsafe {
+        let compiled = result::compile_program(prog, &nvrtc_options(arch)).map_err(|e| {
+            let log = result::get_program_log(prog)
+                .map(|l| {
+                    std::ffi::CStr::from_ptr(l.as_ptr())
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            fail(&format!("compiling for {arch} ({e})"), log)
+        });
+        compiled.and_then(|()| {
+            let mut size = 0usize;
+            nv::nvrtcGetCUBINSize(prog, &mut size)
+                .result()
+                .map_err(|e| fail("reading the cubin's size", e.to_string()))?;
+            let mut bin = vec![0u8; size];
+            nv::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast())
+                .result()
+                .map_err(|e| fail("reading the cubin", e.to_string()))?;
+            Ok(bin)
+        })
+    };
+    // SAFETY: created above, destroyed once.
+    let _ = unsafe { result::destroy_program(prog) };
+    let bin = out?;
+    if bin.is_empty() {
+        return Err(fail(
+            &format!("no machine code for {arch} (a virtual architecture?)"),
+            String::new(),
+        ));
+    }
+    Ok(bin)
+}
+
+fn write_cache(path: &std::path::Path, bytes: &[u8]) -> Result<(), GpuError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| GpuError::Backend(format!("creating {}: {e}", dir.display())))?;
     }
-    crate::weights::write_atomically(path, ptx.as_bytes())
+    crate::weights::write_atomically(path, bytes)
         .map_err(|e| GpuError::Backend(format!("writing {}: {e}", path.display())))
 }
 
-/// How the last [`Backend::compile`] got its PTX.
+/// How the last [`Backend::compile`] got its code.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PtxOrigin {
+    /// PTX compiled by NVRTC now.
     Compiled { seconds: f64 },
+    /// PTX from the cache (the driver compiles it to machine code).
     Cache,
+    /// Machine code from the cache (`scripts/gpu-check.sh` puts it there).
+    Cubin,
 }
 
 pub struct CudaBackend {
@@ -276,7 +354,7 @@ impl CudaBackend {
             seconds: t.elapsed().as_secs_f64(),
         });
         // A cache that cannot be written only costs the next start a compile.
-        let _ = write_cache(&path, &ptx);
+        let _ = write_cache(&path, ptx.as_bytes());
         Ok(ptx)
     }
 }
@@ -285,11 +363,23 @@ impl Backend<f32> for CudaBackend {
     type Buffer = CudaSlice<f32>;
 
     fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
-        let ptx = self.load_ptx(program)?;
-        let module = self
-            .ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| backend_err(&format!("loading the PTX of {}", program.name), e))?;
+        // Cached machine code for this device if there is any (a cubin the
+        // driver refuses, e.g. from another NVRTC, falls back to PTX).
+        let cubin = std::fs::read(cubin_cache_path(program, &self.arch))
+            .ok()
+            .and_then(|bin| self.ctx.load_module(Ptx::from_binary(bin)).ok());
+        let module = match cubin {
+            Some(m) => {
+                self.ptx_origin = Some(PtxOrigin::Cubin);
+                m
+            }
+            None => {
+                let ptx = self.load_ptx(program)?;
+                self.ctx
+                    .load_module(Ptx::from_src(ptx))
+                    .map_err(|e| backend_err(&format!("loading the PTX of {}", program.name), e))?
+            }
+        };
         self.functions = program
             .kernels
             .iter()
