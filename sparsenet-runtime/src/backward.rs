@@ -10,7 +10,7 @@
 use crate::direct::{self, Direct};
 use crate::kernels::{
     as_f32, as_f32_mut, for_each_plane, gather_into, gather_unfold, im2col, read, use_direct,
-    ConvGeom, Pre, LANES,
+    ConvGeom, PoolWindow, Pre, LANES,
 };
 use crate::matmul::{matmul, Mat};
 use crate::pointwise_wgrad;
@@ -433,6 +433,13 @@ pub fn max_pool_backward<T: Float>(
     let (_, _, ho, wo) = dy.dim();
     let cin = concat_channels(srcs);
     let mut dz = zeros4((n, cin, h, w));
+    let window = PoolWindow {
+        k,
+        stride,
+        pad,
+        h,
+        w,
+    };
     for b in 0..n {
         let dyb = dy.slice(s![b, .., .., ..]);
         let mut dzb = dz.slice_mut(s![b, .., .., ..]);
@@ -440,27 +447,7 @@ pub fn max_pool_backward<T: Float>(
         for_each_plane(srcs, b, |c, plane| {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    let mut best = T::neg_infinity();
-                    let mut at = usize::MAX;
-                    for ky in 0..k {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let i = iy as usize * w + ix as usize;
-                            let v = read(pre, c, plane[i]);
-                            if v > best {
-                                best = v;
-                                at = i;
-                            }
-                        }
-                    }
-                    if at != usize::MAX {
+                    if let (_, Some(at)) = window.first_max(plane, pre, c, oy, ox) {
                         dzb[c * h * w + at] += dyb[[c, oy, ox]];
                     }
                 }

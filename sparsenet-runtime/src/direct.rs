@@ -317,18 +317,10 @@ impl Direct {
         c: usize,
         src: &[T],
         buf: &mut [T],
-        mut f: impl FnMut(&[T], &mut [T]),
+        f: impl FnMut(&[T], &mut [T]),
     ) {
-        if self.chans == 0 {
-            return self.pad_plane(src, &mut buf[c * self.plane..(c + 1) * self.plane], f);
-        }
-        let hw = self.h * self.w;
-        debug_assert!(src.len() == hw && c < self.chans);
-        for (t, run) in src.chunks(BLOCK).enumerate() {
-            let dst = &mut buf[(t * self.chans + c) * BLOCK..][..BLOCK];
-            f(run, &mut dst[..run.len()]);
-            dst[run.len()..].fill(T::zero());
-        }
+        // SAFETY: `buf` is borrowed mutably, so no one else touches it.
+        unsafe { self.fill_channel_of(c, src, buf.as_mut_ptr(), buf.len(), f) }
     }
 
     /// [`Direct::fill`] through a pointer to the whole input buffer (`len`

@@ -559,30 +559,64 @@ pub fn max_pool<T: Float>(
         (h + 2 * pad - k) / stride + 1,
         (w + 2 * pad - k) / stride + 1,
     );
+    let window = PoolWindow {
+        k,
+        stride,
+        pad,
+        h,
+        w,
+    };
     map_planes(srcs, (ho, wo), |c, plane, dst| {
         for oy in 0..ho {
             for ox in 0..wo {
-                let mut best = T::neg_infinity();
-                for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let v = read(pre, c, plane[iy as usize * w + ix as usize]);
-                        if v > best {
-                            best = v;
-                        }
-                    }
-                }
-                dst[oy * wo + ox] = best;
+                dst[oy * wo + ox] = window.first_max(plane, pre, c, oy, ox).0;
             }
         }
     })
+}
+
+/// A max-pooling window's geometry over h x w planes.
+pub(crate) struct PoolWindow {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl PoolWindow {
+    /// The first maximum of output (`oy`, `ox`)'s window over `plane`
+    /// (channel `c`, `pre` applied): its value and its index in the plane;
+    /// minus infinity and `None` for a window of padding only.
+    pub(crate) fn first_max<T: Float>(
+        &self,
+        plane: &[T],
+        pre: Option<&Pre<T>>,
+        c: usize,
+        oy: usize,
+        ox: usize,
+    ) -> (T, Option<usize>) {
+        let (h, w) = (self.h as isize, self.w as isize);
+        let mut best = (T::neg_infinity(), None);
+        for ky in 0..self.k {
+            let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+            if iy < 0 || iy >= h {
+                continue;
+            }
+            for kx in 0..self.k {
+                let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                if ix < 0 || ix >= w {
+                    continue;
+                }
+                let i = (iy * w + ix) as usize;
+                let v = read(pre, c, plane[i]);
+                if v > best.0 {
+                    best = (v, Some(i));
+                }
+            }
+        }
+        best
+    }
 }
 
 /// Materialises `pre` applied to the sources (a BatchNorm whose output must

@@ -175,7 +175,8 @@ where
         g
     })
     .unwrap();
-    parity_checking::<f32, M32>(n, 0, tol_logits, 0.0, &|device, cpu| {
+    // The CPU's f32 gradients, from the run the device is checked against.
+    let grads = parity_checking::<f32, M32>(n, 0, tol_logits, 0.0, &|device, cpu| {
         let (e_cpu, at_cpu) = worst_gradient_error::<M32>(cpu, &truth);
         let (e_dev, at_dev) = worst_gradient_error::<M32>(device, &truth);
         let (e_between, _) = worst_gradient_error::<M32>(device, cpu);
@@ -199,13 +200,6 @@ where
     };
     opt.step(&mut st64, m64.params_mut(), &truth, lr);
     let mut cpu = m32.clone();
-    let mut grads = vec![0.0f32; M32::PARAMETERS];
-    cpu.forward_backward(x32.view(), Mode::Train, &mut grads, &mut |logits| {
-        let mut g = Array2::zeros(logits.raw_dim());
-        softmax_cross_entropy_into(logits.view(), &labels, SMOOTHING, g.view_mut()).unwrap();
-        g
-    })
-    .unwrap();
     let mut st32 = SgdState {
         velocity: vec![0.0f32; M32::PARAMETERS],
     };
@@ -262,7 +256,8 @@ fn parity_checking<T: Float, M: GpuNetwork + Model<T> + Clone>(
     tol_logits: f64,
     tol_grads: f64,
     check: &dyn Fn(&[f64], &[f64]),
-) where
+) -> Vec<T>
+where
     Dev<T>: Backend<T>,
 {
     let cpu0: M = randomised(7);
@@ -337,8 +332,9 @@ fn parity_checking<T: Float, M: GpuNetwork + Model<T> + Clone>(
         M::NAME
     );
 
+    let cpu_grads = grads.clone();
     if sgd_steps == 0 {
-        return;
+        return cpu_grads;
     }
     // SGD steps.
     let opt = first_sgd_step();
@@ -371,6 +367,7 @@ fn parity_checking<T: Float, M: GpuNetwork + Model<T> + Clone>(
         "{}: velocity after the SGD steps differs by {e:e}",
         M::NAME
     );
+    cpu_grads
 }
 
 /// Fifty SGD steps on changing batches: the losses of the two paths agree

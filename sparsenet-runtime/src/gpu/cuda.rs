@@ -13,7 +13,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,28 +46,60 @@ pub fn nvrtc_available() -> bool {
 /// Compiles a program's full source to PTX for `arch` with NVRTC. Needs
 /// libnvrtc, not a GPU.
 pub fn compile_ptx(program: &GpuProgram, arch: &str) -> Result<String, GpuError> {
-    if !nvrtc_available() {
-        return Err(GpuError::Compile {
-            network: program.name,
-            compiler: "NVRTC".to_string(),
-            log: "libnvrtc was not found: install it (`python3 -m pip install \
-                  \"nvidia-cuda-nvrtc==13.0.*\"` and add site-packages/nvidia/cu13/lib to \
-                  LD_LIBRARY_PATH, or a CUDA 13.0 toolkit)"
-                .to_string(),
-        });
-    }
-    let opts = CompileOptions {
-        options: nvrtc_options(arch),
-        name: Some(format!("{}.cu", program.name)),
-        ..Default::default()
+    nvrtc(program, arch, |prog| {
+        // SAFETY: `prog` compiled successfully; NVRTC returns its PTX with
+        // a terminating NUL.
+        let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog) }
+            .map_err(|e| format!("reading the PTX: {e}"))?;
+        Ok(unsafe { std::ffi::CStr::from_ptr(ptx.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
+    })
+}
+
+/// Runs NVRTC over a program's full source for `arch` and hands the
+/// compiled program to `take`, which reads what the caller wants out of it.
+/// Errors name the network and carry NVRTC's log.
+fn nvrtc<R>(
+    program: &GpuProgram,
+    arch: &str,
+    take: impl FnOnce(cudarc::nvrtc::sys::nvrtcProgram) -> Result<R, String>,
+) -> Result<R, GpuError> {
+    use cudarc::nvrtc::result;
+    use std::ffi::{CStr, CString};
+    let fail = |log: String| GpuError::Compile {
+        network: program.name,
+        compiler: "NVRTC".to_string(),
+        log,
     };
-    let ptx =
-        compile_ptx_with_opts(program.full_source(), opts).map_err(|e| GpuError::Compile {
-            network: program.name,
-            compiler: "NVRTC".to_string(),
-            log: e.to_string(),
-        })?;
-    Ok(ptx.to_src())
+    if !nvrtc_available() {
+        return Err(fail(
+            "libnvrtc was not found: install it (`python3 -m pip install \
+             \"nvidia-cuda-nvrtc==13.0.*\"` and add site-packages/nvidia/cu13/lib to \
+             LD_LIBRARY_PATH, or a CUDA 13.0 toolkit)"
+                .to_string(),
+        ));
+    }
+    let src = CString::new(program.full_source())
+        .map_err(|e| fail(format!("the source holds a NUL byte: {e}")))?;
+    let name = CString::new(format!("{}.cu", program.name))
+        .map_err(|e| fail(format!("the program name holds a NUL byte: {e}")))?;
+    let prog = result::create_program(&src, Some(&name))
+        .map_err(|e| fail(format!("creating the program: {e}")))?;
+    // SAFETY: `prog` is live until destroyed below, once.
+    let out = unsafe {
+        match result::compile_program(prog, &nvrtc_options(arch)) {
+            Ok(()) => take(prog),
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err(format!("compiling for {arch} ({e}): {log}"))
+            }
+        }
+    };
+    let _ = unsafe { result::destroy_program(prog) };
+    out.map_err(fail)
 }
 
 /// Where compiled PTX is kept: `$SPARSENET_PTX_CACHE`, else
@@ -126,56 +158,25 @@ pub fn cubin_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
 /// real architecture such as "sm_90", with NVRTC (which runs the assembler
 /// itself). Needs libnvrtc, not a GPU.
 pub fn compile_cubin(program: &GpuProgram, arch: &str) -> Result<Vec<u8>, GpuError> {
-    use cudarc::nvrtc::{result, sys as nv};
-    let fail = |what: &str, log: String| GpuError::Compile {
-        network: program.name,
-        compiler: "NVRTC".to_string(),
-        log: format!("{what}: {log}"),
-    };
-    if !nvrtc_available() {
-        return Err(fail("libnvrtc was not found", String::new()));
-    }
-    let src = std::ffi::CString::new(program.full_source())
-        .map_err(|e| fail("the source holds a NUL byte", e.to_string()))?;
-    let name = std::ffi::CString::new(format!("{}.cu", program.name))
-        .map_err(|e| fail("the program name holds a NUL byte", e.to_string()))?;
-    let prog = result::create_program(&src, Some(&name))
-        .map_err(|e| fail("creating the program", e.to_string()))?;
-    // SAFETY: `prog` is a live program until destroyed at the end; the
-    // buffers handed to NVRTC are as long as it says they must be.
-    let out = unsafe {
-        let compiled = result::compile_program(prog, &nvrtc_options(arch)).map_err(|e| {
-            let log = result::get_program_log(prog)
-                .map(|l| {
-                    std::ffi::CStr::from_ptr(l.as_ptr())
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
-            fail(&format!("compiling for {arch} ({e})"), log)
-        });
-        compiled.and_then(|()| {
-            let mut size = 0usize;
-            nv::nvrtcGetCUBINSize(prog, &mut size)
-                .result()
-                .map_err(|e| fail("reading the cubin's size", e.to_string()))?;
-            let mut bin = vec![0u8; size];
-            nv::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast())
-                .result()
-                .map_err(|e| fail("reading the cubin", e.to_string()))?;
-            Ok(bin)
-        })
-    };
-    // SAFETY: created above, destroyed once.
-    let _ = unsafe { result::destroy_program(prog) };
-    let bin = out?;
-    if bin.is_empty() {
-        return Err(fail(
-            &format!("no machine code for {arch} (a virtual architecture?)"),
-            String::new(),
-        ));
-    }
-    Ok(bin)
+    use cudarc::nvrtc::sys as nv;
+    nvrtc(program, arch, |prog| {
+        let mut size = 0usize;
+        // SAFETY: `prog` compiled successfully; `bin` is as long as NVRTC
+        // says the cubin is.
+        unsafe { nv::nvrtcGetCUBINSize(prog, &mut size) }
+            .result()
+            .map_err(|e| format!("reading the cubin's size: {e}"))?;
+        if size == 0 {
+            return Err(format!(
+                "no machine code for {arch} (a virtual architecture?)"
+            ));
+        }
+        let mut bin = vec![0u8; size];
+        unsafe { nv::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()) }
+            .result()
+            .map_err(|e| format!("reading the cubin: {e}"))?;
+        Ok(bin)
+    })
 }
 
 fn write_cache(path: &std::path::Path, bytes: &[u8]) -> Result<(), GpuError> {
