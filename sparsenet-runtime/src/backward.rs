@@ -15,6 +15,7 @@ use crate::kernels::{
 use crate::matmul::{matmul, Mat};
 use crate::pointwise_wgrad;
 use crate::scratch::{stale4, zeros4, Scratch};
+use crate::winograd::PreparedConv;
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
@@ -220,6 +221,7 @@ fn conv2d_backward_direct<T: Float>(
     let dt = Direct::for_conv(d.ho, d.wo, g.kernel, g.kernel - 1 - g.pad, oc);
     debug_assert_eq!((dt.ho, dt.wo), (h, w));
     let flipped = flipped_kernel(as_f32(weight), oc, cin, kk);
+    let input_grad = PreparedConv::new(&dt, &flipped, oc, cin, n);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
     // Every element is written below.
     let mut dz = crate::scratch::stale4((n, cin, h, w));
@@ -268,8 +270,7 @@ fn conv2d_backward_direct<T: Float>(
             let mut dyg = Scratch::<f32>::stale(if d.rows { 0 } else { group * dy_img });
             // Fully written for every image before they are read.
             let mut dyp = Scratch::<f32>::stale(dt.input_len(oc));
-            let mut dzg =
-                Scratch::<f32>::with_capacity(if dt.rows { 0 } else { cin * dt.out_plane });
+            let mut dzg = Scratch::<f32>::stale(input_grad.scratch_len(cin));
             let (b0, dzc_len) = (ci * chunk, dzc.dim().0);
             for (lb, mut dzb) in dzc.axis_iter_mut(Axis(0)).enumerate() {
                 let b = b0 + lb;
@@ -311,7 +312,7 @@ fn conv2d_backward_direct<T: Float>(
                 }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
-                direct::forward_nchw(&dt, &dyp.0, oc, &flipped, cin, dzf, &mut dzg.0, None);
+                input_grad.run(&dyp.0, 0, cin, dzf, &mut dzg.0, None);
                 if let Some(p) = pre {
                     for_each_plane(srcs, b, |c, xs| {
                         let (a, ax) = bn_plane_sums(p, c, xs, &dzb[c * hw_in..(c + 1) * hw_in]);

@@ -26,6 +26,7 @@ use crate::kernels::{
     gather_into_split, split_out_channels, use_direct, ConvGeom, OwnedEpilogue, Pre,
 };
 use crate::scratch::{recycle, stale4, Scratch};
+use crate::winograd::PreparedConv;
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array4, Axis};
@@ -133,8 +134,8 @@ fn bottleneck_direct<T: Float>(
     let n = srcs[0].dim().0;
     let cin = concat_channels(srcs);
     let (cm, oc) = (b.geom.out_channels, conv.geom.out_channels);
-    let kk = conv.geom.kernel * conv.geom.kernel;
-    let (wa, wb) = (as_f32(b.weight), as_f32(conv.weight));
+    let wa = as_f32(b.weight);
+    let kxk = PreparedConv::new(mid, as_f32(conv.weight), cm, oc, n);
     // The bottleneck's bias and the BN(-ReLU) that `conv` reads it through.
     let mid_ep = OwnedEpilogue::new(b.bias, conv.pre, cm);
     let mid_ep = mid_ep.as_ref().map(OwnedEpilogue::view);
@@ -159,14 +160,13 @@ fn bottleneck_direct<T: Float>(
                     direct::forward_ep(into, x, cin, &wa[c0 * cin..(c0 + cn) * cin], cn, part, e);
                 });
                 split_out_channels(o, hw, |c0, cn, part| {
-                    let mut grid = Scratch::<f32>::with_capacity(0);
-                    let wp = &wb[c0 * cm * kk..(c0 + cn) * cm * kk];
+                    let mut grid = Scratch::<f32>::stale(kxk.scratch_len(cn));
                     let e = ep.map(|e| e.channels(c0, cn));
-                    direct::forward_nchw(mid, planes, cm, wp, cn, part, &mut grid.0, e);
+                    kxk.run(planes, c0, cn, part, &mut grid.0, e);
                 });
             } else {
                 direct::forward_ep(into, x, cin, wa, cm, planes, mid_ep);
-                direct::forward_nchw(mid, planes, cm, wb, oc, o, grid, ep);
+                kxk.run(planes, 0, oc, o, grid, ep);
             }
         };
     out.axis_iter_mut(Axis(0))
@@ -184,7 +184,7 @@ fn bottleneck_direct<T: Float>(
                 (
                     Scratch::<T>::stale(into.input_len(cin)),
                     planes,
-                    Scratch::<f32>::stale(if mid.rows { 0 } else { oc * mid.out_plane }),
+                    Scratch::<f32>::stale(kxk.scratch_len(oc)),
                 )
             },
             |(xin, planes, grid), (bi, mut ob)| {

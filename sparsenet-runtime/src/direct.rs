@@ -246,6 +246,39 @@ impl Direct {
         }
     }
 
+    /// A matrix product in the forward kernel's terms, `out[o][t] =
+    /// sum_c w[o][c] x[c][t]` over rows of `n` floats (`n` a multiple of 8)
+    /// that lie `stride` floats apart, in and out: a 1x1 "convolution" over
+    /// `n` positions. The Winograd path's per-position products
+    /// ([`crate::winograd`]) run through [`forward_ep`] with it.
+    pub fn matrix(n: usize, stride: usize) -> Self {
+        assert!(n > 0 && n.is_multiple_of(8), "rows of whole vectors");
+        assert!(stride >= n, "rows do not overlap");
+        Direct {
+            k: 1,
+            pad: 0,
+            h: 1,
+            w: n,
+            wp: n,
+            ho: 1,
+            wo: n,
+            plane: stride,
+            out_plane: stride,
+            rows: true,
+            offs: (0..n / 8)
+                .map(|v| ((8 * v) as u32, (8 * v) as u32))
+                .collect(),
+            taps: vec![0],
+            chans: 0,
+        }
+    }
+
+    /// Whether this is the pointwise layout ([`Direct::pointwise`]) rather
+    /// than padded planes.
+    pub fn is_pointwise(&self) -> bool {
+        self.chans != 0
+    }
+
     /// A 1x1 convolution over `chans` channels in the pointwise layout
     /// whose output goes straight into the padded planes of `next` (the
     /// input layout of the convolution that reads it): output vector `v`

@@ -9,6 +9,7 @@
 use crate::direct::{self, Direct, Epilogue};
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{stale4, zeros4, Scratch};
+use crate::winograd::PreparedConv;
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -225,7 +226,7 @@ pub(crate) fn conv2d_direct<T: Float>(
     let (n, _, h, w) = srcs[0].dim();
     let (cin, oc) = (concat_channels(srcs), g.out_channels);
     let d = Direct::for_conv(h, w, g.kernel, g.pad, cin);
-    let weight = as_f32(weight);
+    let conv = PreparedConv::new(&d, as_f32(weight), cin, oc, n);
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
     let hw = d.ho * d.wo;
@@ -239,10 +240,9 @@ pub(crate) fn conv2d_direct<T: Float>(
             let x = as_f32(&xin.0);
             let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
             split_out_channels(o, hw, |c0, cn, part| {
-                let mut grid = Scratch::<f32>::with_capacity(0);
-                let wp = &weight[c0 * cin * d.k * d.k..(c0 + cn) * cin * d.k * d.k];
+                let mut grid = Scratch::<f32>::stale(conv.scratch_len(cn));
                 let e = ep.map(|e| e.channels(c0, cn));
-                direct::forward_nchw(&d, x, cin, wp, cn, part, &mut grid.0, e);
+                conv.run(x, c0, cn, part, &mut grid.0, e);
             });
         }
         return out;
@@ -257,14 +257,14 @@ pub(crate) fn conv2d_direct<T: Float>(
             || {
                 (
                     Scratch::<T>::stale(d.input_len(cin)),
-                    Scratch::<f32>::stale(if d.rows { 0 } else { oc * d.out_plane }),
+                    Scratch::<f32>::stale(conv.scratch_len(oc)),
                 )
             },
             |(xin, grid), (b, mut ob)| {
                 gather_padded(srcs, pre, b, &d, &mut xin.0);
                 let x = as_f32(&xin.0);
                 let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-                direct::forward_nchw(&d, x, cin, weight, oc, o, &mut grid.0, ep);
+                conv.run(x, 0, oc, o, &mut grid.0, ep);
             },
         );
     out

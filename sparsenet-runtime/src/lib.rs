@@ -20,6 +20,7 @@ mod team;
 pub mod threads;
 pub mod train;
 pub mod weights;
+pub mod winograd;
 
 pub use backward::{
     avg_pool_backward, conv2d_backward, dropout_backward, gap_dense_backward, max_pool_backward,

@@ -1,0 +1,961 @@
+//! Winograd F(2x2, 3x3) for the 3x3, stride-1, pad-1 convolutions of the
+//! direct path: the forward convolution and the input gradient (itself a
+//! 3x3 pad-1 convolution of the output gradient, see [`crate::direct`]).
+//!
+//! Why: in a SparseNet-BC step the 3x3 convolutions are most of the
+//! arithmetic, and the direct kernel already runs them near the machine's
+//! FMA rate; the way to go faster is fewer multiplies. F(2x2, 3x3) computes
+//! each 2x2 block of outputs from the 4x4 block of inputs under it with 16
+//! products per (input, output) channel pair instead of 36 (2.25x fewer):
+//!
+//! `Y = A^T [ (G g G^T) (.) (B^T d B) ] A`
+//!
+//! with `g` the 3x3 kernel, `d` the 4x4 input tile, `(.)` the elementwise
+//! product. Summed over input channels, the 16 elementwise products are 16
+//! independent matrix products (one per position `xi` of the 4x4 transformed
+//! tile): `M[xi][o][t] = sum_c U[xi][o][c] V[xi][c][t]` over the tiles `t`,
+//! which run on the direct forward kernel itself ([`Direct::matrix`]).
+//!
+//! One image is done in blocks of whole tile rows (at least 16 tiles, so
+//! that the products see two vectors of tiles): the block's input tiles are
+//! transformed into `V` (in L2), the 16 products written to `M`, and `M`
+//! transformed back into 2x2 output blocks, with the epilogue applied as the
+//! values are stored. The numbers differ from the direct kernel's by
+//! rounding only (the transforms' coefficients are 0, +-1 and +-1/2).
+//!
+//! `SPARSENET_WINOGRAD=0` switches it off (to measure what it gains).
+
+use crate::direct::{self, cpu_supported, Direct, Epilogue};
+use crate::pointwise_wgrad;
+use crate::scratch::Scratch;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Positions of a transformed tile (4 x 4).
+const XI: usize = 16;
+/// Output positions a convolution must have in all (over its images) to
+/// take the Winograd path (see [`PreparedConv::new`]).
+pub const MIN_POSITIONS: usize = 4096;
+/// How many channels ahead the input transform asks for its rows.
+const PF_CHANNELS: usize = 2;
+/// How many output channels ahead the output transform asks for its lines.
+const PF_AHEAD: usize = 1;
+/// Tiles per block at least: four vectors of 8 (two of the forward kernel's
+/// position tiles), as each block reads every product's weights from L2
+/// once. Images of 8 x 8 (16 tiles) keep the direct kernel: through blocks
+/// of 16 tiles they were no faster (BC-100's third stage, batch 64).
+const MIN_BLOCK_TILES: usize = 32;
+
+/// Whether 3x3 convolutions take the Winograd path where their geometry
+/// allows it: by default yes, no with `SPARSENET_WINOGRAD=0`, or as last
+/// set by [`set_enabled`].
+pub fn enabled() -> bool {
+    match CHOICE.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = std::env::var("SPARSENET_WINOGRAD").map_or(true, |v| v != "0");
+            // A concurrent `set_enabled` wins over the environment.
+            let _ = CHOICE.compare_exchange(
+                UNSET,
+                if on { ON } else { OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            enabled()
+        }
+    }
+}
+
+/// Switches the Winograd path on or off for convolutions prepared from now
+/// on (for measuring both paths in one process, and for tests).
+pub fn set_enabled(on: bool) {
+    CHOICE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+const UNSET: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+static CHOICE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// How one image's output is cut into 2x2 tiles and blocks of tile rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tiling {
+    /// Tile rows and tiles per row (h / 2, w / 2).
+    th: usize,
+    tw: usize,
+    /// Tile rows per block, and tiles per block (`rows * tw`, a multiple
+    /// of 16: whole blocks of the pointwise layout, see [`WeightGrad`]).
+    rows: usize,
+    nt: usize,
+}
+
+impl Tiling {
+    /// The tiling of a convolution over the padded planes of `d`, when it
+    /// is one this module does: 3x3, pad 1, even h and w, tile rows of a
+    /// multiple of 4 tiles (so that each half of a vector of 8 tiles lies in
+    /// one tile row), and whole blocks.
+    fn of(d: &Direct) -> Option<Tiling> {
+        if d.k != 3 || d.pad != 1 || d.is_pointwise() || d.h % 2 != 0 || d.w % 2 != 0 {
+            return None;
+        }
+        let (th, tw) = (d.h / 2, d.w / 2);
+        if tw == 0 || tw % 4 != 0 {
+            return None;
+        }
+        let rows = (1..=th).find(|r| (r * tw) % 16 == 0 && r * tw >= MIN_BLOCK_TILES)?;
+        if th % rows != 0 {
+            return None;
+        }
+        Some(Tiling {
+            th,
+            tw,
+            rows,
+            nt: rows * tw,
+        })
+    }
+
+    /// Floats of one row buffer of the input transform: the padded row
+    /// (2 tw + 2) and what the last vector of tiles reads past it.
+    fn row_len(&self) -> usize {
+        2 * self.tw.next_multiple_of(8) + 8
+    }
+}
+
+/// A 3x3 or other stride-1 convolution over the padded planes (or pointwise
+/// layout) of `d`, ready to run image by image: its weights, and their
+/// Winograd transform when [`Tiling::of`] takes the geometry. Made once per
+/// convolution call, used for every image.
+pub struct PreparedConv<'a> {
+    d: &'a Direct,
+    weight: &'a [f32],
+    cin: usize,
+    cout: usize,
+    winograd: Option<Transformed>,
+}
+
+/// The transformed weights `U[xi][o][c] = (G g[o][c] G^T)[xi]` and the
+/// product geometry of a block.
+struct Transformed {
+    tiling: Tiling,
+    u: Scratch<f32>,
+    product: Direct,
+}
+
+impl<'a> PreparedConv<'a> {
+    /// `weight` is OIHW (cout x cin x k x k); `images` is how many images
+    /// the convolution will run over: the weights' transform costs about
+    /// as much as the products of 16 x 16 output positions, so that fewer
+    /// positions than [`MIN_POSITIONS`] in all (a batch-1 pass) keep the
+    /// direct kernel.
+    pub fn new(d: &'a Direct, weight: &'a [f32], cin: usize, cout: usize, images: usize) -> Self {
+        assert_eq!(
+            weight.len(),
+            cout * cin * d.k * d.k,
+            "weight is cout x cin x k x k"
+        );
+        let winograd = if enabled() && cpu_supported() && images * d.h * d.w >= MIN_POSITIONS {
+            Tiling::of(d).map(|tiling| Transformed {
+                tiling,
+                u: transform_weights(weight, cout, cin),
+                product: Direct::matrix(tiling.nt, XI * tiling.nt),
+            })
+        } else {
+            None
+        };
+        PreparedConv {
+            d,
+            weight,
+            cin,
+            cout,
+            winograd,
+        }
+    }
+
+    /// Floats of the scratch buffer [`PreparedConv::run`] uses for `cn`
+    /// output channels of an image (it grows the buffer it is given to
+    /// this): so that callers can take one of this size from the
+    /// per-thread pool once instead of growing a fresh one.
+    pub fn scratch_len(&self, cn: usize) -> usize {
+        match &self.winograd {
+            None if self.d.rows => 0,
+            None => cn * self.d.out_plane,
+            Some(t) => winograd_scratch_len(self.cin, cn, &t.tiling),
+        }
+    }
+
+    /// Whether the Winograd path runs.
+    pub fn is_winograd(&self) -> bool {
+        self.winograd.is_some()
+    }
+
+    /// Output channels `c0..c0 + cn` of one image: `x` holds the `cin`
+    /// input channels in the layout of `d`, `out` `cn` NCHW planes of
+    /// `ho * wo`, `scratch` anything (resized as needed, contents stale),
+    /// `ep` the epilogue of those `cn` channels.
+    pub fn run(
+        &self,
+        x: &[f32],
+        c0: usize,
+        cn: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        ep: Option<Epilogue>,
+    ) {
+        assert!(
+            c0 + cn <= self.cout,
+            "output channels within the convolution"
+        );
+        let per_out = self.cin * self.d.k * self.d.k;
+        match &self.winograd {
+            None => {
+                let w = &self.weight[c0 * per_out..(c0 + cn) * per_out];
+                direct::forward_nchw(self.d, x, self.cin, w, cn, out, scratch, ep)
+            }
+            Some(t) => image(self.d, t, x, self.cin, self.cout, c0, cn, out, scratch, ep),
+        }
+    }
+}
+
+/// The Winograd path's scratch: `V`, `M` and the row buffers.
+fn winograd_scratch_len(cin: usize, cn: usize, tl: &Tiling) -> usize {
+    XI * (cin + cn + 2) * tl.nt + 4 * tl.row_len()
+}
+
+/// The weight gradient of a 3x3 pad-1 convolution through F(2x2, 3x3):
+/// the forward pass is `Y = A^T [U (.) V] A` per tile, so
+/// `dU[xi][o][c] = sum over tiles of (A dY A^T)[xi][o] V[xi][c]` (16 matrix
+/// products that reduce over the tiles) and `dW = G^T dU G`. 2.25x fewer
+/// products than the direct weight gradient's; the products run on
+/// [`pointwise_wgrad::weight_grad`] with the tiles as its positions.
+pub struct WeightGrad {
+    tiling: Tiling,
+    /// The pointwise layout over one block's tiles (`V` per `xi`).
+    block: Direct,
+    cin: usize,
+    cout: usize,
+}
+
+impl WeightGrad {
+    /// For a convolution over the padded planes of `d` with `cin` inputs,
+    /// `cout` outputs and `images` images in all; `None` where the direct
+    /// kernel does it (other geometries, rows of tiles that are not whole
+    /// vectors, too few positions; see [`PreparedConv::new`]).
+    pub fn new(d: &Direct, cin: usize, cout: usize, images: usize) -> Option<Self> {
+        if !(enabled() && cpu_supported()) || images * d.h * d.w < MIN_POSITIONS {
+            return None;
+        }
+        let tiling = Tiling::of(d)?;
+        if tiling.tw % 8 != 0 {
+            return None;
+        }
+        Some(WeightGrad {
+            tiling,
+            block: Direct::pointwise(1, tiling.nt, cin),
+            cin,
+            cout,
+        })
+    }
+
+    /// Floats of the accumulator [`WeightGrad::image`] sums into: one of
+    /// [`pointwise_wgrad::acc_len`] per `xi`. Zero it before the first image.
+    pub fn acc_len(&self) -> usize {
+        XI * pointwise_wgrad::acc_len(self.cin, self.cout)
+    }
+
+    /// Floats of the scratch buffer [`WeightGrad::image`] uses.
+    pub fn scratch_len(&self) -> usize {
+        let (tl, wd) = (&self.tiling, pointwise_wgrad::width(self.cout));
+        XI * self.cin * tl.nt + XI * tl.nt * wd + 2 * tl.rows * 2 * tl.tw * wd + 4 * tl.row_len()
+    }
+
+    /// Adds one image's products into `acc`: `x` holds its `cin` input
+    /// channels in the padded planes of `d`, `dy` its `cout` NCHW
+    /// output-gradient planes (h x w).
+    pub fn image(
+        &self,
+        d: &Direct,
+        x: &[f32],
+        dy: &[f32],
+        acc: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let (tl, cin, cout) = (self.tiling, self.cin, self.cout);
+        let (wd, hw, w) = (pointwise_wgrad::width(cout), d.h * d.w, d.w);
+        assert_eq!(Tiling::of(d), Some(tl), "the geometry this was made for");
+        assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+        assert!(dy.len() >= cout * hw, "output gradient holds cout planes");
+        assert!(
+            acc.len() >= self.acc_len(),
+            "accumulator holds acc_len floats"
+        );
+        let per_acc = pointwise_wgrad::acc_len(cin, cout);
+        let (v_len, dt_len) = (XI * cin * tl.nt, XI * tl.nt * wd);
+        let rows_len = 2 * tl.rows * w;
+        scratch.resize(self.scratch_len(), 0.0);
+        let (v, rest) = scratch.split_at_mut(v_len);
+        let (dt, rest) = rest.split_at_mut(dt_len);
+        let (g, rows) = rest.split_at_mut(rows_len * wd);
+        rows.fill(0.0);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
+        #[cfg(target_arch = "x86_64")]
+        for ty0 in (0..tl.th).step_by(tl.rows) {
+            // SAFETY: AVX2 and FMA are present (`new` checked); buffers
+            // sized above; reads of `x` within rows 2 ty0 .. 2 (ty0 + rows)
+            // + 2 of each padded plane, of `dy` within output rows 2 ty0 ..
+            // 2 (ty0 + rows) of each plane.
+            unsafe {
+                transform_input(d, &tl, x, cin, ty0, v, rows, VLayout::PointwiseBlocks);
+                transform_output_grad(&tl, dy, cout, hw, w, ty0, g, dt);
+            }
+            for xi in 0..XI {
+                pointwise_wgrad::weight_grad(
+                    &self.block,
+                    &v[xi * cin * tl.nt..(xi + 1) * cin * tl.nt],
+                    cin,
+                    &dt[xi * tl.nt * wd..(xi + 1) * tl.nt * wd],
+                    cout,
+                    &mut acc[xi * per_acc..(xi + 1) * per_acc],
+                );
+            }
+        }
+    }
+
+    /// Adds `G^T dU G` into `dw` (OIHW, cout x cin x 3 x 3), `dU` the sums
+    /// in `acc`, and zeroes `acc`.
+    pub fn fold(&self, acc: &mut [f32], dw: &mut [f32]) {
+        let (cin, cout) = (self.cin, self.cout);
+        assert!(dw.len() >= cout * cin * 9, "dw is cout x cin x 3 x 3");
+        let per_acc = pointwise_wgrad::acc_len(cin, cout);
+        let mut du = vec![0.0f32; XI * cout * cin];
+        for xi in 0..XI {
+            pointwise_wgrad::fold(
+                &mut acc[xi * per_acc..(xi + 1) * per_acc],
+                cin,
+                cout,
+                &mut du[xi * cout * cin..(xi + 1) * cout * cin],
+            );
+        }
+        // G^T applied to 4 values: the adjoint of `transform_weights`' G.
+        let gt =
+            |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
+        for o in 0..cout {
+            for c in 0..cin {
+                let u = |i: usize, j: usize| du[((4 * i + j) * cout + o) * cin + c];
+                // Along rows (j) first, then down the columns (i).
+                let rows: [[f32; 3]; 4] =
+                    std::array::from_fn(|i| gt(u(i, 0), u(i, 1), u(i, 2), u(i, 3)));
+                let k = &mut dw[(o * cin + c) * 9..(o * cin + c + 1) * 9];
+                for j in 0..3 {
+                    let col = gt(rows[0][j], rows[1][j], rows[2][j], rows[3][j]);
+                    for i in 0..3 {
+                        k[3 * i + j] += col[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `D[xi][t][o] = (A dY A^T)[xi]` for the tiles `t` of the block at tile row
+/// `ty0`, rows of `wd` (columns past `cout` zero), with
+/// `A` = [[1, 0], [1, 1], [1, -1], [0, -1]]: the block's output-gradient
+/// rows are first transposed to positions x channels (`g`), then each
+/// tile's four positions combined a vector of 8 channels at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_output_grad(
+    tl: &Tiling,
+    dy: &[f32],
+    cout: usize,
+    hw: usize,
+    w: usize,
+    ty0: usize,
+    g: &mut [f32],
+    dt: &mut [f32],
+) {
+    let wd = pointwise_wgrad::width(cout);
+    let (np, nt) = (2 * tl.rows * w, tl.nt);
+    let base = 2 * ty0 * w;
+    assert!((cout - 1) * hw + base + np <= dy.len());
+    let o8 = cout / 8 * 8;
+    for o in (0..o8).step_by(8) {
+        for p in (0..np).step_by(8) {
+            pointwise_wgrad::transpose8(
+                dy.as_ptr().add(o * hw + base + p),
+                hw,
+                g.as_mut_ptr().add(p * wd + o),
+                wd,
+            );
+        }
+    }
+    for p in 0..np {
+        for o in o8..wd {
+            g[p * wd + o] = if o < cout { dy[o * hw + base + p] } else { 0.0 };
+        }
+    }
+    let gp = g.as_ptr();
+    let dp = dt.as_mut_ptr();
+    for t in 0..nt {
+        let (r, tx) = (t / tl.tw, t % tl.tw);
+        let p00 = 2 * r * w + 2 * tx;
+        for o in (0..wd).step_by(8) {
+            let at = |p: usize| _mm256_loadu_ps(gp.add(p * wd + o));
+            let (a, b, c, d) = (at(p00), at(p00 + 1), at(p00 + w), at(p00 + w + 1));
+            // Down: rows A (a, b; c, d); then along each.
+            let zero = _mm256_setzero_ps();
+            let h = [
+                (a, b),
+                (_mm256_add_ps(a, c), _mm256_add_ps(b, d)),
+                (_mm256_sub_ps(a, c), _mm256_sub_ps(b, d)),
+                (_mm256_sub_ps(zero, c), _mm256_sub_ps(zero, d)),
+            ];
+            for (i, (u, v)) in h.into_iter().enumerate() {
+                let vals = [
+                    u,
+                    _mm256_add_ps(u, v),
+                    _mm256_sub_ps(u, v),
+                    _mm256_sub_ps(zero, v),
+                ];
+                for (j, val) in vals.into_iter().enumerate() {
+                    _mm256_storeu_ps(dp.add(((4 * i + j) * nt + t) * wd + o), val);
+                }
+            }
+        }
+    }
+}
+
+/// `U = G g G^T` for every (output, input) channel pair, laid out
+/// `[xi][o][c]`: for one `xi`, the weight matrix of that position's product.
+/// `G` = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Scratch<f32> {
+    // Every element is written below.
+    let mut s = Scratch::<f32>::stale(XI * cout * cin);
+    let u = &mut s.0;
+    // The rows of G applied to three values.
+    let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    for o in 0..cout {
+        for c in 0..cin {
+            let k = &weight[(o * cin + c) * 9..(o * cin + c + 1) * 9];
+            // G g: 4 rows of 3, column by column.
+            let cols: [[f32; 4]; 3] = std::array::from_fn(|j| g(k[j], k[3 + j], k[6 + j]));
+            for i in 0..4 {
+                let row = g(cols[0][i], cols[1][i], cols[2][i]);
+                for (j, &v) in row.iter().enumerate() {
+                    u[((4 * i + j) * cout + o) * cin + c] = v;
+                }
+            }
+        }
+    }
+    s
+}
+
+/// [`PreparedConv::run`]'s Winograd path for one image.
+#[allow(clippy::too_many_arguments)]
+fn image(
+    d: &Direct,
+    t: &Transformed,
+    x: &[f32],
+    cin: usize,
+    cout: usize,
+    c0: usize,
+    cn: usize,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+    ep: Option<Epilogue>,
+) {
+    let tl = t.tiling;
+    let hw = d.h * d.w;
+    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+    assert!(out.len() >= cn * hw, "output holds cn planes");
+    if let Some(e) = &ep {
+        assert!(
+            e.scale.len() >= cn && e.shift.len() >= cn,
+            "epilogue covers the output channels"
+        );
+    }
+    // V is [c][xi][t] and M [o][xi][t]: the transforms read and write
+    // each channel's 16 products of a block as one run. The product of
+    // position xi reads and writes every 16th run, from xi's; one run of
+    // slack after each lets that slice cover whole channels.
+    let (v_len, m_len) = (XI * (cin + 1) * tl.nt, XI * (cn + 1) * tl.nt);
+    let r_len = 4 * tl.row_len();
+    scratch.resize(v_len + m_len + r_len, 0.0);
+    debug_assert_eq!(scratch.len(), winograd_scratch_len(cin, cn, &tl));
+    let (v, rest) = scratch.split_at_mut(v_len);
+    let (m, rows) = rest.split_at_mut(m_len);
+    // What the last vector of tiles reads past the padded row is zero.
+    rows.fill(0.0);
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
+    #[cfg(target_arch = "x86_64")]
+    for ty0 in (0..tl.th).step_by(tl.rows) {
+        // SAFETY: AVX2 and FMA are present (`PreparedConv::new` checked);
+        // the buffers were sized above for this tiling, and reads of `x`
+        // stay within the padded planes of rows 2 ty0 .. 2 (ty0 + rows) + 2.
+        unsafe { transform_input(d, &tl, x, cin, ty0, v, rows, VLayout::ChannelRuns) };
+        for xi in 0..XI {
+            let u = &t.u.0[(xi * cout + c0) * cin..(xi * cout + c0 + cn) * cin];
+            let vx = &v[xi * tl.nt..];
+            let mx = &mut m[xi * tl.nt..];
+            direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
+        }
+        // SAFETY: as above; stores stay in planes < cn, rows < h.
+        unsafe { transform_output(d, &tl, m, cn, ty0, out, ep) };
+    }
+}
+
+/// Where [`transform_input`] puts `V[xi][c][t]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VLayout {
+    /// `[c][xi][t]`: each channel's 16 rows of the block as one run (the
+    /// forward products read channel rows 16 runs apart).
+    ChannelRuns,
+    /// `[xi][t / 16][c][t % 16]`: for each `xi`, the pointwise layout of
+    /// [`Direct::pointwise`] over the block's tiles as positions, which
+    /// [`pointwise_wgrad::weight_grad`] reads.
+    PointwiseBlocks,
+}
+
+/// The 8 even-indexed values of `a` then `b` (16 consecutive floats).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn even(a: __m256, b: __m256) -> __m256 {
+    let s = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(s)))
+}
+
+/// The 8 odd-indexed values of `a` then `b` (16 consecutive floats).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn odd(a: __m256, b: __m256) -> __m256 {
+    let s = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(s)))
+}
+
+/// `V[xi][c][t] = (B^T d B)[xi]` for the tiles `t` of tile rows `ty0 ..
+/// ty0 + rows` of every input channel, with
+/// `B^T` = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]:
+/// first down the columns of the four padded rows under a tile row, then
+/// along each of the four results, 8 tiles at a time (the even and odd
+/// columns of a tile pair split apart by shuffles). In registers, except
+/// for rows of 4 tiles, which go through the row buffers `rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_input(
+    d: &Direct,
+    tl: &Tiling,
+    x: &[f32],
+    cin: usize,
+    ty0: usize,
+    v: &mut [f32],
+    rows: &mut [f32],
+    layout: VLayout,
+) {
+    let (wp, rl, nt, tw) = (d.wp, tl.row_len(), tl.nt, tl.tw);
+    let vp = v.as_mut_ptr();
+    for c in 0..cin {
+        for r in 0..tl.rows {
+            let top = c * d.plane + 2 * (ty0 + r) * wp;
+            assert!(
+                top + 4 * wp <= x.len(),
+                "the tile row's padded rows lie in x"
+            );
+            let at = |j: usize, t0: usize| {
+                let t = r * tw + t0;
+                vp.add(match layout {
+                    VLayout::ChannelRuns => (c * XI + j) * nt + t,
+                    VLayout::PointwiseBlocks => ((j * (nt / 16) + t / 16) * cin + c) * 16 + t % 16,
+                })
+            };
+            // The same rows two channels on: planes apart, which the
+            // hardware prefetchers do not follow (the first load of each
+            // row was a fifth of this function's time without it).
+            let ahead = top + PF_CHANNELS * d.plane;
+            if ahead + 4 * wp <= x.len() {
+                let q = x.as_ptr().add(ahead);
+                for line in (0..4 * wp).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+                }
+                _mm_prefetch::<_MM_HINT_T0>(q.add(4 * wp - 1) as *const i8);
+            }
+            if tw % 8 == 0 {
+                // Straight from the padded rows: per 8 tiles, columns
+                // 2 t0 .. 2 t0 + 18 (the last vector ends at the row's end).
+                let p = x.as_ptr().add(top);
+                for t0 in (0..tw).step_by(8) {
+                    // The four column-transformed rows at the 4 offsets.
+                    let col = |off: usize| {
+                        let q = p.add(2 * t0 + off);
+                        let (d0, d1, d2, d3) = (
+                            _mm256_loadu_ps(q),
+                            _mm256_loadu_ps(q.add(wp)),
+                            _mm256_loadu_ps(q.add(2 * wp)),
+                            _mm256_loadu_ps(q.add(3 * wp)),
+                        );
+                        [
+                            _mm256_sub_ps(d0, d2),
+                            _mm256_add_ps(d1, d2),
+                            _mm256_sub_ps(d2, d1),
+                            _mm256_sub_ps(d1, d3),
+                        ]
+                    };
+                    let (a, b, a2, b2) = (col(0), col(8), col(2), col(10));
+                    for i in 0..4 {
+                        let vals = row_transform(a[i], b[i], a2[i], b2[i]);
+                        for (j, val) in vals.into_iter().enumerate() {
+                            _mm256_storeu_ps(at(4 * i + j, t0), val);
+                        }
+                    }
+                }
+                continue;
+            }
+            // Rows ending in 4 tiles (8 wide images, 24 wide, ...): through
+            // row buffers with zeros past the padded row, which the last
+            // vector of 8 tiles reads past.
+            let p = &x[top..top + 4 * wp];
+            let (p0, rest) = p.split_at(wp);
+            let (p1, rest) = rest.split_at(wp);
+            let (p2, p3) = rest.split_at(wp);
+            {
+                let (r0, rest) = rows.split_at_mut(rl);
+                let (r1, rest) = rest.split_at_mut(rl);
+                let (r2, r3) = rest.split_at_mut(rl);
+                for i in 0..wp {
+                    r0[i] = p0[i] - p2[i];
+                    r1[i] = p1[i] + p2[i];
+                    r2[i] = p2[i] - p1[i];
+                    r3[i] = p1[i] - p3[i];
+                }
+            }
+            for i in 0..4 {
+                let rb = rows.as_ptr().add(i * rl);
+                for t0 in (0..tw).step_by(8) {
+                    let vals = row_transform(
+                        _mm256_loadu_ps(rb.add(2 * t0)),
+                        _mm256_loadu_ps(rb.add(2 * t0 + 8)),
+                        _mm256_loadu_ps(rb.add(2 * t0 + 2)),
+                        _mm256_loadu_ps(rb.add(2 * t0 + 10)),
+                    );
+                    for (j, val) in vals.into_iter().enumerate() {
+                        if tw - t0 >= 8 {
+                            _mm256_storeu_ps(at(4 * i + j, t0), val);
+                        } else {
+                            // The last 4 tiles of the row.
+                            _mm_storeu_ps(at(4 * i + j, t0), _mm256_castps256_ps128(val));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `B^T r` along a row for 8 tiles, from the row's 16 values at the tiles'
+/// first column (`a`, `b`) and the 16 two columns on (`a2`, `b2`): tile t's
+/// columns 2t .. 2t + 3 are the even and odd values of each pair.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_transform(a: __m256, b: __m256, a2: __m256, b2: __m256) -> [__m256; 4] {
+    let (e, o, e2, o2) = (even(a, b), odd(a, b), even(a2, b2), odd(a2, b2));
+    [
+        _mm256_sub_ps(e, e2),
+        _mm256_add_ps(o, e2),
+        _mm256_sub_ps(e2, o),
+        _mm256_sub_ps(o, o2),
+    ]
+}
+
+/// `Y = A^T M A` for every tile of the block at tile row `ty0` and output
+/// channel, with `A^T` = [[1, 1, 1, 0], [0, 1, -1, -1]], 8 tiles at a time,
+/// the epilogue applied, and the 2x2 blocks of 8 tiles interleaved back into
+/// two output rows of 16 (or of two tile rows of 4 tiles each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_output(
+    d: &Direct,
+    tl: &Tiling,
+    m: &[f32],
+    cn: usize,
+    ty0: usize,
+    out: &mut [f32],
+    ep: Option<Epilogue>,
+) {
+    let (nt, tw, w, hw) = (tl.nt, tl.tw, d.w, d.h * d.w);
+    let mp = m.as_ptr();
+    let op = out.as_mut_ptr();
+    let block_rows = 2 * ty0..2 * (ty0 + tl.rows);
+    for o in 0..cn {
+        // The next channel's output lines of this block, to be written: a
+        // fresh output is in no cache, and `PF_AHEAD` planes apart is
+        // not a stream the hardware follows.
+        if o + PF_AHEAD < cn {
+            for y in block_rows.clone() {
+                let row = op.add((o + PF_AHEAD) * hw + y * w);
+                for x in (0..w).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_ET0>(row.add(x) as *const i8);
+                }
+            }
+        }
+        let (scale, shift, relu) = match &ep {
+            Some(e) => (
+                _mm256_set1_ps(e.scale[o]),
+                _mm256_set1_ps(e.shift[o]),
+                e.relu,
+            ),
+            None => (_mm256_set1_ps(1.0), _mm256_setzero_ps(), false),
+        };
+        let finish = |y: __m256| {
+            let y = _mm256_fmadd_ps(y, scale, shift);
+            if relu {
+                _mm256_max_ps(y, _mm256_setzero_ps())
+            } else {
+                y
+            }
+        };
+        for t0 in (0..nt).step_by(8) {
+            let at = |xi: usize| _mm256_loadu_ps(mp.add((o * XI + xi) * nt + t0));
+            // Down the columns: output row 0 (s) and row 1 (t) of each of
+            // the 4 columns j.
+            let mut s = [_mm256_setzero_ps(); 4];
+            let mut t = [_mm256_setzero_ps(); 4];
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                s[j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+                t[j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+            }
+            let y00 = finish(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), s[2]));
+            let y01 = finish(_mm256_sub_ps(_mm256_sub_ps(s[1], s[2]), s[3]));
+            let y10 = finish(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]));
+            let y11 = finish(_mm256_sub_ps(_mm256_sub_ps(t[1], t[2]), t[3]));
+            // Tiles t0..t0 + 4 then t0 + 4..t0 + 8, each 4 in one tile row.
+            let rows0 = interleave(y00, y01);
+            let rows1 = interleave(y10, y11);
+            for half in 0..2 {
+                let tile = t0 + 4 * half;
+                let (ty, tx) = (ty0 + tile / tw, tile % tw);
+                let at = op.add(o * hw + 2 * ty * w + 2 * tx);
+                _mm256_storeu_ps(at, if half == 0 { rows0.0 } else { rows0.1 });
+                _mm256_storeu_ps(at.add(w), if half == 0 { rows1.0 } else { rows1.1 });
+            }
+        }
+    }
+}
+
+/// `a0 b0 a1 b1 a2 b2 a3 b3` and `a4 b4 .. a7 b7`: the two columns of 8
+/// tiles' output rows side by side again.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
+    let lo = _mm256_unpacklo_ps(a, b);
+    let hi = _mm256_unpackhi_ps(a, b);
+    (
+        _mm256_permute2f128_ps::<0x20>(lo, hi),
+        _mm256_permute2f128_ps::<0x31>(lo, hi),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.731 + seed).sin() * 1.3)
+            .collect()
+    }
+
+    /// A 3x3 pad-1 convolution from its definition, in f64, NCHW.
+    fn reference(x: &[f32], cin: usize, h: usize, w: usize, wt: &[f32], cout: usize) -> Vec<f64> {
+        let mut out = vec![0.0; cout * h * w];
+        for o in 0..cout {
+            for y in 0..h {
+                for xo in 0..w {
+                    let mut s = 0.0f64;
+                    for c in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                s += wt[((o * cin + c) * 3 + ky) * 3 + kx] as f64
+                                    * x[(c * h + iy as usize) * w + ix as usize] as f64;
+                            }
+                        }
+                    }
+                    out[(o * h + y) * w + xo] = s;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tilings() {
+        let t = |h, w| Tiling::of(&Direct::new(h, w, 3, 1)).map(|t| (t.rows, t.nt));
+        assert_eq!(t(32, 32), Some((2, 32)));
+        assert_eq!(t(16, 16), Some((4, 32)));
+        assert_eq!(t(8, 32), Some((2, 32)));
+        assert_eq!(t(24, 24), Some((4, 48)));
+        assert_eq!(t(64, 48), Some((2, 48)));
+        // Too few tiles for a block (8 x 8 has 16).
+        assert_eq!(t(8, 8), None);
+        // Odd sizes, rows of tiles not a multiple of 4, too few tile rows.
+        assert_eq!(t(7, 8), None);
+        assert_eq!(t(28, 28), None);
+        assert_eq!(t(4, 8), None);
+        assert_eq!(t(6, 8), None);
+        // Not 3x3 pad 1, or the pointwise layout.
+        assert_eq!(Tiling::of(&Direct::new(32, 32, 3, 0)), None);
+        assert_eq!(Tiling::of(&Direct::new(32, 32, 5, 2)), None);
+        assert_eq!(Tiling::of(&Direct::pointwise(32, 32, 4)), None);
+    }
+
+    #[test]
+    fn winograd_matches_the_definition() {
+        if !cpu_supported() || !enabled() {
+            return;
+        }
+        // (cin, cout, h, w): each tiling above, channel counts that leave
+        // partial tiles of the products, one input channel.
+        for (cin, cout, h, w) in [
+            (96, 24, 32, 32),
+            (24, 96, 16, 16),
+            (13, 12, 16, 16),
+            (1, 7, 24, 24),
+            (5, 3, 8, 32),
+            (40, 20, 64, 48),
+        ] {
+            let d = Direct::new(h, w, 3, 1);
+            let x = values(cin * h * w, 0.3);
+            let wt = values(cout * cin * 9, 1.7);
+            let want = reference(&x, cin, h, w, &wt, cout);
+            let mut xp = vec![f32::NAN; d.input_len(cin)];
+            for c in 0..cin {
+                d.fill(c, &x[c * h * w..(c + 1) * h * w], &mut xp, |s, t| {
+                    t.copy_from_slice(s)
+                });
+            }
+            let conv = PreparedConv::new(&d, &wt, cin, cout, 64);
+            assert!(conv.is_winograd(), "{:?} takes the Winograd path", (h, w));
+            let scale: Vec<f32> = (0..cout).map(|o| 0.5 + o as f32 * 0.1).collect();
+            let shift: Vec<f32> = (0..cout).map(|o| o as f32 * 0.2 - 1.0).collect();
+            let mut scratch = vec![f32::NAN; 3];
+            // All channels, no epilogue; then channels 1.. (or all of a
+            // single one) with an epilogue and ReLU, into a stale buffer.
+            let mut out = vec![f32::NAN; cout * h * w];
+            conv.run(&xp, 0, cout, &mut out, &mut scratch, None);
+            let c0 = if cout > 1 { 1 } else { 0 };
+            let cn = cout - c0;
+            let mut part = vec![f32::NAN; cn * h * w];
+            let ep = Epilogue {
+                scale: &scale[c0..],
+                shift: &shift[c0..],
+                relu: true,
+            };
+            conv.run(&xp, c0, cn, &mut part, &mut scratch, Some(ep));
+            for (i, (&g, &r)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (cin as f64).sqrt(),
+                    "{:?} element {i}: {g} vs {r}",
+                    (cin, cout, h, w)
+                );
+            }
+            for (i, &g) in part.iter().enumerate() {
+                let o = c0 + i / (h * w);
+                let r = (want[c0 * h * w + i] * scale[o] as f64 + shift[o] as f64).max(0.0);
+                assert!(
+                    (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (cin as f64).sqrt(),
+                    "{:?} channels {c0}.. with the epilogue, element {i}: {g} vs {r}",
+                    (cin, cout, h, w)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        if !cpu_supported() || !enabled() {
+            return;
+        }
+        // (cin, cout, h, w): channel counts that are and are not whole
+        // vectors or tiles of the products; two images summed.
+        for (cin, cout, h, w) in [(96, 24, 32, 32), (13, 12, 16, 16), (7, 5, 8, 32)] {
+            let d = Direct::new(h, w, 3, 1);
+            let wg = WeightGrad::new(&d, cin, cout, 64).expect("takes the Winograd path");
+            let mut acc = vec![0.0; wg.acc_len()];
+            let mut scratch = vec![f32::NAN; 5];
+            let mut want = vec![1.0f64; cout * cin * 9];
+            // Per weight, the sum of the terms' magnitudes: the scale of
+            // the rounding of any f32 sum of them.
+            let mut mass = vec![0.0f64; cout * cin * 9];
+            for img in 0..2 {
+                let x = values(cin * h * w, 0.3 + img as f32);
+                let dy = values(cout * h * w, 2.1 + img as f32);
+                let mut xp = vec![f32::NAN; d.input_len(cin)];
+                for c in 0..cin {
+                    d.fill(c, &x[c * h * w..(c + 1) * h * w], &mut xp, |s, t| {
+                        t.copy_from_slice(s)
+                    });
+                }
+                wg.image(&d, &xp, &dy, &mut acc, &mut scratch);
+                for o in 0..cout {
+                    for c in 0..cin {
+                        for t in 0..9 {
+                            let (ky, kx) = (t / 3, t % 3);
+                            let (mut s, mut m) = (0.0, 0.0);
+                            for y in 0..h {
+                                for xo in 0..w {
+                                    let (iy, ix) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let p = dy[(o * h + y) * w + xo] as f64
+                                        * x[(c * h + iy as usize) * w + ix as usize] as f64;
+                                    s += p;
+                                    m += p.abs();
+                                }
+                            }
+                            want[(o * cin + c) * 9 + t] += s;
+                            mass[(o * cin + c) * 9 + t] += m;
+                        }
+                    }
+                }
+            }
+            let mut dw = vec![1.0f32; cout * cin * 9];
+            wg.fold(&mut acc, &mut dw);
+            assert!(acc.iter().all(|&a| a == 0.0), "fold zeroes the accumulator");
+            let mut worst = 0.0f64;
+            for (i, (&g, &r)) in dw.iter().zip(&want).enumerate() {
+                let rel = (g as f64 - r).abs() / (1.0 + mass[i]);
+                worst = worst.max(rel);
+                assert!(
+                    rel <= 1e-5,
+                    "{:?} element {i}: {g} vs {r} (terms' magnitudes {})",
+                    (cin, cout, h, w),
+                    mass[i]
+                );
+            }
+            eprintln!(
+                "{:?}: worst error / terms' magnitudes {worst:.2e}",
+                (cin, cout, h, w)
+            );
+        }
+    }
+
+    #[test]
+    fn other_geometries_take_the_direct_kernel() {
+        let d = Direct::new(28, 28, 3, 1);
+        let wt = values(4 * 2 * 9, 0.1);
+        assert!(!PreparedConv::new(&d, &wt, 2, 4, 64).is_winograd());
+        // Too few positions in all for the weights' transform to pay.
+        let d = Direct::new(32, 32, 3, 1);
+        let wt = values(4 * 2 * 9, 0.1);
+        assert!(!PreparedConv::new(&d, &wt, 2, 4, 1).is_winograd());
+        assert!(PreparedConv::new(&d, &wt, 2, 4, 4).is_winograd() || !enabled());
+    }
+}
