@@ -347,3 +347,65 @@ fn an_imagenet_sized_network_runs() {
     assert_eq!(y.dim(), (1, 1000));
     assert!(y.iter().all(|v| v.is_finite()));
 }
+
+/// The largest difference between the f32 and f64 gradients of one training
+/// step (same weights, same input), relative to the largest f64 gradient.
+fn f32_gradient_error<A: Model<f32>, B: Model<f64>>(batch: usize) -> f64 {
+    let mut a = A::new(5);
+    let mut b = B::new(0);
+    for (d, &s) in b.params_mut().iter_mut().zip(a.params()) {
+        *d = s as f64;
+    }
+    let [c, h, w] = A::INPUT;
+    let x = Array4::<f64>::from_shape_fn((batch, c, h, w), |(n, c, y, x)| {
+        ((n * 5 + c * 3 + y * 7 + x) % 13) as f64 / 6.5 - 1.0
+    });
+    let mut ga = vec![0.0f32; A::PARAMETERS];
+    let mut gb = vec![0.0f64; B::PARAMETERS];
+    // The loss sum(logits * k) for fixed k: its gradient is k.
+    let k = |i: usize| ((i * 7) % 5) as f64 * 0.1 - 0.2;
+    a.forward_backward(
+        x.mapv(|v| v as f32).view(),
+        Mode::Train,
+        &mut ga,
+        &mut |l| {
+            let mut d = l.to_owned();
+            d.iter_mut().enumerate().for_each(|(i, v)| *v = k(i) as f32);
+            d
+        },
+    )
+    .unwrap();
+    b.forward_backward(x.view(), Mode::Train, &mut gb, &mut |l| {
+        let mut d = l.to_owned();
+        d.iter_mut().enumerate().for_each(|(i, v)| *v = k(i));
+        d
+    })
+    .unwrap();
+    let scale = gb.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    ga.iter()
+        .zip(&gb)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
+        / scale
+}
+
+#[test]
+fn winograd_f32_matches_f64_in_inference_and_training() {
+    // Batch 16: the 3x3 layers at 32 and 16 wide have at least 4096 output
+    // positions in all and take the Winograd path (forward, input gradient,
+    // weight gradient); batch 3 above does not.
+    f32_eval_matches_f64::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(16, 2e-5);
+    f32_eval_matches_f64::<SeedV2Depth40<f32>, SeedV2Depth40<f64>>(16, 2e-5);
+    // Training gradients: no further from the f64 ones than the direct
+    // kernels' f32 gradients are (within a factor 2), and close in absolute
+    // terms. Switching the path is process-wide; other tests running
+    // meanwhile only see the other (equally checked) kernels.
+    sparsenet::runtime::winograd::set_enabled(false);
+    let direct = f32_gradient_error::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(16);
+    sparsenet::runtime::winograd::set_enabled(true);
+    let winograd = f32_gradient_error::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(16);
+    eprintln!("f32 gradient error against f64: direct {direct:.2e}, Winograd {winograd:.2e}");
+    assert!(
+        winograd <= 2.0 * direct + 1e-6 && winograd < 1e-3,
+        "Winograd f32 gradients {winograd:e} from f64, direct {direct:e}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::kernels::{
 use crate::matmul::{matmul, Mat};
 use crate::pointwise_wgrad;
 use crate::scratch::{stale4, zeros4, Scratch};
-use crate::winograd::PreparedConv;
+use crate::winograd::{PreparedConv, WeightGrad};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
@@ -222,6 +222,9 @@ fn conv2d_backward_direct<T: Float>(
     debug_assert_eq!((dt.ho, dt.wo), (h, w));
     let flipped = flipped_kernel(as_f32(weight), oc, cin, kk);
     let input_grad = PreparedConv::new(&dt, &flipped, oc, cin, n);
+    // A 3x3 layer's weight gradient through Winograd where the geometry
+    // allows; otherwise `pointwise_wgrad` (1x1) or the lane kernel.
+    let winograd_wgrad = WeightGrad::new(&d, cin, oc, n);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
     // Every element is written below.
     let mut dz = crate::scratch::stale4((n, cin, h, w));
@@ -238,10 +241,15 @@ fn conv2d_backward_direct<T: Float>(
             let mut db = vec![T::zero(); oc];
             let mut sums = vec![(0.0f64, 0.0f64); if pre.is_some() { cin } else { 0 }];
             // A 1x1 layer's weight gradient goes through `pointwise_wgrad`
-            // (image by image, from the transposed output gradient), any
-            // other through `direct::weight_grad`'s lane sums.
+            // (image by image, from the transposed output gradient), a 3x3
+            // one through `winograd::WeightGrad` where it takes the
+            // geometry (image by image too), any other through
+            // `direct::weight_grad`'s lane sums.
             let pointwise = kk == 1;
-            let mut lanes = Scratch::<f32>::zeros(if pointwise {
+            let wino = winograd_wgrad.as_ref();
+            let mut wacc = Scratch::<f32>::zeros(wino.map_or(0, WeightGrad::acc_len));
+            let mut wscratch = Scratch::<f32>::stale(wino.map_or(0, WeightGrad::scratch_len));
+            let mut lanes = Scratch::<f32>::zeros(if pointwise || wino.is_some() {
                 0
             } else {
                 direct::lanes_len(oc, cin, kk)
@@ -260,14 +268,18 @@ fn conv2d_backward_direct<T: Float>(
             // planes still give each tile a long run of positions: their
             // inputs (and, in the flat mapping, their output gradients in
             // the grid layout) sit side by side.
-            let group = if pointwise {
+            let group = if pointwise || wino.is_some() {
                 1
             } else {
                 (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0)
             };
             let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
             let mut xin = Scratch::<T>::stale(group * x_img);
-            let mut dyg = Scratch::<f32>::stale(if d.rows { 0 } else { group * dy_img });
+            let mut dyg = Scratch::<f32>::stale(if d.rows || wino.is_some() {
+                0
+            } else {
+                group * dy_img
+            });
             // Fully written for every image before they are read.
             let mut dyp = Scratch::<f32>::stale(dt.input_len(oc));
             let mut dzg = Scratch::<f32>::stale(input_grad.scratch_len(cin));
@@ -284,7 +296,9 @@ fn conv2d_backward_direct<T: Float>(
                     &mut xin.0[slot * x_img..(slot + 1) * x_img],
                 );
                 dt.fill_planes(dyb, &mut dyp.0);
-                if pointwise {
+                if let Some(wg) = wino {
+                    wg.image(&d, as_f32(&xin.0), dyb, &mut wacc.0, &mut wscratch.0);
+                } else if pointwise {
                     pointwise_wgrad::transpose(&dt, &dyp.0, oc, &mut dyt.0);
                     pointwise_wgrad::weight_grad(&d, as_f32(&xin.0), cin, &dyt.0, oc, &mut acc.0);
                 } else if !d.rows {
@@ -297,7 +311,7 @@ fn conv2d_backward_direct<T: Float>(
                     }
                 }
                 let last = lb + 1 == dzc_len;
-                if !pointwise && (slot + 1 == group || last) {
+                if !pointwise && wino.is_none() && (slot + 1 == group || last) {
                     let images = slot + 1;
                     let b_first = b + 1 - images;
                     let dyk: &[f32] = if d.rows {
@@ -321,7 +335,9 @@ fn conv2d_backward_direct<T: Float>(
                     });
                 }
             }
-            if pointwise {
+            if let Some(wg) = wino {
+                wg.fold(&mut wacc.0, as_f32_mut(&mut dw));
+            } else if pointwise {
                 pointwise_wgrad::fold(&mut acc.0, cin, oc, as_f32_mut(&mut dw));
             } else {
                 direct::fold_lanes(&lanes.0, oc, cin, kk, as_f32_mut(&mut dw));
