@@ -115,7 +115,12 @@ impl Tiling {
     /// multiple of 4 tiles (so that each half of a vector of 8 tiles lies in
     /// one tile row), and whole blocks.
     fn of(d: &Direct) -> Option<Tiling> {
-        if d.k != 3 || d.pad != 1 || d.is_pointwise() || d.h % 2 != 0 || d.w % 2 != 0 {
+        if d.k != 3
+            || d.pad != 1
+            || d.is_pointwise()
+            || !d.h.is_multiple_of(2)
+            || !d.w.is_multiple_of(2)
+        {
             return None;
         }
         let (th, tw) = (d.h / 2, d.w / 2);
@@ -564,6 +569,7 @@ unsafe fn odd(a: __m256, b: __m256) -> __m256 {
 /// for rows of 4 tiles, which go through the row buffers `rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn transform_input(
     d: &Direct,
     tl: &Tiling,
