@@ -30,7 +30,9 @@ use crate::pointwise_wgrad;
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// Positions of a transformed tile (4 x 4).
 const XI: usize = 16;
@@ -53,6 +55,80 @@ fn pays(d: &Direct, cin: usize, cout: usize, images: usize) -> bool {
         && cpu_supported()
         && images * d.h * d.w >= MIN_POSITIONS
         && cin.min(cout) >= MIN_CHANNELS
+}
+
+/// How a [`PreparedConv`] gets its transformed weights, if at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The direct kernel.
+    None,
+    /// Transformed for this call.
+    Fresh,
+    /// From this thread's [`CACHE`]: a call over too few positions to pay
+    /// for the transform, made again and again with the same weights
+    /// (inference image by image, each image one call per layer).
+    Cached,
+}
+
+/// The path of a convolution over `images` images (see [`PreparedConv::new`]).
+fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
+    if !(enabled() && cpu_supported()) || cin.min(cout) < MIN_CHANNELS {
+        Source::None
+    } else if images < crate::threads::available() {
+        // Fewer images than threads: each thread takes some of the output
+        // channels of an image, and each would transform the whole input.
+        Source::None
+    } else if images * d.h * d.w >= MIN_POSITIONS {
+        Source::Fresh
+    } else {
+        Source::Cached
+    }
+}
+
+/// Bytes of weights and transforms [`CACHE`] keeps per thread at most (an
+/// inference pass of BC-100 needs 11 MB).
+const CACHE_BYTES: usize = 64 << 20;
+
+/// A cached transform: the weights it came from (compared in full on every
+/// lookup, so that weights changed in place are never served a stale
+/// transform), and `U`.
+struct CachedTransform {
+    weight: Vec<f32>,
+    cout: usize,
+    u: Arc<Vec<f32>>,
+}
+
+thread_local! {
+    /// This thread's transformed weights of recent [`Source::Cached`]
+    /// calls, oldest first.
+    static CACHE: RefCell<Vec<CachedTransform>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `transform_weights` through this thread's [`CACHE`].
+fn cached_transform(weight: &[f32], cout: usize, cin: usize) -> Arc<Vec<f32>> {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(hit) = cache
+            .iter()
+            .find(|e| e.cout == cout && e.weight.as_slice() == weight)
+        {
+            return hit.u.clone();
+        }
+        let u = Arc::new(transform_weights(weight, cout, cin).0.clone());
+        let bytes = |e: &CachedTransform| 4 * (e.weight.len() + e.u.len());
+        let mut total: usize = cache.iter().map(bytes).sum();
+        let entry = CachedTransform {
+            weight: weight.to_vec(),
+            cout,
+            u: u.clone(),
+        };
+        total += bytes(&entry);
+        while total > CACHE_BYTES && !cache.is_empty() {
+            total -= bytes(&cache.remove(0));
+        }
+        cache.push(entry);
+        u
+    })
 }
 
 /// How many channels ahead the input transform asks for its rows.
@@ -162,31 +238,51 @@ pub struct PreparedConv<'a> {
 /// product geometry of a block.
 struct Transformed {
     tiling: Tiling,
-    u: Scratch<f32>,
+    u: Weights,
     product: Direct,
+}
+
+/// `U`, made for the call or shared from the cache.
+enum Weights {
+    Fresh(Scratch<f32>),
+    Cached(Arc<Vec<f32>>),
+}
+
+impl Weights {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Weights::Fresh(s) => &s.0,
+            Weights::Cached(v) => v,
+        }
+    }
 }
 
 impl<'a> PreparedConv<'a> {
     /// `weight` is OIHW (cout x cin x k x k); `images` is how many images
-    /// the convolution will run over: the weights' transform costs about
-    /// as much as the products of 16 x 16 output positions, so that fewer
-    /// positions than [`MIN_POSITIONS`] in all (a batch-1 pass) keep the
-    /// direct kernel, as do fewer than [`MIN_CHANNELS`] input or output
-    /// channels.
+    /// the convolution will run over. Fewer than [`MIN_CHANNELS`] input or
+    /// output channels, or fewer images than threads (a batch-1 pass, whose
+    /// threads split an image's output channels), keep the direct kernel.
+    /// The weights' transform costs about as much as the products of 16 x
+    /// 16 output positions: a call over fewer than [`MIN_POSITIONS`] in all
+    /// (inference image by image) takes it from a per-thread cache, keyed
+    /// by the weights' values.
     pub fn new(d: &'a Direct, weight: &'a [f32], cin: usize, cout: usize, images: usize) -> Self {
         assert_eq!(
             weight.len(),
             cout * cin * d.k * d.k,
             "weight is cout x cin x k x k"
         );
-        let winograd = if pays(d, cin, cout, images) {
-            Tiling::of(d).map(|tiling| Transformed {
+        let winograd = match source(d, cin, cout, images) {
+            Source::None => None,
+            how => Tiling::of(d).map(|tiling| Transformed {
                 tiling,
-                u: transform_weights(weight, cout, cin),
+                u: if how == Source::Fresh {
+                    Weights::Fresh(transform_weights(weight, cout, cin))
+                } else {
+                    Weights::Cached(cached_transform(weight, cout, cin))
+                },
                 product: Direct::matrix(tiling.nt, XI * tiling.nt),
-            })
-        } else {
-            None
+            }),
         };
         PreparedConv {
             d,
@@ -522,7 +618,7 @@ fn image(
         // stay within the padded planes of rows 2 ty0 .. 2 (ty0 + rows) + 2.
         unsafe { transform_input(d, &tl, x, cin, ty0, v, rows, VLayout::ChannelRuns) };
         for xi in 0..XI {
-            let u = &t.u.0[(xi * cout + c0) * cin..(xi * cout + c0 + cn) * cin];
+            let u = &t.u.as_slice()[(xi * cout + c0) * cin..(xi * cout + c0 + cn) * cin];
             let vx = &v[xi * tl.nt..];
             let mx = &mut m[xi * tl.nt..];
             direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
@@ -973,13 +1069,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_serves_a_transform_only_for_the_same_weights() {
+        let (cout, cin) = (4, 3);
+        let mut wt = values(cout * cin * 9, 0.7);
+        let a = cached_transform(&wt, cout, cin);
+        assert_eq!(a.as_slice(), &transform_weights(&wt, cout, cin).0[..]);
+        // The same values again (from another buffer too): the same entry.
+        assert!(Arc::ptr_eq(&a, &cached_transform(&wt, cout, cin)));
+        assert!(Arc::ptr_eq(&a, &cached_transform(&wt.clone(), cout, cin)));
+        // Weights changed in place (as an optimiser step does): recomputed.
+        wt[5] += 1.0;
+        let b = cached_transform(&wt, cout, cin);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.as_slice(), &transform_weights(&wt, cout, cin).0[..]);
+        // The same values as another shape: not served either.
+        let c = cached_transform(&wt, cin, cout);
+        assert_eq!(c.as_slice(), &transform_weights(&wt, cin, cout).0[..]);
+    }
+
+    #[test]
     fn other_geometries_take_the_direct_kernel() {
         let d = Direct::new(28, 28, 3, 1);
         let wt = values(16 * 16 * 9, 0.1);
         assert!(!PreparedConv::new(&d, &wt, 16, 16, 64).is_winograd());
         let d = Direct::new(32, 32, 3, 1);
-        // Too few positions in all for the weights' transform to pay.
-        assert!(!PreparedConv::new(&d, &wt, 16, 16, 1).is_winograd());
+        // Fewer images than threads: split by output channels, direct.
+        if crate::threads::available() > 1 {
+            assert!(!PreparedConv::new(&d, &wt, 16, 16, 1).is_winograd());
+        }
         assert!(PreparedConv::new(&d, &wt, 16, 16, 4).is_winograd() || !enabled());
         // Too few input or output channels for the transforms to pay.
         let wt = values(12 * 48 * 9, 0.1);
