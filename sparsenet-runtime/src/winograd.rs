@@ -1,6 +1,7 @@
 //! Winograd F(2x2, 3x3) for the 3x3, stride-1, pad-1 convolutions of the
-//! direct path: the forward convolution and the input gradient (itself a
-//! 3x3 pad-1 convolution of the output gradient, see [`crate::direct`]).
+//! direct path: the forward convolution, the input gradient (itself a 3x3
+//! pad-1 convolution of the output gradient, see [`crate::direct`]) and the
+//! weight gradient ([`WeightGrad`]).
 //!
 //! Why: in a SparseNet-BC step the 3x3 convolutions are most of the
 //! arithmetic, and the direct kernel already runs them near the machine's
@@ -16,13 +17,15 @@
 //! tile): `M[xi][o][t] = sum_c U[xi][o][c] V[xi][c][t]` over the tiles `t`,
 //! which run on the direct forward kernel itself ([`Direct::matrix`]).
 //!
-//! One image is done in blocks of whole tile rows (at least 16 tiles, so
-//! that the products see two vectors of tiles): the block's input tiles are
-//! transformed into `V` (in L2), the 16 products written to `M`, and `M`
-//! transformed back into 2x2 output blocks, with the epilogue applied as the
-//! values are stored. The numbers differ from the direct kernel's by
-//! rounding only (the transforms' coefficients are 0, +-1 and +-1/2).
+//! One image is done in blocks of whole tile rows (at least 32 tiles, four
+//! vectors): the block's input tiles are transformed into `V` (in L2), the
+//! 16 products written to `M`, and `M` transformed back into 2x2 output
+//! blocks, with the epilogue applied as the values are stored. The numbers
+//! differ from the direct kernel's by rounding only (the transforms'
+//! coefficients are 0, +-1 and +-1/2).
 //!
+//! The transforms cost about as much as the products save, so the path is
+//! taken only where it measured faster (see [`PreparedConv::new`]);
 //! `SPARSENET_WINOGRAD=0` switches it off (to measure what it gains).
 
 use crate::direct::{self, cpu_supported, Direct, Epilogue};
@@ -47,15 +50,6 @@ pub const MIN_POSITIONS: usize = 4096;
 /// (3x3 layers 96 -> 24, input gradient 24 -> 96) 8% faster, the seed's
 /// depth-40 network (12 outputs from 24-180 inputs) 12% slower.
 pub const MIN_CHANNELS: usize = 16;
-
-/// Whether the Winograd path is worth taking for a convolution (its
-/// geometry aside, see [`Tiling::of`]).
-fn pays(d: &Direct, cin: usize, cout: usize, images: usize) -> bool {
-    enabled()
-        && cpu_supported()
-        && images * d.h * d.w >= MIN_POSITIONS
-        && cin.min(cout) >= MIN_CHANNELS
-}
 
 /// How a [`PreparedConv`] gets its transformed weights, if at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,7 +357,9 @@ impl WeightGrad {
     /// kernel does it (other geometries, rows of tiles that are not whole
     /// vectors, too few positions; see [`PreparedConv::new`]).
     pub fn new(d: &Direct, cin: usize, cout: usize, images: usize) -> Option<Self> {
-        if !pays(d, cin, cout, images) {
+        // Its transforms of the weights' gradient are made per call: only
+        // where a forward call would transform its weights afresh.
+        if source(d, cin, cout, images) != Source::Fresh {
             return None;
         }
         let tiling = Tiling::of(d)?;

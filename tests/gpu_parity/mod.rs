@@ -155,6 +155,13 @@ where
     M64: Model<f64>,
     Dev<f32>: Backend<f32>,
 {
+    // The device computes direct convolutions, so the f32 error to measure
+    // it by is that of the CPU's direct kernels: the CPU's Winograd path
+    // sums in another order, and on an ill-conditioned gradient (the seed
+    // v1 stem's BN weight: 1.8e-1 from f64 on both direct paths) it can
+    // land far nearer the truth (2.4e-3) by chance. Never switched back on
+    // in these test binaries, so concurrent tests all see the same path.
+    sparsenet::runtime::winograd::set_enabled(false);
     let m32: M32 = randomised(7);
     let (x32, labels) = input::<f32, M32>(n, 11);
     let mut m64 = M64::new(7);
