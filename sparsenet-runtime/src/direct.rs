@@ -778,11 +778,11 @@ unsafe fn wgrad_tile(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Plain stride-1 convolution from its definition, in f64.
-    fn reference(
+    pub(crate) fn reference(
         x: &[f32],
         cin: usize,
         h: usize,
@@ -826,13 +826,13 @@ mod tests {
         v
     }
 
-    fn values(n: usize, seed: f32) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n)
             .map(|i| (i as f32 * 0.731 + seed).sin() * 1.3)
             .collect()
     }
 
-    fn padded(d: &Direct, x: &[f32], cin: usize) -> Vec<f32> {
+    pub(crate) fn padded(d: &Direct, x: &[f32], cin: usize) -> Vec<f32> {
         let mut xp = vec![f32::NAN; d.input_len(cin)];
         for c in 0..cin {
             d.fill(

@@ -36,6 +36,12 @@ pub fn available() -> usize {
     }
 }
 
+/// Whether this thread runs one image of [`by_image`] (an inference pass),
+/// where every layer is called once per image with the same weights.
+pub fn in_image_pass() -> bool {
+    ALONE.get()
+}
+
 /// Multiply-adds a thread's piece of [`by_image`] should hold at least:
 /// small images go several to a piece, so that the fixed cost of each
 /// layer's call (folding BatchNorm, taking scratch buffers, setting up the

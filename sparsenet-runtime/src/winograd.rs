@@ -59,8 +59,9 @@ enum Source {
     /// Transformed for this call.
     Fresh,
     /// From this thread's [`CACHE`]: a call over too few positions to pay
-    /// for the transform, made again and again with the same weights
-    /// (inference image by image, each image one call per layer).
+    /// for the transform inside an inference pass image by image
+    /// ([`crate::threads::by_image`]), made again for every image with the
+    /// same weights.
     Cached,
 }
 
@@ -74,8 +75,13 @@ fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
         Source::None
     } else if images * d.h * d.w >= MIN_POSITIONS {
         Source::Fresh
-    } else {
+    } else if crate::threads::in_image_pass() {
+        // Inference image by image: the same weights for every image.
         Source::Cached
+    } else {
+        // A small call elsewhere (a small training batch): the weights
+        // change between calls, so a cache would only fill.
+        Source::None
     }
 }
 
@@ -108,7 +114,9 @@ fn cached_transform(weight: &[f32], cout: usize, cin: usize) -> Arc<Vec<f32>> {
         {
             return hit.u.clone();
         }
-        let u = Arc::new(transform_weights(weight, cout, cin).0.clone());
+        let mut u = vec![0.0; XI * cout * cin];
+        transform_weights_into(weight, cout, cin, &mut u);
+        let u = Arc::new(u);
         let bytes = |e: &CachedTransform| 4 * (e.weight.len() + e.u.len());
         let mut total: usize = cache.iter().map(bytes).sum();
         let entry = CachedTransform {
@@ -258,8 +266,9 @@ impl<'a> PreparedConv<'a> {
     /// threads split an image's output channels), keep the direct kernel.
     /// The weights' transform costs about as much as the products of 16 x
     /// 16 output positions: a call over fewer than [`MIN_POSITIONS`] in all
-    /// (inference image by image) takes it from a per-thread cache, keyed
-    /// by the weights' values.
+    /// takes it from a per-thread cache keyed by the weights' values inside
+    /// an inference pass image by image, and keeps the direct kernel
+    /// anywhere else.
     pub fn new(d: &'a Direct, weight: &'a [f32], cin: usize, cout: usize, images: usize) -> Self {
         assert_eq!(
             weight.len(),
@@ -445,7 +454,9 @@ impl WeightGrad {
         let (cin, cout) = (self.cin, self.cout);
         assert!(dw.len() >= cout * cin * 9, "dw is cout x cin x 3 x 3");
         let per_acc = pointwise_wgrad::acc_len(cin, cout);
-        let mut du = vec![0.0f32; XI * cout * cin];
+        // The folds below add into it.
+        let mut du = Scratch::<f32>::zeros(XI * cout * cin);
+        let du = &mut du.0;
         for xi in 0..XI {
             pointwise_wgrad::fold(
                 &mut acc[xi * per_acc..(xi + 1) * per_acc],
@@ -550,7 +561,13 @@ unsafe fn transform_output_grad(
 fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Scratch<f32> {
     // Every element is written below.
     let mut s = Scratch::<f32>::stale(XI * cout * cin);
-    let u = &mut s.0;
+    transform_weights_into(weight, cout, cin, &mut s.0);
+    s
+}
+
+/// [`transform_weights`] into `u` (`16 * cout * cin` floats).
+fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, u: &mut [f32]) {
+    assert_eq!(u.len(), XI * cout * cin, "U holds 16 x cout x cin");
     // The rows of G applied to three values.
     let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     for o in 0..cout {
@@ -566,7 +583,6 @@ fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Scratch<f32> {
             }
         }
     }
-    s
 }
 
 /// [`PreparedConv::run`]'s Winograd path for one image.
@@ -879,36 +895,11 @@ unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (i as f32 * 0.731 + seed).sin() * 1.3)
-            .collect()
-    }
+    use crate::direct::tests::{padded, values};
 
     /// A 3x3 pad-1 convolution from its definition, in f64, NCHW.
     fn reference(x: &[f32], cin: usize, h: usize, w: usize, wt: &[f32], cout: usize) -> Vec<f64> {
-        let mut out = vec![0.0; cout * h * w];
-        for o in 0..cout {
-            for y in 0..h {
-                for xo in 0..w {
-                    let mut s = 0.0f64;
-                    for c in 0..cin {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    continue;
-                                }
-                                s += wt[((o * cin + c) * 3 + ky) * 3 + kx] as f64
-                                    * x[(c * h + iy as usize) * w + ix as usize] as f64;
-                            }
-                        }
-                    }
-                    out[(o * h + y) * w + xo] = s;
-                }
-            }
-        }
-        out
+        crate::direct::tests::reference(x, cin, h, w, wt, cout, 3, 1).0
     }
 
     #[test]
@@ -951,12 +942,7 @@ mod tests {
             let x = values(cin * h * w, 0.3);
             let wt = values(cout * cin * 9, 1.7);
             let want = reference(&x, cin, h, w, &wt, cout);
-            let mut xp = vec![f32::NAN; d.input_len(cin)];
-            for c in 0..cin {
-                d.fill(c, &x[c * h * w..(c + 1) * h * w], &mut xp, |s, t| {
-                    t.copy_from_slice(s)
-                });
-            }
+            let xp = padded(&d, &x, cin);
             let conv = PreparedConv::new(&d, &wt, cin, cout, 64);
             assert!(conv.is_winograd(), "{:?} takes the Winograd path", (h, w));
             let scale: Vec<f32> = (0..cout).map(|o| 0.5 + o as f32 * 0.1).collect();
@@ -1013,12 +999,7 @@ mod tests {
             for img in 0..2 {
                 let x = values(cin * h * w, 0.3 + img as f32);
                 let dy = values(cout * h * w, 2.1 + img as f32);
-                let mut xp = vec![f32::NAN; d.input_len(cin)];
-                for c in 0..cin {
-                    d.fill(c, &x[c * h * w..(c + 1) * h * w], &mut xp, |s, t| {
-                        t.copy_from_slice(s)
-                    });
-                }
+                let xp = padded(&d, &x, cin);
                 wg.image(&d, &xp, &dy, &mut acc, &mut scratch);
                 for o in 0..cout {
                     for c in 0..cin {
