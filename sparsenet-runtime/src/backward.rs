@@ -9,13 +9,13 @@
 
 use crate::direct::{self, Direct};
 use crate::kernels::{
-    as_f32, as_f32_mut, for_each_plane, gather_into, gather_unfold, im2col, read, use_direct,
-    ConvGeom, PoolWindow, Pre, LANES,
+    as_f32, as_f32_mut, channel_planes, for_each_plane, gather_into, gather_unfold, im2col, read,
+    use_direct, ConvGeom, PoolWindow, Pre, LANES,
 };
 use crate::matmul::{matmul, Mat};
 use crate::pointwise_wgrad;
 use crate::scratch::{stale4, zeros4, Scratch};
-use crate::winograd::{PreparedConv, WeightGrad};
+use crate::winograd::{Input, PreparedConv, WeightGrad};
 use crate::{concat_channels, Float};
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
@@ -274,7 +274,8 @@ fn conv2d_backward_direct<T: Float>(
                 (MIN_POSITIONS / d.offs_len()).clamp(1, dzc.dim().0)
             };
             let (x_img, dy_img) = (d.input_len(cin), oc * d.out_plane);
-            let mut xin = Scratch::<T>::stale(group * x_img);
+            // (Unused where the weight gradient reads the sources themselves.)
+            let mut xin = Scratch::<T>::stale(if wino.is_some() { 0 } else { group * x_img });
             let mut dyg = Scratch::<f32>::stale(if d.rows || wino.is_some() {
                 0
             } else {
@@ -288,16 +289,25 @@ fn conv2d_backward_direct<T: Float>(
                 let b = b0 + lb;
                 let dyb = &dy_all[b * oc * hw_out..(b + 1) * oc * hw_out];
                 let slot = lb % group;
-                gather_into(
-                    srcs,
-                    pre,
-                    b,
-                    &d,
-                    &mut xin.0[slot * x_img..(slot + 1) * x_img],
-                );
+                if wino.is_none() {
+                    gather_into(
+                        srcs,
+                        pre,
+                        b,
+                        &d,
+                        &mut xin.0[slot * x_img..(slot + 1) * x_img],
+                    );
+                }
                 dt.fill_planes(dyb, &mut dyp.0);
                 if let Some(wg) = wino {
-                    wg.image(&d, as_f32(&xin.0), dyb, &mut wacc.0, &mut wscratch.0);
+                    // Straight from the sources, through `pre` (see
+                    // `winograd::Input::Planes`).
+                    let planes = channel_planes(srcs, b);
+                    let input = Input::Planes {
+                        planes: &planes,
+                        pre: pre.map(Pre::as_affine),
+                    };
+                    wg.image(&d, input, dyb, &mut wacc.0, &mut wscratch.0);
                 } else if pointwise {
                     pointwise_wgrad::transpose(&dt, &dyp.0, oc, &mut dyt.0);
                     pointwise_wgrad::weight_grad(&d, as_f32(&xin.0), cin, &dyt.0, oc, &mut acc.0);
@@ -326,7 +336,7 @@ fn conv2d_backward_direct<T: Float>(
                 }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
-                input_grad.run(&dyp.0, 0, cin, dzf, &mut dzg.0, None);
+                input_grad.run(Input::Padded(&dyp.0), 0, cin, dzf, &mut dzg.0, None);
                 if let Some(p) = pre {
                     for_each_plane(srcs, b, |c, xs| {
                         let (a, ax) = bn_plane_sums(p, c, xs, &dzb[c * hw_in..(c + 1) * hw_in]);

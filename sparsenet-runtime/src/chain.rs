@@ -26,7 +26,7 @@ use crate::kernels::{
     gather_into_split, split_out_channels, use_direct, ConvGeom, OwnedEpilogue, Pre,
 };
 use crate::scratch::{recycle, stale4, Scratch};
-use crate::winograd::PreparedConv;
+use crate::winograd::{Input, PreparedConv};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array4, Axis};
@@ -162,11 +162,11 @@ fn bottleneck_direct<T: Float>(
                 split_out_channels(o, hw, |c0, cn, part| {
                     let mut grid = Scratch::<f32>::stale(kxk.scratch_len(cn));
                     let e = ep.map(|e| e.channels(c0, cn));
-                    kxk.run(planes, c0, cn, part, &mut grid.0, e);
+                    kxk.run(Input::Padded(planes), c0, cn, part, &mut grid.0, e);
                 });
             } else {
                 direct::forward_ep(into, x, cin, wa, cm, planes, mid_ep);
-                kxk.run(planes, 0, oc, o, grid, ep);
+                kxk.run(Input::Padded(planes), 0, oc, o, grid, ep);
             }
         };
     out.axis_iter_mut(Axis(0))

@@ -248,12 +248,13 @@ impl Direct {
 
     /// A matrix product in the forward kernel's terms, `out[o][t] =
     /// sum_c w[o][c] x[c][t]` over rows of `n` floats (`n` a multiple of 8)
-    /// that lie `stride` floats apart, in and out: a 1x1 "convolution" over
-    /// `n` positions. The Winograd path's per-position products
-    /// ([`crate::winograd`]) run through [`forward_ep`] with it.
-    pub fn matrix(n: usize, stride: usize) -> Self {
+    /// that lie `in_stride` floats apart in `x` and `out_stride` in `out`:
+    /// a 1x1 "convolution" over `n` positions. The Winograd path's
+    /// per-position products ([`crate::winograd`]) run through
+    /// [`forward_ep`] with it.
+    pub fn matrix(n: usize, in_stride: usize, out_stride: usize) -> Self {
         assert!(n > 0 && n.is_multiple_of(8), "rows of whole vectors");
-        assert!(stride >= n, "rows do not overlap");
+        assert!(in_stride >= n && out_stride >= n, "rows do not overlap");
         Direct {
             k: 1,
             pad: 0,
@@ -262,8 +263,8 @@ impl Direct {
             wp: n,
             ho: 1,
             wo: n,
-            plane: stride,
-            out_plane: stride,
+            plane: in_stride,
+            out_plane: out_stride,
             rows: true,
             offs: (0..n / 8)
                 .map(|v| ((8 * v) as u32, (8 * v) as u32))

@@ -9,7 +9,7 @@
 use crate::direct::{self, Direct, Epilogue};
 use crate::matmul::{matmul, Mat};
 use crate::scratch::{stale4, zeros4, Scratch};
-use crate::winograd::PreparedConv;
+use crate::winograd::{Affine, Input, PreparedConv};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -63,6 +63,15 @@ impl<T: Float> Pre<T> {
             for (d, &v) in dst.iter_mut().zip(src) {
                 *d = s * v + t;
             }
+        }
+    }
+
+    /// The transform in the direct kernels' type (`f32` models only).
+    pub(crate) fn as_affine(&self) -> Affine<'_> {
+        Affine {
+            scale: as_f32(&self.scale),
+            shift: as_f32(&self.shift),
+            relu: self.relu,
         }
     }
 
@@ -242,7 +251,7 @@ pub(crate) fn conv2d_direct<T: Float>(
             split_out_channels(o, hw, |c0, cn, part| {
                 let mut grid = Scratch::<f32>::stale(conv.scratch_len(cn));
                 let e = ep.map(|e| e.channels(c0, cn));
-                conv.run(x, c0, cn, part, &mut grid.0, e);
+                conv.run(Input::Padded(x), c0, cn, part, &mut grid.0, e);
             });
         }
         return out;
@@ -261,13 +270,38 @@ pub(crate) fn conv2d_direct<T: Float>(
                 )
             },
             |(xin, grid), (b, mut ob)| {
-                gather_padded(srcs, pre, b, &d, &mut xin.0);
-                let x = as_f32(&xin.0);
                 let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-                conv.run(x, 0, oc, o, &mut grid.0, ep);
+                if conv.is_winograd() {
+                    // Straight from the sources: the transform reads them
+                    // through `pre` a few rows at a time.
+                    let planes = channel_planes(srcs, b);
+                    let input = Input::Planes {
+                        planes: &planes,
+                        pre: pre.map(Pre::as_affine),
+                    };
+                    conv.run(input, 0, oc, o, &mut grid.0, ep);
+                } else {
+                    gather_padded(srcs, pre, b, &d, &mut xin.0);
+                    conv.run(Input::Padded(as_f32(&xin.0)), 0, oc, o, &mut grid.0, ep);
+                }
             },
         );
     out
+}
+
+/// Image `b`'s channel planes across the sources, in concatenation order,
+/// as `f32` (the direct kernels' type).
+pub(crate) fn channel_planes<'a, T: Float>(srcs: &[&'a Array4<T>], b: usize) -> Vec<&'a [f32]> {
+    let mut planes = Vec::with_capacity(concat_channels(srcs));
+    for src in srcs {
+        let (_, c, h, w) = src.dim();
+        let all = as_f32(
+            src.as_slice()
+                .expect("activation buffers are always in standard layout"),
+        );
+        planes.extend(all[b * c * h * w..(b + 1) * c * h * w].chunks_exact(h * w));
+    }
+    planes
 }
 
 /// Runs `f(first_channel, channels, planes)` over the output planes of one

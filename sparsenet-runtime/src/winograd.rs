@@ -18,11 +18,14 @@
 //! which run on the direct forward kernel itself ([`Direct::matrix`]).
 //!
 //! One image is done in blocks of whole tile rows (at least 32 tiles, four
-//! vectors): the block's input tiles are transformed into `V` (in L2), the
-//! 16 products written to `M`, and `M` transformed back into 2x2 output
-//! blocks, with the epilogue applied as the values are stored. The numbers
-//! differ from the direct kernel's by rounding only (the transforms'
-//! coefficients are 0, +-1 and +-1/2).
+//! vectors): the block's input tiles are transformed into `V` (in L2; one
+//! channels-by-tiles matrix per `xi`, which the products read as a stream),
+//! the 16 products written to `M`, and `M` transformed back into 2x2 output
+//! blocks, with the epilogue applied as the values are stored. The input is
+//! read either from the convolution's zero-padded planes or, in training,
+//! straight from the layer's sources through its BN-ReLU a few rows at a
+//! time ([`Input`]). The numbers differ from the direct kernel's by rounding
+//! only (the transforms' coefficients are 0, +-1 and +-1/2).
 //!
 //! The transforms cost about as much as the products save, so the path is
 //! taken only where it measured faster (see [`PreparedConv::new`]);
@@ -34,6 +37,7 @@ use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -217,6 +221,13 @@ impl Tiling {
         })
     }
 
+    /// Whether the block's tiles lie in `V` and `M` in slot order (see
+    /// [`slot`]): where tile rows are whole vectors of 8 tiles. Rows ending
+    /// in 4 tiles keep the tiles in order.
+    fn slots(&self) -> bool {
+        self.tw.is_multiple_of(8)
+    }
+
     /// Floats of one row buffer of the input transform: the padded row
     /// (2 tw + 2) and what the last vector of tiles reads past it.
     fn row_len(&self) -> usize {
@@ -284,7 +295,9 @@ impl<'a> PreparedConv<'a> {
                 } else {
                     Weights::Cached(cached_transform(weight, cout, cin))
                 },
-                product: Direct::matrix(tiling.nt, XI * tiling.nt),
+                // V's channel rows one after the other (`VLayout::XiRows`),
+                // M's output rows 16 apart.
+                product: Direct::matrix(tiling.nt, tiling.nt, XI * tiling.nt),
             }),
         };
         PreparedConv {
@@ -304,7 +317,7 @@ impl<'a> PreparedConv<'a> {
         match &self.winograd {
             None if self.d.rows => 0,
             None => cn * self.d.out_plane,
-            Some(t) => winograd_scratch_len(self.cin, cn, &t.tiling),
+            Some(t) => winograd_scratch_len(self.d, self.cin, cn, &t.tiling),
         }
     }
 
@@ -313,13 +326,14 @@ impl<'a> PreparedConv<'a> {
         self.winograd.is_some()
     }
 
-    /// Output channels `c0..c0 + cn` of one image: `x` holds the `cin`
-    /// input channels in the layout of `d`, `out` `cn` NCHW planes of
+    /// Output channels `c0..c0 + cn` of one image: `input` holds the `cin`
+    /// input channels (in the layout of `d`; as planes only on the Winograd
+    /// path, see [`PreparedConv::is_winograd`]), `out` `cn` NCHW planes of
     /// `ho * wo`, `scratch` anything (resized as needed, contents stale),
     /// `ep` the epilogue of those `cn` channels.
     pub fn run(
         &self,
-        x: &[f32],
+        input: Input,
         c0: usize,
         cn: usize,
         out: &mut [f32],
@@ -331,19 +345,24 @@ impl<'a> PreparedConv<'a> {
             "output channels within the convolution"
         );
         let per_out = self.cin * self.d.k * self.d.k;
-        match &self.winograd {
-            None => {
+        match (&self.winograd, input) {
+            (None, Input::Padded(x)) => {
                 let w = &self.weight[c0 * per_out..(c0 + cn) * per_out];
                 direct::forward_nchw(self.d, x, self.cin, w, cn, out, scratch, ep)
             }
-            Some(t) => image(self.d, t, x, self.cin, self.cout, c0, cn, out, scratch, ep),
+            (None, Input::Planes { .. }) => {
+                panic!("the direct kernel reads its input in the padded layout")
+            }
+            (Some(t), input) => image(
+                self.d, t, input, self.cin, self.cout, c0, cn, out, scratch, ep,
+            ),
         }
     }
 }
 
 /// The Winograd path's scratch: `V`, `M` and the row buffers.
-fn winograd_scratch_len(cin: usize, cn: usize, tl: &Tiling) -> usize {
-    XI * (cin + cn + 2) * tl.nt + 4 * tl.row_len()
+fn winograd_scratch_len(d: &Direct, cin: usize, cn: usize, tl: &Tiling) -> usize {
+    XI * xi_stride(cin, tl.nt) + XI * (cn + 1) * tl.nt + 4 * tl.row_len() + strip_len(d, tl)
 }
 
 /// The weight gradient of a 3x3 pad-1 convolution through F(2x2, 3x3):
@@ -392,16 +411,19 @@ impl WeightGrad {
     /// Floats of the scratch buffer [`WeightGrad::image`] uses.
     pub fn scratch_len(&self) -> usize {
         let (tl, wd) = (&self.tiling, pointwise_wgrad::width(self.cout));
-        XI * self.cin * tl.nt + XI * tl.nt * wd + 2 * tl.rows * 2 * tl.tw * wd + 4 * tl.row_len()
+        XI * xi_stride(self.cin, tl.nt)
+            + XI * tl.nt * wd
+            + 2 * tl.rows * 2 * tl.tw * wd
+            + 4 * tl.row_len()
+            + STRIP_CHANNELS * (2 * tl.rows + 2) * (2 * tl.tw + 2)
     }
 
-    /// Adds one image's products into `acc`: `x` holds its `cin` input
-    /// channels in the padded planes of `d`, `dy` its `cout` NCHW
-    /// output-gradient planes (h x w).
+    /// Adds one image's products into `acc`: `input` holds its `cin` input
+    /// channels, `dy` its `cout` NCHW output-gradient planes (h x w).
     pub fn image(
         &self,
         d: &Direct,
-        x: &[f32],
+        input: Input,
         dy: &[f32],
         acc: &mut [f32],
         scratch: &mut Vec<f32>,
@@ -409,36 +431,37 @@ impl WeightGrad {
         let (tl, cin, cout) = (self.tiling, self.cin, self.cout);
         let (wd, hw, w) = (pointwise_wgrad::width(cout), d.h * d.w, d.w);
         assert_eq!(Tiling::of(d), Some(tl), "the geometry this was made for");
-        assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
         assert!(dy.len() >= cout * hw, "output gradient holds cout planes");
         assert!(
             acc.len() >= self.acc_len(),
             "accumulator holds acc_len floats"
         );
         let per_acc = pointwise_wgrad::acc_len(cin, cout);
-        let (v_len, dt_len) = (XI * cin * tl.nt, XI * tl.nt * wd);
+        let xs = xi_stride(cin, tl.nt);
+        let (v_len, dt_len) = (XI * xs, XI * tl.nt * wd);
         let rows_len = 2 * tl.rows * w;
         scratch.resize(self.scratch_len(), 0.0);
         let (v, rest) = scratch.split_at_mut(v_len);
         let (dt, rest) = rest.split_at_mut(dt_len);
-        let (g, rows) = rest.split_at_mut(rows_len * wd);
+        let (g, rest) = rest.split_at_mut(rows_len * wd);
+        let (rows, strip) = rest.split_at_mut(4 * tl.row_len());
         rows.fill(0.0);
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
         #[cfg(target_arch = "x86_64")]
         for ty0 in (0..tl.th).step_by(tl.rows) {
             // SAFETY: AVX2 and FMA are present (`new` checked); buffers
-            // sized above; reads of `x` within rows 2 ty0 .. 2 (ty0 + rows)
-            // + 2 of each padded plane, of `dy` within output rows 2 ty0 ..
+            // sized above; reads of `dy` within output rows 2 ty0 ..
             // 2 (ty0 + rows) of each plane.
             unsafe {
-                transform_input(d, &tl, x, cin, ty0, v, rows, VLayout::PointwiseBlocks);
+                let layout = VLayout::PointwiseBlocks;
+                transform_block(d, &tl, input, cin, ty0, v, rows, strip, layout);
                 transform_output_grad(&tl, dy, cout, hw, w, ty0, g, dt);
             }
             for xi in 0..XI {
                 pointwise_wgrad::weight_grad(
                     &self.block,
-                    &v[xi * cin * tl.nt..(xi + 1) * cin * tl.nt],
+                    &v[xi * xs..xi * xs + cin * tl.nt],
                     cin,
                     &dt[xi * tl.nt * wd..(xi + 1) * tl.nt * wd],
                     cout,
@@ -526,9 +549,15 @@ unsafe fn transform_output_grad(
     }
     let gp = g.as_ptr();
     let dp = dt.as_mut_ptr();
+    debug_assert!(
+        tl.slots(),
+        "the weight gradient's rows of tiles are whole vectors"
+    );
     for t in 0..nt {
         let (r, tx) = (t / tl.tw, t % tl.tw);
         let p00 = 2 * r * w + 2 * tx;
+        // Where V has tile t.
+        let t_slot = slot(t);
         for o in (0..wd).step_by(8) {
             let at = |p: usize| _mm256_loadu_ps(gp.add(p * wd + o));
             let (a, b, c, d) = (at(p00), at(p00 + 1), at(p00 + w), at(p00 + w + 1));
@@ -548,7 +577,7 @@ unsafe fn transform_output_grad(
                     _mm256_sub_ps(zero, v),
                 ];
                 for (j, val) in vals.into_iter().enumerate() {
-                    _mm256_storeu_ps(dp.add(((4 * i + j) * nt + t) * wd + o), val);
+                    _mm256_storeu_ps(dp.add(((4 * i + j) * nt + t_slot) * wd + o), val);
                 }
             }
         }
@@ -590,7 +619,7 @@ fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, u: &mut [f32]
 fn image(
     d: &Direct,
     t: &Transformed,
-    x: &[f32],
+    input: Input,
     cin: usize,
     cout: usize,
     c0: usize,
@@ -601,7 +630,6 @@ fn image(
 ) {
     let tl = t.tiling;
     let hw = d.h * d.w;
-    assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
     assert!(out.len() >= cn * hw, "output holds cn planes");
     if let Some(e) = &ep {
         assert!(
@@ -609,16 +637,19 @@ fn image(
             "epilogue covers the output channels"
         );
     }
-    // V is [c][xi][t] and M [o][xi][t]: the transforms read and write
-    // each channel's 16 products of a block as one run. The product of
-    // position xi reads and writes every 16th run, from xi's; one run of
-    // slack after each lets that slice cover whole channels.
-    let (v_len, m_len) = (XI * (cin + 1) * tl.nt, XI * (cn + 1) * tl.nt);
+    // V is [xi][c][t] (see `VLayout::XiRows`) and M [o][xi][t]: the
+    // output transform reads each channel's 16 products of a block as one
+    // run. The product of position xi writes every 16th run of M, from
+    // xi's; one run of slack after each lets that slice cover whole
+    // channels.
+    let xs = xi_stride(cin, tl.nt);
+    let (v_len, m_len) = (XI * xs, XI * (cn + 1) * tl.nt);
     let r_len = 4 * tl.row_len();
-    scratch.resize(v_len + m_len + r_len, 0.0);
-    debug_assert_eq!(scratch.len(), winograd_scratch_len(cin, cn, &tl));
+    scratch.resize(v_len + m_len + r_len + strip_len(d, &tl), 0.0);
+    debug_assert_eq!(scratch.len(), winograd_scratch_len(d, cin, cn, &tl));
     let (v, rest) = scratch.split_at_mut(v_len);
-    let (m, rows) = rest.split_at_mut(m_len);
+    let (m, rest) = rest.split_at_mut(m_len);
+    let (rows, strip) = rest.split_at_mut(r_len);
     // What the last vector of tiles reads past the padded row is zero.
     rows.fill(0.0);
     #[cfg(not(target_arch = "x86_64"))]
@@ -626,12 +657,12 @@ fn image(
     #[cfg(target_arch = "x86_64")]
     for ty0 in (0..tl.th).step_by(tl.rows) {
         // SAFETY: AVX2 and FMA are present (`PreparedConv::new` checked);
-        // the buffers were sized above for this tiling, and reads of `x`
-        // stay within the padded planes of rows 2 ty0 .. 2 (ty0 + rows) + 2.
-        unsafe { transform_input(d, &tl, x, cin, ty0, v, rows, VLayout::ChannelRuns) };
+        // the buffers were sized above for this tiling.
+        let layout = VLayout::XiRows;
+        unsafe { transform_block(d, &tl, input, cin, ty0, v, rows, strip, layout) };
         for xi in 0..XI {
             let u = &t.u.as_slice()[(xi * cout + c0) * cin..(xi * cout + c0 + cn) * cin];
-            let vx = &v[xi * tl.nt..];
+            let vx = &v[xi * xs..];
             let mx = &mut m[xi * tl.nt..];
             direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
         }
@@ -640,16 +671,225 @@ fn image(
     }
 }
 
-/// Where [`transform_input`] puts `V[xi][c][t]`.
+/// What [`transform_input`] reads: channel planes `plane` floats apart in
+/// `x`, each with padded rows of `wp` floats, the block's first padded row
+/// at row `row0`.
+#[derive(Clone, Copy)]
+struct PaddedRows<'a> {
+    x: &'a [f32],
+    plane: usize,
+    wp: usize,
+    row0: usize,
+}
+
+/// The input of a convolution on the Winograd path, for one image.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// The zero-padded planes of the convolution's [`Direct`] layout.
+    Padded(&'a [f32]),
+    /// The channels' planes as they are (h x w each), and the per-channel
+    /// transform to apply as they are read. The transform reads each
+    /// block's padded rows into a small strip instead (a few channels at a
+    /// time, in L1), with the transform applied: no padded copy of the
+    /// image is written and read back through L2 and beyond.
+    Planes {
+        planes: &'a [&'a [f32]],
+        pre: Option<Affine<'a>>,
+    },
+}
+
+/// `max(scale[c] * v + shift[c], 0)` (no max without `relu`): a BatchNorm's
+/// (and ReLU's) effect on channel `c`, as [`crate::kernels::Pre`] applies it.
+#[derive(Clone, Copy)]
+pub struct Affine<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu: bool,
+}
+
+impl Affine<'_> {
+    /// Channel `c` of `src` into `dst`, with `Pre::apply_plane`'s arithmetic
+    /// (so the values equal a gather's to the bit; Rust does not fuse the
+    /// multiply and add into an FMA).
+    #[inline(always)]
+    fn row(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+        let (s, t) = (self.scale[c], self.shift[c]);
+        if self.relu {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                let y = s * v + t;
+                *d = if y > 0.0 { y } else { 0.0 };
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = s * v + t;
+            }
+        }
+    }
+}
+
+/// Channels per strip of [`Input::Planes`]: their rows stay in L1 between
+/// the strip's fill and its transform.
+const STRIP_CHANNELS: usize = 8;
+
+/// Floats of [`Input::Planes`]' strip: [`STRIP_CHANNELS`] planes of the
+/// block's padded rows.
+fn strip_len(d: &Direct, tl: &Tiling) -> usize {
+    STRIP_CHANNELS * (2 * tl.rows + 2) * d.wp
+}
+
+/// `V` of the block at tile row `ty0` from `input` (see [`transform_input`]),
+/// through `strip` for [`Input::Planes`].
+///
+/// # Safety
+/// AVX2 and FMA present; `v`, `rows` and `strip` sized for `tl` and `cin`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_block(
+    d: &Direct,
+    tl: &Tiling,
+    input: Input,
+    cin: usize,
+    ty0: usize,
+    v: &mut [f32],
+    rows: &mut [f32],
+    strip: &mut [f32],
+    layout: VLayout,
+) {
+    match input {
+        Input::Padded(x) => {
+            assert!(x.len() >= cin * d.plane, "input holds cin padded planes");
+            let src = PaddedRows {
+                x,
+                plane: d.plane,
+                wp: d.wp,
+                row0: 2 * ty0,
+            };
+            transform_input(src, tl, 0..cin, cin, v, rows, layout)
+        }
+        Input::Planes { planes, pre } => {
+            assert_eq!(planes.len(), cin, "one plane per input channel");
+            let sp = (2 * tl.rows + 2) * d.wp;
+            assert!(
+                strip.len() >= STRIP_CHANNELS * sp,
+                "strip holds its channels"
+            );
+            for c0 in (0..cin).step_by(STRIP_CHANNELS) {
+                let cs = c0..cin.min(c0 + STRIP_CHANNELS);
+                fill_strip(d, tl, planes, pre, cs.clone(), ty0, sp, strip);
+                let src = PaddedRows {
+                    x: &strip[..cs.len() * sp],
+                    plane: sp,
+                    wp: d.wp,
+                    row0: 0,
+                };
+                transform_input(src, tl, cs, cin, v, rows, layout)
+            }
+        }
+    }
+}
+
+/// Padded rows `2 ty0 .. 2 (ty0 + rows) + 2` (image rows one less) of
+/// channels `cs` into `strip`, `sp` floats per channel, through `pre`.
+///
+/// # Safety
+/// AVX2 and FMA present (the row loops are compiled for them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fill_strip(
+    d: &Direct,
+    tl: &Tiling,
+    planes: &[&[f32]],
+    pre: Option<Affine>,
+    cs: Range<usize>,
+    ty0: usize,
+    sp: usize,
+    strip: &mut [f32],
+) {
+    let (h, w, wp) = (d.h, d.w, d.wp);
+    debug_assert_eq!(d.pad, 1);
+    // Image rows the block reads (the padded rows minus the zero ones).
+    let first = (2 * ty0).saturating_sub(1);
+    let end = h.min(2 * (ty0 + tl.rows) + 1);
+    for (i, c) in cs.enumerate() {
+        let plane = planes[c];
+        assert_eq!(plane.len(), h * w, "channel {c}'s plane is h x w");
+        // The same rows of a channel PF_CHANNELS on: other planes (other
+        // arrays even), which the hardware prefetchers do not follow.
+        if let Some(next) = planes.get(c + PF_CHANNELS) {
+            let q = next[first * w..end * w].as_ptr();
+            for line in (0..(end - first) * w).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+            }
+        }
+        let dst = &mut strip[i * sp..(i + 1) * sp];
+        for (yp, line) in dst.chunks_exact_mut(wp).enumerate() {
+            // Padded row yp of the strip is image row 2 ty0 + yp - 1.
+            let y = (2 * ty0 + yp).wrapping_sub(1);
+            if y >= h {
+                line.fill(0.0);
+                continue;
+            }
+            let row = &plane[y * w..(y + 1) * w];
+            line[0] = 0.0;
+            line[w + 1..].fill(0.0);
+            match &pre {
+                Some(a) => a.row(c, row, &mut line[1..w + 1]),
+                None => line[1..w + 1].copy_from_slice(row),
+            }
+        }
+    }
+}
+
+/// Where [`transform_input`] puts `V[xi][c][t]`: for each `xi`, one
+/// matrix of the block's `cin` channels by its tiles, [`xi_stride`] floats
+/// after the previous one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VLayout {
-    /// `[c][xi][t]`: each channel's 16 rows of the block as one run (the
-    /// forward products read channel rows 16 runs apart).
-    ChannelRuns,
-    /// `[xi][t / 16][c][t % 16]`: for each `xi`, the pointwise layout of
-    /// [`Direct::pointwise`] over the block's tiles as positions, which
+    /// Channel rows of the block's tiles (`nt` floats each), which the
+    /// forward products ([`Direct::matrix`]) read one after the other: a
+    /// stream the hardware prefetches (with each channel's 16 rows 16 rows
+    /// apart, every product stalled on its loads from L2).
+    XiRows,
+    /// The pointwise layout of [`Direct::pointwise`] over the block's tiles
+    /// as positions (`[t / 16][c][t % 16]`), which
     /// [`pointwise_wgrad::weight_grad`] reads.
     PointwiseBlocks,
+}
+
+/// Floats from `V`'s matrix for one `xi` to the next's: `cin` rows of `nt`
+/// floats and one cache line more, so that the 16 rows the input transform
+/// writes at once do not all fall in one set of the L1 cache (`cin * nt`
+/// floats is often a multiple of 4 KiB).
+fn xi_stride(cin: usize, nt: usize) -> usize {
+    cin * nt + 16
+}
+
+/// Slot of tile `t` of a block in `V` and `M` (and the weight gradient's
+/// `D`) where the block's tile rows are whole vectors of 8 tiles
+/// ([`Tiling::slots`]): within each group of 8, tiles 0 1 4 5 2 3 6 7, the
+/// order in which an in-lane shuffle leaves them (see [`even_slots`]), so
+/// that neither transform moves values across the vector's halves. The
+/// permutation is its own inverse.
+#[inline(always)]
+fn slot(t: usize) -> usize {
+    const SIGMA: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+    (t & !7) | SIGMA[t & 7]
+}
+
+/// The 8 even-indexed values of `a` then `b` (16 consecutive floats) in
+/// slot order (see [`slot`]): `a0 a2 b0 b2 a4 a6 b4 b6`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn even_slots(a: __m256, b: __m256) -> __m256 {
+    _mm256_shuffle_ps::<0b10_00_10_00>(a, b)
+}
+
+/// The 8 odd-indexed values of `a` then `b` in slot order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn odd_slots(a: __m256, b: __m256) -> __m256 {
+    _mm256_shuffle_ps::<0b11_01_11_01>(a, b)
 }
 
 /// The 8 even-indexed values of `a` then `b` (16 consecutive floats).
@@ -679,20 +919,24 @@ unsafe fn odd(a: __m256, b: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn transform_input(
-    d: &Direct,
+    src: PaddedRows,
     tl: &Tiling,
-    x: &[f32],
+    channels: Range<usize>,
     cin: usize,
-    ty0: usize,
     v: &mut [f32],
     rows: &mut [f32],
     layout: VLayout,
 ) {
-    let (wp, rl, nt, tw) = (d.wp, tl.row_len(), tl.nt, tl.tw);
+    let PaddedRows { x, plane, wp, row0 } = src;
+    let (rl, nt, tw) = (tl.row_len(), tl.nt, tl.tw);
+    assert!(channels.end <= cin, "channels of the convolution");
     let vp = v.as_mut_ptr();
-    for c in 0..cin {
+    // Floats from one position xi's row of V to the next: one pointer
+    // stepped by this per store, not 16 (which spill).
+    let xs = xi_stride(cin, nt);
+    for c in channels.clone() {
         for r in 0..tl.rows {
-            let top = c * d.plane + 2 * (ty0 + r) * wp;
+            let top = (c - channels.start) * plane + (row0 + 2 * r) * wp;
             assert!(
                 top + 4 * wp <= x.len(),
                 "the tile row's padded rows lie in x"
@@ -700,14 +944,14 @@ unsafe fn transform_input(
             let at = |j: usize, t0: usize| {
                 let t = r * tw + t0;
                 vp.add(match layout {
-                    VLayout::ChannelRuns => (c * XI + j) * nt + t,
-                    VLayout::PointwiseBlocks => ((j * (nt / 16) + t / 16) * cin + c) * 16 + t % 16,
+                    VLayout::XiRows => j * xs + c * nt + t,
+                    VLayout::PointwiseBlocks => j * xs + ((t / 16) * cin + c) * 16 + t % 16,
                 })
             };
             // The same rows two channels on: planes apart, which the
             // hardware prefetchers do not follow (the first load of each
             // row was a fifth of this function's time without it).
-            let ahead = top + PF_CHANNELS * d.plane;
+            let ahead = top + PF_CHANNELS * plane;
             if ahead + 4 * wp <= x.len() {
                 let q = x.as_ptr().add(ahead);
                 for line in (0..4 * wp).step_by(16) {
@@ -737,10 +981,11 @@ unsafe fn transform_input(
                         ]
                     };
                     let (a, b, a2, b2) = (col(0), col(8), col(2), col(10));
+                    let mut q = at(0, t0);
                     for i in 0..4 {
-                        let vals = row_transform(a[i], b[i], a2[i], b2[i]);
-                        for (j, val) in vals.into_iter().enumerate() {
-                            _mm256_storeu_ps(at(4 * i + j, t0), val);
+                        for val in row_transform_slots(a[i], b[i], a2[i], b2[i]) {
+                            _mm256_storeu_ps(q, val);
+                            q = q.add(xs);
                         }
                     }
                 }
@@ -794,6 +1039,23 @@ unsafe fn transform_input(
 #[inline(always)]
 unsafe fn row_transform(a: __m256, b: __m256, a2: __m256, b2: __m256) -> [__m256; 4] {
     let (e, o, e2, o2) = (even(a, b), odd(a, b), even(a2, b2), odd(a2, b2));
+    row_combine(e, o, e2, o2)
+}
+
+/// [`row_transform`] with the 8 tiles in slot order (see [`slot`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_transform_slots(a: __m256, b: __m256, a2: __m256, b2: __m256) -> [__m256; 4] {
+    let (e, o) = (even_slots(a, b), odd_slots(a, b));
+    let (e2, o2) = (even_slots(a2, b2), odd_slots(a2, b2));
+    row_combine(e, o, e2, o2)
+}
+
+/// `B^T r` from each tile's columns 0 and 1 (`e`, `o`) and 2 and 3 (`e2`,
+/// `o2`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_combine(e: __m256, o: __m256, e2: __m256, o2: __m256) -> [__m256; 4] {
     [
         _mm256_sub_ps(e, e2),
         _mm256_add_ps(o, e2),
@@ -821,6 +1083,7 @@ unsafe fn transform_output(
     let mp = m.as_ptr();
     let op = out.as_mut_ptr();
     let block_rows = 2 * ty0..2 * (ty0 + tl.rows);
+    let slots = tl.slots();
     for o in 0..cn {
         // The next channel's output lines of this block, to be written: a
         // fresh output is in no cache, and `PF_AHEAD` planes apart is
@@ -865,8 +1128,11 @@ unsafe fn transform_output(
             let y10 = finish(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]));
             let y11 = finish(_mm256_sub_ps(_mm256_sub_ps(t[1], t[2]), t[3]));
             // Tiles t0..t0 + 4 then t0 + 4..t0 + 8, each 4 in one tile row.
-            let rows0 = interleave(y00, y01);
-            let rows1 = interleave(y10, y11);
+            let (rows0, rows1) = if slots {
+                (interleave_slots(y00, y01), interleave_slots(y10, y11))
+            } else {
+                (interleave(y00, y01), interleave(y10, y11))
+            };
             for half in 0..2 {
                 let tile = t0 + 4 * half;
                 let (ty, tx) = (ty0 + tile / tw, tile % tw);
@@ -889,6 +1155,13 @@ unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
         _mm256_permute2f128_ps::<0x20>(lo, hi),
         _mm256_permute2f128_ps::<0x31>(lo, hi),
     )
+}
+
+/// [`interleave`] of 8 tiles in slot order (see [`slot`]): in-lane only.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn interleave_slots(a: __m256, b: __m256) -> (__m256, __m256) {
+    (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
 }
 
 #[cfg(test)]
@@ -951,7 +1224,51 @@ mod tests {
             // All channels, no epilogue; then channels 1.. (or all of a
             // single one) with an epilogue and ReLU, into a stale buffer.
             let mut out = vec![f32::NAN; cout * h * w];
-            conv.run(&xp, 0, cout, &mut out, &mut scratch, None);
+            conv.run(Input::Padded(&xp), 0, cout, &mut out, &mut scratch, None);
+            // From the planes as they are, a strip at a time: the same
+            // numbers to the bit; through a BN-ReLU, those of the padded
+            // transformed planes.
+            let planes: Vec<&[f32]> = x.chunks_exact(h * w).collect();
+            let mut from_planes = vec![f32::NAN; cout * h * w];
+            let input = Input::Planes {
+                planes: &planes,
+                pre: None,
+            };
+            conv.run(input, 0, cout, &mut from_planes, &mut scratch, None);
+            assert_eq!(
+                bits(&from_planes),
+                bits(&out),
+                "{:?} from planes",
+                (cin, cout, h, w)
+            );
+            let (a_scale, a_shift) = affine_values(cin);
+            let pre = Affine {
+                scale: &a_scale,
+                shift: &a_shift,
+                relu: true,
+            };
+            let xt = apply(&pre, &x, h * w);
+            let mut want_t = vec![f32::NAN; cout * h * w];
+            let xtp = padded(&d, &xt, cin);
+            conv.run(
+                Input::Padded(&xtp),
+                0,
+                cout,
+                &mut want_t,
+                &mut scratch,
+                None,
+            );
+            let input = Input::Planes {
+                planes: &planes,
+                pre: Some(pre),
+            };
+            conv.run(input, 0, cout, &mut from_planes, &mut scratch, None);
+            assert_eq!(
+                bits(&from_planes),
+                bits(&want_t),
+                "{:?} from planes through a BN-ReLU",
+                (cin, cout, h, w)
+            );
             let c0 = if cout > 1 { 1 } else { 0 };
             let cn = cout - c0;
             let mut part = vec![f32::NAN; cn * h * w];
@@ -960,7 +1277,14 @@ mod tests {
                 shift: &shift[c0..],
                 relu: true,
             };
-            conv.run(&xp, c0, cn, &mut part, &mut scratch, Some(ep));
+            conv.run(
+                Input::Padded(&xp),
+                c0,
+                cn,
+                &mut part,
+                &mut scratch,
+                Some(ep),
+            );
             for (i, (&g, &r)) in out.iter().zip(&want).enumerate() {
                 assert!(
                     (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (cin as f64).sqrt(),
@@ -980,6 +1304,27 @@ mod tests {
         }
     }
 
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A BN-ReLU's scale and shift for `cin` channels, some of each sign.
+    fn affine_values(cin: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            (0..cin).map(|c| 0.8 + 0.05 * (c % 7) as f32).collect(),
+            (0..cin).map(|c| 0.1 * (c % 3) as f32 - 0.1).collect(),
+        )
+    }
+
+    /// `pre` applied to each plane of `x` (`hw` floats each).
+    fn apply(pre: &Affine, x: &[f32], hw: usize) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for (c, (s, d)) in x.chunks_exact(hw).zip(out.chunks_exact_mut(hw)).enumerate() {
+            pre.row(c, s, d);
+        }
+        out
+    }
+
     #[test]
     fn weight_gradient_matches_the_definition() {
         if !cpu_supported() || !enabled() {
@@ -991,6 +1336,15 @@ mod tests {
             let d = Direct::new(h, w, 3, 1);
             let wg = WeightGrad::new(&d, cin, cout, 64).expect("takes the Winograd path");
             let mut acc = vec![0.0; wg.acc_len()];
+            // The same sums from the images' planes through a BN-ReLU, and
+            // from their padded transformed planes: equal to the bit.
+            let (mut acc_planes, mut acc_padded) = (acc.clone(), acc.clone());
+            let (a_scale, a_shift) = affine_values(cin);
+            let pre = Affine {
+                scale: &a_scale,
+                shift: &a_shift,
+                relu: true,
+            };
             let mut scratch = vec![f32::NAN; 5];
             let mut want = vec![1.0f64; cout * cin * 9];
             // Per weight, the sum of the terms' magnitudes: the scale of
@@ -1000,7 +1354,15 @@ mod tests {
                 let x = values(cin * h * w, 0.3 + img as f32);
                 let dy = values(cout * h * w, 2.1 + img as f32);
                 let xp = padded(&d, &x, cin);
-                wg.image(&d, &xp, &dy, &mut acc, &mut scratch);
+                wg.image(&d, Input::Padded(&xp), &dy, &mut acc, &mut scratch);
+                let planes: Vec<&[f32]> = x.chunks_exact(h * w).collect();
+                let input = Input::Planes {
+                    planes: &planes,
+                    pre: Some(pre),
+                };
+                wg.image(&d, input, &dy, &mut acc_planes, &mut scratch);
+                let xtp = padded(&d, &apply(&pre, &x, h * w), cin);
+                wg.image(&d, Input::Padded(&xtp), &dy, &mut acc_padded, &mut scratch);
                 for o in 0..cout {
                     for c in 0..cin {
                         for t in 0..9 {
@@ -1024,6 +1386,12 @@ mod tests {
                     }
                 }
             }
+            assert_eq!(
+                bits(&acc_planes),
+                bits(&acc_padded),
+                "{:?} from planes through a BN-ReLU",
+                (cin, cout, h, w)
+            );
             let mut dw = vec![1.0f32; cout * cin * 9];
             wg.fold(&mut acc, &mut dw);
             assert!(acc.iter().all(|&a| a == 0.0), "fold zeroes the accumulator");
