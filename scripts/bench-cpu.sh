@@ -6,9 +6,15 @@
 # backward, SGD update), inference and batch-1 latency at the same thread
 # count. Prints a table of medians, ratios, GFLOP/s and peak resident memory.
 #
+# This machine is shared and its speed drifts by tens of percent within
+# minutes, so the comparison runs ROUNDS times (per network and round: ours,
+# then PyTorch), each round's ratio compares runs minutes apart, and the
+# table reports the median over the rounds and the range.
+#
 #   bash scripts/bench-cpu.sh            # both networks, 2 threads
 #   NETS=seed40 THREADS=1 bash scripts/bench-cpu.sh
 #   TORCH_FORMATS=channels_last bash scripts/bench-cpu.sh   # one PyTorch layout
+#   ROUNDS=1 bash scripts/bench-cpu.sh   # one round (about 5 minutes; default 3)
 #
 # Sets up its own Python environment (target/bench-venv: torch, safetensors)
 # on first use; the tests never need it.
@@ -16,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NETS=${NETS:-"seed40 bc100"}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 TORCH_FORMATS=${TORCH_FORMATS:-"contiguous channels_last"}
 VENV=target/bench-venv
 if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, safetensors" 2>/dev/null; then
@@ -30,66 +37,99 @@ mkdir -p target/bench
 # The fp32 peak as this machine runs it now (boost clock included): one
 # core's independent FMA chains, times the thread count.
 target/release/examples/bench_direct --peak > target/bench/peak.json
-for net in $NETS; do
-  case $net in
-    seed40) torch_args="--depth 40 --growth 12" ;;
-    bc100) torch_args="--depth 100 --growth 24 --bottleneck" ;;
-    *) echo "unknown network '$net' (expected seed40 or bc100)" >&2; exit 2 ;;
-  esac
-  dir=target/bench/$net
-  echo "== $net: sparsenet" >&2
-  RAYON_NUM_THREADS=$THREADS target/release/examples/bench_cpu --net "$net" --out "$dir" \
-    | sed "s/^{/{\"bench_net\": \"$net\", /" | tee -a target/bench/results.jsonl
-  # PyTorch in both its layouts (NCHW and channels_last, oneDNN's faster
-  # one on most CPUs), each in its own process; the table takes the faster
-  # of the two for every measure.
-  for format in $TORCH_FORMATS; do
-    echo "== $net: pytorch, $format" >&2
-    OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/bench_torch.py --dir "$dir" --threads "$THREADS" \
-      --memory-format "$format" $torch_args \
-      | sed "s/^{/{\"net\": \"$net\", /" | tee -a target/bench/results.jsonl
+for round in $(seq "$ROUNDS"); do
+  for net in $NETS; do
+    case $net in
+      seed40) torch_args="--depth 40 --growth 12" ;;
+      bc100) torch_args="--depth 100 --growth 24 --bottleneck" ;;
+      *) echo "unknown network '$net' (expected seed40 or bc100)" >&2; exit 2 ;;
+    esac
+    dir=target/bench/$net
+    tag="\"net_key\": \"$net\", \"round\": $round"
+    ours() {
+      echo "== round $round/$ROUNDS, $net: sparsenet" >&2
+      RAYON_NUM_THREADS=$THREADS target/release/examples/bench_cpu --net "$net" --out "$dir" \
+        | sed "s/^{/{$tag, /" | tee -a target/bench/results.jsonl
+    }
+    # PyTorch in both its layouts (NCHW and channels_last, oneDNN's faster
+    # one on most CPUs), each in its own process; the table takes the
+    # faster of the two for every measure and round.
+    theirs() {
+      for format in $TORCH_FORMATS; do
+        echo "== round $round/$ROUNDS, $net: pytorch, $format" >&2
+        OMP_NUM_THREADS=$THREADS "$VENV/bin/python" scripts/bench_torch.py --dir "$dir" --threads "$THREADS" \
+          --memory-format "$format" $torch_args \
+          | sed "s/^{/{$tag, /" | tee -a target/bench/results.jsonl
+      done
+    }
+    # Our run writes the weights, input and logits PyTorch loads; from the
+    # second round on, every other round runs PyTorch first (a drift in
+    # the machine's speed then favours neither side).
+    if (( round % 2 == 0 )); then theirs; ours; else ours; theirs; fi
   done
 done
 python3 - target/bench/results.jsonl target/bench/peak.json <<'EOF'
-import json, sys, subprocess
+import json, statistics, subprocess, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 peak_core = json.load(open(sys.argv[2]))["peak_gflops_per_core"]
-ours = [r for r in rows if r["side"] == "sparsenet"]
-# PyTorch's best per network and measure over the layouts it ran in.
 MEASURES = ["train_step_ms", "eval_ms", "latency1_ms", "peak_rss_train_mib"]
-theirs = []
-for o in ours:
-    runs = [r for r in rows if r["side"] == "pytorch" and r["net"] == o["bench_net"]]
-    best = dict(runs[0])
-    for k in MEASURES:
-        r = min(runs, key=lambda r: r[k])
-        best[k], best[k + "_format"] = r[k], r["memory_format"]
-    best["logits_max_rel_err"] = max(r["logits_max_rel_err"] for r in runs)
-    theirs.append(best)
+FORMAT_TAG = {"contiguous": "nchw", "channels_last": "cl"}
+nets = list(dict.fromkeys(r["net_key"] for r in rows))
+rounds = sorted({r["round"] for r in rows})
+# Per network and round: ours, and PyTorch's best per measure over its layouts.
+pairs = {}
+for net in nets:
+    for rd in rounds:
+        here = [r for r in rows if r["net_key"] == net and r["round"] == rd]
+        ours = [r for r in here if r["side"] == "sparsenet"]
+        runs = [r for r in here if r["side"] == "pytorch"]
+        if not ours or not runs:
+            continue
+        best = {"logits_max_rel_err": max(r["logits_max_rel_err"] for r in runs), "torch": runs[0]["torch"]}
+        for k in MEASURES:
+            r = min(runs, key=lambda r: r[k])
+            best[k], best[k + "_format"] = r[k], r["memory_format"]
+        pairs.setdefault(net, []).append((ours[0], best))
+first = next(iter(pairs.values()))[0]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-print(f"\nCPU: {cpu}; threads: {ours[0]['threads']}; batch {ours[0]['batch']}; torch {theirs[0]['torch']}")
-peak = peak_core * ours[0]["threads"]
-print(f"fp32 peak measured now: {peak_core:.0f} GFLOP/s per core (8-wide FMA chains), {peak:.0f} for {ours[0]['threads']} threads")
-print("GFLOP/s counts 2 FLOPs per multiply-add; a training step as 3x the forward pass; % is of that peak.\n")
-FORMAT_TAG = {"contiguous": "   ", "channels_last": " cl"}
-hdr = f"{'network':<16} {'measure':<22} {'sparsenet':>12} {'pytorch':>15} {'ratio':>7}  {'GFLOP/s (% of peak) ours / torch':>34}"
+threads = first[0]["threads"]
+print(f"\nCPU: {cpu}; threads: {threads}; batch {first[0]['batch']}; torch {first[1]['torch']}; rounds: {len(rounds)}")
+peak = peak_core * threads
+print(f"fp32 peak measured now: {peak_core:.0f} GFLOP/s per core (8-wide FMA chains), {peak:.0f} for {threads} threads")
+print("Times: medians over the rounds of each round's median. ratio: median over the rounds of PyTorch's")
+print("time over ours in the same round (above 1: we are faster), and its range. PyTorch: its faster layout")
+print("per measure and round (the layouts that won: nchw, cl = channels_last). GFLOP/s count 2 FLOPs per")
+print("multiply-add of the direct convolution, a training step as 3x the forward pass; % is of the peak.\n")
+hdr = f"{'network':<16} {'measure':<20} {'sparsenet':>11} {'pytorch':>11} {'layout':>7} {'ratio':>6} {'range':>10}  {'GFLOP/s (% of peak) ours / torch':>34}"
 print(hdr)
 print("-" * len(hdr))
-for o, t in zip(ours, theirs):
-    macs, b = o["macs_per_image"], o["batch"]
-    def line(name, key, flop, unit="ms"):
-        a, p = o[key], t[key]
-        ga, gp = flop / a / 1e6, flop / p / 1e6
-        g = f"{ga:6.1f} ({100 * ga / peak:3.0f}%) / {gp:6.1f} ({100 * gp / peak:3.0f}%)"
-        fmt = FORMAT_TAG[t[key + "_format"]]
-        print(f"{o['net']:<16} {name:<22} {a:>9.2f} {unit:<2} {p:>9.2f} {unit:<2}{fmt} {p / a:>6.2f}x  {g:>34}")
-    line("train step (median)", "train_step_ms", 6 * macs * b)
-    line("inference (median)", "eval_ms", 2 * macs * b)
+for net, ps in pairs.items():
+    o0 = ps[0][0]
+    macs, b, name = o0["macs_per_image"], o0["batch"], o0["net"]
+    def line(label, key, flop, unit="ms", invert=False):
+        a = statistics.median(o[key] for o, _ in ps)
+        p = statistics.median(t[key] for _, t in ps)
+        ratios = [(o[key] / t[key]) if invert else (t[key] / o[key]) for o, t in ps]
+        r = statistics.median(ratios)
+        fmts = "/".join(sorted({FORMAT_TAG[t[key + "_format"]] for _, t in ps}))
+        rng = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        if flop:
+            ga, gp = flop / a / 1e6, flop / p / 1e6
+            g = f"{ga:6.1f} ({100 * ga / peak:3.0f}%) / {gp:6.1f} ({100 * gp / peak:3.0f}%)"
+        else:
+            g = "(ours / theirs)"
+        print(f"{name:<16} {label:<20} {a:>8.2f} {unit:<2} {p:>8.2f} {unit:<2} {fmts:>7} {r:>5.2f}x {rng:>10}  {g:>34}")
+    line("train step", "train_step_ms", 6 * macs * b)
+    line("inference", "eval_ms", 2 * macs * b)
     line("batch-1 latency", "latency1_ms", 2 * macs)
-    a, p = o["peak_rss_train_mib"], t["peak_rss_train_mib"]
-    fmt = FORMAT_TAG[t["peak_rss_train_mib_format"]]
-    print(f"{o['net']:<16} {'peak RSS in training':<22} {a:>8.0f} MiB {p:>8.0f} MiB{fmt} {a / p:>6.2f}x  (ours / theirs)")
-    print(f"{o['net']:<16} {'logits max rel. err.':<22} {t['logits_max_rel_err']:>12.2e}")
-print("\nratio = PyTorch time / sparsenet time (above 1: we are faster). PyTorch's column is the faster")
-print("(or leaner) of its two layouts for each measure: NCHW, or channels_last where marked 'cl'.")
+    line("peak RSS, training", "peak_rss_train_mib", 0, unit="Mi", invert=True)
+    err = max(t["logits_max_rel_err"] for _, t in ps)
+    print(f"{name:<16} {'logits max rel. err.':<20} {err:>11.2e}")
+print("\nPer round, PyTorch / sparsenet (train / inference / batch-1):")
+for net, ps in pairs.items():
+    for i, (o, t) in enumerate(ps):
+        rs = [t[k] / o[k] for k in MEASURES[:3]]
+        print(f"  {o['net']:<16} round {i + 1}: " + " / ".join(f"{r:.2f}x" for r in rs)
+              + f"   (ours {o['train_step_ms']:.0f} / {o['eval_ms']:.0f} / {o['latency1_ms']:.1f} ms;"
+              + f" pytorch {t['train_step_ms']:.0f} / {t['eval_ms']:.0f} / {t['latency1_ms']:.1f} ms)")
 EOF
