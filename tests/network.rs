@@ -399,6 +399,9 @@ fn winograd_f32_matches_f64_in_inference_and_training() {
     // above does not, nor do growth-12 layers.
     f32_eval_matches_f64::<SeedV2SmallBcK16<f32>, SeedV2SmallBcK16<f64>>(16, 2e-5);
     f32_eval_matches_f64::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(16, 2e-5);
+    // Batch 1: with two or more threads, a team pass whose Winograd layers
+    // split each image's blocks of tile rows over the threads.
+    f32_eval_matches_f64::<SeedV2SmallBcK16<f32>, SeedV2SmallBcK16<f64>>(1, 2e-5);
     // Training gradients: no further from the f64 ones than the direct
     // kernels' f32 gradients are (within a factor 2), and close in absolute
     // terms. Switching the path is process-wide; other tests running

@@ -159,6 +159,12 @@ fn bottleneck_direct<T: Float>(
                     let e = mid_ep.map(|e| e.channels(c0, cn));
                     direct::forward_ep(into, x, cin, &wa[c0 * cin..(c0 + cn) * cin], cn, part, e);
                 });
+                if kxk.is_winograd() {
+                    // Split by blocks of tile rows instead: each thread
+                    // would otherwise transform the whole input.
+                    kxk.run_split_blocks(Input::Padded(planes), o, ep);
+                    return;
+                }
                 split_out_channels(o, hw, |c0, cn, part| {
                     let mut grid = Scratch::<f32>::stale(kxk.scratch_len(cn));
                     let e = ep.map(|e| e.channels(c0, cn));

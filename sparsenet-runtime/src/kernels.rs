@@ -248,6 +248,10 @@ pub(crate) fn conv2d_direct<T: Float>(
             gather_into_split(srcs, pre, b, &d, &mut xin.0);
             let x = as_f32(&xin.0);
             let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
+            if conv.is_winograd() {
+                conv.run_split_blocks(Input::Padded(x), o, ep);
+                continue;
+            }
             split_out_channels(o, hw, |c0, cn, part| {
                 let mut grid = Scratch::<f32>::stale(conv.scratch_len(cn));
                 let e = ep.map(|e| e.channels(c0, cn));

@@ -127,6 +127,11 @@ fn serve(b: &Mailbox) {
     }
 }
 
+/// Whether this thread runs a batch-1 pass with its team (see [`run`]).
+pub(crate) fn in_pass() -> bool {
+    TEAM.get().is_some()
+}
+
 /// Runs `f(0)`, ..., `f(parts - 1)`, spread over the team of the pass this
 /// thread runs (see [`run`]) or, outside one, over rayon's threads.
 pub fn for_each_part(parts: usize, f: &(dyn Fn(usize) + Sync)) {

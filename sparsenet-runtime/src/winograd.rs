@@ -74,9 +74,16 @@ fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
     if !(enabled() && cpu_supported()) || cin.min(cout) < MIN_CHANNELS {
         Source::None
     } else if images < crate::threads::available() {
-        // Fewer images than threads: each thread takes some of the output
-        // channels of an image, and each would transform the whole input.
-        Source::None
+        if crate::team::in_pass() {
+            // A batch-1 inference pass: the threads split each image's
+            // blocks of tile rows ([`PreparedConv::run_split_blocks`]),
+            // with the same weights for every image of later passes.
+            Source::Cached
+        } else {
+            // Fewer images than threads elsewhere (a training batch of
+            // one): the direct kernel, split by output channels.
+            Source::None
+        }
     } else if images * d.h * d.w >= MIN_POSITIONS {
         Source::Fresh
     } else if crate::threads::in_image_pass() {
@@ -86,6 +93,19 @@ fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
         // A small call elsewhere (a small training batch): the weights
         // change between calls, so a cache would only fill.
         Source::None
+    }
+}
+
+/// An output buffer whose disjoint rows the parts of
+/// [`PreparedConv::run_split_blocks`] write.
+struct SharedOut(*mut f32);
+
+// SAFETY: only used to write disjoint rows, one part each.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(&self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -324,6 +344,48 @@ impl<'a> PreparedConv<'a> {
     /// Whether the Winograd path runs.
     pub fn is_winograd(&self) -> bool {
         self.winograd.is_some()
+    }
+
+    /// Every output channel of one image on the Winograd path, its blocks
+    /// of tile rows split over the threads (a batch-1 pass, where the
+    /// threads share each image: split by output channels instead, each
+    /// would transform the whole input). `out` holds the `cout` planes.
+    pub fn run_split_blocks(&self, input: Input, out: &mut [f32], ep: Option<Epilogue>) {
+        let t = self
+            .winograd
+            .as_ref()
+            .expect("run_split_blocks is the Winograd path's");
+        let (d, tl) = (self.d, t.tiling);
+        assert!(
+            out.len() >= self.cout * d.h * d.w,
+            "output holds cout planes"
+        );
+        let blocks = tl.th / tl.rows;
+        let per = blocks.div_ceil(crate::threads::available().min(blocks));
+        let base = SharedOut(out.as_mut_ptr());
+        crate::team::for_each_part(blocks.div_ceil(per), &|i| {
+            let mut scratch =
+                Scratch::<f32>::stale(winograd_scratch_len(d, self.cin, self.cout, &tl));
+            let mine = i * per..blocks.min((i + 1) * per);
+            let (cin, cout) = (self.cin, self.cout);
+            // SAFETY: `out` holds the planes (checked) and outlives the
+            // call; each part writes the rows of its own blocks only.
+            unsafe {
+                image_blocks(
+                    d,
+                    t,
+                    input,
+                    cin,
+                    cout,
+                    0,
+                    cout,
+                    base.ptr(),
+                    &mut scratch.0,
+                    ep,
+                    mine,
+                )
+            }
+        });
     }
 
     /// Output channels `c0..c0 + cn` of one image: `input` holds the `cin`
@@ -628,9 +690,50 @@ fn image(
     scratch: &mut Vec<f32>,
     ep: Option<Epilogue>,
 ) {
-    let tl = t.tiling;
     let hw = d.h * d.w;
     assert!(out.len() >= cn * hw, "output holds cn planes");
+    let blocks = t.tiling.th / t.tiling.rows;
+    // SAFETY: `out` holds the cn planes (checked) and is this call's alone.
+    unsafe {
+        image_blocks(
+            d,
+            t,
+            input,
+            cin,
+            cout,
+            c0,
+            cn,
+            out.as_mut_ptr(),
+            scratch,
+            ep,
+            0..blocks,
+        )
+    }
+}
+
+/// [`image`] for blocks `blocks` of tile rows only, into the `cn` planes
+/// at `out`.
+///
+/// # Safety
+/// `out` points at `cn` planes of h x w floats, whose rows of these blocks
+/// nothing else reads or writes meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn image_blocks(
+    d: &Direct,
+    t: &Transformed,
+    input: Input,
+    cin: usize,
+    cout: usize,
+    c0: usize,
+    cn: usize,
+    out: *mut f32,
+    scratch: &mut Vec<f32>,
+    ep: Option<Epilogue>,
+    blocks: Range<usize>,
+) {
+    let tl = t.tiling;
+    assert!(blocks.end * tl.rows <= tl.th, "blocks of the image");
+    assert!(c0 + cn <= cout, "output channels within the convolution");
     if let Some(e) = &ep {
         assert!(
             e.scale.len() >= cn && e.shift.len() >= cn,
@@ -655,7 +758,7 @@ fn image(
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
     #[cfg(target_arch = "x86_64")]
-    for ty0 in (0..tl.th).step_by(tl.rows) {
+    for ty0 in blocks.map(|b| b * tl.rows) {
         // SAFETY: AVX2 and FMA are present (`PreparedConv::new` checked);
         // the buffers were sized above for this tiling.
         let layout = VLayout::XiRows;
@@ -666,7 +769,8 @@ fn image(
             let mx = &mut m[xi * tl.nt..];
             direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
         }
-        // SAFETY: as above; stores stay in planes < cn, rows < h.
+        // SAFETY: as above; stores stay in planes < cn, in this block's
+        // rows (the caller's).
         unsafe { transform_output(d, &tl, m, cn, ty0, out, ep) };
     }
 }
@@ -1076,12 +1180,11 @@ unsafe fn transform_output(
     m: &[f32],
     cn: usize,
     ty0: usize,
-    out: &mut [f32],
+    op: *mut f32,
     ep: Option<Epilogue>,
 ) {
     let (nt, tw, w, hw) = (tl.nt, tl.tw, d.w, d.h * d.w);
     let mp = m.as_ptr();
-    let op = out.as_mut_ptr();
     let block_rows = 2 * ty0..2 * (ty0 + tl.rows);
     let slots = tl.slots();
     for o in 0..cn {
@@ -1225,6 +1328,15 @@ mod tests {
             // single one) with an epilogue and ReLU, into a stale buffer.
             let mut out = vec![f32::NAN; cout * h * w];
             conv.run(Input::Padded(&xp), 0, cout, &mut out, &mut scratch, None);
+            // The image's blocks split over the threads: the same numbers.
+            let mut split = vec![f32::NAN; cout * h * w];
+            conv.run_split_blocks(Input::Padded(&xp), &mut split, None);
+            assert_eq!(
+                bits(&split),
+                bits(&out),
+                "{:?} split by blocks",
+                (cin, cout, h, w)
+            );
             // From the planes as they are, a strip at a time: the same
             // numbers to the bit; through a BN-ReLU, those of the padded
             // transformed planes.
