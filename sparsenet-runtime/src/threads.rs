@@ -20,6 +20,7 @@ use crate::Float;
 use ndarray::{s, Array2, ArrayView4, Axis};
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     /// True while this thread runs one image of [`by_image`].
@@ -34,6 +35,25 @@ pub fn available() -> usize {
     } else {
         rayon::current_num_threads()
     }
+}
+
+thread_local! {
+    /// The [`by_image`] pass this thread runs a part of, 0 outside one.
+    static PASS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Passes of [`by_image`] begun in this process.
+static PASSES: AtomicU64 = AtomicU64::new(0);
+
+/// The [`by_image`] pass this thread runs a part of (a number no other pass
+/// of this process has), or 0 outside one. A pass borrows the model
+/// (shared by its threads), so the weights it is called with live and do
+/// not change until it ends: what a kernel derives from a weight buffer
+/// once in a pass holds for the rest of it ([`crate::winograd`]'s cache of
+/// transformed weights compares them in full once per pass instead of once
+/// per image).
+pub fn current_pass() -> u64 {
+    PASS.get()
 }
 
 /// Whether this thread runs one image of [`by_image`] (an inference pass),
@@ -62,21 +82,41 @@ pub fn by_image<T: Float>(
     if ALONE.get() {
         return pass(x);
     }
+    let id = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
     if n <= 1 {
         // Its layers split their channels over a team held for the pass.
-        return crate::team::run(|| pass(x));
+        return crate::team::run(|| {
+            let _pass = InPass::enter(id);
+            pass(x)
+        });
     }
     let piece = (PIECE_MACS.div_ceil(macs_per_image.max(1)) as usize)
         .clamp(1, n.div_ceil(rayon::current_num_threads()));
     let rows: Vec<Array2<T>> = (0..n.div_ceil(piece))
         .into_par_iter()
         .map(|i| {
-            let _alone = Alone::enter();
+            let (_alone, _pass) = (Alone::enter(), InPass::enter(id));
             pass(x.slice(s![i * piece..n.min((i + 1) * piece), .., .., ..]))
         })
         .collect();
     let views: Vec<_> = rows.iter().map(Array2::view).collect();
     ndarray::concatenate(Axis(0), &views).expect("every image has the same number of classes")
+}
+
+/// Marks this thread as running a part of pass `id` until dropped (also
+/// when the pass unwinds).
+struct InPass(u64);
+
+impl InPass {
+    fn enter(id: u64) -> Self {
+        InPass(PASS.replace(id))
+    }
+}
+
+impl Drop for InPass {
+    fn drop(&mut self) {
+        PASS.set(self.0);
+    }
 }
 
 /// Marks this thread as running one image until dropped (also when the pass

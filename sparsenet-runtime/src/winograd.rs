@@ -120,6 +120,30 @@ struct CachedTransform {
     weight: Vec<f32>,
     cout: usize,
     u: Arc<Vec<f32>>,
+    /// The weight buffer last found equal, and the pass
+    /// ([`crate::threads::current_pass`]) in which it was.
+    seen_at: usize,
+    seen_in: u64,
+}
+
+impl CachedTransform {
+    /// Whether `weight` is this entry's: compared in full, or, for the
+    /// buffer already found equal in this same pass (whose weights cannot
+    /// have changed since), at a sample of places (a guard against a
+    /// caller's freed buffer reused at the same address).
+    fn serves(&self, weight: &[f32], cout: usize, pass: u64) -> bool {
+        if self.cout != cout || self.weight.len() != weight.len() {
+            return false;
+        }
+        if pass != 0 && self.seen_in == pass && self.seen_at == weight.as_ptr() as usize {
+            let n = weight.len();
+            return (0..n)
+                .step_by(97)
+                .chain(n.checked_sub(1))
+                .all(|i| self.weight[i] == weight[i]);
+        }
+        self.weight.as_slice() == weight
+    }
 }
 
 thread_local! {
@@ -132,10 +156,9 @@ thread_local! {
 fn cached_transform(weight: &[f32], cout: usize, cin: usize) -> Arc<Vec<f32>> {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some(hit) = cache
-            .iter()
-            .find(|e| e.cout == cout && e.weight.as_slice() == weight)
-        {
+        let pass = crate::threads::current_pass();
+        if let Some(hit) = cache.iter_mut().find(|e| e.serves(weight, cout, pass)) {
+            (hit.seen_at, hit.seen_in) = (weight.as_ptr() as usize, pass);
             return hit.u.clone();
         }
         let mut u = vec![0.0; XI * cout * cin];
@@ -147,6 +170,8 @@ fn cached_transform(weight: &[f32], cout: usize, cin: usize) -> Arc<Vec<f32>> {
             weight: weight.to_vec(),
             cout,
             u: u.clone(),
+            seen_at: weight.as_ptr() as usize,
+            seen_in: pass,
         };
         total += bytes(&entry);
         while total > CACHE_BYTES && !cache.is_empty() {
@@ -1542,6 +1567,34 @@ mod tests {
         // The same values as another shape: not served either.
         let c = cached_transform(&wt, cin, cout);
         assert_eq!(c.as_slice(), &transform_weights(&wt, cin, cout).0[..]);
+    }
+
+    #[test]
+    fn within_a_pass_the_cache_trusts_the_buffer_it_compared() {
+        let (cout, cin) = (4, 3);
+        let mut wt = values(cout * cin * 9, 0.9);
+        let entry = |wt: &[f32], pass: u64| CachedTransform {
+            weight: wt.to_vec(),
+            cout,
+            u: Arc::new(Vec::new()),
+            seen_at: wt.as_ptr() as usize,
+            seen_in: pass,
+        };
+        let e = entry(&wt, 7);
+        assert!(e.serves(&wt, cout, 7) && e.serves(&wt, cout, 8));
+        assert!(!e.serves(&wt, cin, 7), "another shape");
+        // Changed where the sample looks (the first element): caught in
+        // the pass too. Elsewhere: caught outside the pass that compared
+        // the buffer in full, or by another buffer.
+        wt[0] += 1.0;
+        assert!(!e.serves(&wt, cout, 7));
+        wt[0] -= 1.0;
+        wt[5] += 1.0;
+        assert!(!e.serves(&wt, cout, 8) && !e.serves(&wt, cout, 0));
+        assert!(!e.serves(&wt.clone(), cout, 7));
+        // A buffer at another address, equal in value: compared in full.
+        let other = entry(&values(cout * cin * 9, 0.9), 7);
+        assert!(other.serves(&values(cout * cin * 9, 0.9), cout, 7));
     }
 
     #[test]
