@@ -138,7 +138,7 @@ impl CachedTransform {
         if pass != 0 && self.seen_in == pass && self.seen_at == weight.as_ptr() as usize {
             let n = weight.len();
             return (0..n)
-                .step_by(97)
+                .step_by(1021)
                 .chain(n.checked_sub(1))
                 .all(|i| self.weight[i] == weight[i]);
         }
