@@ -266,10 +266,15 @@ pub(crate) fn conv2d_direct<T: Float>(
         .for_each_init(
             // Stale contents: the gather and the kernel write every
             // element, and rayon calls this once per piece of work it
-            // splits off.
+            // splits off. The Winograd path gathers nothing.
             || {
+                let gathered = if conv.is_winograd() {
+                    0
+                } else {
+                    d.input_len(cin)
+                };
                 (
-                    Scratch::<T>::stale(d.input_len(cin)),
+                    Scratch::<T>::stale(gathered),
                     Scratch::<f32>::stale(conv.scratch_len(oc)),
                 )
             },

@@ -817,10 +817,11 @@ pub enum Input<'a> {
     /// The zero-padded planes of the convolution's [`Direct`] layout.
     Padded(&'a [f32]),
     /// The channels' planes as they are (h x w each), and the per-channel
-    /// transform to apply as they are read. The transform reads each
-    /// block's padded rows into a small strip instead (a few channels at a
-    /// time, in L1), with the transform applied: no padded copy of the
-    /// image is written and read back through L2 and beyond.
+    /// transform to apply as they are read: each block's padded rows go
+    /// into a small strip (a few channels at a time, in L1) with the
+    /// transform applied, instead of a gathered padded copy of the image
+    /// (444 KB for a BC-100 stage-1 layer; measured neutral to 4% faster
+    /// on the training step).
     Planes {
         planes: &'a [&'a [f32]],
         pre: Option<Affine<'a>>,
