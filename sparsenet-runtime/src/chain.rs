@@ -140,7 +140,6 @@ fn bottleneck_direct<T: Float>(
     let mid_ep = OwnedEpilogue::new(b.bias, conv.pre, cm);
     let mid_ep = mid_ep.as_ref().map(OwnedEpilogue::view);
     let mut out = stale4((n, oc, mid.ho, mid.wo));
-    let hw = mid.ho * mid.wo;
     // One image, start to end, in the scratch buffers of the calling thread
     // (`planes` with its zero border already in place).
     let image =
@@ -159,17 +158,7 @@ fn bottleneck_direct<T: Float>(
                     let e = mid_ep.map(|e| e.channels(c0, cn));
                     direct::forward_ep(into, x, cin, &wa[c0 * cin..(c0 + cn) * cin], cn, part, e);
                 });
-                if kxk.is_winograd() {
-                    // Split by blocks of tile rows instead: each thread
-                    // would otherwise transform the whole input.
-                    kxk.run_split_blocks(Input::Padded(planes), o, ep);
-                    return;
-                }
-                split_out_channels(o, hw, |c0, cn, part| {
-                    let mut grid = Scratch::<f32>::stale(kxk.scratch_len(cn));
-                    let e = ep.map(|e| e.channels(c0, cn));
-                    kxk.run(Input::Padded(planes), c0, cn, part, &mut grid.0, e);
-                });
+                kxk.run_split(Input::Padded(planes), o, ep);
             } else {
                 direct::forward_ep(into, x, cin, wa, cm, planes, mid_ep);
                 kxk.run(Input::Padded(planes), 0, oc, o, grid, ep);

@@ -238,7 +238,6 @@ pub(crate) fn conv2d_direct<T: Float>(
     let conv = PreparedConv::new(&d, as_f32(weight), cin, oc, n);
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
-    let hw = d.ho * d.wo;
     if n < crate::threads::available() {
         // Fewer images than threads (batch-1 inference): the threads
         // share each image, split by output channels.
@@ -248,15 +247,7 @@ pub(crate) fn conv2d_direct<T: Float>(
             gather_into_split(srcs, pre, b, &d, &mut xin.0);
             let x = as_f32(&xin.0);
             let o = as_f32_mut(ob.as_slice_mut().expect("contiguous"));
-            if conv.is_winograd() {
-                conv.run_split_blocks(Input::Padded(x), o, ep);
-                continue;
-            }
-            split_out_channels(o, hw, |c0, cn, part| {
-                let mut grid = Scratch::<f32>::stale(conv.scratch_len(cn));
-                let e = ep.map(|e| e.channels(c0, cn));
-                conv.run(Input::Padded(x), c0, cn, part, &mut grid.0, e);
-            });
+            conv.run_split(Input::Padded(x), o, ep);
         }
         return out;
     }

@@ -76,7 +76,7 @@ fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
     } else if images < crate::threads::available() {
         if crate::team::in_pass() {
             // A batch-1 inference pass: the threads split each image's
-            // blocks of tile rows ([`PreparedConv::run_split_blocks`]),
+            // blocks of tile rows ([`PreparedConv::run_split`]),
             // with the same weights for every image of later passes.
             Source::Cached
         } else {
@@ -97,7 +97,7 @@ fn source(d: &Direct, cin: usize, cout: usize, images: usize) -> Source {
 }
 
 /// An output buffer whose disjoint rows the parts of
-/// [`PreparedConv::run_split_blocks`] write.
+/// [`PreparedConv::run_split`] write.
 struct SharedOut(*mut f32);
 
 // SAFETY: only used to write disjoint rows, one part each.
@@ -362,7 +362,7 @@ impl<'a> PreparedConv<'a> {
         match &self.winograd {
             None if self.d.rows => 0,
             None => cn * self.d.out_plane,
-            Some(t) => winograd_scratch_len(self.d, self.cin, cn, &t.tiling),
+            Some(t) => winograd_scratch_len(self.cin, cn, &t.tiling),
         }
     }
 
@@ -371,15 +371,21 @@ impl<'a> PreparedConv<'a> {
         self.winograd.is_some()
     }
 
-    /// Every output channel of one image on the Winograd path, its blocks
-    /// of tile rows split over the threads (a batch-1 pass, where the
-    /// threads share each image: split by output channels instead, each
-    /// would transform the whole input). `out` holds the `cout` planes.
-    pub fn run_split_blocks(&self, input: Input, out: &mut [f32], ep: Option<Epilogue>) {
-        let t = self
-            .winograd
-            .as_ref()
-            .expect("run_split_blocks is the Winograd path's");
+    /// Every output channel of one image, split over the threads (a
+    /// batch-1 pass, where the threads share each image): the direct
+    /// kernel by output channels, the Winograd path by blocks of tile rows
+    /// (split by output channels, each thread would transform the whole
+    /// input). `out` holds the `cout` planes, `ep` covers them.
+    pub fn run_split(&self, input: Input, out: &mut [f32], ep: Option<Epilogue>) {
+        let Some(t) = &self.winograd else {
+            let hw = self.d.ho * self.d.wo;
+            crate::kernels::split_out_channels(out, hw, |c0, cn, part| {
+                let mut grid = Scratch::<f32>::stale(self.scratch_len(cn));
+                let e = ep.map(|e| e.channels(c0, cn));
+                self.run(input, c0, cn, part, &mut grid.0, e);
+            });
+            return;
+        };
         let (d, tl) = (self.d, t.tiling);
         assert!(
             out.len() >= self.cout * d.h * d.w,
@@ -389,8 +395,7 @@ impl<'a> PreparedConv<'a> {
         let per = blocks.div_ceil(crate::threads::available().min(blocks));
         let base = SharedOut(out.as_mut_ptr());
         crate::team::for_each_part(blocks.div_ceil(per), &|i| {
-            let mut scratch =
-                Scratch::<f32>::stale(winograd_scratch_len(d, self.cin, self.cout, &tl));
+            let mut scratch = Scratch::<f32>::stale(winograd_scratch_len(self.cin, self.cout, &tl));
             let mine = i * per..blocks.min((i + 1) * per);
             let (cin, cout) = (self.cin, self.cout);
             // SAFETY: `out` holds the planes (checked) and outlives the
@@ -440,16 +445,38 @@ impl<'a> PreparedConv<'a> {
             (None, Input::Planes { .. }) => {
                 panic!("the direct kernel reads its input in the padded layout")
             }
-            (Some(t), input) => image(
-                self.d, t, input, self.cin, self.cout, c0, cn, out, scratch, ep,
-            ),
+            (Some(t), input) => {
+                assert!(
+                    out.len() >= cn * self.d.h * self.d.w,
+                    "output holds cn planes"
+                );
+                let blocks = 0..t.tiling.th / t.tiling.rows;
+                let (cin, cout, d) = (self.cin, self.cout, self.d);
+                // SAFETY: `out` holds the cn planes (checked) and is this
+                // call's alone.
+                unsafe {
+                    image_blocks(
+                        d,
+                        t,
+                        input,
+                        cin,
+                        cout,
+                        c0,
+                        cn,
+                        out.as_mut_ptr(),
+                        scratch,
+                        ep,
+                        blocks,
+                    )
+                }
+            }
         }
     }
 }
 
 /// The Winograd path's scratch: `V`, `M` and the row buffers.
-fn winograd_scratch_len(d: &Direct, cin: usize, cn: usize, tl: &Tiling) -> usize {
-    XI * xi_stride(cin, tl.nt) + XI * (cn + 1) * tl.nt + 4 * tl.row_len() + strip_len(d, tl)
+fn winograd_scratch_len(cin: usize, cn: usize, tl: &Tiling) -> usize {
+    XI * xi_stride(cin, tl.nt) + XI * (cn + 1) * tl.nt + 4 * tl.row_len() + strip_len(tl)
 }
 
 /// The weight gradient of a 3x3 pad-1 convolution through F(2x2, 3x3):
@@ -502,7 +529,7 @@ impl WeightGrad {
             + XI * tl.nt * wd
             + 2 * tl.rows * 2 * tl.tw * wd
             + 4 * tl.row_len()
-            + STRIP_CHANNELS * (2 * tl.rows + 2) * (2 * tl.tw + 2)
+            + strip_len(tl)
     }
 
     /// Adds one image's products into `acc`: `input` holds its `cin` input
@@ -701,43 +728,9 @@ fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, u: &mut [f32]
     }
 }
 
-/// [`PreparedConv::run`]'s Winograd path for one image.
-#[allow(clippy::too_many_arguments)]
-fn image(
-    d: &Direct,
-    t: &Transformed,
-    input: Input,
-    cin: usize,
-    cout: usize,
-    c0: usize,
-    cn: usize,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    ep: Option<Epilogue>,
-) {
-    let hw = d.h * d.w;
-    assert!(out.len() >= cn * hw, "output holds cn planes");
-    let blocks = t.tiling.th / t.tiling.rows;
-    // SAFETY: `out` holds the cn planes (checked) and is this call's alone.
-    unsafe {
-        image_blocks(
-            d,
-            t,
-            input,
-            cin,
-            cout,
-            c0,
-            cn,
-            out.as_mut_ptr(),
-            scratch,
-            ep,
-            0..blocks,
-        )
-    }
-}
-
-/// [`image`] for blocks `blocks` of tile rows only, into the `cn` planes
-/// at `out`.
+/// [`PreparedConv::run`]'s Winograd path: output channels `c0..c0 + cn`
+/// of one image for blocks `blocks` of tile rows, into the `cn` planes at
+/// `out`.
 ///
 /// # Safety
 /// `out` points at `cn` planes of h x w floats, whose rows of these blocks
@@ -773,8 +766,7 @@ unsafe fn image_blocks(
     let xs = xi_stride(cin, tl.nt);
     let (v_len, m_len) = (XI * xs, XI * (cn + 1) * tl.nt);
     let r_len = 4 * tl.row_len();
-    scratch.resize(v_len + m_len + r_len + strip_len(d, &tl), 0.0);
-    debug_assert_eq!(scratch.len(), winograd_scratch_len(d, cin, cn, &tl));
+    scratch.resize(winograd_scratch_len(cin, cn, &tl), 0.0);
     let (v, rest) = scratch.split_at_mut(v_len);
     let (m, rest) = rest.split_at_mut(m_len);
     let (rows, strip) = rest.split_at_mut(r_len);
@@ -862,9 +854,9 @@ impl Affine<'_> {
 const STRIP_CHANNELS: usize = 8;
 
 /// Floats of [`Input::Planes`]' strip: [`STRIP_CHANNELS`] planes of the
-/// block's padded rows.
-fn strip_len(d: &Direct, tl: &Tiling) -> usize {
-    STRIP_CHANNELS * (2 * tl.rows + 2) * d.wp
+/// block's padded rows (`2 tw + 2` wide, the padded width).
+fn strip_len(tl: &Tiling) -> usize {
+    STRIP_CHANNELS * (2 * tl.rows + 2) * (2 * tl.tw + 2)
 }
 
 /// `V` of the block at tile row `ty0` from `input` (see [`transform_input`]),
@@ -898,6 +890,7 @@ unsafe fn transform_block(
         }
         Input::Planes { planes, pre } => {
             assert_eq!(planes.len(), cin, "one plane per input channel");
+            debug_assert_eq!(d.wp, 2 * tl.tw + 2, "the tiling covers the padded row");
             let sp = (2 * tl.rows + 2) * d.wp;
             assert!(
                 strip.len() >= STRIP_CHANNELS * sp,
@@ -1356,7 +1349,7 @@ mod tests {
             conv.run(Input::Padded(&xp), 0, cout, &mut out, &mut scratch, None);
             // The image's blocks split over the threads: the same numbers.
             let mut split = vec![f32::NAN; cout * h * w];
-            conv.run_split_blocks(Input::Padded(&xp), &mut split, None);
+            conv.run_split(Input::Padded(&xp), &mut split, None);
             assert_eq!(
                 bits(&split),
                 bits(&out),
