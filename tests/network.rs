@@ -395,7 +395,8 @@ fn f32_gradient_error<A: Model<f32>, B: Model<f64>>(batch: usize) -> f64 {
 fn winograd_f32_matches_f64_in_inference_and_training() {
     // Batch 16: the 3x3 layers at 32 and 16 wide have at least 4096 output
     // positions in all, and with 16 or more input and output channels take
-    // the Winograd path (forward, input gradient, weight gradient); batch 3
+    // the Winograd path (forward and input gradient through 4x4 tiles, the
+    // weight gradient through 2x2); batch 3
     // above does not, nor do growth-12 layers.
     f32_eval_matches_f64::<SeedV2SmallBcK16<f32>, SeedV2SmallBcK16<f64>>(16, 2e-5);
     f32_eval_matches_f64::<SeedV2SmallBc<f32>, SeedV2SmallBc<f64>>(16, 2e-5);

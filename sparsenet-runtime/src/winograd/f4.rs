@@ -1,0 +1,324 @@
+//! Winograd F(4x4, 3x3): each 4x4 block of outputs from the 6x6 block of
+//! inputs under it, with 36 products per (input, output) channel pair where
+//! F(2x2, 3x3) ([`super`]) has 16 per 2x2 block: 2.25 products per output
+//! instead of 4 (1.78x fewer), and 2.25 transformed input floats written
+//! per output instead of 4 (the input transform is bound by its stores).
+//!
+//! The matrices are Lavin and Gray's (interpolation points 0, +-1, +-2):
+//!
+//! ```text
+//! B^T = [4  0 -5  0 1 0]   G = [ 1/4     0    0 ]   A^T = [1 1  1 1  1 0]
+//!       [0 -4 -4  1 1 0]       [-1/6 -1/6 -1/6 ]         [0 1 -1 2 -2 0]
+//!       [0  4 -4 -1 1 0]       [-1/6  1/6 -1/6 ]         [0 1  1 4  4 0]
+//!       [0 -2 -1  2 1 0]       [1/24 1/12  1/6 ]         [0 1 -1 8 -8 1]
+//!       [0  2 -1 -2 1 0]       [1/24 -1/12 1/6 ]
+//!       [0  4  0 -5 0 1]       [   0     0    1]
+//! ```
+//!
+//! Their coefficients (up to 8, and 1/24) make the rounding error larger
+//! than F(2x2, 3x3)'s, whose are 0, +-1 and +-1/2: the tests bound both
+//! against the definition in f64.
+//!
+//! Position `xi` of a transformed 6x6 tile is `6 * column + row`, so that
+//! the input transform's last pass (down one column) writes six positions
+//! one after the other, and the output transform's first pass reads them
+//! so. Within each vector of 8 tiles (a tile row's 8 consecutive tiles),
+//! `V` and `M` hold the tiles in the order an in-lane 4x4 transpose leaves
+//! them, 0 2 4 6 1 3 5 7: tile `2k` is the low half of the `k`th vector
+//! of a padded row, tile `2k + 1` its high half (see [`columns`]).
+//!
+//! Taken for the forward convolutions (and input gradients) whose width is
+//! a multiple of 16 (tile rows of whole halves of vectors of 8 tiles; where
+//! a tile row has 4 tiles, a vector holds two); the weight gradient stays
+//! on F(2x2, 3x3) ([`super::WeightGrad`]).
+
+// The transforms index register arrays by position on purpose (unrolled).
+#![allow(clippy::needless_range_loop)]
+
+use super::Tiling;
+#[cfg(target_arch = "x86_64")]
+use super::{prefetch_lines, xi_stride, Finish, PaddedRows, PF_AHEAD, PF_CHANNELS};
+#[cfg(target_arch = "x86_64")]
+use crate::direct::{Direct, Epilogue};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
+use std::ops::Range;
+
+/// Positions of a transformed tile (6 x 6).
+pub(super) const XI: usize = 36;
+
+/// Floats of the buffer [`transform_input`] copies a channel's padded rows
+/// under a block into where its last vectors would read past the input:
+/// the rows, and the 2 floats (of a vector's 8) past the last one.
+pub(super) fn rows_len(tl: &Tiling) -> usize {
+    (4 * tl.rows + 2) * (4 * tl.tw + 2) + 8
+}
+
+/// `U = G g G^T` for every (output, input) channel pair, laid out
+/// `[xi][o][c]` (`xi = 6 * column + row`): for one `xi`, the weight matrix
+/// of that position's product. Computed in f64 and rounded once (the
+/// weights are few; the thirds and 24ths would round at every step in f32).
+pub(super) fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, u: &mut [f32]) {
+    assert_eq!(u.len(), XI * cout * cin, "U holds 36 x cout x cin");
+    // The rows of G applied to three values.
+    let g = |a: f64, b: f64, c: f64| {
+        [
+            a / 4.0,
+            -(a + b + c) / 6.0,
+            -(a - b + c) / 6.0,
+            a / 24.0 + b / 12.0 + c / 6.0,
+            a / 24.0 - b / 12.0 + c / 6.0,
+            c,
+        ]
+    };
+    for o in 0..cout {
+        for c in 0..cin {
+            let k = &weight[(o * cin + c) * 9..(o * cin + c + 1) * 9];
+            let k = |i: usize| k[i] as f64;
+            // G g: 6 rows of 3, column by column.
+            let cols: [[f64; 6]; 3] = std::array::from_fn(|j| g(k(j), k(3 + j), k(6 + j)));
+            for row in 0..6 {
+                let vals = g(cols[0][row], cols[1][row], cols[2][row]);
+                for (col, &v) in vals.iter().enumerate() {
+                    u[((6 * col + row) * cout + o) * cin + c] = v as f32;
+                }
+            }
+        }
+    }
+}
+
+/// The 4x4 transpose within each 128-bit half of four vectors: value `j`
+/// of each half of result `j'` is value `j'` of that half of input `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose4(a: __m256, b: __m256, c: __m256, d: __m256) -> [__m256; 4] {
+    let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    [
+        _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2),
+        _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2),
+        _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3),
+        _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3),
+    ]
+}
+
+/// Columns 0..6 of 8 tiles of one padded row (tile `t`'s columns are `4 t
+/// .. 4 t + 6` from its first), 4 whose first column is at `qa` and 4 at
+/// `qb` (`qa + 16` within a row; the same row of the next tile row where
+/// rows have 4 tiles), each a vector in the tiles' order 0 2 4 6 1 3 5 7:
+/// the 8 values from `qa` are tile 0's columns 0..4 and tile 1's, so an
+/// in-lane transpose of four such vectors gives columns 0..4; the same 4
+/// floats on gives columns 4 and 5. Reads `qa .. qa + 20`, `qb .. qb + 20`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn columns(qa: *const f32, qb: *const f32) -> [__m256; 6] {
+    let l = |k: usize, off: usize| {
+        let q = if k < 2 { qa } else { qb };
+        _mm256_loadu_ps(q.add(8 * (k % 2) + off))
+    };
+    let [c0, c1, c2, c3] = transpose4(l(0, 0), l(1, 0), l(2, 0), l(3, 0));
+    let (t0, t2) = (
+        _mm256_unpacklo_ps(l(0, 4), l(1, 4)),
+        _mm256_unpacklo_ps(l(2, 4), l(3, 4)),
+    );
+    let c4 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+    let c5 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+    [c0, c1, c2, c3, c4, c5]
+}
+
+/// Where the 4-tile halves of the vector of tiles `t0 .. t0 + 8` of a
+/// block start: (tile row, first tile) of each.
+fn halves(tl: &Tiling, t0: usize) -> [(usize, usize); 2] {
+    [t0, t0 + 4].map(|t| (t / tl.tw, t % tl.tw))
+}
+
+/// `B^T d` for 6 values (of 8 tiles each).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
+    let (four, five, two) = (
+        _mm256_set1_ps(4.0),
+        _mm256_set1_ps(5.0),
+        _mm256_set1_ps(2.0),
+    );
+    // d4 - 4 d2, d3 - 4 d1, d4 - d2, 2 (d3 - d1).
+    let t0 = _mm256_fnmadd_ps(four, d[2], d[4]);
+    let t1 = _mm256_fnmadd_ps(four, d[1], d[3]);
+    let t2 = _mm256_sub_ps(d[4], d[2]);
+    let t3 = _mm256_mul_ps(two, _mm256_sub_ps(d[3], d[1]));
+    [
+        _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4])),
+        _mm256_add_ps(t0, t1),
+        _mm256_sub_ps(t0, t1),
+        _mm256_add_ps(t2, t3),
+        _mm256_sub_ps(t2, t3),
+        _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5])),
+    ]
+}
+
+/// `A^T m` for 6 values (of 8 tiles each).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
+    let (s12, d12) = (_mm256_add_ps(m[1], m[2]), _mm256_sub_ps(m[1], m[2]));
+    let (s34, d34) = (_mm256_add_ps(m[3], m[4]), _mm256_sub_ps(m[3], m[4]));
+    [
+        _mm256_add_ps(_mm256_add_ps(m[0], s12), s34),
+        _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
+        _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
+        _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), m[5]),
+    ]
+}
+
+/// `V[xi][c][t] = (B^T d B)[xi]` (the layout of [`super::VLayout::XiRows`])
+/// for the tiles of tile rows `ty0 .. ty0 + rows` (the block whose first
+/// padded row is `src.row0`) of `channels`: along each of a vector of
+/// tiles' six padded rows first (8 tiles at a time, see [`columns`]), then
+/// down each of the six resulting columns. A channel whose last vectors
+/// would read past the input goes through `rows` ([`rows_len`] floats).
+///
+/// # Safety
+/// AVX2 and FMA present; `v` holds `36` matrices [`xi_stride`] apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn transform_input(
+    src: PaddedRows,
+    tl: &Tiling,
+    channels: Range<usize>,
+    cin: usize,
+    v: &mut [f32],
+    rows: &mut [f32],
+) {
+    let PaddedRows { x, plane, wp, row0 } = src;
+    let (nt, tw) = (tl.nt, tl.tw);
+    assert!(
+        tw.is_multiple_of(4) && nt.is_multiple_of(8),
+        "tile rows of whole halves of vectors, blocks of whole vectors"
+    );
+    assert!(wp >= 4 * tw + 2, "padded rows cover the tiles");
+    assert!(channels.end <= cin, "channels of the convolution");
+    let xs = xi_stride(cin, nt);
+    assert!(
+        (XI - 1) * xs + cin * nt <= v.len(),
+        "V holds 36 matrices of cin x nt"
+    );
+    assert!(rows.len() >= rows_len(tl), "row buffer");
+    // The channel's padded rows under the block.
+    let span = (4 * tl.rows + 2) * wp;
+    let vp = v.as_mut_ptr();
+    for c in channels.clone() {
+        let top = (c - channels.start) * plane + row0 * wp;
+        assert!(top + span <= x.len(), "the block's padded rows lie in x");
+        // The same rows two channels on (see the F(2x2) transform).
+        let ahead = top + PF_CHANNELS * plane;
+        if ahead + span <= x.len() {
+            let q = x.as_ptr().add(ahead);
+            for line in (0..span).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+            }
+            _mm_prefetch::<_MM_HINT_T0>(q.add(span - 1) as *const i8);
+        }
+        // The last vector reads 2 floats past the last padded row.
+        let p = if top + span + 2 <= x.len() {
+            x.as_ptr().add(top)
+        } else {
+            rows[..span].copy_from_slice(&x[top..top + span]);
+            rows[span..].fill(0.0);
+            rows.as_ptr()
+        };
+        let mut q = vp.add(c * nt);
+        for t0 in (0..nt).step_by(8) {
+            let [(ra, xa), (rb, xb)] = halves(tl, t0);
+            let (pa, pb) = (p.add(4 * ra * wp + 4 * xa), p.add(4 * rb * wp + 4 * xb));
+            // Along each padded row: hr[i][j], column j of row i.
+            let mut hr = [[_mm256_setzero_ps(); 6]; 6];
+            for (i, h) in hr.iter_mut().enumerate() {
+                *h = bt(columns(pa.add(i * wp), pb.add(i * wp)));
+            }
+            // Down each column: positions 6 j .. 6 j + 6.
+            let mut at = q;
+            for j in 0..6 {
+                let col = bt([hr[0][j], hr[1][j], hr[2][j], hr[3][j], hr[4][j], hr[5][j]]);
+                for val in col {
+                    _mm256_storeu_ps(at, val);
+                    at = at.add(xs);
+                }
+            }
+            q = q.add(8);
+        }
+    }
+}
+
+/// `Y = A^T M A` for every tile of the block at tile row `ty0` and output
+/// channel `o < cn` (`M[o][xi][t]`, 36 runs of `nt` per channel), the
+/// epilogue applied, each vector of 8 tiles transposed back into 4 output
+/// rows of 16 per half (see [`halves`]).
+///
+/// # Safety
+/// AVX2 and FMA present; `op` points at `cn` planes of h x w whose rows of
+/// this block nothing else touches meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn transform_output(
+    d: &Direct,
+    tl: &Tiling,
+    m: &[f32],
+    cn: usize,
+    ty0: usize,
+    op: *mut f32,
+    ep: Option<Epilogue>,
+) {
+    let (nt, tw, w, hw) = (tl.nt, tl.tw, d.w, d.h * d.w);
+    assert!(
+        tw.is_multiple_of(4) && nt.is_multiple_of(8),
+        "tile rows of whole halves of vectors"
+    );
+    assert!(m.len() >= cn * XI * nt, "M holds cn x 36 runs of nt");
+    assert!(
+        4 * (ty0 + tl.rows) <= d.h && 4 * tw == w,
+        "the block lies in the image"
+    );
+    let mp = m.as_ptr();
+    let block_rows = 4 * ty0..4 * (ty0 + tl.rows);
+    for o in 0..cn {
+        if o + PF_AHEAD < cn {
+            prefetch_lines(op.add((o + PF_AHEAD) * hw), block_rows.clone(), w);
+        }
+        let finish = Finish::of(&ep, o);
+        let finish = |y| finish.apply(y);
+        for t0 in (0..nt).step_by(8) {
+            let load = |xi: usize| _mm256_loadu_ps(mp.add((o * XI + xi) * nt + t0));
+            // Down each column j: sr[j][i], output row i of column j.
+            let mut sr = [[_mm256_setzero_ps(); 4]; 6];
+            for (j, s) in sr.iter_mut().enumerate() {
+                let x = 6 * j;
+                *s = at([
+                    load(x),
+                    load(x + 1),
+                    load(x + 2),
+                    load(x + 3),
+                    load(x + 4),
+                    load(x + 5),
+                ]);
+            }
+            let [(ra, xa), (rb, xb)] = halves(tl, t0);
+            let (a, b) = (
+                op.add(o * hw + 4 * (ty0 + ra) * w + 4 * xa),
+                op.add(o * hw + 4 * (ty0 + rb) * w + 4 * xb),
+            );
+            for i in 0..4 {
+                let [y0, y1, y2, y3] =
+                    at([sr[0][i], sr[1][i], sr[2][i], sr[3][i], sr[4][i], sr[5][i]]);
+                let (y0, y1, y2, y3) = (finish(y0), finish(y1), finish(y2), finish(y3));
+                // Back to tiles 2k, 2k + 1 side by side in vector k.
+                let [v0, v1, v2, v3] = transpose4(y0, y1, y2, y3);
+                let (ya, yb) = (a.add(i * w), b.add(i * w));
+                _mm256_storeu_ps(ya, v0);
+                _mm256_storeu_ps(ya.add(8), v1);
+                _mm256_storeu_ps(yb, v2);
+                _mm256_storeu_ps(yb.add(8), v3);
+            }
+        }
+    }
+}
