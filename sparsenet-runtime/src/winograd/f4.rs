@@ -27,17 +27,17 @@
 //! them, 0 2 4 6 1 3 5 7: tile `2k` is the low half of the `k`th vector
 //! of a padded row, tile `2k + 1` its high half (see [`columns`]).
 //!
-//! Taken for the forward convolutions (and input gradients) whose width is
-//! a multiple of 16 (tile rows of whole halves of vectors of 8 tiles; where
-//! a tile row has 4 tiles, a vector holds two); the weight gradient stays
-//! on F(2x2, 3x3) ([`super::WeightGrad`]).
+//! Taken for the forward convolutions, input gradients and weight
+//! gradients ([`super::WeightGrad`], through [`transform_output_grad`] and
+//! [`fold`]) whose width is a multiple of 16 (tile rows of whole halves of
+//! vectors of 8 tiles; where a tile row has 4 tiles, a vector holds two).
 
 // The transforms index register arrays by position on purpose (unrolled).
 #![allow(clippy::needless_range_loop)]
 
 use super::Tiling;
 #[cfg(target_arch = "x86_64")]
-use super::{prefetch_lines, xi_stride, Finish, PaddedRows, PF_AHEAD, PF_CHANNELS};
+use super::{prefetch_lines, xi_stride, Finish, PaddedRows, VLayout, PF_AHEAD, PF_CHANNELS};
 #[cfg(target_arch = "x86_64")]
 use crate::direct::{Direct, Epilogue};
 #[cfg(target_arch = "x86_64")]
@@ -171,8 +171,7 @@ unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
     ]
 }
 
-/// `V[xi][c][t] = (B^T d B)[xi]` (the layout of [`super::VLayout::XiRows`])
-/// for the tiles of tile rows `ty0 .. ty0 + rows` (the block whose first
+/// `V[xi][c][t] = (B^T d B)[xi]` (in `layout`) for the tiles of tile rows `ty0 .. ty0 + rows` (the block whose first
 /// padded row is `src.row0`) of `channels`: along each of a vector of
 /// tiles' six padded rows first (8 tiles at a time, see [`columns`]), then
 /// down each of the six resulting columns. A channel whose last vectors
@@ -189,12 +188,17 @@ pub(super) unsafe fn transform_input(
     cin: usize,
     v: &mut [f32],
     rows: &mut [f32],
+    layout: VLayout,
 ) {
     let PaddedRows { x, plane, wp, row0 } = src;
     let (nt, tw) = (tl.nt, tl.tw);
     assert!(
         tw.is_multiple_of(4) && nt.is_multiple_of(8),
         "tile rows of whole halves of vectors, blocks of whole vectors"
+    );
+    assert!(
+        layout == VLayout::XiRows || nt.is_multiple_of(16),
+        "whole blocks of the pointwise layout"
     );
     assert!(wp >= 4 * tw + 2, "padded rows cover the tiles");
     assert!(channels.end <= cin, "channels of the convolution");
@@ -227,8 +231,11 @@ pub(super) unsafe fn transform_input(
             rows[span..].fill(0.0);
             rows.as_ptr()
         };
-        let mut q = vp.add(c * nt);
         for t0 in (0..nt).step_by(8) {
+            let q = vp.add(match layout {
+                VLayout::XiRows => c * nt + t0,
+                VLayout::PointwiseBlocks => ((t0 / 16) * cin + c) * 16 + t0 % 16,
+            });
             let [(ra, xa), (rb, xb)] = halves(tl, t0);
             let (pa, pb) = (p.add(4 * ra * wp + 4 * xa), p.add(4 * rb * wp + 4 * xb));
             // Along each padded row: hr[i][j], column j of row i.
@@ -245,7 +252,6 @@ pub(super) unsafe fn transform_input(
                     at = at.add(xs);
                 }
             }
-            q = q.add(8);
         }
     }
 }
@@ -318,6 +324,107 @@ pub(super) unsafe fn transform_output(
                 _mm256_storeu_ps(ya.add(8), v1);
                 _mm256_storeu_ps(yb, v2);
                 _mm256_storeu_ps(yb.add(8), v3);
+            }
+        }
+    }
+}
+
+/// `A` applied to 4 values (of 8 channels each): the adjoint of [`at`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn a6(y: [__m256; 4]) -> [__m256; 6] {
+    let (e, o) = (_mm256_add_ps(y[0], y[2]), _mm256_add_ps(y[1], y[3]));
+    // y0 + 4 y2, 2 y1 + 8 y3.
+    let e2 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), y[2], y[0]);
+    let o2 = _mm256_fmadd_ps(
+        _mm256_set1_ps(8.0),
+        y[3],
+        _mm256_mul_ps(_mm256_set1_ps(2.0), y[1]),
+    );
+    [
+        y[0],
+        _mm256_add_ps(e, o),
+        _mm256_sub_ps(e, o),
+        _mm256_add_ps(e2, o2),
+        _mm256_sub_ps(e2, o2),
+        y[3],
+    ]
+}
+
+/// `D[xi][t][o] = (A dY A^T)[xi]` for the tiles `t` of a block (rows of
+/// `wd` floats), from `g`, the block's output-gradient rows as positions x
+/// channels (`wd` floats per position, rows `w` positions long): the weight
+/// gradient's counterpart of `V` (`dU = sum over tiles of D (.) V`), with
+/// the tiles where [`transform_input`] puts them.
+///
+/// # Safety
+/// AVX2 and FMA present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn transform_output_grad(
+    tl: &Tiling,
+    g: &[f32],
+    wd: usize,
+    w: usize,
+    dt: &mut [f32],
+) {
+    let nt = tl.nt;
+    assert!(wd.is_multiple_of(8), "rows of whole vectors");
+    assert!(g.len() >= 4 * tl.rows * w * wd, "g holds the block's rows");
+    assert!(dt.len() >= XI * nt * wd, "D holds 36 x nt rows");
+    assert!(4 * tl.tw <= w, "the tiles lie in the rows");
+    let (gp, dp) = (g.as_ptr(), dt.as_mut_ptr());
+    for t0 in (0..nt).step_by(8) {
+        let halves = halves(tl, t0);
+        for u in 0..8 {
+            let (r, x0) = halves[u / 4];
+            let p00 = 4 * r * w + 4 * (x0 + u % 4);
+            // Tile u of the vector sits in lane u / 2, or 4 + u / 2 (see
+            // [`columns`]).
+            let t = t0 + if u % 2 == 0 { u / 2 } else { 4 + u / 2 };
+            for o in (0..wd).step_by(8) {
+                let at = |p: usize| _mm256_loadu_ps(gp.add(p * wd + o));
+                // Down each column s, then along each of the 6 rows i.
+                let mut cols = [[_mm256_setzero_ps(); 6]; 4];
+                for (s, col) in cols.iter_mut().enumerate() {
+                    let p = p00 + s;
+                    *col = a6([at(p), at(p + w), at(p + 2 * w), at(p + 3 * w)]);
+                }
+                for i in 0..6 {
+                    let z = a6([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                    for (j, val) in z.into_iter().enumerate() {
+                        _mm256_storeu_ps(dp.add(((6 * j + i) * nt + t) * wd + o), val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `G^T dU G` into `dw` (OIHW, cout x cin x 3 x 3) from `dU`
+/// (`[xi][o][c]`), in f64.
+pub(super) fn fold(du: &[f32], cout: usize, cin: usize, dw: &mut [f32]) {
+    assert!(du.len() >= XI * cout * cin, "dU holds 36 x cout x cin");
+    assert!(dw.len() >= cout * cin * 9, "dw is cout x cin x 3 x 3");
+    // G^T applied to 6 values: the adjoint of `transform_weights_into`'s G.
+    let gt = |u: [f64; 6]| {
+        [
+            u[0] / 4.0 - (u[1] + u[2]) / 6.0 + (u[3] + u[4]) / 24.0,
+            (u[2] - u[1]) / 6.0 + (u[3] - u[4]) / 12.0,
+            (u[3] + u[4] - u[1] - u[2]) / 6.0 + u[5],
+        ]
+    };
+    for o in 0..cout {
+        for c in 0..cin {
+            let u = |i: usize, j: usize| du[((6 * j + i) * cout + o) * cin + c] as f64;
+            // Along each row i (over j) first, then down the columns.
+            let rows: [[f64; 3]; 6] = std::array::from_fn(|i| gt(std::array::from_fn(|j| u(i, j))));
+            let k = &mut dw[(o * cin + c) * 9..(o * cin + c + 1) * 9];
+            for kx in 0..3 {
+                let col = gt(std::array::from_fn(|i| rows[i][kx]));
+                for ky in 0..3 {
+                    k[3 * ky + kx] += col[ky] as f32;
+                }
             }
         }
     }
