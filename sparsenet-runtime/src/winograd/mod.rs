@@ -275,13 +275,17 @@ struct Tiling {
 }
 
 impl Tiling {
-    /// The tiling of a forward convolution over the padded planes of `d`:
-    /// F(4x4, 3x3) where [`Tiling::f4`] takes it and `large` allows it,
-    /// else F(2x2, 3x3) where [`Tiling::f2`] does.
-    fn forward(d: &Direct, large: bool) -> Option<Tiling> {
+    /// The tiling of a forward convolution over the padded planes of `d`
+    /// whose images' blocks are split over `parts` threads: F(4x4, 3x3)
+    /// where [`Tiling::f4`] takes it, `large` allows it and it has a block
+    /// per part, else F(2x2, 3x3) where [`Tiling::f2`] does. (A 16 x 16
+    /// image is one block of 4x4 tiles: in a batch-1 pass on two threads,
+    /// one would idle.)
+    fn forward(d: &Direct, large: bool, parts: usize) -> Option<Tiling> {
         large
             .then(|| Tiling::f4(d))
             .flatten()
+            .filter(|t| t.th / t.rows >= parts)
             .or_else(|| Tiling::f2(d))
     }
 
@@ -437,9 +441,13 @@ impl<'a> PreparedConv<'a> {
             cout * cin * d.k * d.k,
             "weight is cout x cin x k x k"
         );
+        // Fewer images than threads: a batch-1 pass, whose threads split
+        // each image's blocks (`run_split`).
+        let threads = crate::threads::available();
+        let parts = if images < threads { threads } else { 1 };
         let winograd = match source(d, cin, cout, images) {
             Source::None => None,
-            how => Tiling::forward(d, large).map(|tiling| Transformed {
+            how => Tiling::forward(d, large, parts).map(|tiling| Transformed {
                 tiling,
                 u: if how == Source::Fresh {
                     Weights::Fresh(transform_weights(weight, cout, cin, tiling.m))
@@ -1541,10 +1549,14 @@ mod tests {
         assert_eq!(t(30, 32), None);
         // Forward convolutions take them where allowed.
         let d = Direct::new(16, 16, 3, 1);
-        assert_eq!(Tiling::forward(&d, true).map(|t| t.m), Some(4));
-        assert_eq!(Tiling::forward(&d, false).map(|t| t.m), Some(2));
+        assert_eq!(Tiling::forward(&d, true, 1).map(|t| t.m), Some(4));
+        assert_eq!(Tiling::forward(&d, false, 1).map(|t| t.m), Some(2));
+        // Split over threads: 4x4 tiles where each thread gets a block.
+        assert_eq!(Tiling::forward(&d, true, 2).map(|t| t.m), Some(2));
+        let d32 = Direct::new(32, 32, 3, 1);
+        assert_eq!(Tiling::forward(&d32, true, 2).map(|t| t.m), Some(4));
         let d = Direct::new(24, 24, 3, 1);
-        assert_eq!(Tiling::forward(&d, true).map(|t| t.m), Some(2));
+        assert_eq!(Tiling::forward(&d, true, 1).map(|t| t.m), Some(2));
     }
 
     #[test]
