@@ -1117,7 +1117,10 @@ unsafe fn fill_strip(
     strip: &mut [f32],
 ) {
     let (h, w, wp) = (d.h, d.w, d.wp);
-    debug_assert_eq!(d.pad, 1);
+    assert!(
+        d.pad == 1 && wp == w + 2,
+        "rows padded by one column each side"
+    );
     // Image rows the block reads (the padded rows minus the zero ones).
     let m = tl.m;
     let first = (m * ty0).saturating_sub(1);
@@ -1142,8 +1145,9 @@ unsafe fn fill_strip(
                 continue;
             }
             let row = &plane[y * w..(y + 1) * w];
+            // The two pad columns (stored, not a `fill`: a call per row).
             line[0] = 0.0;
-            line[w + 1..].fill(0.0);
+            line[w + 1] = 0.0;
             match &pre {
                 Some(a) => a.row(c, row, &mut line[1..w + 1]),
                 None => line[1..w + 1].copy_from_slice(row),
