@@ -171,11 +171,12 @@ unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
     ]
 }
 
-/// `V[xi][c][t] = (B^T d B)[xi]` (in `layout`) for the tiles of tile rows `ty0 .. ty0 + rows` (the block whose first
-/// padded row is `src.row0`) of `channels`: along each of a vector of
-/// tiles' six padded rows first (8 tiles at a time, see [`columns`]), then
-/// down each of the six resulting columns. A channel whose last vectors
-/// would read past the input goes through `rows` ([`rows_len`] floats).
+/// `V[xi][c][t] = (B^T d B)[xi]` (in `layout`) for the tiles of a block
+/// (whose first padded row is `src.row0`) of `channels`: along each of a
+/// vector of tiles' six padded rows first (8 tiles at a time, see
+/// [`columns`]), then down each of the six resulting columns. A channel
+/// whose last vectors would read past the input goes through `rows`
+/// ([`rows_len`] floats).
 ///
 /// # Safety
 /// AVX2 and FMA present; `v` holds `36` matrices [`xi_stride`] apart.

@@ -215,8 +215,8 @@ pub fn enabled() -> bool {
     switch(&CHOICE, "0")
 }
 
-/// A switch set by its setter, or else on unless `SPARSENET_WINOGRAD` is
-/// `off` (read once; a concurrent setter wins over the environment).
+/// A switch set by its setter, or else on unless `SPARSENET_WINOGRAD`
+/// equals `off` (read once; a concurrent setter wins over the environment).
 fn switch(cell: &AtomicU8, off: &str) -> bool {
     match cell.load(Ordering::Relaxed) {
         ON => true,
@@ -245,8 +245,8 @@ const ON: u8 = 1;
 const OFF: u8 = 2;
 static CHOICE: AtomicU8 = AtomicU8::new(UNSET);
 
-/// Whether the forward convolutions (and input gradients) whose tile rows
-/// allow it take F(4x4, 3x3) ([`f4`]) rather than F(2x2, 3x3): by default
+/// Whether the 3x3 convolutions (forward, input and weight gradients) whose
+/// tile rows allow it take F(4x4, 3x3) ([`f4`]) rather than F(2x2, 3x3): by default
 /// yes, no with `SPARSENET_WINOGRAD=2` (F(2x2, 3x3) everywhere), or as last
 /// set by [`set_large_tiles`].
 pub fn large_tiles() -> bool {
@@ -268,8 +268,10 @@ struct Tiling {
     /// Tile rows and tiles per row (h / m, w / m).
     th: usize,
     tw: usize,
-    /// Tile rows per block, and tiles per block (`rows * tw`, a multiple
-    /// of 16: whole blocks of the pointwise layout, see [`WeightGrad`]).
+    /// Tile rows per block, and tiles per block (`rows * tw`: with 2x2
+    /// tiles a multiple of 16, whole blocks of the pointwise layout, see
+    /// [`WeightGrad`]; with 4x4 tiles of 8, and of 16 for the weight
+    /// gradient).
     rows: usize,
     nt: usize,
 }
@@ -914,8 +916,8 @@ unsafe fn image_blocks(
         );
     }
     // V is [xi][c][t] (see `VLayout::XiRows`) and M [o][xi][t]: the
-    // output transform reads each channel's 16 products of a block as one
-    // run. The product of position xi writes every 16th run of M, from
+    // output transform reads each channel's 16 (36) products of a block as
+    // one run. The product of position xi writes every 16th (36th) run of M, from
     // xi's; one run of slack after each lets that slice cover whole
     // channels.
     let (xs, xi) = (xi_stride(cin, tl.nt), tl.positions());
