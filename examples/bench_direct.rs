@@ -8,8 +8,8 @@
 //! `scripts/bench-cpu.sh`, which calls `--peak` for its table.
 //!
 //! `cargo run --release --example bench_direct [-- --peak]`
-use sparsenet_runtime::direct::{self, Direct};
-use sparsenet_runtime::pointwise_wgrad;
+use sparsenet_runtime::__private::direct::{self, Direct};
+use sparsenet_runtime::__private::pointwise_wgrad;
 use std::time::Instant;
 
 /// GFLOP/s of one core running 12 independent 8-wide FMA chains (enough to

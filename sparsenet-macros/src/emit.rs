@@ -55,14 +55,14 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
         let len = t.len();
         let init = match t.init? {
             InitKind::KaimingNormal { fan_in } => {
-                quote!(#rt::Init::KaimingNormal { fan_in: #fan_in })
+                quote!(#rt::__private::Init::KaimingNormal { fan_in: #fan_in })
             }
             InitKind::Normal { std } => {
                 let std = lit_f64(std);
-                quote!(#rt::Init::Normal { std: #std })
+                quote!(#rt::__private::Init::Normal { std: #std })
             }
-            InitKind::Zeros => quote!(#rt::Init::Zeros),
-            InitKind::Ones => quote!(#rt::Init::Ones),
+            InitKind::Zeros => quote!(#rt::__private::Init::Zeros),
+            InitKind::Ones => quote!(#rt::__private::Init::Ones),
         };
         Some(quote!((#off, #len, #init)))
     });
@@ -92,7 +92,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
         #vis struct #name<T: #rt::Float = f32> {
             params: ::std::vec::Vec<T>,
             state: ::std::vec::Vec<T>,
-            rng: #rt::rand_chacha::ChaCha8Rng,
+            rng: #rt::__private::rand_chacha::ChaCha8Rng,
         }
 
         impl<T: #rt::Float> ::std::fmt::Debug for #name<T> {
@@ -136,13 +136,13 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
 
         impl<T: #rt::Float> #rt::Model<T> for #name<T> {
             fn new(seed: u64) -> Self {
-                const INIT: &[(usize, usize, #rt::Init)] = &[#(#inits),*];
+                const INIT: &[(usize, usize, #rt::__private::Init)] = &[#(#inits),*];
                 const BN_STATE: &[(usize, usize)] = &[#(#bn_state),*];
                 let mut params = ::std::vec![T::zero(); #params_len];
                 let mut state = ::std::vec![T::zero(); #state_len];
-                #rt::init_params(&mut params, INIT, seed);
-                #rt::init_state(&mut state, BN_STATE);
-                let rng = <#rt::rand_chacha::ChaCha8Rng as #rt::SeedableRng>::seed_from_u64(seed ^ 0x5eed_d409_0u64);
+                #rt::__private::init_params(&mut params, INIT, seed);
+                #rt::__private::init_state(&mut state, BN_STATE);
+                let rng = <#rt::__private::rand_chacha::ChaCha8Rng as #rt::__private::SeedableRng>::seed_from_u64(seed ^ 0x5eed_d409_0u64);
                 #name { params, state, rng }
             }
             fn params(&self) -> &[T] { &self.params }
@@ -151,7 +151,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             fn state_mut(&mut self) -> &mut [T] { &mut self.state }
             fn stores_mut(&mut self) -> (&mut [T], &mut [T]) { (&mut self.params, &mut self.state) }
             fn reseed(&mut self, seed: u64) {
-                self.rng = <#rt::rand_chacha::ChaCha8Rng as #rt::SeedableRng>::seed_from_u64(seed);
+                self.rng = <#rt::__private::rand_chacha::ChaCha8Rng as #rt::__private::SeedableRng>::seed_from_u64(seed);
             }
             #forward
             #forward_backward
@@ -180,13 +180,13 @@ fn emit_forward(plan: &Plan) -> TokenStream {
     quote! {
         fn forward(&mut self, x: #rt::ndarray::ArrayView4<'_, T>, mode: #rt::Mode)
             -> ::std::result::Result<#rt::ndarray::Array2<T>, #rt::InputError> {
-            #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
             if mode == #rt::Mode::Eval {
-                let ctx = #rt::EvalCtx::new(&self.params, &self.state);
+                let ctx = #rt::__private::EvalCtx::new(&self.params, &self.state);
                 let macs = <Self as #rt::NetworkSpec>::MACS_PER_IMAGE;
-                return ::std::result::Result::Ok(#rt::threads::by_image(x, macs, |x| Self::eval_pass(ctx, x)));
+                return ::std::result::Result::Ok(#rt::__private::threads::by_image(x, macs, |x| Self::eval_pass(ctx, x)));
             }
-            let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
+            let mut ctx = #rt::__private::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(logits)
         }
@@ -228,14 +228,14 @@ fn emit_eval_pass(plan: &Plan) -> TokenStream {
                 (0..plan.buffers.len()).filter(|&b| last[b] == Some(j) && !inner.contains(&b))
             {
                 let bb = buf(stmt_b);
-                body.push(quote!(#rt::scratch::recycle(#bb);));
+                body.push(quote!(#rt::__private::scratch::recycle(#bb);));
             }
         }
         i = c.end() + 1;
     }
     quote! {
         /// The inference pass (see `forward`).
-        fn eval_pass(ctx: #rt::EvalCtx<'_, T>, x: #rt::ndarray::ArrayView4<'_, T>) -> #rt::ndarray::Array2<T> {
+        fn eval_pass(ctx: #rt::__private::EvalCtx<'_, T>, x: #rt::ndarray::ArrayView4<'_, T>) -> #rt::ndarray::Array2<T> {
             #(#body)*
             logits
         }
@@ -250,7 +250,7 @@ fn recycles(last: &[Option<usize>], i: usize, need_stats: &[bool]) -> Vec<TokenS
     for (b, l) in last.iter().enumerate() {
         if *l == Some(i) {
             let bb = buf(b);
-            out.push(quote!(#rt::scratch::recycle(#bb);));
+            out.push(quote!(#rt::__private::scratch::recycle(#bb);));
             if need_stats[b] {
                 let sb = stat(b);
                 out.push(quote!(drop(#sb);));
@@ -353,8 +353,8 @@ fn chain_call(plan: &Plan, c: &EvalChain) -> TokenStream {
             }
             None => quote!(None),
         };
-        quote!(#rt::ConvStep { pre: #pre, weight: ctx.p(#wo, #wl), bias: #bias,
-            geom: #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad } })
+        quote!(#rt::__private::ConvStep { pre: #pre, weight: ctx.p(#wo, #wl), bias: #bias,
+            geom: #rt::__private::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad } })
     };
     let bottleneck = match c.bottleneck() {
         Some(j) => {
@@ -372,12 +372,12 @@ fn chain_call(plan: &Plan, c: &EvalChain) -> TokenStream {
     let srcs: Vec<Ident> = plan.nodes[c.start].inputs.iter().map(|&b| buf(b)).collect();
     quote!({
         #(#stmts)*
-        #rt::conv_chain(&[#(&#srcs),*], #bottleneck, #conv, #post)
+        #rt::__private::conv_chain(&[#(&#srcs),*], #bottleneck, #conv, #post)
     })
 }
 
 /// The training pass: the forward statements keep every buffer, every
-/// [`Pre`](sparsenet_runtime::Pre) and every dropout seed alive; then one
+/// `Pre` (`sparsenet_runtime::__private::Pre`) and every dropout seed alive; then one
 /// backward statement group per node in reverse order. A buffer's gradient
 /// is created at its last reader (the first one backward meets), receives
 /// every reader's contribution, and is consumed by its producer; buffers and
@@ -421,7 +421,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 if node.dropout > 0.0 {
                     let pr = lit_f64(node.dropout);
                     let d = format_ident!("drop{}", i);
-                    body.push(quote!(#rt::dropout_backward(&mut #g, #pr, #d);));
+                    body.push(quote!(#rt::__private::dropout_backward(&mut #g, #pr, #d);));
                 }
                 quote!(#g)
             }
@@ -437,7 +437,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 bias,
             } => {
                 let (wo, wl) = (weight.offset, weight.len);
-                let geom = quote!(#rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
+                let geom = quote!(#rt::__private::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
                 match bias {
                     Some(b) => {
                         // The plan places a bias right after its weight.
@@ -445,26 +445,26 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                         let end = b.offset + b.len;
                         quote!({
                             let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
-                            #rt::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, dw, Some(db))
+                            #rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, dw, Some(db))
                         })
                     }
                     None => {
                         let end = wo + wl;
-                        quote!(#rt::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, &mut grads[#wo..#end], None))
+                        quote!(#rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, &mut grads[#wo..#end], None))
                     }
                 }
             }
             Op::AvgPool { kernel, stride } => {
                 let ib = &plan.buffers[node.inputs[0]];
                 let (h, w) = (ib.h, ib.w);
-                quote!(#rt::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
+                quote!(#rt::__private::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
             }
             Op::MaxPool {
                 kernel,
                 stride,
                 pad,
             } => {
-                quote!(#rt::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
+                quote!(#rt::__private::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
             }
             Op::Affine => quote!(#dy),
             Op::GapDense { weight, bias, .. } => {
@@ -473,7 +473,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 let end = bias.offset + bias.len;
                 quote!({
                     let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
-                    #rt::gap_dense_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, dw, db)
+                    #rt::__private::gap_dense_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, dw, db)
                 })
             }
         };
@@ -487,7 +487,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 has_grad[b] = true;
                 let g = format_ident!("g{}", b);
                 let bb = buf(b);
-                body.push(quote!(let mut #g = #rt::stale_like(&#bb);));
+                body.push(quote!(let mut #g = #rt::__private::stale_like(&#bb);));
             }
         }
         let gs: Vec<Ident> = node
@@ -504,15 +504,15 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             None => quote!(None),
         };
         body.push(quote!(
-            #rt::pre_backward(&[#(&#srcs),*], dz.into(), #pre_arg, #dbn, &mut [#(&mut #gs),*], &[#(#first),*]);
+            #rt::__private::pre_backward(&[#(&#srcs),*], dz.into(), #pre_arg, #dbn, &mut [#(&mut #gs),*], &[#(#first),*]);
         ));
         if let Some(o) = node.output {
             let g = format_ident!("g{}", o);
             let ob = buf(o);
             if !matches!(node.op, Op::Affine) {
-                body.push(quote!(#rt::scratch::recycle(#g);));
+                body.push(quote!(#rt::__private::scratch::recycle(#g);));
             }
-            body.push(quote!(#rt::scratch::recycle(#ob);));
+            body.push(quote!(#rt::__private::scratch::recycle(#ob);));
         }
     }
     let params_len = plan.params_len;
@@ -524,13 +524,13 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             grads: &mut [T],
             loss: &mut dyn FnMut(&#rt::ndarray::Array2<T>) -> #rt::ndarray::Array2<T>,
         ) -> ::std::result::Result<#rt::ndarray::Array4<T>, #rt::InputError> {
-            #rt::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
             if grads.len() != #params_len {
                 return ::std::result::Result::Err(#rt::InputError::Gradients {
                     model: <Self as #rt::NetworkSpec>::NAME, expected: #params_len, found: grads.len(),
                 });
             }
-            let mut ctx = #rt::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
+            let mut ctx = #rt::__private::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(g0)
         }
@@ -562,18 +562,18 @@ fn forward_call(
                 }
                 None => quote!(None),
             };
-            quote!(#rt::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
-                #rt::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
+            quote!(#rt::__private::conv2d(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), #bias,
+                #rt::__private::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad }))
         }
         Op::AvgPool { kernel, stride } => {
-            quote!(#rt::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride))
+            quote!(#rt::__private::avg_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride))
         }
         Op::MaxPool {
             kernel,
             stride,
             pad,
-        } => quote!(#rt::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad)),
-        Op::Affine => quote!(#rt::affine(&[#(&#srcs),*], &#pre_ident)),
+        } => quote!(#rt::__private::max_pool(&[#(&#srcs),*], #pre_arg, #kernel, #stride, #pad)),
+        Op::Affine => quote!(#rt::__private::affine(&[#(&#srcs),*], &#pre_ident)),
         Op::GapDense {
             weight,
             bias,
@@ -581,7 +581,7 @@ fn forward_call(
         } => {
             let (wo, wl) = (weight.offset, weight.len);
             let (bo, bl) = (bias.offset, bias.len);
-            quote!(#rt::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
+            quote!(#rt::__private::gap_dense(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), Some(ctx.p(#bo, #bl)), #classes).1)
         }
     }
 }
@@ -617,7 +617,7 @@ fn bn_statement(
     let mom = lit_f64(bn.momentum);
     let unb = bn.unbiased_running_var;
     let relu = pre.relu;
-    let spec = quote!(&#rt::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb });
+    let spec = quote!(&#rt::__private::BnSpec { gamma: #g, running: #r, channels: #c, eps: #eps, momentum: #mom, unbiased_running_var: #unb });
     Some(match stats {
         Some(st) => quote!(let #p = ctx.bn(#spec, &[#(#st),*], #relu);),
         None => quote!(let #p = ctx.bn(#spec, #relu);),

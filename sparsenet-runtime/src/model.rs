@@ -2,9 +2,20 @@
 //! model implements so that training and evaluation code can be generic.
 
 use crate::weights::{TensorSpec, WeightsError};
-use crate::{Float, Mode};
+use crate::Float;
 use ndarray::{Array2, Array4, ArrayView4};
 use std::path::Path;
+
+/// Whether BatchNorm uses batch statistics (and updates its running
+/// statistics) and dropout is active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference: BatchNorm uses its running statistics, dropout is off.
+    Eval,
+    /// Training: BatchNorm uses batch statistics and updates its running
+    /// statistics; dropout is on.
+    Train,
+}
 
 /// One layer of the plan, as the generated type reports it.
 #[derive(Clone, Copy, Debug, PartialEq)]

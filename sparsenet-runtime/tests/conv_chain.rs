@@ -10,6 +10,7 @@
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sparsenet_runtime::__private::*;
 use sparsenet_runtime::*;
 
 /// Largest difference relative to the largest reference value.

@@ -11,6 +11,7 @@
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sparsenet_runtime::__private::*;
 use sparsenet_runtime::*;
 
 fn to32(a: &Array4<f64>) -> Array4<f32> {

@@ -7,6 +7,7 @@
 use ndarray::{Array2, Array4};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sparsenet_runtime::__private::*;
 use sparsenet_runtime::*;
 
 fn rand4(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize)) -> Array4<f64> {
@@ -290,7 +291,7 @@ fn dropout_gradient_is_the_same_mask() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let x = rand4(&mut rng, (2, 3, 4, 4));
     let mut y = x.clone();
-    sparsenet_runtime::ctx::apply_dropout_mask(y.as_slice_mut().unwrap(), 0.3, 99);
+    sparsenet_runtime::__private::apply_dropout_mask(y.as_slice_mut().unwrap(), 0.3, 99);
     // y is linear in x with the mask as the Jacobian's diagonal.
     let mut g = Array4::<f64>::ones(x.raw_dim());
     dropout_backward(&mut g, 0.3, 99);

@@ -161,7 +161,7 @@ where
     // v1 stem's BN weight: 1.8e-1 from f64 on both direct paths) it can
     // land far nearer the truth (2.4e-3) by chance. Never switched back on
     // in these test binaries, so concurrent tests all see the same path.
-    sparsenet::runtime::winograd::set_enabled(false);
+    sparsenet::runtime::cpu::set_winograd(false);
     let m32: M32 = randomised(7);
     let (x32, labels) = input::<f32, M32>(n, 11);
     let mut m64 = M64::new(7);

@@ -17,5 +17,5 @@
 /// Whether this CPU has AVX2 and FMA (detected once).
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    crate::direct::cpu_supported()
+    crate::cpu::conv::direct::cpu_supported()
 }

@@ -39,7 +39,7 @@ use super::Tiling;
 #[cfg(target_arch = "x86_64")]
 use super::{prefetch_lines, xi_stride, Finish, PaddedRows, VLayout, PF_AHEAD, PF_CHANNELS};
 #[cfg(target_arch = "x86_64")]
-use crate::direct::{Direct, Epilogue};
+use crate::cpu::conv::direct::{Direct, Epilogue};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]

@@ -17,8 +17,8 @@
 //! and the backward gather write it; its tail block is zero-padded, and the
 //! transposed gradient has zero rows for those positions.
 //!
-//! [`direct::weight_grad`]: crate::direct::weight_grad
-use crate::direct::{self, Direct};
+//! [`direct::weight_grad`]: crate::cpu::conv::direct::weight_grad
+use crate::cpu::conv::direct::{self, Direct};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 

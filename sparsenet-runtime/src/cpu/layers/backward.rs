@@ -1,4 +1,4 @@
-//! Backward kernels, one per forward kernel in [`crate::kernels`].
+//! Backward kernels, one per forward kernel in [`crate::cpu::layers::forward`].
 //!
 //! Nothing but the sources of each node is kept from the forward pass: the
 //! BN-ReLU outputs and the im2col matrices are recomputed from the sources
@@ -7,16 +7,17 @@
 //! transformed) concatenated input; [`pre_backward`] then takes it through
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
-use crate::direct::{self, Direct};
-use crate::kernels::{
+use crate::cpu::conv::direct::{self, Direct};
+use crate::cpu::layers::forward::{
     as_f32, as_f32_mut, channel_planes, for_each_plane, gather_into, gather_unfold, im2col, read,
     use_direct, ConvGeom, PoolWindow, Pre, LANES,
 };
-use crate::matmul::{matmul, Mat};
-use crate::pointwise_wgrad;
-use crate::scratch::{stale4, zeros4, Scratch};
-use crate::winograd::{Input, PreparedConv, WeightGrad};
-use crate::{concat_channels, Float};
+use crate::cpu::conv::matmul::{matmul, Mat};
+use crate::cpu::conv::pointwise_wgrad;
+use crate::cpu::parallel::scratch::{stale4, zeros4, Scratch};
+use crate::cpu::conv::winograd::{Input, PreparedConv, WeightGrad};
+use crate::cpu::layers::forward::concat_channels;
+use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};
 
@@ -41,7 +42,7 @@ impl<T> From<Array4<T>> for InputGrad<T> {
 /// A gradient buffer shaped like `x` with unspecified (stale) contents, for
 /// a source whose first [`pre_backward`] call stores rather than adds.
 pub fn stale_like<T: Float>(x: &Array4<T>) -> Array4<T> {
-    crate::scratch::stale4(x.dim())
+    crate::cpu::parallel::scratch::stale4(x.dim())
 }
 
 /// Convolution backward. Accumulates into `dweight` (OIHW) and `dbias`, and
@@ -227,7 +228,7 @@ fn conv2d_backward_direct<T: Float>(
     let winograd_wgrad = WeightGrad::new(&d, cin, oc, n);
     let (hw_in, hw_out) = (h * w, d.ho * d.wo);
     // Every element is written below.
-    let mut dz = crate::scratch::stale4((n, cin, h, w));
+    let mut dz = crate::cpu::parallel::scratch::stale4((n, cin, h, w));
     let chunk = n.div_ceil(rayon::current_num_threads()).max(1);
     let dy_all = as_f32(dy.as_slice().expect("contiguous"));
     // Per chunk: (weight gradient, bias gradient), BN sums per channel.
@@ -332,7 +333,7 @@ fn conv2d_backward_direct<T: Float>(
                     direct::weight_grad(&d, as_f32(&xin.0), cin, dyk, oc, &mut lanes.0, images);
                 }
                 for (s, row) in db.iter_mut().zip(dyb.chunks_exact(hw_out)) {
-                    *s += T::from_f64c(crate::kernels::lane_sum(row, |v| v) as f64);
+                    *s += T::from_f64c(crate::cpu::layers::forward::lane_sum(row, |v| v) as f64);
                 }
                 let dzb = dzb.as_slice_mut().expect("contiguous");
                 let dzf = as_f32_mut(&mut *dzb);
@@ -534,7 +535,7 @@ pub fn gap_dense_backward<T: Float>(
 /// `lane_sum`), returned in f64 for summing across planes.
 fn bn_plane_sums<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
+    if crate::cpu::simd::has_avx2() {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn wide<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
             bn_plane_sums_loop(p, c, xs, gs)
@@ -696,7 +697,7 @@ pub fn pre_backward<T: Float>(
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut views)| image_dx(b, &mut views));
-    crate::scratch::recycle(dz);
+    crate::cpu::parallel::scratch::recycle(dz);
 }
 
 /// One channel's constants for the ReLU + BatchNorm backward of
@@ -719,7 +720,7 @@ impl<T: Float> BnBackward<T> {
     /// into `dx` or added to it.
     fn plane(&self, dx: &mut [T], xv: &[T], gv: &[T], store: bool) {
         #[cfg(target_arch = "x86_64")]
-        if crate::simd::has_avx2() {
+        if crate::cpu::simd::has_avx2() {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn wide<T: Float>(
                 k: &BnBackward<T>,
@@ -775,6 +776,6 @@ impl<T: Float> BnBackward<T> {
 /// to the gradient.
 pub fn dropout_backward<T: Float>(dy: &mut Array4<T>, p: f64, seed: u64) {
     if p > 0.0 && seed != 0 {
-        crate::ctx::apply_dropout_mask(dy.as_slice_mut().expect("contiguous"), p, seed);
+        crate::cpu::ctx::apply_dropout_mask(dy.as_slice_mut().expect("contiguous"), p, seed);
     }
 }

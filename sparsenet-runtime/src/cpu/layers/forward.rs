@@ -6,10 +6,11 @@
 //! it, and an optional per-channel [`Pre`] (the folded BatchNorm affine plus
 //! ReLU) is applied as each value is read.
 
-use crate::direct::{self, Direct, Epilogue};
-use crate::matmul::{matmul, Mat};
-use crate::scratch::{stale4, zeros4, Scratch};
-use crate::winograd::{Affine, Input, PreparedConv};
+use crate::cpu::conv::direct::{self, Direct, Epilogue};
+use crate::cpu::conv::matmul::{matmul, Mat};
+use crate::cpu::parallel::scratch::{stale4, zeros4, Scratch};
+use crate::cpu::conv::winograd::{Affine, Input, PreparedConv};
+use crate::cpu::parallel::SharedMut;
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -192,7 +193,7 @@ fn add_bias<T: Float>(out: &mut [T], bias: &[T], hw: usize) {
 }
 
 /// Whether stride-1 convolutions in `T` take the direct kernels of
-/// [`crate::direct`] (f32 on AVX2 + FMA) instead of im2col + GEMM.
+/// [`crate::cpu::conv::direct`] (f32 on AVX2 + FMA) instead of im2col + GEMM.
 pub(crate) fn use_direct<T: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && direct::enabled()
 }
@@ -238,7 +239,7 @@ pub(crate) fn conv2d_direct<T: Float>(
     let conv = PreparedConv::new(&d, as_f32(weight), cin, oc, n);
     // Every element is written below.
     let mut out = stale4((n, oc, d.ho, d.wo));
-    if n < crate::threads::available() {
+    if n < crate::cpu::parallel::threads::available() {
         // Fewer images than threads (batch-1 inference): the threads
         // share each image, split by output channels.
         let mut xin = Scratch::<T>::stale(d.input_len(cin));
@@ -304,46 +305,6 @@ pub(crate) fn channel_planes<'a, T: Float>(srcs: &[&'a Array4<T>], b: usize) -> 
     planes
 }
 
-/// Runs `f(first_channel, channels, planes)` over the output planes of one
-/// image (`plane` floats each) split by output channels across the threads,
-/// at whole forward tiles: how a convolution of fewer images than threads
-/// uses every thread. One part (no split) when there are too few channels.
-pub(crate) fn split_out_channels(
-    out: &mut [f32],
-    plane: usize,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync,
-) {
-    let channels = out.len() / plane;
-    let per = channels
-        .div_ceil(crate::threads::available())
-        .next_multiple_of(direct::OUT_TILE)
-        .max(2 * direct::OUT_TILE);
-    let (len, parts) = (out.len(), channels.div_ceil(per));
-    let base = Shared(out.as_mut_ptr());
-    crate::team::for_each_part(parts, &|i| {
-        let start = i * per * plane;
-        let end = len.min(start + per * plane);
-        // SAFETY: the parts are disjoint ranges of `out`, which outlives
-        // this call, and each is handed to one call of `f`.
-        let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
-        f(i * per, (end - start) / plane, part)
-    });
-}
-
-/// A buffer shared by the threads that write its disjoint parts
-/// (`split_out_channels`, `gather_into_split`).
-struct Shared<T>(*mut T);
-
-// SAFETY: only used to write disjoint parts, one thread each.
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    fn at(&self, offset: usize) -> *mut T {
-        // SAFETY: callers stay within the slice the pointer came from.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// A convolution's bias and a fixed per-channel transform `post` of its
 /// output folded into one [`Epilogue`]: `post(sum + bias)` is
 /// `post.scale * sum + (post.scale * bias + post.shift)`. `None` when there
@@ -403,7 +364,7 @@ impl OwnedEpilogue {
 
 /// Image `b` of the transformed concatenation written into the direct
 /// kernels' input layout `d` (zero-padded planes, or pointwise blocks; see
-/// [`crate::direct`]).
+/// [`crate::cpu::conv::direct`]).
 pub(crate) fn gather_padded<T: Float>(
     srcs: &[&Array4<T>],
     pre: Option<&Pre<T>>,
@@ -435,7 +396,7 @@ pub(crate) fn gather_into<T: Float>(
 }
 
 /// [`gather_into`] for a batch of one: the channels split over the threads
-/// (the batch-1 team, [`crate::team`]), which otherwise wait while the
+/// (the batch-1 team, [`crate::cpu::parallel::team`]), which otherwise wait while the
 /// calling thread gathers each layer's input alone.
 pub(crate) fn gather_into_split<T: Float>(
     srcs: &[&Array4<T>],
@@ -445,14 +406,14 @@ pub(crate) fn gather_into_split<T: Float>(
     dst: &mut [T],
 ) {
     let cin = concat_channels(srcs);
-    let parts = crate::threads::available().min(cin);
+    let parts = crate::cpu::parallel::threads::available().min(cin);
     if parts <= 1 {
         return gather_into(srcs, pre, b, d, dst);
     }
     assert_eq!(dst.len(), d.input_len(cin), "input buffer size");
     let per = cin.div_ceil(parts);
-    let (len, base) = (dst.len(), Shared(dst.as_mut_ptr()));
-    crate::team::for_each_part(cin.div_ceil(per), &|i| {
+    let (len, base) = (dst.len(), SharedMut(dst.as_mut_ptr()));
+    crate::cpu::parallel::team::for_each_part(cin.div_ceil(per), &|i| {
         let mine = i * per..cin.min((i + 1) * per);
         for_each_plane(srcs, b, |c, plane| {
             if !mine.contains(&c) {
@@ -764,10 +725,10 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
 }
 
 /// `(sum (v - shift), sum (v - shift)^2)` over one plane, with the CPU's
-/// 256-bit vectors where it has them (see [`crate::simd`]).
+/// 256-bit vectors where it has them (see [`crate::cpu::simd`]).
 fn shifted_sums<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
+    if crate::cpu::simd::has_avx2() {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn wide<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
             shifted_sums_loop(xs, shift)

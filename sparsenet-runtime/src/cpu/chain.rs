@@ -20,13 +20,13 @@
 //! the batch statistics of the 1x1 output first), and the generated code
 //! calls [`conv_chain`] only in eval mode.
 
-use crate::direct::{self, Direct, Epilogue};
-use crate::kernels::{
+use crate::cpu::conv::direct::{self, Direct, Epilogue};
+use crate::cpu::layers::forward::{
     affine, as_f32, as_f32_mut, concat_channels, conv2d, conv2d_direct, gather_into,
-    gather_into_split, split_out_channels, use_direct, ConvGeom, OwnedEpilogue, Pre,
+    gather_into_split, use_direct, ConvGeom, OwnedEpilogue, Pre,
 };
-use crate::scratch::{recycle, stale4, Scratch};
-use crate::winograd::{Input, PreparedConv};
+use crate::cpu::parallel::scratch::{recycle, stale4, Scratch};
+use crate::cpu::conv::winograd::{Input, PreparedConv};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array4, Axis};
@@ -144,7 +144,7 @@ fn bottleneck_direct<T: Float>(
     // (`planes` with its zero border already in place).
     let image =
         |bi: usize, o: &mut [f32], xin: &mut [T], planes: &mut [f32], grid: &mut Vec<f32>| {
-            let split = n < crate::threads::available();
+            let split = n < crate::cpu::parallel::threads::available();
             if split {
                 gather_into_split(srcs, b.pre, bi, into, xin);
             } else {
@@ -154,7 +154,7 @@ fn bottleneck_direct<T: Float>(
             if split {
                 // Fewer images than threads: both convolutions split by output
                 // channels.
-                split_out_channels(planes, mid.plane, |c0, cn, part| {
+                direct::split_out_channels(planes, mid.plane, |c0, cn, part| {
                     let e = mid_ep.map(|e| e.channels(c0, cn));
                     direct::forward_ep(into, x, cin, &wa[c0 * cin..(c0 + cn) * cin], cn, part, e);
                 });

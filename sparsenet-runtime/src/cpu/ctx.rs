@@ -2,22 +2,12 @@
 //! the flat parameter and running-statistics stores, the mode, and the RNG
 //! for dropout. BatchNorm layers are folded here into a [`Pre`] transform.
 
-use crate::kernels::{Pre, Stats};
-use crate::{batch_stats, Float};
+use crate::cpu::layers::forward::{Pre, Stats};
+use crate::cpu::layers::forward::batch_stats;
+use crate::{Float, Mode};
 use ndarray::Array4;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-
-/// Whether BatchNorm uses batch statistics (and updates its running
-/// statistics) and dropout is active.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Inference: BatchNorm uses its running statistics, dropout is off.
-    Eval,
-    /// Training: BatchNorm uses batch statistics and updates its running
-    /// statistics; dropout is on.
-    Train,
-}
 
 /// One BatchNorm layer, placed in the flat stores by the plan.
 #[derive(Clone, Copy, Debug)]
@@ -155,7 +145,7 @@ fn fold_bn<T: Float>(
 
 /// The context of an inference pass: the parameters and the running
 /// statistics, read only, so that several images can run at once on one
-/// model (see [`crate::threads::by_image`]). BatchNorm uses the running
+/// model (see [`crate::cpu::parallel::threads::by_image`]). BatchNorm uses the running
 /// statistics; there is no dropout.
 #[derive(Clone, Copy)]
 pub struct EvalCtx<'a, T> {

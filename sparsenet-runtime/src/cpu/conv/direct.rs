@@ -31,7 +31,7 @@
 //! padded output gradient with the flipped, transposed kernel), and the
 //! weight gradient (`dW += dy . x`, reduced over output positions). A 1x1
 //! layer's weight gradient has a kernel of its own,
-//! [`crate::pointwise_wgrad`].
+//! [`crate::cpu::conv::pointwise_wgrad`].
 //!
 //! Every entry point checks its buffer lengths before any unsafe access.
 
@@ -250,7 +250,7 @@ impl Direct {
     /// sum_c w[o][c] x[c][t]` over rows of `n` floats (`n` a multiple of 8)
     /// that lie `in_stride` floats apart in `x` and `out_stride` in `out`:
     /// a 1x1 "convolution" over `n` positions. The Winograd path's
-    /// per-position products ([`crate::winograd`]) run through
+    /// per-position products ([`crate::cpu::conv::winograd`]) run through
     /// [`forward_ep`] with it.
     pub fn matrix(n: usize, in_stride: usize, out_stride: usize) -> Self {
         assert!(n > 0 && n.is_multiple_of(8), "rows of whole vectors");
@@ -778,6 +778,32 @@ unsafe fn wgrad_tile(
     }
 }
 
+/// Runs `f(first_channel, channels, planes)` over the output planes of one
+/// image (`plane` floats each) split by output channels across the threads,
+/// at whole forward tiles: how a convolution of fewer images than threads
+/// uses every thread. One part (no split) when there are too few channels.
+pub(crate) fn split_out_channels(
+    out: &mut [f32],
+    plane: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let channels = out.len() / plane;
+    let per = channels
+        .div_ceil(crate::cpu::parallel::threads::available())
+        .next_multiple_of(OUT_TILE)
+        .max(2 * OUT_TILE);
+    let (len, parts) = (out.len(), channels.div_ceil(per));
+    let base = crate::cpu::parallel::SharedMut(out.as_mut_ptr());
+    crate::cpu::parallel::team::for_each_part(parts, &|i| {
+        let start = i * per * plane;
+        let end = len.min(start + per * plane);
+        // SAFETY: the parts are disjoint ranges of `out`, which outlives
+        // this call, and each is handed to one call of `f`.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        f(i * per, (end - start) / plane, part)
+    });
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -924,7 +950,7 @@ pub(crate) mod tests {
                     &dt,
                     &padded(&dt, &dy, cout),
                     cout,
-                    &crate::backward::flipped_kernel(&wt, cout, cin, k * k),
+                    &crate::cpu::layers::backward::flipped_kernel(&wt, cout, cin, k * k),
                     cin,
                     &mut dx,
                 );

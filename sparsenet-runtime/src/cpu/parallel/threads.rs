@@ -14,7 +14,7 @@
 //! over threads that are busy with images of their own. A batch of one
 //! image is the exception: it runs as one pass whose layers split their
 //! channels over the threads, held as a team for the pass
-//! ([`crate::team`]; batch-1 latency).
+//! ([`crate::cpu::parallel::team`]; batch-1 latency).
 
 use crate::Float;
 use ndarray::{s, Array2, ArrayView4, Axis};
@@ -49,7 +49,7 @@ static PASSES: AtomicU64 = AtomicU64::new(0);
 /// of this process has), or 0 outside one. A pass borrows the model
 /// (shared by its threads), so the weights it is called with live and do
 /// not change until it ends: what a kernel derives from a weight buffer
-/// once in a pass holds for the rest of it ([`crate::winograd`]'s cache of
+/// once in a pass holds for the rest of it ([`crate::cpu::conv::winograd`]'s cache of
 /// transformed weights compares them in full once per pass instead of once
 /// per image).
 pub fn current_pass() -> u64 {
@@ -85,7 +85,7 @@ pub fn by_image<T: Float>(
     let id = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
     if n <= 1 {
         // Its layers split their channels over a team held for the pass.
-        return crate::team::run(|| {
+        return crate::cpu::parallel::team::run(|| {
             let _pass = InPass::enter(id);
             pass(x)
         });

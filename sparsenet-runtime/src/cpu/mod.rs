@@ -1,0 +1,62 @@
+//! The CPU backend: what the code `sparsenet!` generates calls to run a
+//! network on the CPU, in `f32` (the fast path, AVX2 + FMA where the CPU has
+//! them) or `f64` (the reference the tests compare against).
+//!
+//! The generated code knows the network; this backend knows none. Each
+//! generated statement calls one kernel with the layer's constants, and
+//! every kernel reads a layer's concatenated input straight from its sources
+//! (the concatenation is never built), applying the folded BatchNorm-ReLU as
+//! it reads.
+//!
+//! ```text
+//! cpu/
+//!   ctx.rs        the context a pass threads through its layers (stores,
+//!                 mode, BatchNorm folding, dropout)
+//!   layers/       forward.rs, backward.rs: one kernel per layer kind
+//!   conv/         the convolutions behind them: direct.rs (AVX2 direct
+//!                 convolution), winograd/ (F(2x2,3x3), F(4x4,3x3)),
+//!                 pointwise_wgrad.rs (1x1 weight gradient), matmul.rs
+//!                 (gemm for f64 and strided convolutions)
+//!   chain.rs      a unit's convolutions fused for inference
+//!   parallel/     threads.rs (inference image by image), team.rs (batch-1
+//!                 passes), scratch.rs (per-thread buffer reuse)
+//!   simd.rs       AVX2 copies of element-wise loops
+//! ```
+//!
+//! Dependencies point one way: `layers` and `chain` call `conv`, everything
+//! calls `parallel`. What users may want to switch is public here: the
+//! Winograd convolutions ([`set_winograd`], [`set_large_winograd_tiles`]),
+//! for measuring what they gain; everything else is reached by generated
+//! code only, through the crate's hidden `__private` module.
+
+// The kernels are reached by generated code through `crate::__private`;
+// hidden here so that they are not documented as API.
+#[doc(hidden)]
+pub(crate) mod chain;
+#[doc(hidden)]
+pub(crate) mod conv;
+#[doc(hidden)]
+pub(crate) mod ctx;
+#[doc(hidden)]
+pub(crate) mod layers;
+#[doc(hidden)]
+pub(crate) mod parallel;
+pub(crate) mod simd;
+
+/// Whether the 3x3 convolutions may take the Winograd path (default on;
+/// the environment variable `SPARSENET_WINOGRAD=0` switches it off).
+pub fn winograd_enabled() -> bool {
+    conv::winograd::enabled()
+}
+
+/// Switches the Winograd convolutions on or off for the whole process (to
+/// measure what they gain; results differ by rounding only).
+pub fn set_winograd(on: bool) {
+    conv::winograd::set_enabled(on)
+}
+
+/// Switches the F(4x4, 3x3) Winograd tiles on or off for the whole process;
+/// off keeps F(2x2, 3x3) everywhere (`SPARSENET_WINOGRAD=2` does the same).
+pub fn set_large_winograd_tiles(on: bool) {
+    conv::winograd::set_large_tiles(on)
+}
