@@ -1,6 +1,24 @@
 //! Predeclared networks: the seed's two versions, the paper's SparseNets,
 //! DenseNet for comparison, and a small default for 28x28 grayscale images.
 //! Each is an ordinary `sparsenet!` declaration; `summary()` shows it.
+//!
+//! Each type is generic over its element type (`f32` by default, `f64` for
+//! tests) and implements [`Model`](crate::runtime::Model),
+//! [`NetworkSpec`](crate::runtime::NetworkSpec) and
+//! [`GpuNetwork`](crate::runtime::gpu::GpuNetwork).
+//!
+//! ```
+//! use sparsenet::prelude::*;
+//! use sparsenet::zoo::FashionSparseNet;
+//!
+//! assert_eq!(FashionSparseNet::<f32>::INPUT, [1, 28, 28]);
+//! let mut model = FashionSparseNet::<f32>::new(0); // seed 0
+//! let x = Array4::<f32>::zeros((2, 1, 28, 28));
+//! let logits = model.forward(x.view(), Mode::Eval)?;
+//! assert_eq!(logits.dim(), (2, FashionSparseNet::<f32>::CLASSES));
+//! println!("{}", FashionSparseNet::<f32>::summary());
+//! # Ok::<(), sparsenet::runtime::InputError>(())
+//! ```
 
 use crate::sparsenet;
 

@@ -7,6 +7,9 @@
 //! from the plan alone. [`summary`] renders the plan as a table.
 //! For the GPU path, [`gpu_plan`] places every buffer in device memory and
 //! [`emit_gpu`] writes the CUDA C kernels and their launch sequences.
+//! (These modules are private: `cargo doc --document-private-items` shows
+//! them to contributors; users see the macro's reference below.)
+#![allow(rustdoc::private_intra_doc_links)]
 
 mod ast;
 mod config;

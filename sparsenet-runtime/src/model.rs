@@ -27,7 +27,9 @@ pub struct LayerInfo {
     /// The layers whose outputs this layer concatenates, newest first
     /// (`input` for the network input, `stages.0.input` for a block input).
     pub sources: &'static [&'static str],
+    /// Channels the layer reads: the sum of its sources' channels.
     pub in_channels: usize,
+    /// Channels the layer produces (for `head`, the number of classes).
     pub out_channels: usize,
     /// (height, width) of the input.
     pub in_size: (usize, usize),
@@ -44,30 +46,46 @@ pub struct LayerInfo {
 pub enum Init {
     /// Normal with std sqrt(2 / fan_in) (He et al.; PyTorch's kaiming_normal_).
     KaimingNormal {
+        /// Inputs of one output unit: input channels x kernel height x
+        /// kernel width.
         fan_in: usize,
     },
     /// Normal with the given std (the classifier: std sqrt(1 / fan_in)).
     Normal {
+        /// Standard deviation of the distribution (its mean is 0).
         std: f64,
     },
+    /// All zeros (biases, BatchNorm beta).
     Zeros,
+    /// All ones (BatchNorm gamma).
     Ones,
 }
 
 /// A wrong input given to a model at run time.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InputError {
+    /// The input array is not `[batch, C, H, W]` with `batch >= 1` and
+    /// `[C, H, W]` the declared [`NetworkSpec::INPUT`].
     #[error("input tensor `{tensor}` has shape {found:?}, the model `{model}` expects [batch, {}, {}, {}] with batch >= 1", expected[0], expected[1], expected[2])]
     Shape {
+        /// The model's [`NetworkSpec::NAME`].
         model: &'static str,
+        /// Which argument was wrong (`input`).
         tensor: &'static str,
+        /// The declared `[channels, height, width]` of one image.
         expected: [usize; 3],
+        /// The shape given, batch dimension first.
         found: Vec<usize>,
     },
+    /// The gradient buffer given to [`Model::forward_backward`] is not
+    /// [`NetworkSpec::PARAMETERS`] long.
     #[error("gradient buffer has {found} entries, the model `{model}` has {expected} parameters")]
     Gradients {
+        /// The model's [`NetworkSpec::NAME`].
         model: &'static str,
+        /// The number of parameters, which the buffer must match.
         expected: usize,
+        /// The buffer's length.
         found: usize,
     },
 }
@@ -92,13 +110,16 @@ pub fn check_input<T>(
 
 /// Static facts about a generated network, fixed at compile time.
 pub trait NetworkSpec {
+    /// The type's name as declared (`SparseNet40`); error messages use it.
     const NAME: &'static str;
     /// [channels, height, width] of one input image.
     const INPUT: [usize; 3];
+    /// Number of classes: the width of the logits.
     const CLASSES: usize;
     /// Trainable parameters.
     const PARAMETERS: usize;
-    /// BatchNorm running statistics (means and variances).
+    /// Length of the running-statistics store: for each BatchNorm, its
+    /// running means then its running variances (one per channel each).
     const STATE_LEN: usize;
     /// Multiply-adds of one forward pass per image (convolutions and dense).
     const MACS_PER_IMAGE: u64;
@@ -110,6 +131,7 @@ pub trait NetworkSpec {
     const PEAK_INFERENCE_PER_IMAGE: usize;
     /// Every named tensor: parameters, then running statistics.
     fn tensors() -> &'static [TensorSpec];
+    /// Every layer of the plan, in execution order (stem first, head last).
     fn layers() -> &'static [LayerInfo];
     /// A Keras-style table of the layers.
     fn summary() -> &'static str;
@@ -120,9 +142,19 @@ pub trait Model<T: Float>: NetworkSpec + Sized {
     /// A freshly initialised model (Kaiming-normal convolutions, BN gamma 1
     /// and beta 0, zero biases, running mean 0 and variance 1).
     fn new(seed: u64) -> Self;
+    /// Every trainable parameter in one flat vector of
+    /// [`NetworkSpec::PARAMETERS`] elements, laid out as the
+    /// [`Store::Param`](crate::Store::Param) entries of
+    /// [`NetworkSpec::tensors`] say.
     fn params(&self) -> &[T];
+    /// The parameters, writable (an optimiser updates them in place).
     fn params_mut(&mut self) -> &mut [T];
+    /// The BatchNorm running statistics in one flat vector of
+    /// [`NetworkSpec::STATE_LEN`] elements, laid out as the
+    /// [`Store::State`](crate::Store::State) entries of
+    /// [`NetworkSpec::tensors`] say.
     fn state(&self) -> &[T];
+    /// The running statistics, writable.
     fn state_mut(&mut self) -> &mut [T];
     /// Logits `[batch, classes]` for `x` of shape `[batch, C, H, W]`.
     fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, InputError>;

@@ -8,6 +8,43 @@
 //! file; [`load_weights`] checks that a file matches the table exactly before it
 //! copies anything, so a failed load leaves the model unchanged.
 //!
+//! # Example
+//!
+//! A hand-written table (generated models have theirs in
+//! `NetworkSpec::tensors()`): a dense layer's weight and bias in the
+//! parameters, a BatchNorm's running mean and variance in the state.
+//!
+//! ```
+//! use sparsenet_runtime::weights::{weights_from_bytes, weights_to_bytes, WeightsError};
+//! use sparsenet_runtime::{Store, TensorSpec};
+//! use std::path::Path;
+//!
+//! const SPECS: &[TensorSpec] = &[
+//!     TensorSpec { name: "fc.weight", shape: &[2, 3], store: Store::Param, offset: 0 },
+//!     TensorSpec { name: "fc.bias", shape: &[2], store: Store::Param, offset: 6 },
+//!     TensorSpec { name: "bn.running_mean", shape: &[2], store: Store::State, offset: 0 },
+//!     TensorSpec { name: "bn.running_var", shape: &[2], store: Store::State, offset: 2 },
+//! ];
+//! let params: Vec<f32> = (0..8).map(|i| i as f32).collect();
+//! let state = vec![0.5f32, -0.5, 1.0, 2.0];
+//!
+//! // The bytes of a safetensors file (`save_weights` writes the same to disk).
+//! let bytes = weights_to_bytes(SPECS, &params, &state, None)?;
+//!
+//! let (mut p, mut s) = (vec![0.0f32; 8], vec![0.0f32; 4]);
+//! weights_from_bytes(&bytes, Path::new("<memory>"), SPECS, &mut p, &mut s)?;
+//! assert_eq!((p, s), (params, state));
+//!
+//! // A table that does not match the file is refused, and nothing is copied.
+//! let wrong = [TensorSpec { shape: &[3, 2], ..SPECS[0] }];
+//! let mut p = vec![0.0f32; 6];
+//! let err = weights_from_bytes(&bytes, Path::new("<memory>"), &wrong, &mut p, &mut [])
+//!     .unwrap_err();
+//! assert!(matches!(err, WeightsError::ShapeMismatch { .. }), "{err}");
+//! assert!(p.iter().all(|&v| v == 0.0));
+//! # Ok::<(), WeightsError>(())
+//! ```
+//!
 //! [safetensors]: https://github.com/huggingface/safetensors
 
 use std::borrow::Cow;
@@ -93,40 +130,62 @@ pub enum WeightsError {
     /// The weights file could not be read.
     #[error("cannot read weights file {}: {source}", .path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
-    /// The weights file could not be written.
+    /// The weights file could not be written (no such directory, no
+    /// permission, disk full...); the file at `path`, if any, is unchanged.
     #[error("cannot write weights file {}: {source}", .path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a well-formed safetensors file (truncated, corrupt, or
-    /// something else entirely).
+    /// something else entirely), a tensor's data has the wrong byte length,
+    /// or safetensors failed to serialise the tensors.
     #[error("{} is not a valid safetensors file: {reason}", .path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
+        path: PathBuf,
+        /// What is wrong, with the byte counts or offsets involved.
+        reason: String,
+    },
     /// A tensor the model needs is not in the file.
     #[error(
         "tensor `{name}` is missing from {}; the model expects a tensor of shape {expected:?}",
         .path.display()
     )]
     MissingTensor {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The tensor's dotted name.
         name: String,
+        /// The shape the model has for it.
         expected: Vec<usize>,
     },
-    /// A tensor in the file has the wrong element type.
+    /// A tensor in the file has the wrong element type (e.g. `F64` weights
+    /// loaded into an `f32` model).
     #[error(
         "tensor `{name}` in {} has dtype {found:?}, the model expects {expected:?}",
         .path.display()
     )]
     DtypeMismatch {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The tensor's dotted name.
         name: String,
+        /// The dtype of the model's element type ([`WeightElem::DTYPE`]).
         expected: Dtype,
+        /// The dtype in the file.
         found: Dtype,
     },
     /// A tensor in the file has the wrong shape.
@@ -135,9 +194,14 @@ pub enum WeightsError {
         .path.display()
     )]
     ShapeMismatch {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The tensor's dotted name.
         name: String,
+        /// The shape the model has for it.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
     /// The file holds a tensor the model does not have (the first such name in
@@ -148,13 +212,21 @@ pub enum WeightsError {
         .path.display()
     )]
     UnexpectedTensor {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The first unexpected name in sorted order.
         name: String,
+        /// That tensor's shape in the file.
         shape: Vec<usize>,
+        /// That tensor's dtype in the file.
         dtype: Dtype,
+        /// How many tensors of the file the model does not have.
         count: usize,
     },
-    /// A spec points outside the flat store it names.
+    /// A spec points outside the flat store it names (a tensor table that
+    /// does not match the `params` / `state` slices given). Checked before
+    /// any file is read or written.
     #[error(
         "tensor `{name}` (for {}) does not fit the model's {store} store: expected \
          offset {offset} + length {} to be at most the store's length, found the store has \
@@ -163,21 +235,34 @@ pub enum WeightsError {
         .len.map_or_else(|| "overflowing usize".to_string(), |l| l.to_string())
     )]
     SpecOutOfBounds {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The spec's tensor name.
         name: String,
+        /// The store the spec points into.
         store: Store,
+        /// The spec's first element in that store.
         offset: usize,
         /// `None` when the element count overflows `usize`.
         len: Option<usize>,
+        /// The length of the store's slice.
         available: usize,
     },
-    /// Two specs share a name.
+    /// Two specs of the tensor table share a name. Checked before any file
+    /// is read or written.
     #[error(
         "tensor name `{name}` (for {}) appears more than once in the model's tensor table; \
          expected unique names",
         .path.display()
     )]
-    DuplicateSpec { path: PathBuf, name: String },
+    DuplicateSpec {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
+        path: PathBuf,
+        /// The repeated name.
+        name: String,
+    },
     /// `T::DTYPE` does not describe `T` (a wrong [`WeightElem`] implementation).
     #[error(
         "element type for {} does not match its dtype: expected {dtype:?} elements of \
@@ -185,9 +270,14 @@ pub enum WeightsError {
         .path.display()
     )]
     ElementSize {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
         path: PathBuf,
+        /// The dtype `T::DTYPE` claims.
         dtype: Dtype,
+        /// Bytes per element of that dtype.
         dtype_size: usize,
+        /// `size_of::<T>()`.
         elem_size: usize,
     },
 }

@@ -28,6 +28,11 @@
 //! Winograd convolutions ([`set_winograd`], [`set_large_winograd_tiles`]),
 //! for measuring what they gain; everything else is reached by generated
 //! code only, through the crate's hidden `__private` module.
+//! `cargo doc --document-private-items` documents it all for contributors.
+
+// The kernels' docs link between modules that are private here; the links
+// resolve in the contributors' documentation (`--document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
 
 // The kernels are reached by generated code through `crate::__private`;
 // hidden here so that they are not documented as API.

@@ -155,7 +155,12 @@ pub enum CifarKind {
     Cifar10,
     /// Records of 2 label bytes (coarse, fine) + 3072 pixel bytes; the
     /// dataset uses the fine labels (100 classes) or the coarse ones (20).
-    Cifar100 { fine: bool },
+    Cifar100 {
+        /// `true`: the fine labels (100 classes, [`CIFAR100_FINE_NAMES`]);
+        /// `false`: the coarse ones (20 superclasses,
+        /// [`CIFAR100_COARSE_NAMES`]).
+        fine: bool,
+    },
 }
 
 impl CifarKind {

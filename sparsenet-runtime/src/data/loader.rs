@@ -53,8 +53,13 @@ impl Default for LoaderConfig {
 /// indices in the dataset.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// The images, normalised (and augmented) by the loader's
+    /// [`Transform`], shape `(B, C, H, W)`.
     pub images: Array4<f32>,
+    /// The label of each image, in batch order.
     pub labels: Vec<usize>,
+    /// The dataset index of each image, in batch order (where it came
+    /// from in the [`Dataset`], e.g. to look at misclassified images).
     pub indices: Vec<usize>,
 }
 
@@ -63,6 +68,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether the batch holds no image (the loader never yields one).
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -22,6 +22,54 @@
 //! The epoch permutation depends only on `(seed, epoch)` and each sample's
 //! crop offsets / flip only on `(seed, epoch, sample index)`, so batches are
 //! bit-identical whatever the number of worker threads.
+//!
+//! # Example
+//!
+//! A dataset built in memory, normalised with its own statistics and cut
+//! into shuffled batches (the readers above return the same [`Dataset`]):
+//!
+//! ```
+//! use sparsenet_runtime::data::{epoch_batches, Dataset, LoaderConfig, Transform};
+//! use std::sync::Arc;
+//!
+//! // Eight grayscale 2x2 images: image i is filled with 30 * i, label i % 2.
+//! let ds = Dataset {
+//!     pixels: (0..8u8).flat_map(|i| [30 * i; 4]).collect(),
+//!     labels: (0..8).map(|i| i % 2).collect(),
+//!     len: 8,
+//!     channels: 1,
+//!     height: 2,
+//!     width: 2,
+//!     classes: 2,
+//!     class_names: vec!["even".into(), "odd".into()],
+//!     source: "<memory>".into(),
+//! };
+//! assert_eq!(ds.image(3), &[90, 90, 90, 90]);
+//! assert_eq!(ds.class_counts(), [4, 4]);
+//!
+//! let transform = Arc::new(Transform::from_dataset_stats(&ds));
+//! let ds = Arc::new(ds);
+//! let cfg = LoaderConfig { batch_size: 3, seed: 7, ..LoaderConfig::default() };
+//! let batches: Vec<_> = epoch_batches(ds.clone(), transform.clone(), &cfg, 0).collect();
+//!
+//! // 3 + 3 + 2 images, as (batch, channels, height, width) f32 arrays.
+//! assert_eq!(batches.len(), 3);
+//! assert_eq!(batches[0].images.dim(), (3, 1, 2, 2));
+//! assert_eq!(batches[2].len(), 2);
+//! // Shuffled, each image once, each with its label.
+//! let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+//! seen.sort();
+//! assert_eq!(seen, (0..8).collect::<Vec<_>>());
+//! for b in &batches {
+//!     for (&i, &label) in b.indices.iter().zip(&b.labels) {
+//!         assert_eq!(label, i % 2);
+//!     }
+//! }
+//! // The same seed and epoch give the same batches, whatever the workers.
+//! let one_worker = LoaderConfig { workers: 1, ..cfg.clone() };
+//! let again: Vec<_> = epoch_batches(ds, transform, &one_worker, 0).collect();
+//! assert_eq!(again, batches);
+//! ```
 
 use std::fmt;
 use std::io;
@@ -56,8 +104,11 @@ pub struct Dataset {
     pub labels: Vec<u16>,
     /// Number of images.
     pub len: usize,
+    /// Channels per image: 1 (grayscale) or 3 (RGB).
     pub channels: usize,
+    /// Image height in pixels (every image has the same size).
     pub height: usize,
+    /// Image width in pixels.
     pub width: usize,
     /// Number of classes (labels are `0..classes`).
     pub classes: usize,
@@ -190,63 +241,104 @@ pub enum DataError {
     /// An I/O error (including a corrupt gzip stream) while reading a file.
     #[error("cannot read {}: {source}", path.display())]
     Io {
+        /// The file (or archive) being read.
         path: PathBuf,
+        /// What the operating system (or the gzip decoder, whose messages
+        /// start with `gzip:`) reported.
         #[source]
         source: io::Error,
     },
     /// A dataset path or file that does not exist; `hint` says what to do.
     #[error("cannot find {what} {}: {hint}", path.display())]
     NotFound {
+        /// What was looked for, e.g. `CIFAR-10 data`, `image folder`,
+        /// `archive`.
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
+        /// What was expected there, or how to get the data.
         hint: String,
     },
     /// A file that does not start with the expected magic number.
     #[error("bad magic number 0x{found:08x} in {} (expected 0x{expected:08x}: {what})", path.display())]
     BadMagic {
+        /// The file.
         path: PathBuf,
+        /// The magic number of the expected format (for IDX, `0x00000803`
+        /// for images, `0x00000801` for labels).
         expected: u32,
+        /// The file's first 4 bytes, read big-endian.
         found: u32,
+        /// What the file should hold, e.g. `images (N x H x W ubyte)`.
         what: &'static str,
     },
     /// A file that ends before the data its header announces.
     #[error("truncated file {} at byte offset {offset}{}: {problem}", path.display(), if *.decompressed { " (of the decompressed data)" } else { "" })]
     Truncated {
+        /// The file.
         path: PathBuf,
+        /// Where the data end: the length in bytes of the file (of its
+        /// decompressed data when `decompressed`).
         offset: u64,
+        /// Whether the file was gzip-compressed, so that `offset` counts
+        /// bytes of the decompressed data rather than of the file.
         decompressed: bool,
+        /// What was missing (header or payload, and how many bytes).
         problem: String,
     },
     /// Any other malformed file (bad dimensions, trailing data, a length that
     /// is not a whole number of records...). `location` is the file, or
     /// `archive (entry NAME)`.
     #[error("invalid file {location}: {problem}")]
-    Format { location: String, problem: String },
+    Format {
+        /// The file, or `archive (entry NAME)`.
+        location: String,
+        /// What is wrong, with the offsets or sizes involved.
+        problem: String,
+    },
     /// A label outside `0..classes`; `record` is the 0-based image index in
     /// that file.
     #[error("label {label} out of range in {location}, record {record} (expected < {classes})")]
     LabelOutOfRange {
+        /// The file (for CIFAR, with the byte offset of the label).
         location: String,
+        /// 0-based index of the image in that file.
         record: usize,
+        /// The label found.
         label: u32,
+        /// Number of classes of the format (labels must be below it).
         classes: usize,
     },
     /// Image and label files that disagree on the number of samples.
     #[error("count mismatch: {} has {images} images but {} has {labels} labels", images_path.display(), labels_path.display())]
     CountMismatch {
+        /// The image file.
         images_path: PathBuf,
+        /// The label file.
         labels_path: PathBuf,
+        /// Number of images the image file announces.
         images: usize,
+        /// Number of labels the label file announces.
         labels: usize,
     },
     /// An image that cannot be decoded, is not an image, or whose size or
     /// channel count differs from the dataset's first image.
     #[error("bad image {location}: {problem}")]
-    Image { location: String, problem: String },
+    Image {
+        /// The image file, or `archive (entry NAME)`.
+        location: String,
+        /// Why it cannot be used.
+        problem: String,
+    },
     /// A directory / archive that does not have the expected layout (empty,
     /// no class folders, a single class, an empty class...).
     #[error("bad dataset layout in {}: {problem}", path.display())]
-    Layout { path: PathBuf, problem: String },
+    Layout {
+        /// The directory or archive.
+        path: PathBuf,
+        /// What is wrong with its layout.
+        problem: String,
+    },
 }
 
 impl DataError {

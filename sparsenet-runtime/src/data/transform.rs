@@ -36,13 +36,22 @@ pub struct Transform {
 /// outside the image are zero (padding).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Augment {
+    /// Vertical shift in pixels, in `-pad_crop..=pad_crop`: output row `y`
+    /// reads source row `y + dy`.
     pub dy: isize,
+    /// Horizontal shift in pixels, in `-pad_crop..=pad_crop`: output column
+    /// `x` reads source column `x' + dx`, `x'` being `W-1-x` when `flip`,
+    /// else `x`.
     pub dx: isize,
+    /// Mirror the image left-right.
     pub flip: bool,
 }
 
 impl Transform {
-    /// Normalisation only.
+    /// Normalisation only, with one mean and one standard deviation per
+    /// channel (of pixel/255).
+    ///
+    /// Panics if `mean` and `std` differ in length.
     pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Self {
         assert_eq!(
             mean.len(),
@@ -153,6 +162,27 @@ impl Transform {
     ///
     /// Panics if the transform does not have `c` channels or a slice length
     /// is wrong.
+    ///
+    /// ```
+    /// use sparsenet_runtime::data::{Augment, Transform};
+    ///
+    /// // One channel, mean 0.5, std 0.25: pixel v becomes (v / 255 - 0.5) / 0.25.
+    /// let t = Transform::new(vec![0.5], vec![0.25]);
+    /// let image = [0u8, 255, 51, 204]; // 1 channel of 2x2: rows [0, 255], [51, 204]
+    /// let mut out = [0.0f32; 4];
+    /// let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    ///
+    /// t.apply(&image, (1, 2, 2), Augment::default(), &mut out);
+    /// assert!(close(&out, &[-2.0, 2.0, -1.2, 1.2]), "{out:?}");
+    ///
+    /// // Mirrored left-right.
+    /// t.apply(&image, (1, 2, 2), Augment { dy: 0, dx: 0, flip: true }, &mut out);
+    /// assert!(close(&out, &[2.0, -2.0, 1.2, -1.2]), "{out:?}");
+    ///
+    /// // Shifted up one row: the last row is padding, raw pixel 0.
+    /// t.apply(&image, (1, 2, 2), Augment { dy: 1, dx: 0, flip: false }, &mut out);
+    /// assert!(close(&out, &[-1.2, 1.2, -2.0, -2.0]), "{out:?}");
+    /// ```
     pub fn apply(&self, image: &[u8], shape: (usize, usize, usize), aug: Augment, out: &mut [f32]) {
         apply_lut(&self.lut(), image, shape, aug, out)
     }

@@ -192,13 +192,29 @@ fn write_cache(path: &std::path::Path, bytes: &[u8]) -> Result<(), GpuError> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PtxOrigin {
     /// PTX compiled by NVRTC now.
-    Compiled { seconds: f64 },
+    Compiled {
+        /// Wall-clock time NVRTC took.
+        seconds: f64,
+    },
     /// PTX from the cache (the driver compiles it to machine code).
     Cache,
     /// Machine code from the cache (`scripts/gpu-check.sh` puts it there).
     Cubin,
 }
 
+/// The CUDA [`Backend`]: one device, one stream, the compiled kernels of
+/// one program, and the CUDA graphs recorded so far.
+///
+/// ```no_run
+/// use sparsenet_runtime::gpu::cuda::CudaBackend;
+///
+/// let backend = CudaBackend::new(0)?; // device 0
+/// println!("{} ({})", backend.device_name(), backend.arch());
+/// let (free, total) = backend.memory()?;
+/// println!("{} of {} MiB free", free >> 20, total >> 20);
+/// // Then `GpuModel::new(backend, &model, capacity)?` for a generated model.
+/// # Ok::<(), sparsenet_runtime::gpu::GpuError>(())
+/// ```
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -207,6 +223,7 @@ pub struct CudaBackend {
     /// Replayable graphs by (sequence, batch size, arguments).
     graphs: HashMap<(usize, usize, usize, KernelArgs), CudaGraph>,
     use_graphs: bool,
+    /// How the last [`Backend::compile`] got its code; `None` before it.
     pub ptx_origin: Option<PtxOrigin>,
     /// Per kernel: launches and milliseconds, while profiling.
     profile: Option<Vec<(u32, f64)>>,
@@ -215,8 +232,12 @@ pub struct CudaBackend {
 /// One kernel's share of the launches timed by [`CudaBackend::profiling`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
+    /// Index into [`GpuProgram::kernels`].
     pub kernel: usize,
+    /// Launches timed.
     pub launches: u32,
+    /// Milliseconds in all, each launch counted from the event before it
+    /// (see [`CudaBackend::profiling`]).
     pub ms: f64,
 }
 
@@ -260,12 +281,15 @@ impl CudaBackend {
         })
     }
 
+    /// The device's name as the driver reports it (e.g. `NVIDIA H200`).
     pub fn device_name(&self) -> String {
         self.ctx
             .name()
             .unwrap_or_else(|_| "unknown device".to_string())
     }
 
+    /// The device's architecture as NVRTC names it, e.g. `sm_90`: the
+    /// kernels are compiled for it.
     pub fn arch(&self) -> &str {
         &self.arch
     }

@@ -75,6 +75,10 @@ impl<T: Float> Default for Emulator<T> {
 }
 
 impl<T: Float> Emulator<T> {
+    /// An emulator with nothing compiled yet ([`Backend::compile`] builds
+    /// the program's library, cached under `$SPARSENET_EMULATOR_CACHE`, else
+    /// the system's temporary directory, by a hash of the source, the
+    /// compiler and its flags).
     pub fn new() -> Self {
         Self::default()
     }
