@@ -91,6 +91,42 @@ fn fmt_shape((c, h, w): (usize, usize, usize)) -> String {
     format!("{c}x{h}x{w} (channels x height x width)")
 }
 
+/// One decoded image, channel-planar like a [`Dataset`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// 1 (grayscale) or 3 (RGB; an alpha channel is dropped).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// `channels * height * width` bytes: all of channel 0, then channel 1, ...
+    pub pixels: Vec<u8>,
+}
+
+/// Reads one JPEG or PNG file as the image folders' reader does (the same
+/// decoding, channel count and layout), e.g. to classify it with a model
+/// trained on such a folder. Errors name the file.
+pub fn read_image(path: &Path) -> Result<Image, DataError> {
+    let name = os_name(path);
+    if image_format_of(&name).is_none() {
+        return Err(DataError::Image {
+            location: path.display().to_string(),
+            problem: "not a JPEG or PNG file (by its extension: .jpg, .jpeg or .png)".into(),
+        });
+    }
+    let img = decode(&Blob::File(path.to_path_buf()), &name)?;
+    let (channels, height, width) = shape_of(&img);
+    let mut pixels = vec![0u8; channels * height * width];
+    write_planar(img, &mut pixels);
+    Ok(Image {
+        channels,
+        height,
+        width,
+        pixels,
+    })
+}
+
 /// Class name -> (file name, blob) list.
 pub(crate) type Classes = BTreeMap<String, Vec<(String, Blob)>>;
 

@@ -88,7 +88,7 @@ mod tests;
 pub use cifar::{
     read_cifar_bin, CifarKind, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CIFAR10_NAMES,
 };
-pub use folder::{read_image_folder, read_image_folder_tar_gz};
+pub use folder::{read_image, read_image_folder, read_image_folder_tar_gz, Image};
 pub use idx::read_idx;
 pub use loader::{epoch_batches, epoch_order, Batch, EpochBatches, LoaderConfig};
 pub use named::{load_cifar10, load_cifar100, load_fashion_mnist, FASHION_MNIST_NAMES};

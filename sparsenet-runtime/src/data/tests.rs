@@ -1352,3 +1352,42 @@ fn timing_real_datasets() {
         );
     }
 }
+
+#[test]
+fn read_image_decodes_as_the_folder_reader_does() {
+    let dir = tmp();
+    let path = dir.path().join("one.png");
+    write(&path, &png(rgb(5, 4, 7)));
+    let image = read_image(&path).unwrap();
+    assert_eq!((image.channels, image.height, image.width), (3, 4, 5));
+    assert_eq!(image.pixels, planar(5, 4, 7));
+
+    // Grayscale stays one channel.
+    let gray = dir.path().join("gray.png");
+    write(
+        &gray,
+        &encode(
+            DynamicImage::ImageLuma8(GrayImage::from_fn(3, 2, |x, y| {
+                image::Luma([(x + 10 * y) as u8])
+            })),
+            ImageFormat::Png,
+        ),
+    );
+    let g = read_image(&gray).unwrap();
+    assert_eq!((g.channels, g.height, g.width), (1, 2, 3));
+    assert_eq!(g.pixels, vec![0, 1, 2, 10, 11, 12]);
+
+    // Not an image by its extension, missing, or corrupt: errors naming the file.
+    let txt = dir.path().join("notes.txt");
+    write(&txt, b"hello");
+    let e = read_image(&txt).unwrap_err().to_string();
+    assert!(e.contains("notes.txt") && e.contains("JPEG or PNG"), "{e}");
+    let e = read_image(&dir.path().join("absent.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("absent.png"), "{e}");
+    let bad = dir.path().join("bad.png");
+    write(&bad, b"\x89PNG\r\n\x1a\n truncated");
+    let e = read_image(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.png"), "{e}");
+}
