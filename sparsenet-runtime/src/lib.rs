@@ -53,8 +53,8 @@ pub mod __private {
         max_pool_backward, pre_backward, stale_like, InputGrad,
     };
     pub use crate::cpu::layers::forward::{
-        affine, avg_pool, batch_stats, concat_channels, conv2d, gap_dense, max_pool, ConvGeom,
-        Pre, Stats,
+        affine, avg_pool, batch_stats, concat_channels, conv2d, gap_dense, max_pool, ConvGeom, Pre,
+        Stats,
     };
     pub use crate::cpu::parallel::{scratch, threads};
     pub use crate::init::{init_params, init_state};

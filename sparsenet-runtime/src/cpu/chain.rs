@@ -21,12 +21,12 @@
 //! calls [`conv_chain`] only in eval mode.
 
 use crate::cpu::conv::direct::{self, Direct, Epilogue};
+use crate::cpu::conv::winograd::{Input, PreparedConv};
 use crate::cpu::layers::forward::{
     affine, as_f32, as_f32_mut, concat_channels, conv2d, conv2d_direct, gather_into,
     gather_into_split, use_direct, ConvGeom, OwnedEpilogue, Pre,
 };
 use crate::cpu::parallel::scratch::{recycle, stale4, Scratch};
-use crate::cpu::conv::winograd::{Input, PreparedConv};
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array4, Axis};

@@ -2,8 +2,8 @@
 //! the flat parameter and running-statistics stores, the mode, and the RNG
 //! for dropout. BatchNorm layers are folded here into a [`Pre`] transform.
 
-use crate::cpu::layers::forward::{Pre, Stats};
 use crate::cpu::layers::forward::batch_stats;
+use crate::cpu::layers::forward::{Pre, Stats};
 use crate::{Float, Mode};
 use ndarray::Array4;
 use rand::Rng;

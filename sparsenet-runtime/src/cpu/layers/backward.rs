@@ -8,15 +8,15 @@
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
 use crate::cpu::conv::direct::{self, Direct};
+use crate::cpu::conv::matmul::{matmul, Mat};
+use crate::cpu::conv::pointwise_wgrad;
+use crate::cpu::conv::winograd::{Input, PreparedConv, WeightGrad};
+use crate::cpu::layers::forward::concat_channels;
 use crate::cpu::layers::forward::{
     as_f32, as_f32_mut, channel_planes, for_each_plane, gather_into, gather_unfold, im2col, read,
     use_direct, ConvGeom, PoolWindow, Pre, LANES,
 };
-use crate::cpu::conv::matmul::{matmul, Mat};
-use crate::cpu::conv::pointwise_wgrad;
 use crate::cpu::parallel::scratch::{stale4, zeros4, Scratch};
-use crate::cpu::conv::winograd::{Input, PreparedConv, WeightGrad};
-use crate::cpu::layers::forward::concat_channels;
 use crate::Float;
 use ndarray::parallel::prelude::*;
 use ndarray::{linalg::general_mat_mul, s, Array2, Array4, ArrayView2, Axis};

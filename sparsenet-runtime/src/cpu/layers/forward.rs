@@ -8,8 +8,8 @@
 
 use crate::cpu::conv::direct::{self, Direct, Epilogue};
 use crate::cpu::conv::matmul::{matmul, Mat};
-use crate::cpu::parallel::scratch::{stale4, zeros4, Scratch};
 use crate::cpu::conv::winograd::{Affine, Input, PreparedConv};
+use crate::cpu::parallel::scratch::{stale4, zeros4, Scratch};
 use crate::cpu::parallel::SharedMut;
 use crate::Float;
 use ndarray::parallel::prelude::*;

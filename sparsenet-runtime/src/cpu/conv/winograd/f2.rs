@@ -170,7 +170,12 @@ pub(super) unsafe fn row_transform(a: __m256, b: __m256, a2: __m256, b2: __m256)
 /// [`row_transform`] with the 8 tiles in slot order (see [`slot`]).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn row_transform_slots(a: __m256, b: __m256, a2: __m256, b2: __m256) -> [__m256; 4] {
+pub(super) unsafe fn row_transform_slots(
+    a: __m256,
+    b: __m256,
+    a2: __m256,
+    b2: __m256,
+) -> [__m256; 4] {
     let (e, o) = (even_slots(a, b), odd_slots(a, b));
     let (e2, o2) = (even_slots(a2, b2), odd_slots(a2, b2));
     row_combine(e, o, e2, o2)

@@ -49,26 +49,25 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-mod f4;
 mod cache;
 mod f2;
+mod f4;
 mod input;
 mod prepared;
+#[cfg(test)]
+mod tests;
 mod tiling;
 mod weight_grad;
 mod weights;
-#[cfg(test)]
-mod tests;
 
 use cache::*;
 use f2::*;
 use input::*;
-use tiling::*;
-use weights::*;
 pub use input::{Affine, Input};
 pub use prepared::PreparedConv;
+use tiling::*;
 pub use weight_grad::WeightGrad;
-
+use weights::*;
 
 /// Positions of an F(2x2, 3x3) transformed tile (4 x 4).
 const XI: usize = 16;

@@ -230,8 +230,7 @@ fn weight_gradient_matches_the_definition() {
     let cases = [(96, 24, 32, 32), (17, 16, 16, 16), (16, 19, 8, 32)];
     for ((cin, cout, h, w), large) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let d = Direct::new(h, w, 3, 1);
-        let wg =
-            WeightGrad::with_tiles(&d, cin, cout, 64, large).expect("takes the Winograd path");
+        let wg = WeightGrad::with_tiles(&d, cin, cout, 64, large).expect("takes the Winograd path");
         assert_eq!(wg.tiling.m, if large { 4 } else { 2 });
         // Measured worst error / mass: 2.0e-6 (2x2), 4.6e-6 (4x4).
         let tol = if large { 2e-5 } else { 1e-5 };

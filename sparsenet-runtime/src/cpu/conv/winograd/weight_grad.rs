@@ -29,7 +29,13 @@ impl WeightGrad {
     }
 
     /// [`WeightGrad::new`] with 4x4 tiles allowed or not (`large`).
-    pub(super) fn with_tiles(d: &Direct, cin: usize, cout: usize, images: usize, large: bool) -> Option<Self> {
+    pub(super) fn with_tiles(
+        d: &Direct,
+        cin: usize,
+        cout: usize,
+        images: usize,
+        large: bool,
+    ) -> Option<Self> {
         // Its transforms of the weights' gradient are made per call: only
         // where a forward call would transform its weights afresh.
         if source(d, cin, cout, images) != Source::Fresh {
@@ -213,7 +219,13 @@ pub(super) unsafe fn transpose_block(
 /// combined a vector of 8 channels at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_output_grad(tl: &Tiling, g: &[f32], wd: usize, w: usize, dt: &mut [f32]) {
+pub(super) unsafe fn transform_output_grad(
+    tl: &Tiling,
+    g: &[f32],
+    wd: usize,
+    w: usize,
+    dt: &mut [f32],
+) {
     let nt = tl.nt;
     assert!(g.len() >= 2 * tl.rows * w * wd, "g holds the block's rows");
     assert!(dt.len() >= XI * nt * wd, "D holds 16 x nt rows");

@@ -13,7 +13,13 @@ pub(super) fn transform_weights(weight: &[f32], cout: usize, cin: usize, m: usiz
 }
 
 /// [`transform_weights`] into `u` (`(m + 2)^2 * cout * cin` floats).
-pub(super) fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, m: usize, u: &mut [f32]) {
+pub(super) fn transform_weights_into(
+    weight: &[f32],
+    cout: usize,
+    cin: usize,
+    m: usize,
+    u: &mut [f32],
+) {
     match m {
         2 => transform_weights_f2(weight, cout, cin, u),
         _ => f4::transform_weights_into(weight, cout, cin, u),
