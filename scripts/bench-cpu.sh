@@ -31,12 +31,12 @@ if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, safeten
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r scripts/requirements-bench.txt
 fi
-cargo build --release --example bench_cpu --example bench_direct
+cargo build --release -p sparsenet-bench --bin bench_cpu --bin bench_direct
 mkdir -p target/bench
 : > target/bench/results.jsonl
 # The fp32 peak as this machine runs it now (boost clock included): one
 # core's independent FMA chains, times the thread count.
-target/release/examples/bench_direct --peak > target/bench/peak.json
+target/release/bench_direct --peak > target/bench/peak.json
 for round in $(seq "$ROUNDS"); do
   for net in $NETS; do
     case $net in
@@ -48,7 +48,7 @@ for round in $(seq "$ROUNDS"); do
     tag="\"net_key\": \"$net\", \"round\": $round"
     ours() {
       echo "== round $round/$ROUNDS, $net: sparsenet" >&2
-      RAYON_NUM_THREADS=$THREADS target/release/examples/bench_cpu --net "$net" --out "$dir" \
+      RAYON_NUM_THREADS=$THREADS target/release/bench_cpu --net "$net" --out "$dir" \
         | sed "s/^{/{$tag, /" | tee -a target/bench/results.jsonl
     }
     # PyTorch in both its layouts (NCHW and channels_last, oneDNN's faster

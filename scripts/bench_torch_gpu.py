@@ -1,11 +1,12 @@
 """PyTorch's half of the GPU benchmark (scripts/gpu-run.sh runs both halves).
 
 The same network as scripts/bench_torch.py (the seed's 2018-02-20 SparseNet,
-sparsenet's module names), on the GPU: loads the weights examples/bench_gpu
-wrote, checks the eval-mode logits on its input equal sparsenet's (TF32 off,
-so f32 means f32), then times a training step (forward, cross-entropy,
-backward, SGD with Nesterov momentum and weight decay) in eager mode,
-torch.compile and torch.compile(mode="reduce-overhead"), plus eager
+sparsenet's module names), on the GPU: loads the weights bench_gpu
+(bench/src/bin/bench_gpu.rs) wrote, checks the eval-mode logits on its
+input equal sparsenet's (TF32 off, so f32 means f32), then times a training
+step (forward, cross-entropy, backward, SGD with Nesterov momentum and
+weight decay) in eager mode, torch.compile and
+torch.compile(mode="reduce-overhead"), plus eager
 inference and batch-1 latency, with peak allocated GPU memory per mode. One
 JSON line per mode.
 

@@ -23,14 +23,15 @@ CARRY=target/gpu-carry
 rm -rf "$CARRY"
 mkdir -p "$CARRY/ptx"
 
-cargo build --release --features cuda --example bench_gpu --example train
+cargo build --release -p sparsenet-bench --features cuda --bin bench_gpu
+cargo build --release --features cuda --example train
 test_bin=$(cargo test --release --features cuda --test gpu_cuda --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu_cuda" and m.get("executable"):
         print(m["executable"])')
-cp target/release/examples/bench_gpu target/release/examples/train "$CARRY/"
+cp target/release/bench_gpu target/release/examples/train "$CARRY/"
 cp "$test_bin" "$CARRY/gpu_cuda"
 strip "$CARRY"/bench_gpu "$CARRY"/train "$CARRY"/gpu_cuda
 

@@ -9,13 +9,9 @@
 //! loss back to the host), eval-mode inference and batch-1 latency; prints
 //! one JSON line with medians, the PTX compile time and device memory.
 //!
-//! `cargo run --release --features cuda --example bench_gpu -- --net bc100 --out DIR`
+//! `cargo run --release -p sparsenet-bench --features cuda --bin bench_gpu -- --net bc100 --out DIR`
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
-
-#[cfg(feature = "cuda")]
-#[path = "common/bench.rs"]
-mod bench_common;
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Net {
@@ -52,11 +48,11 @@ struct Args {
 #[cfg(feature = "cuda")]
 mod bench {
     use super::Args;
-    use crate::bench_common::median_ms;
     use sparsenet::prelude::*;
     use sparsenet::runtime::gpu::cuda::{CudaBackend, PtxOrigin};
     use sparsenet::runtime::gpu::{GpuModel, GpuNetwork};
     use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+    use sparsenet_bench::{median_ms, write_io};
     use std::time::Instant;
 
     fn rel(a: &[f32], b: &[f32]) -> f64 {
@@ -92,7 +88,7 @@ mod bench {
         // CPU references: eval logits (for PyTorch too) and training gradients.
         let mut cpu = model.clone();
         let cpu_logits = cpu.forward(x.view(), Mode::Eval).map_err(|er| e(&er))?;
-        crate::bench_common::write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
+        write_io(&args.out.join("io.safetensors"), &x, &cpu_logits)?;
         let mut cpu_train = model.clone();
         let mut grads = vec![0.0f32; M::PARAMETERS];
         let mut cpu_loss = 0.0f32;
@@ -234,7 +230,7 @@ fn main() -> std::process::ExitCode {
     #[cfg(not(feature = "cuda"))]
     let result: Result<(), String> = Err(format!(
         "bench_gpu ({:?}, batch {}): built without the CUDA backend; \
-         run `cargo run --release --features cuda --example bench_gpu -- ...`",
+         run `cargo run --release -p sparsenet-bench --features cuda --bin bench_gpu -- ...`",
         args.net, args.batch
     ));
     match result {

@@ -7,7 +7,7 @@
 //! the kernels' blocking. Whole-network comparisons with PyTorch are
 //! `scripts/bench-cpu.sh`, which calls `--peak` for its table.
 //!
-//! `cargo run --release --example bench_direct [-- --peak]`
+//! `cargo run --release -p sparsenet-bench --bin bench_direct [-- --peak]`
 use sparsenet_runtime::__private::direct::{self, Direct};
 use sparsenet_runtime::__private::pointwise_wgrad;
 use std::time::Instant;

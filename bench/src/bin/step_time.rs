@@ -1,5 +1,5 @@
 //! Times training steps and inference of a few networks on this machine.
-//! `cargo run --release --example step_time`
+//! `cargo run --release -p sparsenet-bench --bin step_time`
 use sparsenet::prelude::*;
 use std::time::Instant;
 

@@ -1,4 +1,8 @@
-//! Shared by the benchmark examples (bench_cpu.rs, bench_gpu.rs): the median
+//! The project's measuring tools, not a user library: the binaries in
+//! `src/bin/` (`bench_cpu`, `bench_gpu`, `bench_direct`, `step_time`,
+//! `compile_bc100`; run one with
+//! `cargo run --release -p sparsenet-bench --bin NAME -- ...`), and here what
+//! the benchmarks against PyTorch (bench_cpu, bench_gpu) share: the median
 //! timer and the file of input and logits the PyTorch scripts check against.
 
 use safetensors::tensor::{Dtype, TensorView};

@@ -8,15 +8,12 @@
 //! batch-1 latency, and prints one JSON line with medians and the process's
 //! peak resident memory after the training steps.
 //!
-//! `cargo run --release --example bench_cpu -- --net seed40 --out DIR`
+//! `cargo run --release -p sparsenet-bench --bin bench_cpu -- --net seed40 --out DIR`
 use clap::{Parser, ValueEnum};
 use sparsenet::prelude::*;
 use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+use sparsenet_bench::{median_ms, write_io};
 use std::path::PathBuf;
-
-#[path = "common/bench.rs"]
-mod bench;
-use bench::{median_ms, write_io};
 
 use sparsenet::zoo::{SeedV2Bc100, SeedV2Depth40};
 

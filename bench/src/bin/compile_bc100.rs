@@ -1,8 +1,10 @@
 //! Declares only SparseNet-BC-100 (growth 24) and runs a forward pass and a
 //! training pass, so that both generated passes are compiled: the
-//! compile-time benchmark of the generated code.
+//! compile-time benchmark of the generated code. It is a binary of its own
+//! (not part of another tool) so that touching this file rebuilds this
+//! expansion and nothing else:
 //!
-//!     touch examples/compile_bc100.rs && time cargo build --release --example compile_bc100
+//!     touch bench/src/bin/compile_bc100.rs && time cargo build --release -p sparsenet-bench --bin compile_bc100
 use sparsenet::prelude::*;
 
 sparsenet! {
