@@ -1,6 +1,13 @@
-//! Training support: optimiser, learning-rate schedules and the paper's recipe,
-//! loss, checkpoints, and metrics logs with plots.
+//! Training: the training loop and its parts (optimiser, learning-rate
+//! schedules and the paper's recipe, loss, checkpoints, and metrics logs with
+//! plots).
 //!
+//! * [`trainer`]: [`Trainer`], the loop a user drives epoch by epoch or runs
+//!   whole ([`Trainer::fit`], [`train`], [`train_with`]), with per-epoch
+//!   evaluation, metrics, atomic checkpoints and bitwise-exact resumption.
+//! * [`config`]: [`TrainConfig`], the settings of a run, and [`TrainError`].
+//! * [`engine`]: where the steps run: [`CpuEngine`] (the generated CPU code)
+//!   or [`GpuEngine`] (the generated GPU program on a backend).
 //! * [`optim`]: SGD with (Nesterov) momentum and weight decay, PyTorch semantics.
 //! * [`schedule`]: learning rate per fractional epoch (warm-up, step, cosine),
 //!   [`Recipe::paper`] (the SparseNet paper's CIFAR recipe), and a parser for
@@ -12,16 +19,24 @@
 //!   resumed runs) and a PNG of the loss and accuracy curves.
 
 pub mod checkpoint;
+pub mod config;
+pub mod engine;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use checkpoint::{
     load_checkpoint, load_checkpoint_for, read_checkpoint_progress, save_checkpoint,
     CheckpointError, TrainProgress,
 };
+pub use config::{TrainConfig, TrainError};
+pub use engine::{CpuEngine, Engine, GpuEngine};
 pub use loss::{softmax_cross_entropy, softmax_cross_entropy_into};
 pub use metrics::{EpochRecord, MetricsError, MetricsLog};
 pub use optim::{Sgd, SgdState};
 pub use schedule::{paper_recipe, parse_schedule, LrPolicy, Recipe, Schedule};
+pub use trainer::{
+    evaluate, evaluate_on, load_weights_any, train, train_with, TrainReport, Trainer,
+};

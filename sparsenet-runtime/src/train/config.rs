@@ -1,0 +1,369 @@
+//! A training run's settings ([`TrainConfig`]), its errors ([`TrainError`]),
+//! and the checks [`Trainer::new`](super::Trainer::new) makes before it
+//! touches the disk.
+
+use std::path::PathBuf;
+
+use super::checkpoint::CheckpointError;
+use super::metrics::MetricsError;
+use super::optim::Sgd;
+use super::schedule::LrPolicy;
+use crate::data::{Dataset, LoaderConfig};
+use crate::gpu::GpuError;
+use crate::{InputError, NetworkSpec};
+
+/// Everything a training run needs besides the model and the data.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Epochs of the whole run (what the schedule spans).
+    pub epochs: u64,
+    /// Images per training step.
+    pub batch_size: usize,
+    /// Learning rate over training; `total_epochs` should equal `epochs`.
+    pub lr: LrPolicy,
+    /// Optimiser hyper-parameters.
+    pub sgd: Sgd,
+    /// Label smoothing of the training loss, in `[0, 1)`.
+    pub label_smoothing: f64,
+    /// Seed of initialisation, shuffling, augmentation and dropout.
+    pub seed: u64,
+    /// Random crop with this zero padding (0: none).
+    pub pad_crop: usize,
+    /// Random horizontal flips.
+    pub hflip: bool,
+    /// Where the checkpoint, metrics.csv and metrics.png go.
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir/checkpoint.safetensors` if it exists.
+    pub resume: bool,
+    /// Stop each epoch after this many steps (smoke tests, quick looks).
+    pub max_steps_per_epoch: Option<u64>,
+    /// Stop (as if interrupted) once this many epochs are done; the schedule
+    /// still spans `epochs`, so `resume` later continues the same run.
+    pub stop_after_epoch: Option<u64>,
+    /// Background threads decoding and augmenting batches.
+    pub workers: usize,
+    /// Images per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+    /// Print one line per epoch to stdout.
+    pub verbose: bool,
+}
+
+impl TrainConfig {
+    /// The checkpoint file of the run.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.out_dir.join("checkpoint.safetensors")
+    }
+
+    /// The per-epoch metrics of the run (CSV).
+    pub(crate) fn metrics_csv_path(&self) -> PathBuf {
+        self.out_dir.join("metrics.csv")
+    }
+
+    /// The plot of the metrics (PNG).
+    pub(crate) fn metrics_png_path(&self) -> PathBuf {
+        self.out_dir.join("metrics.png")
+    }
+
+    /// Checks the settings that need no data: the learning-rate policy, the
+    /// optimiser, the batch sizes and the label smoothing. The trainer runs
+    /// this (after checking the datasets against the model) before anything
+    /// else.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.lr
+            .validate()
+            .map_err(|e| TrainError::Config(format!("learning rate: {e}")))?;
+        self.sgd
+            .validate()
+            .map_err(|e| TrainError::Config(format!("optimiser: {e}")))?;
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return Err(TrainError::Config(
+                "the batch size must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(TrainError::Config(format!(
+                "label smoothing must be in [0, 1), found {}",
+                self.label_smoothing
+            )));
+        }
+        Ok(())
+    }
+
+    /// The steps of one epoch on `train`: its whole batches, at most
+    /// `max_steps_per_epoch`. An error if `train` holds less than one batch.
+    pub(crate) fn steps_per_epoch(&self, train: &Dataset) -> Result<u64, TrainError> {
+        let full = (train.len / self.batch_size) as u64;
+        if full == 0 {
+            return Err(TrainError::Config(format!(
+                "{} has {} training images, fewer than one batch of {}",
+                train.source.display(),
+                train.len,
+                self.batch_size
+            )));
+        }
+        Ok(self.max_steps_per_epoch.map_or(full, |m| m.min(full)))
+    }
+
+    /// The number of completed epochs at which a whole run stops:
+    /// `stop_after_epoch` if it comes before `epochs`.
+    pub(crate) fn end_epoch(&self) -> u64 {
+        self.stop_after_epoch
+            .map_or(self.epochs, |e| e.min(self.epochs))
+    }
+
+    /// How an epoch's training batches are drawn: shuffled, augmented when
+    /// the transform is, whole batches only.
+    pub(crate) fn train_loader(&self) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.batch_size,
+            shuffle: true,
+            augment: self.pad_crop > 0 || self.hflip,
+            drop_last: true,
+            seed: self.seed,
+            workers: self.workers,
+            prefetch: 2 * self.workers.max(1),
+        }
+    }
+}
+
+/// Everything that stops a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A setting, or a dataset that does not fit the model or the settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading or writing the checkpoint.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Reading, writing or plotting the metrics.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A batch the model does not accept.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The loss could not be computed (labels out of range, ...).
+    #[error("{0}")]
+    Loss(String),
+    /// A step's loss (or gradient) was not finite: the run diverged. The
+    /// checkpoint on disk is the last good one.
+    #[error(
+        "the training loss became {loss} at epoch {epoch}, step {step} (global step {global_step}); \
+         stopped. The last good checkpoint is {}",
+        checkpoint.display()
+    )]
+    NonFinite {
+        /// The loss of the step.
+        loss: f64,
+        /// The epoch of the step (1-based).
+        epoch: u64,
+        /// The step within its epoch (1-based).
+        step: u64,
+        /// The step within the run (1-based).
+        global_step: u64,
+        /// The last good checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// The GPU engine's device.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// The output folder could not be created.
+    #[error("creating output folder {}: {source}", path.display())]
+    OutDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// [`Trainer::run_epoch`](super::Trainer::run_epoch) after the last
+    /// epoch of the run.
+    #[error("the run is finished: all {epochs} epochs are done")]
+    Finished {
+        /// The run's epochs ([`TrainConfig::epochs`]).
+        epochs: u64,
+    },
+}
+
+/// Checks the datasets against model `M` and `cfg`, in the order the
+/// messages are given (training data, test data, settings, batches per
+/// epoch); returns the steps of one epoch.
+pub(crate) fn validate<M: NetworkSpec>(
+    cfg: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<u64, TrainError> {
+    check_data::<M>(train, "training")?;
+    check_data::<M>(test, "test")?;
+    cfg.validate()?;
+    cfg.steps_per_epoch(train)
+}
+
+/// `ds` has the image shape `M` takes and no more classes than it has outputs.
+fn check_data<M: NetworkSpec>(ds: &Dataset, which: &str) -> Result<(), TrainError> {
+    let [c, h, w] = M::INPUT;
+    if [ds.channels, ds.height, ds.width] != [c, h, w] {
+        return Err(TrainError::Config(format!(
+            "the {which} images of {} are {}x{}x{}, but model `{}` takes {c}x{h}x{w}: choose a model declared for this input",
+            ds.source.display(),
+            ds.channels,
+            ds.height,
+            ds.width,
+            M::NAME
+        )));
+    }
+    if ds.classes > M::CLASSES {
+        return Err(TrainError::Config(format!(
+            "{} has {} classes, but model `{}` has {} outputs",
+            ds.source.display(),
+            ds.classes,
+            M::NAME,
+            M::CLASSES
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::schedule::Schedule;
+    use crate::weights::TensorSpec;
+    use crate::LayerInfo;
+
+    /// A network taking 1x4x4 images into 3 classes (its specification only).
+    struct Spec;
+
+    impl NetworkSpec for Spec {
+        const NAME: &'static str = "Spec";
+        const INPUT: [usize; 3] = [1, 4, 4];
+        const CLASSES: usize = 3;
+        const PARAMETERS: usize = 0;
+        const STATE_LEN: usize = 0;
+        const MACS_PER_IMAGE: u64 = 0;
+        const ACTIVATIONS_PER_IMAGE: usize = 0;
+        const PEAK_INFERENCE_PER_IMAGE: usize = 0;
+        fn tensors() -> &'static [TensorSpec] {
+            &[]
+        }
+        fn layers() -> &'static [LayerInfo] {
+            &[]
+        }
+        fn summary() -> &'static str {
+            ""
+        }
+    }
+
+    fn data(len: usize, side: usize, classes: usize, source: &str) -> Dataset {
+        Dataset {
+            pixels: vec![0; len * side * side],
+            labels: vec![0; len],
+            len,
+            channels: 1,
+            height: side,
+            width: side,
+            classes,
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+            source: source.into(),
+        }
+    }
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            epochs: 4,
+            batch_size: 8,
+            lr: LrPolicy {
+                base_lr: 0.1,
+                schedule: Schedule::Constant,
+                warmup_epochs: 0.0,
+                total_epochs: 4.0,
+            },
+            sgd: Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 0.0,
+            },
+            label_smoothing: 0.0,
+            seed: 0,
+            pad_crop: 0,
+            hflip: false,
+            out_dir: "out".into(),
+            resume: false,
+            max_steps_per_epoch: None,
+            stop_after_epoch: None,
+            workers: 1,
+            eval_batch_size: 8,
+            progress: false,
+            verbose: false,
+        }
+    }
+
+    fn message(r: Result<u64, TrainError>) -> String {
+        r.expect_err("an invalid configuration").to_string()
+    }
+
+    #[test]
+    fn steps_per_epoch_counts_whole_batches_up_to_the_cap() {
+        let mut cfg = config();
+        let train = data(30, 4, 3, "train");
+        let test = data(5, 4, 3, "test");
+        assert_eq!(validate::<Spec>(&cfg, &train, &test).unwrap(), 3);
+        cfg.max_steps_per_epoch = Some(2);
+        assert_eq!(validate::<Spec>(&cfg, &train, &test).unwrap(), 2);
+        cfg.max_steps_per_epoch = Some(9);
+        assert_eq!(validate::<Spec>(&cfg, &train, &test).unwrap(), 3);
+    }
+
+    #[test]
+    fn the_data_are_checked_before_the_settings() {
+        let mut cfg = config();
+        cfg.label_smoothing = 1.0;
+        let (train, test) = (data(30, 4, 3, "train"), data(5, 4, 3, "test"));
+        let wrong_size = data(30, 5, 3, "big");
+        assert_eq!(
+            message(validate::<Spec>(&cfg, &wrong_size, &test)),
+            "invalid configuration: the training images of big are 1x5x5, but model `Spec` \
+             takes 1x4x4: choose a model declared for this input"
+        );
+        assert_eq!(
+            message(validate::<Spec>(&cfg, &train, &data(5, 4, 4, "many"))),
+            "invalid configuration: many has 4 classes, but model `Spec` has 3 outputs"
+        );
+        assert_eq!(
+            message(validate::<Spec>(&cfg, &train, &test)),
+            "invalid configuration: label smoothing must be in [0, 1), found 1"
+        );
+    }
+
+    #[test]
+    fn each_setting_is_checked_with_its_message() {
+        let (train, test) = (data(30, 4, 3, "train"), data(5, 4, 3, "test"));
+        let check = |change: &dyn Fn(&mut TrainConfig)| {
+            let mut cfg = config();
+            change(&mut cfg);
+            message(validate::<Spec>(&cfg, &train, &test))
+        };
+        assert!(
+            check(&|c| c.lr.base_lr = 0.0).starts_with("invalid configuration: learning rate: ")
+        );
+        assert!(check(&|c| c.sgd.momentum = -1.0).starts_with("invalid configuration: optimiser: "));
+        assert_eq!(
+            check(&|c| c.eval_batch_size = 0),
+            "invalid configuration: the batch size must be at least 1"
+        );
+        assert_eq!(
+            check(&|c| c.batch_size = 31),
+            "invalid configuration: train has 30 training images, fewer than one batch of 31"
+        );
+    }
+
+    #[test]
+    fn a_run_stops_at_the_earlier_of_epochs_and_stop_after_epoch() {
+        let mut cfg = config();
+        assert_eq!(cfg.end_epoch(), 4);
+        cfg.stop_after_epoch = Some(2);
+        assert_eq!(cfg.end_epoch(), 2);
+        cfg.stop_after_epoch = Some(7);
+        assert_eq!(cfg.end_epoch(), 4);
+    }
+}

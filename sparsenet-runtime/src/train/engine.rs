@@ -1,0 +1,185 @@
+//! Where a training run's steps execute: the [`Engine`] trait, the CPU path
+//! of a generated model ([`CpuEngine`]) and its GPU program on a
+//! [`Backend`] ([`GpuEngine`]). The loop, data, schedule, metrics and
+//! checkpoints of [`Trainer`](super::Trainer) are the same on every engine.
+
+use ndarray::{Array2, ArrayView4};
+
+use super::config::{TrainConfig, TrainError};
+use super::loss::softmax_cross_entropy;
+use super::optim::SgdState;
+use crate::gpu::{Backend, GpuModel, GpuNetwork};
+use crate::{Float, Mode, Model, NetworkSpec};
+
+/// Where a run's steps execute: the CPU path of the generated model, or
+/// its GPU program on a [`Backend`]. The training loop, data, schedule,
+/// metrics and checkpoints are the same.
+pub trait Engine<M: Model<f32>> {
+    /// One SGD step on a batch; returns the mean loss and the number of
+    /// correct predictions, or a non-finite loss as is.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &mut M,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        global_step: u64,
+    ) -> Result<(f64, usize), TrainError>;
+    /// Eval-mode logits.
+    fn logits(
+        &mut self,
+        model: &mut M,
+        images: ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError>;
+    /// Brings `model` and `opt` on the host up to date (before a checkpoint).
+    fn sync(&mut self, model: &mut M, opt: &mut SgdState<f32>) -> Result<(), TrainError>;
+}
+
+/// The generated model's own CPU forward and backward passes.
+pub struct CpuEngine {
+    /// The parameter gradients of the latest step, laid out like the
+    /// parameters (kept between steps to avoid reallocating them).
+    grads: Vec<f32>,
+}
+
+impl CpuEngine {
+    /// An engine for models of type `M` (sizes its gradient buffer).
+    pub fn new<M: NetworkSpec>() -> Self {
+        CpuEngine {
+            grads: vec![0.0; M::PARAMETERS],
+        }
+    }
+}
+
+impl<M: Model<f32>> Engine<M> for CpuEngine {
+    fn step(
+        &mut self,
+        model: &mut M,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        global_step: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        model.reseed(mix(cfg.seed, global_step));
+        let mut step_loss = Ok((0.0f32, 0usize));
+        let smoothing = cfg.label_smoothing;
+        model.forward_backward(images, Mode::Train, &mut self.grads, &mut |logits| {
+            match softmax_cross_entropy(logits.view(), labels, smoothing) {
+                Ok((l, d, c)) => {
+                    step_loss = Ok((l, c));
+                    d
+                }
+                Err(e) => {
+                    step_loss = Err(e);
+                    Array2::zeros(logits.raw_dim())
+                }
+            }
+        })?;
+        let (loss, c) = step_loss.map_err(TrainError::Loss)?;
+        let loss = loss.to_f64c();
+        if !loss.is_finite() {
+            return Ok((loss, c));
+        }
+        if self.grads.iter().any(|g| !g.is_finite()) {
+            // Reported as a non-finite loss: the run stops before updating.
+            return Ok((f64::NAN, c));
+        }
+        cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);
+        Ok((loss, c))
+    }
+
+    fn logits(
+        &mut self,
+        model: &mut M,
+        images: ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError> {
+        Ok(model.forward(images, Mode::Eval)?)
+    }
+
+    fn sync(&mut self, _: &mut M, _: &mut SgdState<f32>) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// The generated GPU program on a device: parameters, running statistics
+/// and SGD velocity live there, and a step (forward, loss, backward, update)
+/// runs without the host; only the loss comes back. The weights update in
+/// the same launch sequence as the loss, so a non-finite loss stops the run
+/// one update late (the last checkpoint is untouched either way).
+pub struct GpuEngine<M: GpuNetwork, B: Backend<f32>> {
+    device: GpuModel<M, B>,
+}
+
+impl<M, B> GpuEngine<M, B>
+where
+    M: GpuNetwork + Model<f32>,
+    B: Backend<f32>,
+{
+    /// Uploads `model` and `opt` to `backend`, for batches up to `capacity`.
+    pub fn new(
+        backend: B,
+        model: &M,
+        opt: &SgdState<f32>,
+        capacity: usize,
+    ) -> Result<Self, TrainError> {
+        let mut device = GpuModel::new(backend, model, capacity)?;
+        device.set_velocity(&opt.velocity)?;
+        Ok(GpuEngine { device })
+    }
+
+    /// The model on the device (its weights are newer than the host's
+    /// between checkpoints).
+    pub fn device(&mut self) -> &mut GpuModel<M, B> {
+        &mut self.device
+    }
+}
+
+impl<M, B> Engine<M> for GpuEngine<M, B>
+where
+    M: GpuNetwork + Model<f32>,
+    B: Backend<f32>,
+{
+    fn step(
+        &mut self,
+        _: &mut M,
+        _: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        images: ArrayView4<'_, f32>,
+        labels: &[usize],
+        lr: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        let out = self
+            .device
+            .train_step(images, labels, &cfg.sgd, lr, cfg.label_smoothing)?;
+        Ok((out.loss, out.correct))
+    }
+
+    fn logits(
+        &mut self,
+        _: &mut M,
+        images: ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError> {
+        Ok(self.device.forward(images, Mode::Eval)?)
+    }
+
+    fn sync(&mut self, model: &mut M, opt: &mut SgdState<f32>) -> Result<(), TrainError> {
+        self.device.copy_to(model)?;
+        opt.velocity = self.device.velocity()?;
+        Ok(())
+    }
+}
+
+/// Mixes a run seed and a counter into a well-spread 64-bit seed (the
+/// dropout seed of a step, so that a resumed run draws the same masks).
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
