@@ -6,15 +6,20 @@
 //!
 //! Writes `checkpoint.safetensors`, `metrics.csv` and `metrics.png` into
 //! `--out` after every epoch; `--resume` continues a run exactly.
+//!
+//! A command line over `sparsenet::runtime::train::Trainer`: it parses the
+//! flags, loads the dataset, picks the model and the engine, and builds the
+//! `TrainConfig`; the training itself is the runtime's.
 
 use clap::{Parser, ValueEnum};
 use sparsenet::runtime::data::{
     load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork};
-use sparsenet::runtime::train::{parse_schedule, LrPolicy, Recipe, Sgd};
+use sparsenet::runtime::train::{
+    parse_schedule, GpuEngine, LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
+};
 use sparsenet::runtime::Model;
-use sparsenet::trainer::{train, train_with, GpuEngine, TrainConfig};
 use sparsenet::zoo::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -294,12 +299,16 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let start = std::time::Instant::now();
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
     let capacity = cfg.batch_size.max(cfg.eval_batch_size);
+    let run = cfg.clone();
     let (model, report) = match args.device {
-        Device::Cpu => train::<M>(&cfg, train_ds, test_ds, transform),
-        Device::Emulated => train_with(&cfg, train_ds, test_ds, transform, |m: &M, opt| {
+        Device::Cpu => {
+            Trainer::<M, _>::cpu(run, train_ds, test_ds, transform).and_then(Trainer::fit)
+        }
+        Device::Emulated => Trainer::new(run, train_ds, test_ds, transform, |m: &M, opt| {
             GpuEngine::new(Emulator::<f32>::new(), m, opt, capacity)
-        }),
-        Device::Cuda => cuda_run::<M>(&cfg, train_ds, test_ds, transform, capacity),
+        })
+        .and_then(Trainer::fit),
+        Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity),
     }
     .map_err(|e| e.to_string())?;
     if let Some(path) = &args.save_weights {
@@ -322,29 +331,30 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
 
 #[cfg(feature = "cuda")]
 fn cuda_run<M: Model<f32> + GpuNetwork>(
-    cfg: &TrainConfig,
+    cfg: TrainConfig,
     train_ds: Arc<Dataset>,
     test_ds: Arc<Dataset>,
     transform: Transform,
     capacity: usize,
-) -> Result<(M, sparsenet::trainer::TrainReport), sparsenet::trainer::TrainError> {
+) -> Result<(M, TrainReport), TrainError> {
     use sparsenet::runtime::gpu::cuda::CudaBackend;
-    train_with(cfg, train_ds, test_ds, transform, |m: &M, opt| {
+    Trainer::new(cfg, train_ds, test_ds, transform, |m: &M, opt| {
         let backend = CudaBackend::new(0)?;
         println!("device: {} ({})", backend.device_name(), backend.arch());
         GpuEngine::new(backend, m, opt, capacity)
-    })
+    })?
+    .fit()
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_run<M: Model<f32> + GpuNetwork>(
-    _: &TrainConfig,
+    _: TrainConfig,
     _: Arc<Dataset>,
     _: Arc<Dataset>,
     _: Transform,
     _: usize,
-) -> Result<(M, sparsenet::trainer::TrainReport), sparsenet::trainer::TrainError> {
-    Err(sparsenet::trainer::TrainError::Config(
+) -> Result<(M, TrainReport), TrainError> {
+    Err(TrainError::Config(
         "--device cuda: this binary was built without the CUDA backend; rebuild with \
          `cargo run --release --features cuda --example train -- ...`"
             .into(),

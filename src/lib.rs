@@ -21,7 +21,6 @@
 // this crate too.
 extern crate self as sparsenet;
 
-pub mod trainer;
 pub mod zoo;
 
 pub use sparsenet_macros::sparsenet;

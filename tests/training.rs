@@ -5,8 +5,8 @@
 
 use sparsenet::runtime::data::{load_fashion_mnist, Dataset, Transform};
 use sparsenet::runtime::train::{load_checkpoint_for, parse_schedule, LrPolicy, MetricsLog, Sgd};
+use sparsenet::runtime::train::{train, TrainConfig, TrainError};
 use sparsenet::runtime::{Model, NetworkSpec};
-use sparsenet::trainer::{train, TrainConfig, TrainError};
 use sparsenet::zoo::FashionSparseNet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -223,7 +223,7 @@ fn kill_at_any_moment_leaves_a_loadable_checkpoint() {
 #[test]
 fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
     use sparsenet::runtime::gpu::emulator::Emulator;
-    use sparsenet::trainer::{train_with, GpuEngine};
+    use sparsenet::runtime::train::{train_with, GpuEngine};
     let (tr, te, t) = data(640, 256);
     let mut cfg = config(Path::new("unused"), 2);
     cfg.max_steps_per_epoch = Some(4);
