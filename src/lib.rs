@@ -16,6 +16,99 @@
 //! }
 //! assert_eq!(SeedNet40::<f32>::PARAMETERS, 185_314);
 //! ```
+//!
+//! # Training
+//!
+//! [`runtime::train::Trainer`] trains any declared model: build it from a
+//! [`TrainConfig`](runtime::train::TrainConfig), the training and test
+//! [`Dataset`](runtime::data::Dataset)s and their normalisation, then run
+//! it epoch by epoch ([`run_epoch`](runtime::train::Trainer::run_epoch)) or
+//! whole ([`fit`](runtime::train::Trainer::fit), or
+//! [`train`](runtime::train::train) in one call). Every epoch leaves
+//! `checkpoint.safetensors`, `metrics.csv` and `metrics.png` in the output
+//! folder, and a trainer built with `resume` continues from them exactly.
+//! The `train` example is a command line over it. Here a tiny network
+//! learns whether the bright half of an 8x8 image is its top or its bottom:
+//!
+//! ```
+//! use sparsenet::prelude::*;
+//! use sparsenet::runtime::data::{Dataset, Transform};
+//! use sparsenet::runtime::train::{
+//!     parse_schedule, LrPolicy, Sgd, TrainConfig, TrainError, Trainer,
+//! };
+//! use std::sync::Arc;
+//!
+//! sparsenet! {
+//!     struct Tiny { style: paper, input: [1, 8, 8], classes: 2, units: [2, 2], growth: 4 }
+//! }
+//!
+//! /// `n` images, alternately bright on top (label 0) and at the bottom (1).
+//! fn halves(n: usize) -> Dataset {
+//!     let image = |label: usize| (0..64).map(move |i| if i / 32 == label { 200 } else { 30 });
+//!     Dataset {
+//!         pixels: (0..n).flat_map(|i| image(i % 2)).collect(),
+//!         labels: (0..n).map(|i| (i % 2) as u16).collect(),
+//!         len: n,
+//!         channels: 1,
+//!         height: 8,
+//!         width: 8,
+//!         classes: 2,
+//!         class_names: vec!["top".into(), "bottom".into()],
+//!         source: "halves".into(),
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let out = tempfile::tempdir()?;
+//! let epochs = 2;
+//! let cfg = TrainConfig {
+//!     epochs,
+//!     batch_size: 16,
+//!     lr: LrPolicy {
+//!         base_lr: 0.1,
+//!         schedule: parse_schedule("cosine")?,
+//!         warmup_epochs: 0.0,
+//!         total_epochs: epochs as f64,
+//!     },
+//!     sgd: Sgd { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
+//!     label_smoothing: 0.0,
+//!     seed: 1,
+//!     pad_crop: 1,
+//!     hflip: true,
+//!     out_dir: out.path().to_path_buf(),
+//!     resume: true,
+//!     max_steps_per_epoch: None,
+//!     stop_after_epoch: None,
+//!     workers: 1,
+//!     eval_batch_size: 32,
+//!     progress: false,
+//!     verbose: false,
+//! };
+//! let (train, test) = (Arc::new(halves(128)), Arc::new(halves(32)));
+//! let transform = Transform::from_dataset_stats(&train);
+//!
+//! let (tr, te, t) = (train.clone(), test.clone(), transform.clone());
+//! let mut trainer = Trainer::<Tiny, _>::cpu(cfg.clone(), tr, te, t)?;
+//! assert_eq!(trainer.steps_per_epoch(), 8);
+//! while !trainer.is_finished() {
+//!     let record = trainer.run_epoch()?;
+//!     println!("epoch {}: test accuracy {:.2}", record.epoch, record.test_acc);
+//! }
+//! let (test_loss, test_acc) = trainer.evaluate()?;
+//! println!("test loss {test_loss:.3}, accuracy {test_acc:.2}");
+//! assert_eq!(trainer.metrics().records().last().unwrap().test_acc, test_acc);
+//! let model: Tiny = trainer.into_model();
+//! assert!(out.path().join("checkpoint.safetensors").exists());
+//!
+//! // A trainer built again with `resume` starts where the run stopped: done.
+//! let mut again = Trainer::<Tiny, _>::cpu(cfg, train, test, transform)?;
+//! assert_eq!((again.epoch(), again.step()), (2, 16));
+//! assert!(again.is_finished());
+//! assert!(matches!(again.run_epoch(), Err(TrainError::Finished { epochs: 2 })));
+//! assert_eq!(again.model().params(), model.params());
+//! # Ok(())
+//! # }
+//! ```
 
 // Lets the generated code's `::sparsenet::runtime` paths resolve inside
 // this crate too.
