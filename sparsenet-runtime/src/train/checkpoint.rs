@@ -63,22 +63,32 @@ pub enum CheckpointError {
     /// or dtype, truncated or corrupt file).
     #[error("checkpoint {}: {source}", .path.display())]
     Weights {
+        /// The checkpoint file.
         path: PathBuf,
+        /// What went wrong.
         #[source]
         source: WeightsError,
     },
     /// The file is a valid safetensors file but not a checkpoint of this format
     /// (a plain weights file, a missing or malformed metadata entry).
     #[error("{} is not a usable training checkpoint: {reason}", .path.display())]
-    Metadata { path: PathBuf, reason: String },
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its metadata.
+        reason: String,
+    },
     /// The checkpoint was written for another model.
     #[error(
         "checkpoint {} is for model `{found}`, but the model being loaded is `{expected}`",
         .path.display()
     )]
     ModelMismatch {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The model being loaded.
         expected: String,
+        /// The model the checkpoint was written for.
         found: String,
     },
     /// The velocity does not have one element per parameter.
@@ -88,8 +98,11 @@ pub enum CheckpointError {
         .path.display()
     )]
     VelocityLength {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The number of parameters.
         expected: usize,
+        /// The number of velocity elements.
         found: usize,
     },
     /// An extra metadata key collides with one the checkpoint writes itself.
@@ -98,7 +111,12 @@ pub enum CheckpointError {
         .path.display(),
         RESERVED_KEYS.join(", ")
     )]
-    ReservedKey { path: PathBuf, key: String },
+    ReservedKey {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The reserved key.
+        key: String,
+    },
 }
 
 /// Saves a training checkpoint to `path`, atomically: model tensors from

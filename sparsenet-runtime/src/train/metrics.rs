@@ -64,27 +64,39 @@ pub enum MetricsError {
     /// The file could not be read.
     #[error("cannot read metrics file {}: {source}", .path.display())]
     Read {
+        /// The metrics file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// The file could not be written.
     #[error("cannot write metrics file {}: {source}", .path.display())]
     Write {
+        /// The metrics file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// A line of the CSV file is malformed.
     #[error("metrics file {}, line {line}: {reason}", .path.display())]
     Parse {
+        /// The metrics file.
         path: PathBuf,
+        /// The line (1-based).
         line: usize,
+        /// What is wrong with it.
         reason: String,
     },
     /// The plot could not be drawn or encoded.
     #[error("cannot plot metrics to {}: {reason}", .path.display())]
-    Plot { path: PathBuf, reason: String },
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The metrics of a run, one record per epoch.
