@@ -33,9 +33,7 @@
 //! ```
 //! use sparsenet::prelude::*;
 //! use sparsenet::runtime::data::{Dataset, Transform};
-//! use sparsenet::runtime::train::{
-//!     parse_schedule, LrPolicy, Sgd, TrainConfig, TrainError, Trainer,
-//! };
+//! use sparsenet::runtime::train::{TrainConfig, TrainError, Trainer};
 //! use std::sync::Arc;
 //!
 //! sparsenet! {
@@ -60,30 +58,12 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let out = tempfile::tempdir()?;
-//! let epochs = 2;
-//! let cfg = TrainConfig {
-//!     epochs,
-//!     batch_size: 16,
-//!     lr: LrPolicy {
-//!         base_lr: 0.1,
-//!         schedule: parse_schedule("cosine")?,
-//!         warmup_epochs: 0.0,
-//!         total_epochs: epochs as f64,
-//!     },
-//!     sgd: Sgd { momentum: 0.9, nesterov: true, weight_decay: 5e-4 },
-//!     label_smoothing: 0.0,
-//!     seed: 1,
-//!     pad_crop: 1,
-//!     hflip: true,
-//!     out_dir: out.path().to_path_buf(),
-//!     resume: true,
-//!     max_steps_per_epoch: None,
-//!     stop_after_epoch: None,
-//!     workers: 1,
-//!     eval_batch_size: 32,
-//!     progress: false,
-//!     verbose: false,
-//! };
+//! let mut cfg = TrainConfig::new(2, out.path()); // 2 epochs, SGD, cosine schedule
+//! cfg.batch_size = 16;
+//! cfg.lr.warmup_epochs = 0.0;
+//! (cfg.pad_crop, cfg.hflip) = (1, true); // augmentation: random crop and flip
+//! cfg.resume = true; // continue from out/checkpoint.safetensors if it exists
+//! cfg.seed = 1;
 //! let (train, test) = (Arc::new(halves(128)), Arc::new(halves(32)));
 //! let transform = Transform::from_dataset_stats(&train);
 //!
@@ -110,18 +90,29 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 // Lets the generated code's `::sparsenet::runtime` paths resolve inside
 // this crate too.
 extern crate self as sparsenet;
 
+// The README's Rust examples run as doctests, so that it cannot fall behind
+// the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod zoo;
 
 pub use sparsenet_macros::sparsenet;
+/// The runtime: the model contract, the CPU and GPU backends, weights,
+/// data and training (`sparsenet_runtime`, re-exported).
 pub use sparsenet_runtime as runtime;
 
-/// Everything a user of a generated model needs in scope.
+/// Everything a user of a generated model needs in scope: the macro, the
+/// traits its networks implement and the array types they take and return.
 pub mod prelude {
     pub use crate::runtime::ndarray::{Array2, Array4, ArrayView4};
-    pub use crate::runtime::{LayerInfo, Mode, Model, NetworkSpec};
+    pub use crate::runtime::{Float, LayerInfo, Mode, Model, NetworkSpec};
     pub use crate::sparsenet;
 }

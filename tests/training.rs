@@ -5,7 +5,7 @@
 
 use sparsenet::runtime::data::{load_fashion_mnist, Dataset, Transform};
 use sparsenet::runtime::train::{load_checkpoint_for, parse_schedule, LrPolicy, MetricsLog, Sgd};
-use sparsenet::runtime::train::{train, TrainConfig, TrainError};
+use sparsenet::runtime::train::{read_checkpoint_progress, train, TrainConfig, TrainError};
 use sparsenet::runtime::{Model, NetworkSpec};
 use sparsenet::zoo::FashionSparseNet;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,7 @@ fn config(out: &Path, epochs: u64) -> TrainConfig {
 fn a_short_run_learns_fashion_mnist() {
     let dir = tempfile::tempdir().unwrap();
     let (tr, te, t) = data(9600, 2000);
+    let t_mean_std = (t.mean.clone(), t.std.clone());
     let cfg = config(dir.path(), 2);
     let (_, report) = train::<FashionSparseNet>(&cfg, tr, te, t).unwrap();
     let r = report.metrics.records();
@@ -74,6 +75,22 @@ fn a_short_run_learns_fashion_mnist() {
     for f in ["checkpoint.safetensors", "metrics.csv", "metrics.png"] {
         assert!(dir.path().join(f).exists(), "{f} written");
     }
+
+    // The checkpoint carries what prediction needs without the data: the
+    // normalisation the run used (parsing back to the same f32s) and the
+    // class names.
+    let progress = read_checkpoint_progress(&cfg.checkpoint_path()).unwrap();
+    let floats = |key: &str| -> Vec<f32> {
+        progress.extra[key]
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(floats("normalize_mean"), t_mean_std.0);
+    assert_eq!(floats("normalize_std"), t_mean_std.1);
+    let names: Vec<&str> = progress.extra["class_names"].lines().collect();
+    assert_eq!(names.len(), 10);
+    assert_eq!((names[0], names[9]), ("T-shirt/top", "Ankle boot"));
 }
 
 /// The parameters, statistics and velocity of a checkpoint.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::checkpoint::CheckpointError;
 use super::metrics::MetricsError;
 use super::optim::Sgd;
-use super::schedule::LrPolicy;
+use super::schedule::{LrPolicy, Schedule};
 use crate::data::{Dataset, LoaderConfig};
 use crate::gpu::GpuError;
 use crate::{InputError, NetworkSpec};
@@ -19,7 +19,8 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Images per training step.
     pub batch_size: usize,
-    /// Learning rate over training; `total_epochs` should equal `epochs`.
+    /// Learning rate over training; its `total_epochs` must equal `epochs`
+    /// (to stop a run early and resume it later, use `stop_after_epoch`).
     pub lr: LrPolicy,
     /// Optimiser hyper-parameters.
     pub sgd: Sgd,
@@ -51,6 +52,42 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// A run of `epochs` epochs writing into `out_dir`, with the `train`
+    /// example's quick recipe: batches of 64, SGD with Nesterov momentum 0.9
+    /// and weight decay 5e-4, learning rate 0.1 after 0.3 epochs of linear
+    /// warm-up, then cosine decay to 0 over the run. No augmentation, label
+    /// smoothing or resumption; seed 0; two loader threads; quiet. Change
+    /// any field afterwards (keep `lr.total_epochs` equal to `epochs`).
+    pub fn new(epochs: u64, out_dir: impl Into<PathBuf>) -> Self {
+        TrainConfig {
+            epochs,
+            batch_size: 64,
+            lr: LrPolicy {
+                base_lr: 0.1,
+                schedule: Schedule::Cosine { min_lr: 0.0 },
+                warmup_epochs: 0.3f64.min(epochs as f64),
+                total_epochs: epochs as f64,
+            },
+            sgd: Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
+            label_smoothing: 0.0,
+            seed: 0,
+            pad_crop: 0,
+            hflip: false,
+            out_dir: out_dir.into(),
+            resume: false,
+            max_steps_per_epoch: None,
+            stop_after_epoch: None,
+            workers: 2,
+            eval_batch_size: 256,
+            progress: false,
+            verbose: false,
+        }
+    }
+
     /// The checkpoint file of the run.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.out_dir.join("checkpoint.safetensors")
@@ -71,6 +108,16 @@ impl TrainConfig {
     /// this (after checking the datasets against the model) before anything
     /// else.
     pub fn validate(&self) -> Result<(), TrainError> {
+        if self.epochs == 0 {
+            return Err(TrainError::Config("a run needs at least 1 epoch".into()));
+        }
+        if self.lr.total_epochs != self.epochs as f64 {
+            return Err(TrainError::Config(format!(
+                "the learning-rate schedule spans {} epochs, the run {}: they must be equal \
+                 (to stop early and resume later, set stop_after_epoch)",
+                self.lr.total_epochs, self.epochs
+            )));
+        }
         self.lr
             .validate()
             .map_err(|e| TrainError::Config(format!("learning rate: {e}")))?;
@@ -355,6 +402,33 @@ mod tests {
             check(&|c| c.batch_size = 31),
             "invalid configuration: train has 30 training images, fewer than one batch of 31"
         );
+        assert_eq!(
+            check(&|c| c.epochs = 6),
+            "invalid configuration: the learning-rate schedule spans 4 epochs, the run 6: they \
+             must be equal (to stop early and resume later, set stop_after_epoch)"
+        );
+        assert_eq!(
+            check(&|c| {
+                c.epochs = 0;
+                c.lr.total_epochs = 0.0
+            }),
+            "invalid configuration: a run needs at least 1 epoch"
+        );
+    }
+
+    #[test]
+    fn new_gives_a_valid_run_whose_schedule_spans_it() {
+        let (train, test) = (data(300, 4, 3, "train"), data(5, 4, 3, "test"));
+        for epochs in [1, 3, 200] {
+            let cfg = TrainConfig::new(epochs, "out");
+            assert_eq!(cfg.lr.total_epochs, epochs as f64);
+            assert!(cfg.lr.warmup_epochs <= epochs as f64);
+            assert_eq!(
+                cfg.checkpoint_path(),
+                std::path::Path::new("out/checkpoint.safetensors")
+            );
+            validate::<Spec>(&cfg, &train, &test).unwrap();
+        }
     }
 
     #[test]

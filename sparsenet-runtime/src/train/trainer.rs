@@ -344,6 +344,28 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         }
     }
 
+    /// What a checkpoint carries besides the progress, so that the trained
+    /// model can be used without the training data: the input normalisation
+    /// (`normalize_mean`, `normalize_std`: per channel, comma-separated, each
+    /// printed so that it parses back to the same `f32`) and the class names
+    /// (`class_names`, one per line; left out if a name holds a line break).
+    fn checkpoint_metadata(&self) -> BTreeMap<String, String> {
+        let floats = |v: &[f32]| {
+            v.iter()
+                .map(|x| format!("{x:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut extra = BTreeMap::new();
+        extra.insert("normalize_mean".into(), floats(&self.eval_transform.mean));
+        extra.insert("normalize_std".into(), floats(&self.eval_transform.std));
+        let names = &self.train.class_names;
+        if names.len() == self.train.classes && !names.iter().any(|n| n.contains(['\n', '\r'])) {
+            extra.insert("class_names".into(), names.join("\n"));
+        }
+        extra
+    }
+
     /// Writes the metrics CSV, the checkpoint (after syncing the host model
     /// with the engine) and the plot.
     fn save(&mut self) -> Result<(), TrainError> {
@@ -357,7 +379,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             step: self.step,
             seed: self.cfg.seed,
             model: M::NAME.to_string(),
-            extra: BTreeMap::new(),
+            extra: self.checkpoint_metadata(),
         };
         save_checkpoint(
             &self.cfg.checkpoint_path(),
