@@ -3,7 +3,7 @@
 //!
 //! Two backends implement the same five operations (compile, allocate,
 //! copy, launch, wait):
-//! - [`cuda::CudaBackend`] (feature `cuda`): NVRTC through cudarc, with an
+//! - `cuda::CudaBackend` (feature `cuda`): NVRTC through cudarc, with an
 //!   on-disk PTX cache, kernels launched on one stream and, for training,
 //!   the whole step captured once as a CUDA graph.
 //! - [`emulator::Emulator`]: the same CUDA C source compiled as C++ by the
