@@ -207,21 +207,7 @@ fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
 fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, String> {
     let recipe = match args.recipe {
         RecipeName::Paper => Recipe::paper(),
-        RecipeName::Quick => Recipe {
-            batch_size: 64,
-            epochs: 6,
-            lr: LrPolicy {
-                base_lr: 0.1,
-                schedule: parse_schedule("cosine")?,
-                warmup_epochs: 0.3,
-                total_epochs: 6.0,
-            },
-            sgd: Sgd {
-                momentum: 0.9,
-                nesterov: true,
-                weight_decay: 5e-4,
-            },
-        },
+        RecipeName::Quick => Recipe::quick(),
     };
     let epochs = args.epochs.unwrap_or(recipe.epochs);
     if epochs == 0 {

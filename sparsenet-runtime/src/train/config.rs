@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::checkpoint::CheckpointError;
 use super::metrics::MetricsError;
 use super::optim::Sgd;
-use super::schedule::{LrPolicy, Schedule};
+use super::schedule::{LrPolicy, Recipe};
 use crate::data::{Dataset, LoaderConfig};
 use crate::gpu::GpuError;
 use crate::{InputError, NetworkSpec};
@@ -52,27 +52,19 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// A run of `epochs` epochs writing into `out_dir`, with the `train`
-    /// example's quick recipe: batches of 64, SGD with Nesterov momentum 0.9
-    /// and weight decay 5e-4, learning rate 0.1 after 0.3 epochs of linear
-    /// warm-up, then cosine decay to 0 over the run. No augmentation, label
+    /// A run of `epochs` epochs writing into `out_dir`, with
+    /// [`Recipe::quick`] stretched to them: batches of 64, SGD with Nesterov
+    /// momentum 0.9 and weight decay 5e-4, learning rate 0.1 after 0.3 epochs
+    /// of linear warm-up (at most the run), then cosine decay to 0. No augmentation, label
     /// smoothing or resumption; seed 0; two loader threads; quiet. Change
     /// any field afterwards (keep `lr.total_epochs` equal to `epochs`).
     pub fn new(epochs: u64, out_dir: impl Into<PathBuf>) -> Self {
+        let recipe = Recipe::quick().with_epochs(epochs);
         TrainConfig {
             epochs,
-            batch_size: 64,
-            lr: LrPolicy {
-                base_lr: 0.1,
-                schedule: Schedule::Cosine { min_lr: 0.0 },
-                warmup_epochs: 0.3f64.min(epochs as f64),
-                total_epochs: epochs as f64,
-            },
-            sgd: Sgd {
-                momentum: 0.9,
-                nesterov: true,
-                weight_decay: 5e-4,
-            },
+            batch_size: recipe.batch_size,
+            lr: recipe.lr,
+            sgd: recipe.sgd,
             label_smoothing: 0.0,
             seed: 0,
             pad_crop: 0,

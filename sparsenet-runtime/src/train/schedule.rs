@@ -267,6 +267,28 @@ impl Recipe {
         }
     }
 
+    /// A short recipe for a first result in minutes (the `train` example's
+    /// default): batch 64, SGD with Nesterov momentum 0.9 and weight decay
+    /// 5e-4, 6 epochs, learning rate 0.1 after 0.3 epochs of linear warm-up,
+    /// then cosine decay to 0.
+    pub fn quick() -> Recipe {
+        Recipe {
+            batch_size: 64,
+            epochs: 6,
+            lr: LrPolicy {
+                base_lr: 0.1,
+                schedule: Schedule::Cosine { min_lr: 0.0 },
+                warmup_epochs: 0.3,
+                total_epochs: 6.0,
+            },
+            sgd: Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
+        }
+    }
+
     /// The same recipe over `epochs` epochs (the schedule's milestones, being
     /// fractions, scale along; the warm-up is capped at the new length).
     pub fn with_epochs(mut self, epochs: u64) -> Recipe {
