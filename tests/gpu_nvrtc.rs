@@ -97,3 +97,41 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         );
     }
 }
+
+/// The emulator's block checks (shared memory, barriers, warp shuffles and
+/// votes, `mma.sync` m16n8k8 TF32) are CUDA as NVRTC and ptxas take it: the
+/// tensor-core instruction and the TF32 conversion assemble to sm_90
+/// machine code, so what the emulator proves is what the device runs.
+#[test]
+fn the_emulators_block_checks_compile_to_sm_90_machine_code() {
+    const CHECKS: GpuProgram = GpuProgram {
+        name: "block_checks",
+        source: include_str!("../sparsenet-runtime/tests/kernels/block_checks.cu"),
+        kernels: &[
+            "check_reverse",
+            "check_reverse_without_barrier",
+            "check_warp",
+            "check_mma",
+            "check_mma_mismapped",
+            "check_deadlock",
+            "check_barrier_not_cooperative",
+        ],
+        act_per_image: 0,
+        grad_per_image: 0,
+        aux_len: 0,
+        partials_len: 0,
+        forward_eval: &[],
+        forward_train: &[],
+        backward: &[],
+        optimizer: &[],
+        unsupported: None,
+    };
+    check(&CHECKS);
+    let ptx = compile_ptx(&CHECKS, "sm_90").unwrap();
+    assert!(ptx.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"));
+    assert!(ptx.contains("cvt.rna.tf32.f32"));
+    assert!(ptx.contains("bar.sync"));
+    assert!(ptx.contains("shfl.sync"));
+    let bin = compile_cubin(&CHECKS, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&bin[..4], b"\x7fELF");
+}

@@ -1,14 +1,19 @@
 //! The CPU stand-in for a GPU: the generated CUDA C source compiled as C++
 //! by the host compiler (`$CXX`, else `g++`) with `-DSPARSENET_EMULATE`,
 //! loaded as a shared library, each launch run block by block (blocks in
-//! parallel on rayon's threads, a block's threads in order).
+//! parallel on rayon's threads). A block's threads run one after another
+//! where they never wait for each other (`SN_EMU`), or as fibers that meet
+//! at `__syncthreads` and at the warp collectives (shuffles, votes,
+//! `mma.sync` with the PTX ISA's fragment layouts) where they cooperate
+//! (`SN_EMU_COOP`, `emulator_block.h`). A deadlock, or a wait in a kernel
+//! not declared cooperative, is an error naming the kernel.
 //!
 //! It checks what can be checked without a GPU: that every kernel computes
 //! what the CPU path computes, that the launch sequences are complete and in
-//! the right order, and that the memory plan has no overlaps that matter.
-//! It says nothing about speed, and nothing about races between threads of
-//! a block (the kernels have none by construction: each thread owns its
-//! outputs).
+//! the right order, that the memory plan has no overlaps that matter, and
+//! that cooperating threads meet where the kernel says. It says nothing
+//! about speed; between two barriers it runs the threads in one order (the
+//! order alternates from one barrier to the next), not all orders.
 
 use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, BLOCK};
 use crate::Float;
@@ -17,7 +22,22 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::process::Command;
 
-type BlockFn = unsafe extern "C" fn(*const KernelArgs, u32, u32, u32);
+/// A kernel's emulated entry point: runs one block; returns null, or a
+/// C string saying what went wrong (`emulator_block.h`).
+type BlockFn =
+    unsafe extern "C" fn(*const KernelArgs, u32, u32, u32) -> *const std::os::raw::c_char;
+
+/// A name part no other compilation uses at the same time: the process and
+/// a counter (two threads of one process may compile the same program).
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+/// The cooperative threads' machinery, included by kernels.cuh in the
+/// emulator's build.
+const EMULATOR_BLOCK_H: &str = include_str!("emulator_block.h");
 
 /// Host memory standing in for device memory, held as a raw allocation
 /// because kernels write it through the addresses they are given.
@@ -57,6 +77,8 @@ impl<T> Drop for HostBuffer<T> {
 pub struct Emulator<T = f32> {
     // Field order: the function pointers must not outlive the library.
     kernels: Vec<BlockFn>,
+    /// The kernels' names, for error messages.
+    names: Vec<&'static str>,
     library: Option<libloading::Library>,
     /// Where the compiled library came from (for messages and tests).
     pub library_path: Option<PathBuf>,
@@ -67,6 +89,7 @@ impl<T: Float> Default for Emulator<T> {
     fn default() -> Self {
         Emulator {
             kernels: Vec::new(),
+            names: Vec::new(),
             library: None,
             library_path: None,
             _element: PhantomData,
@@ -90,6 +113,27 @@ impl<T: Float> Emulator<T> {
             8 => "double",
             _ => unreachable!("Float is f32 or f64"),
         }
+    }
+
+    /// Writes `emulator_block.h` where the compiler finds it, in a folder
+    /// named by its hash (written to a temporary name, then renamed, so that
+    /// concurrent compilations never read half a file); returns the folder.
+    fn write_block_header(dir: &std::path::Path) -> Result<PathBuf, GpuError> {
+        let include = dir.join(format!(
+            "include-{}",
+            cache_key(&[EMULATOR_BLOCK_H.as_bytes()])
+        ));
+        let path = include.join("sparsenet_emulator_block.h");
+        if !path.exists() {
+            let io = |e: std::io::Error| {
+                GpuError::Backend(format!("emulator: cannot write {}: {e}", path.display()))
+            };
+            std::fs::create_dir_all(&include).map_err(io)?;
+            let tmp = include.join(format!("block.{}.tmp", unique_suffix()));
+            std::fs::write(&tmp, EMULATOR_BLOCK_H).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+        }
+        Ok(include)
     }
 
     fn cache_dir() -> PathBuf {
@@ -116,10 +160,12 @@ impl<T: Float> Backend<T> for Emulator<T> {
         let source = program.full_source();
         let key = cache_key(&[
             source.as_bytes(),
+            EMULATOR_BLOCK_H.as_bytes(),
             cxx.as_bytes(),
             flags.join(" ").as_bytes(),
         ]);
         let dir = Self::cache_dir();
+        let include = Self::write_block_header(&dir)?;
         let lib_path = dir.join(format!("{}-{}-{key}.so", program.name, Self::real()));
         if !lib_path.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -134,13 +180,11 @@ impl<T: Float> Backend<T> for Emulator<T> {
             })?;
             // Compile to a unique name, then rename: concurrent tests never
             // load a half-written library.
-            let tmp = dir.join(format!(
-                "{}-{key}.{}.tmp.so",
-                program.name,
-                std::process::id()
-            ));
+            let tmp = dir.join(format!("{}-{key}.{}.tmp.so", program.name, unique_suffix()));
             let out = Command::new(&cxx)
                 .args(flags)
+                .arg("-I")
+                .arg(&include)
                 .arg("-x")
                 .arg("c++")
                 .arg(&src_path)
@@ -187,6 +231,7 @@ impl<T: Float> Backend<T> for Emulator<T> {
             kernels.push(*f);
         }
         self.kernels = kernels;
+        self.names = program.kernels.to_vec();
         self.library = Some(lib);
         self.library_path = Some(lib_path);
         Ok(())
@@ -250,12 +295,29 @@ impl<T: Float> Backend<T> for Emulator<T> {
         let f = *self.kernels.get(kernel).ok_or_else(|| {
             GpuError::Backend(format!("emulator: no kernel {kernel} (compile first)"))
         })?;
-        (0..blocks).into_par_iter().for_each(|b| {
+        let failed = (0..blocks).into_par_iter().find_map_first(|b| {
             // SAFETY: the arguments address live buffers of this model, sized
             // by the plan the kernels were generated from; blocks write
             // disjoint elements.
-            unsafe { f(args as *const KernelArgs, b, blocks, BLOCK) }
+            let err = unsafe { f(args as *const KernelArgs, b, blocks, BLOCK) };
+            // SAFETY: a non-null result is a NUL-terminated string that lives
+            // in the library (a constant, or a thread-local buffer of the
+            // thread that just ran the block: read here, on that thread).
+            (!err.is_null()).then(|| {
+                (
+                    b,
+                    unsafe { std::ffi::CStr::from_ptr(err) }
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            })
         });
+        if let Some((b, why)) = failed {
+            return Err(GpuError::Backend(format!(
+                "emulator: kernel {} (block {b} of {blocks}): {why}",
+                self.names.get(kernel).copied().unwrap_or("?")
+            )));
+        }
         Ok(())
     }
 }

@@ -9,10 +9,11 @@
 //
 // The same file also compiles as ordinary C++ (`-DSPARSENET_EMULATE`): the
 // CUDA built-ins become thread-locals set by a host loop over blocks and
-// threads. That is the CPU stand-in the tests run against the CPU model. It
-// is honest only because no kernel here cooperates within a block (no shared
-// memory, no __syncthreads, no atomics, no warp intrinsics): every thread owns
-// the outputs it writes.
+// threads. That is the CPU stand-in the tests run against the CPU model. A
+// kernel whose threads never wait for one another runs thread after thread
+// (SN_EMU); one that cooperates (shared memory with __syncthreads, warp
+// shuffles and votes, mma.sync) runs its threads as fibers that meet where
+// the GPU's would (SN_EMU_COOP, emulator_block.h). Atomics are not emulated.
 //
 // Memory:
 // - `act`: the activation arena. Buffer b lives at `act + OFF_b * n`, NCHW.
@@ -38,12 +39,36 @@ using std::log;
 using std::sqrt;
 struct sn_dim3 { unsigned x, y, z; };
 static thread_local sn_dim3 threadIdx, blockIdx, blockDim, gridDim;
+// Per block: one host thread runs one block at a time (emulator_block.h).
+#define __shared__ static thread_local
+#include "sparsenet_emulator_block.h"
 #define SN_DEVICE static inline
 #define SN_KERNEL(name) static void name(const Args a)
 #define SN_NEG_INF (-INFINITY)
 #define SN_NO_UNROLL
 #else
 #define SN_NEG_INF (__int_as_float(0xff800000u))
+// cvt.rna.tf32.f32: to TF32 (10 explicit mantissa bits), to nearest, ties
+// away from zero; what the tensor cores read of an f32.
+__device__ __forceinline__ static unsigned sn_tf32_bits(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ static float sn_tf32(float x) { return __uint_as_float(sn_tf32_bits(x)); }
+// One warp's D = A B + C on a 16x8x8 tile in TF32 with f32 accumulation; the
+// fragment layout is spelled out beside the emulator's version
+// (emulator_block.h), which tests check against a plain product.
+__device__ __forceinline__ static void sn_mma_16x8x8(float d[4], const float a[4], const float b[2],
+                                                     const float c[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(sn_tf32_bits(a[0])), "r"(sn_tf32_bits(a[1])), "r"(sn_tf32_bits(a[2])),
+          "r"(sn_tf32_bits(a[3])), "r"(sn_tf32_bits(b[0])), "r"(sn_tf32_bits(b[1])),
+          "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
 // Loops whose trip count grows with the network stay rolled: unrolling them
 // multiplies code size and NVRTC time for little gain in these kernels.
 #define SN_NO_UNROLL _Pragma("unroll 1")
@@ -95,18 +120,21 @@ SN_DEVICE void chunk_range(i64 total, int chunks, int p, i64& begin, i64& end) {
 // In emulation every kernel also gets a C entry point that runs one block:
 // the host runs blocks in parallel (they never share data), threads in order.
 #ifdef SPARSENET_EMULATE
-#define SN_EMU(name)                                                              \
-    extern "C" void emu_##name(const Args* a, unsigned b, unsigned grid, unsigned block) { \
-        gridDim = {grid, 1, 1};                                                   \
-        blockDim = {block, 1, 1};                                                 \
-        blockIdx = {b, 0, 0};                                                     \
-        for (unsigned t = 0; t < block; ++t) {                                    \
-            threadIdx = {t, 0, 0};                                                \
-            name(*a);                                                             \
-        }                                                                         \
+// Each kernel's entry point runs one block and returns null or what went
+// wrong. SN_EMU runs the block's threads one after another, each to its end:
+// right for kernels whose threads never wait for each other, and cheap.
+// SN_EMU_COOP runs each thread as a fiber that gives way at __syncthreads and
+// at warp collectives (emulator_block.h): for kernels that cooperate.
+#define SN_EMU_ENTRY(name, runner)                                                          \
+    static void emu_body_##name(const void* a) { name(*(const Args*)a); }                   \
+    extern "C" const char* emu_##name(const Args* a, unsigned b, unsigned grid, unsigned block) { \
+        return runner(emu_body_##name, a, b, grid, block);                                  \
     }
+#define SN_EMU(name) SN_EMU_ENTRY(name, sn_run_block_plain)
+#define SN_EMU_COOP(name) SN_EMU_ENTRY(name, sn_run_block)
 #else
 #define SN_EMU(name)
+#define SN_EMU_COOP(name)
 #endif
 
 #define SN_FOR_EACH(i, total) \
