@@ -17,5 +17,17 @@
 /// Whether this CPU has AVX2 and FMA (detected once).
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    crate::cpu::conv::direct::cpu_supported()
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(detect_avx2_fma)
+}
+
+fn detect_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

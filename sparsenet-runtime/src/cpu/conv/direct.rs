@@ -106,22 +106,8 @@ pub fn enabled() -> bool {
     })
 }
 
-#[inline]
-pub(crate) fn cpu_supported() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(detect_avx2_fma)
-}
-
-fn detect_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// Whether this CPU has AVX2 and FMA (the direct kernels' instructions).
+pub(crate) use crate::cpu::simd::has_avx2 as cpu_supported;
 
 /// Geometry of one stride-1 convolution over padded planes.
 #[derive(Clone, Debug)]
@@ -778,6 +764,32 @@ unsafe fn wgrad_tile(
     }
 }
 
+/// The kernel of a stride-1 convolution's input gradient, for `weight`
+/// (OIHW, cout x cin x k x k): a convolution from `cout` channels to `cin`
+/// with the taps flipped, in OIHW (cin x cout x k x k):
+/// `flipped[c][o][t] = weight[o][c][kk - 1 - t]`.
+pub(crate) fn flipped_kernel<T: Copy + num_traits::Zero>(
+    weight: &[T],
+    cout: usize,
+    cin: usize,
+    kk: usize,
+) -> Vec<T> {
+    assert_eq!(
+        weight.len(),
+        cout * cin * kk,
+        "weight is cout x cin x k x k"
+    );
+    let mut f = vec![T::zero(); cin * cout * kk];
+    for o in 0..cout {
+        for c in 0..cin {
+            for t in 0..kk {
+                f[(c * cout + o) * kk + (kk - 1 - t)] = weight[(o * cin + c) * kk + t];
+            }
+        }
+    }
+    f
+}
+
 /// Runs `f(first_channel, channels, planes)` over the output planes of one
 /// image (`plane` floats each) split by output channels across the threads,
 /// at whole forward tiles: how a convolution of fewer images than threads
@@ -950,7 +962,7 @@ pub(crate) mod tests {
                     &dt,
                     &padded(&dt, &dy, cout),
                     cout,
-                    &crate::cpu::layers::backward::flipped_kernel(&wt, cout, cin, k * k),
+                    &flipped_kernel(&wt, cout, cin, k * k),
                     cin,
                     &mut dx,
                 );

@@ -7,7 +7,7 @@
 //! transformed) concatenated input; [`pre_backward`] then takes it through
 //! ReLU and BatchNorm and accumulates it into each source's gradient.
 
-use crate::cpu::conv::direct::{self, Direct};
+use crate::cpu::conv::direct::{self, flipped_kernel, Direct};
 use crate::cpu::conv::matmul::{matmul, Mat};
 use crate::cpu::conv::pointwise_wgrad;
 use crate::cpu::conv::winograd::{Input, PreparedConv, WeightGrad};
@@ -147,32 +147,6 @@ pub fn conv2d_backward<T: Float>(
         .collect();
     add_partials(partials, dweight, dbias);
     dz.into()
-}
-
-/// The kernel of a stride-1 convolution's input gradient, for `weight`
-/// (OIHW, cout x cin x k x k): a convolution from `cout` channels to `cin`
-/// with the taps flipped, in OIHW (cin x cout x k x k):
-/// `flipped[c][o][t] = weight[o][c][kk - 1 - t]`.
-pub(crate) fn flipped_kernel<T: Copy + num_traits::Zero>(
-    weight: &[T],
-    cout: usize,
-    cin: usize,
-    kk: usize,
-) -> Vec<T> {
-    assert_eq!(
-        weight.len(),
-        cout * cin * kk,
-        "weight is cout x cin x k x k"
-    );
-    let mut f = vec![T::zero(); cin * cout * kk];
-    for o in 0..cout {
-        for c in 0..cin {
-            for t in 0..kk {
-                f[(c * cout + o) * kk + (kk - 1 - t)] = weight[(o * cin + c) * kk + t];
-            }
-        }
-    }
-    f
 }
 
 /// Output positions (in vectors of 8) that one weight-gradient call should
