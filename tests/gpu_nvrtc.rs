@@ -17,6 +17,9 @@ sparsenet! {
     struct Offsets { classes: 10, input: [3, 16, 16], units: [5, 5], growth: 4, aggregation: offsets(1, 3) }
 }
 
+// The emulator's block checks (their CUDA source and kernel names).
+include!("../sparsenet-runtime/tests/kernels/block_checks.rs");
+
 fn check(p: &GpuProgram) {
     let t = std::time::Instant::now();
     let ptx = compile_ptx(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
@@ -104,28 +107,7 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
 /// machine code, so what the emulator proves is what the device runs.
 #[test]
 fn the_emulators_block_checks_compile_to_sm_90_machine_code() {
-    const CHECKS: GpuProgram = GpuProgram {
-        name: "block_checks",
-        source: include_str!("../sparsenet-runtime/tests/kernels/block_checks.cu"),
-        kernels: &[
-            "check_reverse",
-            "check_reverse_without_barrier",
-            "check_warp",
-            "check_mma",
-            "check_mma_mismapped",
-            "check_deadlock",
-            "check_barrier_not_cooperative",
-        ],
-        act_per_image: 0,
-        grad_per_image: 0,
-        aux_len: 0,
-        partials_len: 0,
-        forward_eval: &[],
-        forward_train: &[],
-        backward: &[],
-        optimizer: &[],
-        unsupported: None,
-    };
+    const CHECKS: GpuProgram = BLOCK_CHECKS;
     check(&CHECKS);
     let ptx = compile_ptx(&CHECKS, "sm_90").unwrap();
     assert!(ptx.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"));

@@ -5,42 +5,21 @@
 //! inputs rounded to TF32 as the tensor cores read them). Two kernels are
 //! wrong on purpose (a missing barrier, a mis-mapped fragment) and must come
 //! out wrong; a deadlock and a barrier in a kernel not declared cooperative
-//! are errors naming the kernel. The kernels: `tests/kernels/block_checks.cu`.
+//! are errors naming the kernel. The kernels: `tests/kernels/block_checks.cu`
+//! (their program: `block_checks.rs` beside it).
 
 use sparsenet_runtime::gpu::emulator::{Emulator, HostBuffer};
 use sparsenet_runtime::gpu::{Backend, GpuProgram, KernelArgs, BLOCK};
 use sparsenet_runtime::Float;
 
-const SOURCE: &str = include_str!("kernels/block_checks.cu");
-const KERNELS: &[&str] = &[
-    "check_reverse",
-    "check_reverse_without_barrier",
-    "check_warp",
-    "check_mma",
-    "check_mma_mismapped",
-    "check_deadlock",
-    "check_barrier_not_cooperative",
-];
-
-fn program() -> GpuProgram {
-    GpuProgram {
-        name: "block_checks",
-        source: SOURCE,
-        kernels: KERNELS,
-        act_per_image: 0,
-        grad_per_image: 0,
-        aux_len: 0,
-        partials_len: 0,
-        forward_eval: &[],
-        forward_train: &[],
-        backward: &[],
-        optimizer: &[],
-        unsupported: None,
-    }
-}
+include!("kernels/block_checks.rs");
 
 fn kernel(name: &str) -> usize {
-    KERNELS.iter().position(|k| *k == name).unwrap()
+    BLOCK_CHECKS
+        .kernels
+        .iter()
+        .position(|k| *k == name)
+        .unwrap()
 }
 
 /// Runs `name` over `blocks` blocks with `act`, `params`, `aux` as inputs;
@@ -54,7 +33,7 @@ fn run<T: Float>(
     out_len: usize,
 ) -> Result<Vec<T>, String> {
     let mut emu = Emulator::<T>::new();
-    emu.compile(&program()).map_err(|e| e.to_string())?;
+    emu.compile(&BLOCK_CHECKS).map_err(|e| e.to_string())?;
     let mut buffer = |data: &[T], len: usize| -> HostBuffer<T> {
         let mut b = emu.alloc(len.max(1)).unwrap();
         emu.upload(&mut b, 0, data).unwrap();

@@ -4,19 +4,6 @@
 
 use super::*;
 
-/// An output buffer whose disjoint rows the parts of
-/// [`PreparedConv::run_split`] write.
-pub(super) struct SharedOut(*mut f32);
-
-// SAFETY: only used to write disjoint rows, one part each.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    pub(super) fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// A 3x3 or other stride-1 convolution over the padded planes (or pointwise
 /// layout) of `d`, ready to run image by image: its weights, and their
 /// Winograd transform when [`Tiling::forward`] takes the geometry. Made once per
@@ -148,7 +135,7 @@ impl<'a> PreparedConv<'a> {
         );
         let blocks = tl.th / tl.rows;
         let per = blocks.div_ceil(crate::cpu::parallel::threads::available().min(blocks));
-        let base = SharedOut(out.as_mut_ptr());
+        let base = crate::cpu::parallel::SharedMut(out.as_mut_ptr());
         crate::cpu::parallel::team::for_each_part(blocks.div_ceil(per), &|i| {
             let mut scratch = Scratch::<f32>::stale(winograd_scratch_len(self.cin, self.cout, &tl));
             let mine = i * per..blocks.min((i + 1) * per);
@@ -164,7 +151,7 @@ impl<'a> PreparedConv<'a> {
                     cout,
                     0,
                     cout,
-                    base.ptr(),
+                    base.at(0),
                     &mut scratch.0,
                     ep,
                     mine,
