@@ -15,7 +15,7 @@ use clap::{Parser, ValueEnum};
 use sparsenet::runtime::data::{
     load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
 };
-use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork};
+use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
 use sparsenet::runtime::train::{
     parse_schedule, GpuEngine, LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
 };
@@ -84,6 +84,10 @@ struct Args {
     /// Where the training steps and evaluation run.
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// Arithmetic of the convolutions on the GPU (cuda, emulated): tf32
+    /// (tensor cores, f32 accumulation; cuDNN's default) or f32 [tf32].
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Where the dataset is (default: /usr/share/datasets/fashion-mnist for
     /// Fashion-MNIST, ../shared/data/cifar10-jpeg.tar.gz for CIFAR-10).
     #[arg(long)]
@@ -263,6 +267,14 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
 }
 
 fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
+    let precision = match (args.device, args.precision) {
+        (Device::Cpu, Some(p)) => {
+            return Err(format!(
+                "--precision {p} applies to --device cuda or emulated; the CPU path computes in f32"
+            ))
+        }
+        (_, p) => p.unwrap_or_default(),
+    };
     let (train_ds, test_ds) = load(args)?;
     println!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -291,10 +303,10 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
             Trainer::<M, _>::cpu(run, train_ds, test_ds, transform).and_then(Trainer::fit)
         }
         Device::Emulated => Trainer::new(run, train_ds, test_ds, transform, |m: &M, opt| {
-            GpuEngine::new(Emulator::<f32>::new(), m, opt, capacity)
+            GpuEngine::new(Emulator::<f32>::new(), m, opt, capacity, precision)
         })
         .and_then(Trainer::fit),
-        Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity),
+        Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity, precision),
     }
     .map_err(|e| e.to_string())?;
     if let Some(path) = &args.save_weights {
@@ -322,12 +334,17 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
     test_ds: Arc<Dataset>,
     transform: Transform,
     capacity: usize,
+    precision: Precision,
 ) -> Result<(M, TrainReport), TrainError> {
     use sparsenet::runtime::gpu::cuda::CudaBackend;
     Trainer::new(cfg, train_ds, test_ds, transform, |m: &M, opt| {
         let backend = CudaBackend::new(0)?;
-        println!("device: {} ({})", backend.device_name(), backend.arch());
-        GpuEngine::new(backend, m, opt, capacity)
+        println!(
+            "device: {} ({}), {precision} convolutions",
+            backend.device_name(),
+            backend.arch()
+        );
+        GpuEngine::new(backend, m, opt, capacity, precision)
     })?
     .fit()
 }
@@ -339,6 +356,7 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
     _: Arc<Dataset>,
     _: Transform,
     _: usize,
+    _: Precision,
 ) -> Result<(M, TrainReport), TrainError> {
     Err(TrainError::Config(
         "--device cuda: this binary was built without the CUDA backend; rebuild with \

@@ -12,7 +12,7 @@ mod gpu_parity;
 use gpu_parity::*;
 use sparsenet::prelude::*;
 use sparsenet::runtime::gpu::cuda::CudaBackend;
-use sparsenet::runtime::gpu::GpuModel;
+use sparsenet::runtime::gpu::{GpuModel, Precision};
 use sparsenet::runtime::train::Sgd;
 use sparsenet::runtime::Float;
 
@@ -93,7 +93,7 @@ fn graph_replay_equals_plain_launches() {
     };
     let run = |graphs: bool| {
         let be = CudaBackend::with_graphs(0, graphs).unwrap();
-        let mut dev = GpuModel::new(be, &m, 8).unwrap();
+        let mut dev = GpuModel::new(be, &m, 8, Precision::Tf32).unwrap();
         let mut losses = Vec::new();
         for _ in 0..3 {
             losses.push(
@@ -134,14 +134,19 @@ fn precompile_ptx_for_sm_90() {
         &<sparsenet::zoo::FashionSparseNet as GpuNetwork>::GPU_PROGRAM,
         &<sparsenet::zoo::SparseNet40 as GpuNetwork>::GPU_PROGRAM,
     ];
+    // Both precisions: the parity tests run each, the benchmark either.
+    let jobs: Vec<(&GpuProgram, Precision)> = programs
+        .iter()
+        .flat_map(|&p| [(p, Precision::F32), (p, Precision::Tf32)])
+        .collect();
     // Two at a time: NVRTC is single-threaded per program.
     std::thread::scope(|s| {
-        for chunk in programs.chunks(programs.len().div_ceil(2)) {
+        for chunk in jobs.chunks(jobs.len().div_ceil(2)) {
             s.spawn(move || {
-                for p in chunk {
+                for &(p, precision) in chunk {
                     let t = std::time::Instant::now();
                     let (path, compiled) =
-                        precompile(p, "sm_90", true).unwrap_or_else(|e| panic!("{e}"));
+                        precompile(p, precision, "sm_90", true).unwrap_or_else(|e| panic!("{e}"));
                     eprintln!(
                         "{}: {} ({:.1} s)",
                         p.name,

@@ -6,7 +6,7 @@
 
 use sparsenet::prelude::*;
 use sparsenet::runtime::gpu::cuda::{compile_cubin, compile_ptx};
-use sparsenet::runtime::gpu::{GpuNetwork, GpuProgram};
+use sparsenet::runtime::gpu::{GpuNetwork, GpuProgram, Precision};
 use sparsenet::zoo::*;
 
 sparsenet! {
@@ -20,9 +20,9 @@ sparsenet! {
 // The emulator's block checks (their CUDA source and kernel names).
 include!("../sparsenet-runtime/tests/kernels/block_checks.rs");
 
-fn check(p: &GpuProgram) {
+fn check(p: &GpuProgram, precision: Precision) {
     let t = std::time::Instant::now();
-    let ptx = compile_ptx(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    let ptx = compile_ptx(p, precision, "sm_90").unwrap_or_else(|e| panic!("{e}"));
     for k in p.kernels {
         assert!(
             ptx.contains(&format!(".entry {k}(")),
@@ -31,10 +31,10 @@ fn check(p: &GpuProgram) {
         );
     }
     eprintln!(
-        "{}: {} kernels, {} KiB of CUDA C -> {} KiB of PTX in {:.1} s",
+        "{} ({precision}): {} kernels, {} KiB of CUDA C -> {} KiB of PTX in {:.1} s",
         p.name,
         p.kernels.len(),
-        p.full_source().len() / 1024,
+        p.full_source(precision).len() / 1024,
         ptx.len() / 1024,
         t.elapsed().as_secs_f64()
     );
@@ -42,16 +42,24 @@ fn check(p: &GpuProgram) {
 
 #[test]
 fn zoo_programs_compile_for_sm_90() {
-    check(&<FashionSparseNet as GpuNetwork>::GPU_PROGRAM);
-    check(&<SeedV2Depth40 as GpuNetwork>::GPU_PROGRAM);
-    check(&<SeedV1Notebook as GpuNetwork>::GPU_PROGRAM);
-    check(&<SparseNetBc100 as GpuNetwork>::GPU_PROGRAM);
+    // In TF32, the default: the precisions differ only in the tiled GEMMs'
+    // inner step, which the two small networks below compile both ways.
+    for p in [
+        &<FashionSparseNet as GpuNetwork>::GPU_PROGRAM,
+        &<SeedV2Depth40 as GpuNetwork>::GPU_PROGRAM,
+        &<SeedV1Notebook as GpuNetwork>::GPU_PROGRAM,
+        &<SparseNetBc100 as GpuNetwork>::GPU_PROGRAM,
+    ] {
+        check(p, Precision::Tf32);
+    }
 }
 
 #[test]
 fn imagenet_stem_dense_and_explicit_offsets_compile_for_sm_90() {
-    check(&<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM);
-    check(&<Offsets as GpuNetwork>::GPU_PROGRAM);
+    for precision in [Precision::F32, Precision::Tf32] {
+        check(&<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM, precision);
+        check(&<Offsets as GpuNetwork>::GPU_PROGRAM, precision);
+    }
 }
 
 /// The machine code `scripts/gpu-check.sh` caches so that a GPU machine
@@ -60,7 +68,7 @@ fn imagenet_stem_dense_and_explicit_offsets_compile_for_sm_90() {
 #[test]
 fn a_program_compiles_to_sm_90_machine_code() {
     let p = &<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM;
-    let bin = compile_cubin(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    let bin = compile_cubin(p, Precision::Tf32, "sm_90").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(&bin[..4], b"\x7fELF", "a cubin is an ELF image");
     for k in p.kernels {
         assert!(
@@ -70,7 +78,9 @@ fn a_program_compiles_to_sm_90_machine_code() {
             p.name
         );
     }
-    let err = compile_cubin(p, "compute_90").unwrap_err().to_string();
+    let err = compile_cubin(p, Precision::Tf32, "compute_90")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no machine code"), "{err}");
 }
 
@@ -91,8 +101,12 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         unsupported: None,
     };
     for err in [
-        compile_ptx(&BROKEN, "sm_90").unwrap_err().to_string(),
-        compile_cubin(&BROKEN, "sm_90").unwrap_err().to_string(),
+        compile_ptx(&BROKEN, Precision::F32, "sm_90")
+            .unwrap_err()
+            .to_string(),
+        compile_cubin(&BROKEN, Precision::F32, "sm_90")
+            .unwrap_err()
+            .to_string(),
     ] {
         assert!(
             err.contains("Broken") && err.contains("this_is_not_cuda"),
@@ -108,12 +122,12 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
 #[test]
 fn the_emulators_block_checks_compile_to_sm_90_machine_code() {
     const CHECKS: GpuProgram = BLOCK_CHECKS;
-    check(&CHECKS);
-    let ptx = compile_ptx(&CHECKS, "sm_90").unwrap();
+    check(&CHECKS, Precision::Tf32);
+    let ptx = compile_ptx(&CHECKS, Precision::Tf32, "sm_90").unwrap();
     assert!(ptx.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"));
     assert!(ptx.contains("cvt.rna.tf32.f32"));
     assert!(ptx.contains("bar.sync"));
     assert!(ptx.contains("shfl.sync"));
-    let bin = compile_cubin(&CHECKS, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    let bin = compile_cubin(&CHECKS, Precision::Tf32, "sm_90").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(&bin[..4], b"\x7fELF");
 }

@@ -11,11 +11,55 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use std::fmt::Write;
 
-/// A kernel launch: kernel index and thread count `per_image * n + fixed`.
+/// A kernel launch: kernel index, work items `per_image * n + fixed`, and
+/// the block shape (threads, items per block).
+#[derive(Clone, Copy)]
 struct Launch {
     kernel: usize,
     per_image: usize,
     fixed: usize,
+    block: u32,
+    per_block: usize,
+}
+
+/// Threads of an element-wise launch's block (`gpu::BLOCK`).
+const BLOCK: u32 = 256;
+/// Rows of a tiled GEMM's block tile and its threads (`SN_TILE_M`,
+/// `SN_TILE_THREADS`).
+const TILE_M: usize = 128;
+const TILE_THREADS: u32 = 128;
+
+/// An element-wise launch: one thread per item, grid-stride.
+fn elementwise(kernel: usize, per_image: usize, fixed: usize) -> Launch {
+    Launch {
+        kernel,
+        per_image,
+        fixed,
+        block: BLOCK,
+        per_block: BLOCK as usize,
+    }
+}
+
+/// A tiled GEMM's launch over `rows_per_image * n` rows and `col_tiles`
+/// column tiles: at least one block per tile (the blocks past the last tile
+/// find no work).
+fn tiled(kernel: usize, rows_per_image: usize, col_tiles: usize) -> Launch {
+    Launch {
+        kernel,
+        per_image: rows_per_image * col_tiles,
+        fixed: TILE_M * col_tiles,
+        block: TILE_THREADS,
+        per_block: TILE_M,
+    }
+}
+
+/// The column tiling of a tiled GEMM with `n` columns: (NT, tiles), each
+/// tile 8 * NT columns wide, NT <= 8 (a warp's accumulators stay at most
+/// 64 registers), the tiles as even as they can be.
+fn column_tiles(n: usize) -> (usize, usize) {
+    let n8 = n.div_ceil(8);
+    let tiles = n8.div_ceil(8);
+    (n8.div_ceil(tiles), tiles)
 }
 
 /// Chunks of a channel's values in the split reductions (`SN_CHUNKS`).
@@ -36,12 +80,20 @@ struct Program {
 }
 
 impl Program {
-    /// Adds `SN_KERNEL(name) { body }` and returns its index.
+    /// Adds `SN_KERNEL(name) { body }`, whose threads never wait for one
+    /// another, and returns its index.
     fn kernel(&mut self, name: String, body: String) -> usize {
-        let _ = writeln!(
-            self.source,
-            "SN_KERNEL({name}) {{ {body} }}\nSN_EMU({name})"
-        );
+        self.add(name, body, "SN_EMU")
+    }
+
+    /// Adds a kernel whose threads cooperate (shared memory, barriers, warp
+    /// collectives): the emulator runs them as fibers.
+    fn coop_kernel(&mut self, name: String, body: String) -> usize {
+        self.add(name, body, "SN_EMU_COOP")
+    }
+
+    fn add(&mut self, name: String, body: String, emu: &str) -> usize {
+        let _ = writeln!(self.source, "SN_KERNEL({name}) {{ {body} }}\n{emu}({name})");
         self.kernels.push(name);
         self.kernels.len() - 1
     }
@@ -216,11 +268,7 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             stats_kernel[b] = Some((kp, kf, c));
         }
     }
-    let launch = |kernel, per_image, fixed| Launch {
-        kernel,
-        per_image,
-        fixed,
-    };
+    let launch = elementwise;
     if let Some((kp, kf, c)) = stats_kernel[0] {
         p.forward_train.push(launch(kp, 0, c * CHUNKS));
         p.forward_train.push(launch(kf, 0, c));
@@ -235,8 +283,24 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             p.forward_eval.push(launch(k, 0, cin));
             p.forward_train.push(launch(k, 0, cin));
         }
+        if let (Op::Conv { out_channels, .. }, Some(o)) = (&node.op, node.output) {
+            // The tiled implicit GEMM: rows are output positions.
+            let (nt, tiles) = column_tiles(*out_channels);
+            let k = p.coop_kernel(
+                format!("fwd_n{i}"),
+                format!("tiled_gemm<ConvForward<N{i}>, {nt}>(a);"),
+            );
+            let b = &plan.buffers[o];
+            let l = tiled(k, b.h * b.w, tiles);
+            p.forward_eval.push(l);
+            p.forward_train.push(l);
+            if let Some((kp, kf, c)) = stats_kernel[o] {
+                p.forward_train.push(launch(kp, 0, c * CHUNKS));
+                p.forward_train.push(launch(kf, 0, c));
+            }
+            continue;
+        }
         let (template, per_image) = match (&node.op, node.output) {
-            (Op::Conv { .. }, Some(o)) => ("conv_forward", plan.buffers[o].per_image()),
             (Op::AvgPool { .. }, Some(o)) => ("avg_pool_forward", plan.buffers[o].per_image()),
             (Op::MaxPool { .. }, Some(o)) => ("max_pool_forward", plan.buffers[o].per_image()),
             (Op::Affine, Some(o)) => ("affine_forward", plan.buffers[o].per_image()),
@@ -272,7 +336,16 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             Op::GapDense { .. } => Some("gap_dense_backward_input"),
             Op::Affine => None,
         };
-        if let (true, Some(t)) = (needs_dz, input_template) {
+        if let (true, Op::Conv { stride: 1, .. }) = (needs_dz, &node.op) {
+            // The tiled data gradient: rows are input positions, columns
+            // input channels.
+            let (nt, tiles) = column_tiles(cin);
+            let k = p.coop_kernel(
+                format!("bin_n{i}"),
+                format!("tiled_gemm<ConvBackwardData<N{i}>, {nt}>(a);"),
+            );
+            p.backward.push(tiled(k, b0.h * b0.w, tiles));
+        } else if let (true, Some(t)) = (needs_dz, input_template) {
             let k = p.kernel(format!("bin_n{i}"), format!("{t}<N{i}>(a);"));
             p.backward.push(launch(k, in_per_image, 0));
         }
@@ -354,8 +427,8 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
     let kernels = &prog.kernels;
     let table = |ls: &[Launch]| {
         let items = ls.iter().map(|l| {
-            let (k, pi, f) = (l.kernel, l.per_image, l.fixed);
-            quote!(#rt::gpu::Launch { kernel: #k, per_image: #pi, fixed: #f })
+            let (k, pi, f, b, pb) = (l.kernel, l.per_image, l.fixed, l.block, l.per_block);
+            quote!(#rt::gpu::Launch { kernel: #k, per_image: #pi, fixed: #f, block: #b, per_block: #pb })
         });
         quote!(&[#(#items),*])
     };

@@ -9,7 +9,7 @@
 //! (their program: `block_checks.rs` beside it).
 
 use sparsenet_runtime::gpu::emulator::{Emulator, HostBuffer};
-use sparsenet_runtime::gpu::{Backend, GpuProgram, KernelArgs, BLOCK};
+use sparsenet_runtime::gpu::{Backend, GpuProgram, KernelArgs, Precision, BLOCK};
 use sparsenet_runtime::Float;
 
 include!("kernels/block_checks.rs");
@@ -33,7 +33,8 @@ fn run<T: Float>(
     out_len: usize,
 ) -> Result<Vec<T>, String> {
     let mut emu = Emulator::<T>::new();
-    emu.compile(&BLOCK_CHECKS).map_err(|e| e.to_string())?;
+    emu.compile(&BLOCK_CHECKS, Precision::Tf32)
+        .map_err(|e| e.to_string())?;
     let mut buffer = |data: &[T], len: usize| -> HostBuffer<T> {
         let mut b = emu.alloc(len.max(1)).unwrap();
         emu.upload(&mut b, 0, data).unwrap();
@@ -52,7 +53,7 @@ fn run<T: Float>(
         logits: emu.address(&out),
         ..KernelArgs::default()
     };
-    emu.launch(kernel(name), blocks, &args)
+    emu.launch(kernel(name), blocks, BLOCK, &args)
         .map_err(|e| e.to_string())?;
     let mut result = vec![T::zero(); out_len];
     emu.download(&out, &mut result).unwrap();
@@ -276,5 +277,70 @@ fn a_barrier_in_a_kernel_not_declared_cooperative_is_an_error() {
     assert!(
         e.contains("check_barrier_not_cooperative") && e.contains("SN_EMU_COOP"),
         "{e}"
+    );
+}
+
+/// `sn_mma_tiles<2, 3>`, the warp's batched mma that the tiled convolutions
+/// call (one exchange for six 16x8x8 tiles in the emulator), against a plain
+/// 32 x 8 by 8 x 24 product: exact in f64, TF32-rounded in f32.
+#[test]
+fn batched_mma_tiles_match_a_plain_product() {
+    let blocks = 2;
+    let tiles = blocks * (BLOCK as usize / 32);
+    let (a, b, c): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        values(256 * tiles, 6),
+        values(192 * tiles, 7),
+        values(768 * tiles, 8),
+    );
+    let reference = |round: &dyn Fn(f64) -> f64, a: &[f64], b: &[f64], c: &[f64]| {
+        let mut d = vec![0.0; 768 * tiles];
+        for t in 0..tiles {
+            for row in 0..32 {
+                for col in 0..24 {
+                    let mut acc = c[768 * t + 24 * row + col];
+                    for k in 0..8 {
+                        acc += round(a[256 * t + 8 * row + k]) * round(b[192 * t + 24 * k + col]);
+                    }
+                    d[768 * t + 24 * row + col] = acc;
+                }
+            }
+        }
+        d
+    };
+    let exact = reference(&|v| v, &a, &b, &c);
+    let d64 = run::<f64>("check_mma_tiles", blocks as u32, &a, &b, &c, 768 * tiles).unwrap();
+    let err64 = max_rel(&d64, &exact);
+    assert!(
+        err64 < 1e-14,
+        "f64 mma tiles against the plain product: {err64:.2e}"
+    );
+
+    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let (a32, b32, c32) = (narrow(&a), narrow(&b), narrow(&c));
+    let rounded = reference(
+        &|v| tf32(v as f32) as f64,
+        &widen(&a32),
+        &widen(&b32),
+        &widen(&c32),
+    );
+    let d32 = run::<f32>(
+        "check_mma_tiles",
+        blocks as u32,
+        &a32,
+        &b32,
+        &c32,
+        768 * tiles,
+    )
+    .unwrap();
+    let err32 = max_rel(&widen(&d32), &rounded);
+    assert!(
+        err32 < 1e-6,
+        "tf32 mma tiles against the TF32-rounded product: {err32:.2e}"
+    );
+    let unrounded = max_rel(&widen(&d32), &exact);
+    assert!(
+        unrounded > 1e-5 && unrounded < 2e-3,
+        "tf32 mma tiles against the exact product: {unrounded:.2e}"
     );
 }

@@ -7,7 +7,7 @@ use super::common::rel_err;
 use super::{new_device, Dev};
 use rand::{Rng, SeedableRng};
 use sparsenet::prelude::*;
-use sparsenet::runtime::gpu::{Backend, GpuModel, GpuNetwork};
+use sparsenet::runtime::gpu::{Backend, GpuModel, GpuNetwork, Precision};
 use sparsenet::runtime::ndarray::{Array2, Array4};
 use sparsenet::runtime::train::{softmax_cross_entropy_into, Sgd, SgdState};
 use sparsenet::runtime::Float;
@@ -69,13 +69,102 @@ pub fn f64s<T: Float>(v: &[T]) -> Vec<f64> {
     v.iter().map(|&x| x.to_f64c()).collect()
 }
 
-/// The device under test: `Dev<T>` and `new_device` come from the test
-/// file that includes this module (the emulator, or CUDA).
+// The device under test: `Dev<T>` and `new_device` come from the test
+// file that includes this module (the emulator, or CUDA).
+thread_local! {
+    /// The precision of the devices `gpu` makes on this test's thread.
+    static PRECISION: std::cell::Cell<Precision> = const { std::cell::Cell::new(Precision::F32) };
+}
+
+/// Runs `f` with the devices that `gpu` makes computing the convolutions in
+/// `precision` (else `Precision::F32`, whose rounding the tight f32 bounds
+/// assume).
+pub fn in_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
+    let old = PRECISION.with(|p| p.replace(precision));
+    let r = f();
+    PRECISION.with(|p| p.set(old));
+    r
+}
+
 pub fn gpu<T: Float, M: GpuNetwork + Model<T>>(m: &M, n: usize) -> GpuModel<M, Dev<T>, T>
 where
     Dev<T>: Backend<T>,
 {
-    GpuModel::new(new_device::<T>(), m, n).unwrap_or_else(|e| panic!("{e}"))
+    let precision = PRECISION.with(|p| p.get());
+    GpuModel::new(new_device::<T>(), m, n, precision).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The TF32 bounds (issue 18): the device in f32 with TF32 convolutions
+/// against the truth, the CPU path in f64 on the same (f32) parameters and
+/// input. Eval logits within `tol_logits` of the largest logit, the
+/// training-mode loss within `tol_loss` (relative); the gradients' distance
+/// from the truth is printed beside that of the device's IEEE f32 run.
+pub fn tf32_against_f64<M32, M64>(n: usize, tol_logits: f64, tol_loss: f64)
+where
+    M32: GpuNetwork + Model<f32> + Clone,
+    M64: Model<f64>,
+    Dev<f32>: Backend<f32>,
+{
+    let m32: M32 = randomised(7);
+    let (x32, labels) = input::<f32, M32>(n, 11);
+    let mut m64 = M64::new(7);
+    {
+        let (p, s) = m64.stores_mut();
+        for (a, &b) in p.iter_mut().zip(m32.params()) {
+            *a = b as f64;
+        }
+        for (a, &b) in s.iter_mut().zip(m32.state()) {
+            *a = b as f64;
+        }
+    }
+    let x64 = x32.mapv(|v| v as f64);
+    let want = m64.forward(x64.view(), Mode::Eval).unwrap();
+    let mut truth = vec![0.0f64; M64::PARAMETERS];
+    let mut loss64 = 0.0;
+    m64.forward_backward(x64.view(), Mode::Train, &mut truth, &mut |logits| {
+        let mut g = Array2::zeros(logits.raw_dim());
+        let (l, _) =
+            softmax_cross_entropy_into(logits.view(), &labels, SMOOTHING, g.view_mut()).unwrap();
+        loss64 = l;
+        g
+    })
+    .unwrap();
+    let mut logit_errs = Vec::new();
+    for precision in [Precision::Tf32, Precision::F32] {
+        let mut dev = in_precision(precision, || gpu(&m32, n));
+        let got = dev.forward(x32.view(), Mode::Eval).unwrap();
+        let e = rel_err(&f64s(got.as_slice().unwrap()), want.as_slice().unwrap());
+        let out = dev
+            .forward_backward(x32.view(), &labels, SMOOTHING)
+            .unwrap();
+        let e_loss = (out.loss - loss64).abs() / loss64.abs();
+        let (e_grad, at) = worst_gradient_error::<M32>(&f64s(&dev.gradients().unwrap()), &truth);
+        eprintln!(
+            "{} ({precision}) against f64: eval logits {e:.2e}, loss {e_loss:.2e}, gradients {e_grad:.2e} ({at})",
+            M32::NAME
+        );
+        if precision == Precision::Tf32 {
+            assert!(
+                e < tol_logits,
+                "{}: TF32 eval logits {e:e} from f64's",
+                M32::NAME
+            );
+            assert!(
+                e_loss < tol_loss,
+                "{}: TF32 loss {e_loss:e} from f64's",
+                M32::NAME
+            );
+        }
+        logit_errs.push(e);
+    }
+    // TF32 must really round: its error is far above IEEE f32's.
+    assert!(
+        logit_errs[0] > 4.0 * logit_errs[1],
+        "{}: TF32 logits ({:e}) are as close to f64 as IEEE f32's ({:e}): is TF32 rounding applied?",
+        M32::NAME,
+        logit_errs[0],
+        logit_errs[1]
+    );
 }
 
 /// Eval and train logits, loss, every gradient, running statistics, and
@@ -425,9 +514,10 @@ where
     }
     let (first, last) = (losses[0], losses[49]);
     eprintln!(
-        "{} {}: 50 steps, loss {first:.4} -> {last:.4}, largest relative difference {worst_first5:.1e} (first 5 steps), {worst:.1e} (all)",
+        "{} {} ({} convolutions): 50 steps, loss {first:.4} -> {last:.4}, largest relative difference {worst_first5:.1e} (first 5 steps), {worst:.1e} (all)",
         M::NAME,
-        std::any::type_name::<T>()
+        std::any::type_name::<T>(),
+        PRECISION.with(|p| p.get())
     );
     assert!(last < 0.8 * first, "the loss falls ({first} -> {last})");
     assert!(

@@ -43,6 +43,9 @@ struct Args {
     /// Folder for weights.safetensors and io.safetensors.
     #[arg(long)]
     out: PathBuf,
+    /// Arithmetic of the convolutions: tf32 (tensor cores) or f32.
+    #[arg(long, default_value = "tf32")]
+    precision: sparsenet::runtime::gpu::Precision,
 }
 
 #[cfg(feature = "cuda")]
@@ -104,7 +107,7 @@ mod bench {
         let backend = CudaBackend::new(0).map_err(|er| e(&er))?;
         let device = backend.device_name();
         let (free0, total) = backend.memory().map_err(|er| e(&er))?;
-        let mut gpu = GpuModel::new(backend, &model, n).map_err(|er| e(&er))?;
+        let mut gpu = GpuModel::new(backend, &model, n, args.precision).map_err(|er| e(&er))?;
         let setup_s = t.elapsed().as_secs_f64();
         let ptx = match gpu.backend().ptx_origin.clone() {
             Some(PtxOrigin::Compiled { seconds }) => format!("compiled in {seconds:.1} s"),
@@ -203,12 +206,14 @@ mod bench {
         let flops = 3.0 * 2.0 * M::MACS_PER_IMAGE as f64 * n as f64;
         println!(
             "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"device\": \"{device}\", \"batch\": {n}, \
+             \"precision\": \"{}\", \
              \"params\": {}, \"kernels\": {}, \"ptx\": \"{ptx}\", \"setup_s\": {setup_s:.2}, \
              \"eval_logits_rel_err\": {eval_err:.2e}, \"loss_rel_err\": {loss_err:.2e}, \
              \"grad_rel_err\": {grad_err:.2e}, \"train_step_ms\": {train_ms:.3}, \"eval_ms\": {eval_ms:.3}, \
              \"latency1_ms\": {latency_ms:.4}, \"train_tflops\": {:.3}, \"planned_mib\": {:.1}, \
              \"device_used_mib\": {:.1}, \"device_total_mib\": {:.0}}}",
             M::NAME,
+            args.precision,
             M::PARAMETERS,
             p.kernels.len(),
             flops / (train_ms * 1e-3) / 1e12,

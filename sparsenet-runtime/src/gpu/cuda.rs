@@ -8,7 +8,7 @@
 //! installation; [`compile_ptx`] needs only libnvrtc (no GPU), which is how
 //! CI checks that every generated kernel compiles.
 
-use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, Launch, BLOCK};
+use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, Launch, Precision};
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg,
@@ -43,10 +43,14 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Compiles a program's full source to PTX for `arch` with NVRTC. Needs
-/// libnvrtc, not a GPU.
-pub fn compile_ptx(program: &GpuProgram, arch: &str) -> Result<String, GpuError> {
-    nvrtc(program, arch, |prog| {
+/// Compiles a program's full source for `precision` to PTX for `arch`
+/// with NVRTC. Needs libnvrtc, not a GPU.
+pub fn compile_ptx(
+    program: &GpuProgram,
+    precision: Precision,
+    arch: &str,
+) -> Result<String, GpuError> {
+    nvrtc(program, precision, arch, |prog| {
         // SAFETY: `prog` compiled successfully; NVRTC returns its PTX with
         // a terminating NUL.
         let ptx = unsafe { cudarc::nvrtc::result::get_ptx(prog) }
@@ -62,6 +66,7 @@ pub fn compile_ptx(program: &GpuProgram, arch: &str) -> Result<String, GpuError>
 /// Errors name the network and carry NVRTC's log.
 fn nvrtc<R>(
     program: &GpuProgram,
+    precision: Precision,
     arch: &str,
     take: impl FnOnce(cudarc::nvrtc::sys::nvrtcProgram) -> Result<R, String>,
 ) -> Result<R, GpuError> {
@@ -80,7 +85,7 @@ fn nvrtc<R>(
                 .to_string(),
         ));
     }
-    let src = CString::new(program.full_source())
+    let src = CString::new(program.full_source(precision))
         .map_err(|e| fail(format!("the source holds a NUL byte: {e}")))?;
     let name = CString::new(format!("{}.cu", program.name))
         .map_err(|e| fail(format!("the program name holds a NUL byte: {e}")))?;
@@ -115,12 +120,13 @@ pub fn ptx_cache_dir() -> PathBuf {
     base.join("sparsenet").join("ptx")
 }
 
-/// Where the PTX of `program` for `arch` is cached: named by a hash of the
-/// full source and the NVRTC options, so any change recompiles.
-pub fn ptx_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
+/// Where the PTX of `program` for `precision` and `arch` is cached: named
+/// by a hash of the full source and the NVRTC options, so any change
+/// recompiles.
+pub fn ptx_cache_path(program: &GpuProgram, precision: Precision, arch: &str) -> PathBuf {
     let opts = nvrtc_options(arch).join(" ");
-    let key = cache_key(&[program.full_source().as_bytes(), opts.as_bytes()]);
-    ptx_cache_dir().join(format!("{}-{key}.ptx", program.name))
+    let key = cache_key(&[program.full_source(precision).as_bytes(), opts.as_bytes()]);
+    ptx_cache_dir().join(format!("{}-{precision}-{key}.ptx", program.name))
 }
 
 /// Compiles `program` for `arch` into the PTX cache unless it is there
@@ -129,19 +135,20 @@ pub fn ptx_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
 /// Returns the PTX cache file and whether anything compiled.
 pub fn precompile(
     program: &GpuProgram,
+    precision: Precision,
     arch: &str,
     cubin: bool,
 ) -> Result<(PathBuf, bool), GpuError> {
-    let path = ptx_cache_path(program, arch);
+    let path = ptx_cache_path(program, precision, arch);
     let mut compiled = false;
     if !path.exists() {
-        let ptx = compile_ptx(program, arch)?;
+        let ptx = compile_ptx(program, precision, arch)?;
         write_cache(&path, ptx.as_bytes())?;
         compiled = true;
     }
-    let bin = cubin_cache_path(program, arch);
+    let bin = cubin_cache_path(program, precision, arch);
     if cubin && !bin.exists() {
-        write_cache(&bin, &compile_cubin(program, arch)?)?;
+        write_cache(&bin, &compile_cubin(program, precision, arch)?)?;
         compiled = true;
     }
     Ok((path, compiled))
@@ -150,16 +157,20 @@ pub fn precompile(
 /// Where the machine code (cubin) of `program` for `arch` is cached, beside
 /// its PTX and under the same key. Loading it skips the driver's PTX
 /// compilation, which takes 15-40 s for the zoo's networks on an H200.
-pub fn cubin_cache_path(program: &GpuProgram, arch: &str) -> PathBuf {
-    ptx_cache_path(program, arch).with_extension("cubin")
+pub fn cubin_cache_path(program: &GpuProgram, precision: Precision, arch: &str) -> PathBuf {
+    ptx_cache_path(program, precision, arch).with_extension("cubin")
 }
 
 /// Compiles a program's full source to machine code (cubin) for `arch`, a
 /// real architecture such as "sm_90", with NVRTC (which runs the assembler
 /// itself). Needs libnvrtc, not a GPU.
-pub fn compile_cubin(program: &GpuProgram, arch: &str) -> Result<Vec<u8>, GpuError> {
+pub fn compile_cubin(
+    program: &GpuProgram,
+    precision: Precision,
+    arch: &str,
+) -> Result<Vec<u8>, GpuError> {
     use cudarc::nvrtc::sys as nv;
-    nvrtc(program, arch, |prog| {
+    nvrtc(program, precision, arch, |prog| {
         let mut size = 0usize;
         // SAFETY: `prog` compiled successfully; `bin` is as long as NVRTC
         // says the cubin is.
@@ -212,7 +223,7 @@ pub enum PtxOrigin {
 /// println!("{} ({})", backend.device_name(), backend.arch());
 /// let (free, total) = backend.memory()?;
 /// println!("{} of {} MiB free", free >> 20, total >> 20);
-/// // Then `GpuModel::new(backend, &model, capacity)?` for a generated model.
+/// // Then `GpuModel::new(backend, &model, capacity, Precision::Tf32)?` for a generated model.
 /// # Ok::<(), sparsenet_runtime::gpu::GpuError>(())
 /// ```
 pub struct CudaBackend {
@@ -344,7 +355,7 @@ impl CudaBackend {
         };
         let mut marks = vec![event(self)?];
         for l in launches {
-            self.launch(l.kernel, l.blocks(n), args)?;
+            self.launch(l.kernel, l.blocks(n), l.block, args)?;
             marks.push(event(self)?);
         }
         self.synchronize()?;
@@ -367,14 +378,14 @@ impl CudaBackend {
             .map_err(|e| backend_err("reading memory use", e))
     }
 
-    fn load_ptx(&mut self, program: &GpuProgram) -> Result<String, GpuError> {
-        let path = ptx_cache_path(program, &self.arch);
+    fn load_ptx(&mut self, program: &GpuProgram, precision: Precision) -> Result<String, GpuError> {
+        let path = ptx_cache_path(program, precision, &self.arch);
         if let Ok(ptx) = std::fs::read_to_string(&path) {
             self.ptx_origin = Some(PtxOrigin::Cache);
             return Ok(ptx);
         }
         let t = std::time::Instant::now();
-        let ptx = compile_ptx(program, &self.arch)?;
+        let ptx = compile_ptx(program, precision, &self.arch)?;
         self.ptx_origin = Some(PtxOrigin::Compiled {
             seconds: t.elapsed().as_secs_f64(),
         });
@@ -387,10 +398,10 @@ impl CudaBackend {
 impl Backend<f32> for CudaBackend {
     type Buffer = CudaSlice<f32>;
 
-    fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
+    fn compile(&mut self, program: &GpuProgram, precision: Precision) -> Result<(), GpuError> {
         // Cached machine code for this device if there is any (a cubin the
         // driver refuses, e.g. from another NVRTC, falls back to PTX).
-        let cubin = std::fs::read(cubin_cache_path(program, &self.arch))
+        let cubin = std::fs::read(cubin_cache_path(program, precision, &self.arch))
             .ok()
             .and_then(|bin| self.ctx.load_module(Ptx::from_binary(bin)).ok());
         let module = match cubin {
@@ -399,7 +410,7 @@ impl Backend<f32> for CudaBackend {
                 m
             }
             None => {
-                let ptx = self.load_ptx(program)?;
+                let ptx = self.load_ptx(program, precision)?;
                 self.ctx
                     .load_module(Ptx::from_src(ptx))
                     .map_err(|e| backend_err(&format!("loading the PTX of {}", program.name), e))?
@@ -472,13 +483,19 @@ impl Backend<f32> for CudaBackend {
         ptr
     }
 
-    fn launch(&mut self, kernel: usize, blocks: u32, args: &KernelArgs) -> Result<(), GpuError> {
+    fn launch(
+        &mut self,
+        kernel: usize,
+        blocks: u32,
+        threads: u32,
+        args: &KernelArgs,
+    ) -> Result<(), GpuError> {
         let f = self.functions.get(kernel).ok_or_else(|| {
             GpuError::Backend(format!("CUDA: no kernel {kernel} (compile first)"))
         })?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(f);
@@ -497,7 +514,7 @@ impl Backend<f32> for CudaBackend {
         }
         if !self.use_graphs {
             for l in launches {
-                self.launch(l.kernel, l.blocks(n), args)?;
+                self.launch(l.kernel, l.blocks(n), l.block, args)?;
             }
             return Ok(());
         }
@@ -508,7 +525,7 @@ impl Backend<f32> for CudaBackend {
                 .map_err(|e| backend_err("starting a graph capture", e))?;
             let mut captured = Ok(());
             for l in launches {
-                captured = self.launch(l.kernel, l.blocks(n), args);
+                captured = self.launch(l.kernel, l.blocks(n), l.block, args);
                 if captured.is_err() {
                     break;
                 }

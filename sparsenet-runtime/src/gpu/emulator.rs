@@ -15,7 +15,7 @@
 //! about speed; between two barriers it runs the threads in one order (the
 //! order alternates from one barrier to the next), not all orders.
 
-use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, BLOCK};
+use super::{cache_key, Backend, GpuError, GpuProgram, KernelArgs, Precision};
 use crate::Float;
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -146,7 +146,7 @@ impl<T: Float> Emulator<T> {
 impl<T: Float> Backend<T> for Emulator<T> {
     type Buffer = HostBuffer<T>;
 
-    fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError> {
+    fn compile(&mut self, program: &GpuProgram, precision: Precision) -> Result<(), GpuError> {
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
         let real = format!("-DSN_REAL={}", Self::real());
         let flags = [
@@ -157,7 +157,7 @@ impl<T: Float> Backend<T> for Emulator<T> {
             "-DSPARSENET_EMULATE",
             &real,
         ];
-        let source = program.full_source();
+        let source = program.full_source(precision);
         let key = cache_key(&[
             source.as_bytes(),
             EMULATOR_BLOCK_H.as_bytes(),
@@ -166,7 +166,11 @@ impl<T: Float> Backend<T> for Emulator<T> {
         ]);
         let dir = Self::cache_dir();
         let include = Self::write_block_header(&dir)?;
-        let lib_path = dir.join(format!("{}-{}-{key}.so", program.name, Self::real()));
+        let lib_path = dir.join(format!(
+            "{}-{}-{precision}-{key}.so",
+            program.name,
+            Self::real()
+        ));
         if !lib_path.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 GpuError::Backend(format!("emulator: cannot create {}: {e}", dir.display()))
@@ -291,7 +295,13 @@ impl<T: Float> Backend<T> for Emulator<T> {
         buf.ptr as u64
     }
 
-    fn launch(&mut self, kernel: usize, blocks: u32, args: &KernelArgs) -> Result<(), GpuError> {
+    fn launch(
+        &mut self,
+        kernel: usize,
+        blocks: u32,
+        threads: u32,
+        args: &KernelArgs,
+    ) -> Result<(), GpuError> {
         let f = *self.kernels.get(kernel).ok_or_else(|| {
             GpuError::Backend(format!("emulator: no kernel {kernel} (compile first)"))
         })?;
@@ -299,7 +309,7 @@ impl<T: Float> Backend<T> for Emulator<T> {
             // SAFETY: the arguments address live buffers of this model, sized
             // by the plan the kernels were generated from; blocks write
             // disjoint elements.
-            let err = unsafe { f(args as *const KernelArgs, b, blocks, BLOCK) };
+            let err = unsafe { f(args as *const KernelArgs, b, blocks, threads) };
             // SAFETY: a non-null result is a NUL-terminated string that lives
             // in the library (a constant, or a thread-local buffer of the
             // thread that just ran the block: read here, on that thread).

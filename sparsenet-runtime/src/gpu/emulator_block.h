@@ -52,8 +52,9 @@ sn_switch:
 
 enum SnWait : int { SN_RUNNABLE = 0, SN_AT_BARRIER = 1, SN_AT_WARP = 2, SN_DONE = 3 };
 
-// Bytes one lane can offer to a warp collective (an mma.sync's fragments).
-#define SN_XCH_BYTES 128
+// Bytes one lane can offer to a warp collective (the fragments of a warp's
+// mma tiles: at most 2 x 8 tiles of 16x8x8 in double, 192 bytes).
+#define SN_XCH_BYTES 256
 
 struct SnThread {
     void* sp;
@@ -360,4 +361,41 @@ static inline void sn_mma_16x8x8(real d[4], const real a[4], const real b[2], co
         for (int k = 0; k < 8; ++k) acc += sn_tf32(A[row][k]) * sn_tf32(B[k][col]);
         d[i] = acc;
     }
+}
+
+// A warp's acc[i][j] += A_i B_j over MT x NT tiles of 16x8x8, each tile as
+// sn_mma_16x8x8 with C = acc[i][j] (on the device: that many mma.sync in a
+// row). One exchange carries every lane's A and B fragments, so the lanes
+// switch once, not MT*NT times. A lane's C is its own acc, never exchanged.
+template <int MT, int NT>
+static inline void sn_mma_tiles(real acc[MT][NT][4], const real af[MT][4], const real bf[NT][2]) {
+    struct Frags { real a[MT][4], b[NT][2]; } mine;
+    static_assert(sizeof(Frags) <= SN_XCH_BYTES, "mma fragments fit the exchange slot");
+    for (int i = 0; i < MT; ++i)
+        for (int e = 0; e < 4; ++e) mine.a[i][e] = af[i][e];
+    for (int j = 0; j < NT; ++j) mine.b[j][0] = bf[j][0], mine.b[j][1] = bf[j][1];
+    const unsigned char* all = sn_warp_exchange(&mine, sizeof mine);
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    // A_i[row][k] is element (row / 8) + 2 (k / 4) of lane (row % 8) * 4 + k % 4's
+    // a[i]; B_j[k][col] is element k / 4 of lane col * 4 + k % 4's b[j].
+    real A[MT][2][8], B[NT][8][2];
+    auto elem = [all](unsigned from, size_t index) {
+        real v;
+        std::memcpy(&v, all + (size_t)from * SN_XCH_BYTES + index * sizeof(real), sizeof v);
+        return v;
+    };
+    for (int k = 0; k < 8; ++k) {
+        for (int i = 0; i < MT; ++i)
+            for (int h = 0; h < 2; ++h) A[i][h][k] = sn_tf32(elem(g * 4 + k % 4, i * 4 + h + 2 * (k / 4)));
+        for (int j = 0; j < NT; ++j)
+            for (int c = 0; c < 2; ++c)
+                B[j][k][c] = sn_tf32(elem((2 * t + c) * 4 + k % 4, MT * 4 + j * 2 + k / 4));
+    }
+    for (int i = 0; i < MT; ++i)
+        for (int j = 0; j < NT; ++j)
+            for (int e = 0; e < 4; ++e) {
+                real v = acc[i][j][e];
+                for (int k = 0; k < 8; ++k) v += A[i][e / 2][k] * B[j][k][e % 2];
+                acc[i][j][e] = v;
+            }
 }

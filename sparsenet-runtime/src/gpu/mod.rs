@@ -9,8 +9,10 @@
 //! - [`emulator::Emulator`]: the same CUDA C source compiled as C++ by the
 //!   host compiler, each kernel run block by block on the CPU. It is how the
 //!   kernels and the launch sequence are tested on machines without a GPU:
-//!   the kernels use no block-level cooperation, so running their threads
-//!   in order computes exactly what the GPU computes, up to float rounding.
+//!   kernels whose threads never wait for one another run thread after
+//!   thread; the tiled convolutions, which share memory and meet at
+//!   barriers and warp-wide `mma`, run their threads as fibers that meet
+//!   where the GPU's would.
 //!
 //! [`GpuModel`] owns the device memory of one network: the activation arena,
 //! the gradient arena, per-channel values, parameters, running statistics,
@@ -24,7 +26,7 @@
 //! `cuda::CudaBackend::new(0)?` instead of the emulator.
 //!
 //! ```
-//! use sparsenet_runtime::gpu::{emulator::Emulator, GpuError, GpuModel, GpuNetwork};
+//! use sparsenet_runtime::gpu::{emulator::Emulator, GpuError, GpuModel, GpuNetwork, Precision};
 //! use sparsenet_runtime::ndarray::Array4;
 //! use sparsenet_runtime::train::Sgd;
 //! use sparsenet_runtime::{Mode, Model};
@@ -32,7 +34,8 @@
 //! fn one_step<M: GpuNetwork + Model<f32>>() -> Result<(), GpuError> {
 //!     let mut model = M::new(42);
 //!     // Compiles the kernels and allocates memory for batches of up to 8.
-//!     let mut gpu = GpuModel::new(Emulator::<f32>::new(), &model, 8)?;
+//!     // (TF32 tensor cores for the convolutions; Precision::F32 for IEEE f32.)
+//!     let mut gpu = GpuModel::new(Emulator::<f32>::new(), &model, 8, Precision::Tf32)?;
 //!     let [c, h, w] = M::INPUT;
 //!     let x = Array4::<f32>::zeros((4, c, h, w));
 //!     let sgd = Sgd { momentum: 0.9, nesterov: true, weight_decay: 1e-4 };
@@ -60,31 +63,88 @@ use std::marker::PhantomData;
 /// The kernel templates every generated program instantiates.
 pub const KERNELS_CUH: &str = include_str!("kernels.cuh");
 
-/// Threads per block of every launch.
+/// Threads per block of the element-wise launches (one thread per output
+/// element, grid-stride).
 pub const BLOCK: u32 = 256;
 
-/// One kernel launch of a sequence: `per_image * n + fixed` threads.
+/// One kernel launch of a sequence: `per_image * n + fixed` work items, in
+/// blocks of [`Launch::block`] threads that take [`Launch::per_block`]
+/// items each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
     /// Index into [`GpuProgram::kernels`].
     pub kernel: usize,
-    /// Threads per image of the batch.
+    /// Work items per image of the batch.
     pub per_image: usize,
-    /// Threads whatever the batch size (e.g. one per channel).
+    /// Work items whatever the batch size (e.g. one per channel).
     pub fixed: usize,
+    /// Threads per block.
+    pub block: u32,
+    /// Work items one block takes: [`Launch::block`] for the element-wise
+    /// kernels (a thread per item), the tile's rows for the tiled ones.
+    pub per_block: usize,
 }
 
 impl Launch {
-    /// Threads the launch needs for a batch of `n` images:
+    /// Work items the launch covers for a batch of `n` images:
     /// `per_image * n + fixed`.
     pub fn threads(&self, n: usize) -> usize {
         self.per_image * n + self.fixed
     }
 
-    /// Blocks of [`BLOCK`] threads; kernels loop grid-stride, so capping
-    /// the grid only changes how many elements each thread takes.
+    /// Blocks to launch; kernels loop grid-stride over their items or tiles,
+    /// so capping the grid only changes how much work each block takes.
     pub fn blocks(&self, n: usize) -> u32 {
-        self.threads(n).div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
+        self.threads(n)
+            .div_ceil(self.per_block.max(1))
+            .clamp(1, 1 << 20) as u32
+    }
+}
+
+/// The arithmetic of the convolutions' matrix products on the device.
+///
+/// Storage and accumulation are f32 in both; what differs is how the
+/// tensor cores may round the products' inputs. Everything else (BatchNorm,
+/// the loss, reductions, the optimiser) is f32 with f64 partial sums
+/// either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// IEEE single precision: every product an f32 FMA.
+    F32,
+    /// TF32 tensor cores (`mma.sync` m16n8k8): the convolutions' inputs
+    /// rounded to 10 mantissa bits (to nearest, ties away), products
+    /// accumulated in f32. cuDNN's default for convolutions; the default
+    /// for training on a GPU.
+    #[default]
+    Tf32,
+}
+
+impl Precision {
+    /// The name `--precision` takes: `f32` or `tf32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            _ => Err(format!(
+                "unknown precision `{s}` (expected `f32` or `tf32`)"
+            )),
+        }
     }
 }
 
@@ -122,10 +182,16 @@ pub struct GpuProgram {
 }
 
 impl GpuProgram {
-    /// The complete CUDA C translation unit: the templates, then the
-    /// network's constants and kernels.
-    pub fn full_source(&self) -> String {
-        let mut s = String::with_capacity(KERNELS_CUH.len() + self.source.len() + 64);
+    /// The complete CUDA C translation unit for `precision`: the switch
+    /// that selects the matrix products' arithmetic, the templates, then
+    /// the network's constants and kernels.
+    pub fn full_source(&self, precision: Precision) -> String {
+        let mut s = String::with_capacity(KERNELS_CUH.len() + self.source.len() + 96);
+        s.push_str(&format!(
+            "// sparsenet program `{}`, precision {precision}\n#define SN_TF32 {}\n",
+            self.name,
+            u8::from(precision == Precision::Tf32)
+        ));
         s.push_str(KERNELS_CUH);
         s.push('\n');
         s.push_str(self.source);
@@ -251,8 +317,9 @@ pub enum GpuError {
 pub trait Backend<T> {
     /// A device allocation of `T`s.
     type Buffer;
-    /// Compiles (or loads from a cache) the program's kernels.
-    fn compile(&mut self, program: &GpuProgram) -> Result<(), GpuError>;
+    /// Compiles (or loads from a cache) the program's kernels with the
+    /// matrix products in `precision`.
+    fn compile(&mut self, program: &GpuProgram, precision: Precision) -> Result<(), GpuError>;
     /// `len` zeroed elements.
     fn alloc(&mut self, len: usize) -> Result<Self::Buffer, GpuError>;
     /// Copies `src` to `dst[offset..]`.
@@ -264,13 +331,20 @@ pub trait Backend<T> {
     fn download(&mut self, src: &Self::Buffer, dst: &mut [T]) -> Result<(), GpuError>;
     /// The device address kernels see.
     fn address(&self, buf: &Self::Buffer) -> u64;
-    /// Launches kernel `kernel` of the compiled program.
-    fn launch(&mut self, kernel: usize, blocks: u32, args: &KernelArgs) -> Result<(), GpuError>;
+    /// Launches kernel `kernel` of the compiled program on `blocks` blocks
+    /// of `threads` threads.
+    fn launch(
+        &mut self,
+        kernel: usize,
+        blocks: u32,
+        threads: u32,
+        args: &KernelArgs,
+    ) -> Result<(), GpuError>;
     /// Runs a whole launch sequence. Backends may replay it from a recorded
     /// graph when the sequence and arguments are the ones recorded before.
     fn run(&mut self, launches: &[Launch], n: usize, args: &KernelArgs) -> Result<(), GpuError> {
         for l in launches {
-            self.launch(l.kernel, l.blocks(n), args)?;
+            self.launch(l.kernel, l.blocks(n), l.block, args)?;
         }
         Ok(())
     }
@@ -304,14 +378,21 @@ pub struct GpuModel<M: GpuNetwork, B: Backend<T>, T: Float = f32> {
     hyper: B::Buffer,
     /// Doubles, allocated as enough `T`s.
     partials: B::Buffer,
+    precision: Precision,
     _network: PhantomData<(M, T)>,
 }
 
 impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
-    /// Compiles the network's kernels on `backend`, allocates memory for
-    /// batches of up to `capacity` images and uploads `model`'s parameters
-    /// and running statistics (SGD velocity starts at zero).
-    pub fn new(mut backend: B, model: &M, capacity: usize) -> Result<Self, GpuError> {
+    /// Compiles the network's kernels on `backend` with the convolutions'
+    /// products in `precision`, allocates memory for batches of up to
+    /// `capacity` images and uploads `model`'s parameters and running
+    /// statistics (SGD velocity starts at zero).
+    pub fn new(
+        mut backend: B,
+        model: &M,
+        capacity: usize,
+        precision: Precision,
+    ) -> Result<Self, GpuError> {
         let prog = &M::GPU_PROGRAM;
         if let Some(reason) = prog.unsupported {
             return Err(GpuError::Unsupported {
@@ -326,7 +407,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
                 found: 0,
             });
         }
-        backend.compile(prog)?;
+        backend.compile(prog, precision)?;
         let len = Self::buffer_lens(capacity);
         let mut params = backend.alloc(len.params)?;
         backend.upload(&mut params, 0, model.params())?;
@@ -348,6 +429,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             state,
             backend,
             capacity,
+            precision,
             _network: PhantomData,
         })
     }
@@ -385,6 +467,11 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             + l.hyper
             + l.partials;
         elems * std::mem::size_of::<T>()
+    }
+
+    /// The arithmetic of the convolutions' products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The largest batch this model has memory for.

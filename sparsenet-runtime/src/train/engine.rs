@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView4};
 use super::config::{TrainConfig, TrainError};
 use super::loss::softmax_cross_entropy;
 use super::optim::SgdState;
-use crate::gpu::{Backend, GpuModel, GpuNetwork};
+use crate::gpu::{Backend, GpuModel, GpuNetwork, Precision};
 use crate::{Float, Mode, Model, NetworkSpec};
 
 /// Where a run's steps execute: the CPU path of the generated model, or
@@ -120,14 +120,16 @@ where
     M: GpuNetwork + Model<f32>,
     B: Backend<f32>,
 {
-    /// Uploads `model` and `opt` to `backend`, for batches up to `capacity`.
+    /// Uploads `model` and `opt` to `backend`, for batches up to `capacity`,
+    /// with the convolutions' products in `precision`.
     pub fn new(
         backend: B,
         model: &M,
         opt: &SgdState<f32>,
         capacity: usize,
+        precision: Precision,
     ) -> Result<Self, TrainError> {
-        let mut device = GpuModel::new(backend, model, capacity)?;
+        let mut device = GpuModel::new(backend, model, capacity, precision)?;
         device.set_velocity(&opt.velocity)?;
         Ok(GpuEngine { device })
     }

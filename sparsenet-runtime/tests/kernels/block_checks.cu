@@ -86,6 +86,36 @@ SN_EMU_COOP(check_mma)
 SN_KERNEL(check_mma_mismapped) { load_mma_tile(a, 1); }
 SN_EMU_COOP(check_mma_mismapped)
 
+// The batched form the tiled convolutions use, sn_mma_tiles<2, 3>: warp w of
+// block b computes tile t = 8 b + w, D = A B + C with A (32 x 8) at
+// act + 256 t, B (8 x 24) at params + 192 t, C and D (32 x 24) at aux and
+// logits + 768 t, all row-major: two 16-row by three 8-column mma tiles.
+SN_KERNEL(check_mma_tiles) {
+    const unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const size_t tile = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const real* A = a.act + 256 * tile;
+    const real* B = a.params + 192 * tile;
+    const real* C = a.aux + 768 * tile;
+    real* D = a.logits + 768 * tile;
+    real fa[2][4], fb[3][2], acc[2][3][4];
+    for (int i = 0; i < 2; ++i) {
+        const int r = 16 * i + g;
+        fa[i][0] = A[r * 8 + t], fa[i][1] = A[(r + 8) * 8 + t];
+        fa[i][2] = A[r * 8 + t + 4], fa[i][3] = A[(r + 8) * 8 + t + 4];
+    }
+    for (int j = 0; j < 3; ++j) fb[j][0] = B[t * 24 + 8 * j + g], fb[j][1] = B[(t + 4) * 24 + 8 * j + g];
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j)
+            for (int e = 0; e < 4; ++e)
+                acc[i][j][e] = C[(16 * i + g + 8 * (e / 2)) * 24 + 8 * j + 2 * t + e % 2];
+    sn_mma_tiles<2, 3>(acc, fa, fb);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j)
+            for (int e = 0; e < 4; ++e)
+                D[(16 * i + g + 8 * (e / 2)) * 24 + 8 * j + 2 * t + e % 2] = acc[i][j][e];
+}
+SN_EMU_COOP(check_mma_tiles)
+
 // Half of each warp waits at the block's barrier, the other half at a warp
 // shuffle: neither can complete (a deadlock on a GPU).
 SN_KERNEL(check_deadlock) {

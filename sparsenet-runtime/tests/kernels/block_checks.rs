@@ -10,6 +10,7 @@ const BLOCK_CHECKS: GpuProgram = GpuProgram {
         "check_warp",
         "check_mma",
         "check_mma_mismapped",
+        "check_mma_tiles",
         "check_deadlock",
         "check_barrier_not_cooperative",
     ],
