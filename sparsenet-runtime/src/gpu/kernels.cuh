@@ -101,14 +101,14 @@ struct Args {
 
 // Reductions over the batch (BatchNorm statistics and their backward sums,
 // weight gradients) run as two kernels, so that enough threads share the
-// work and no thread cooperates with another: the first writes one partial
-// per (output, chunk) into `partials`, the second combines each output's
-// partials in a fixed order (deterministic results).
+// work: the first writes one partial per (output, chunk) into `partials`,
+// the second combines each output's partials in a fixed order
+// (deterministic results).
 //
 // Channel reductions split a channel's N*H*W values into SN_CHUNKS chunks;
-// weight gradients split the batch into SN_IMAGE_CHUNKS chunks of images.
+// weight gradients split the batch's positions into a per-layer number of
+// chunks (split-K of a tiled GEMM, ConvBackwardWeight).
 #define SN_CHUNKS 64
-#define SN_IMAGE_CHUNKS 16
 
 // The [begin, end) range of chunk p when `total` items split into `chunks`.
 SN_DEVICE void chunk_range(i64 total, int chunks, int p, i64& begin, i64& end) {
@@ -258,8 +258,11 @@ SN_DEVICE void warp_tile_step(real acc[2][NT][4], const real* As, const real* Bs
 }
 
 // The block loop of a tiled GEMM problem P (see ConvForward for what P
-// provides). Blocks take tiles grid-stride, so any grid size is correct;
-// the launch asks for at least one block per tile.
+// provides). P::SPLITS > 1 splits the K range into that many fixed chunks
+// (split-K), each block computing one chunk's partial product, which P
+// stores apart for a later fixed-order sum (deterministic). Blocks take
+// tiles grid-stride, so any grid size is correct; the launch asks for at
+// least one block per tile.
 template <class P, int NT>
 SN_DEVICE void tiled_gemm(const Args& a) {
     constexpr int BM = SN_TILE_M, KC = SN_TILE_K, COT = 8 * NT;
@@ -270,28 +273,33 @@ SN_DEVICE void tiled_gemm(const Args& a) {
     __shared__ real As[KC * LDA];
     __shared__ real Bs[KC * LDB];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const i64 M = P::rows(a);
-    const i64 tiles = (M + BM - 1) / BM * CT;
+    const i64 M = P::rows(a), KD = P::kdim(a);
+    const i64 tiles = (M + BM - 1) / BM * CT * P::SPLITS;
     SN_NO_UNROLL for (i64 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        const int n0 = (int)(tile % CT) * COT;
-        const i64 m0 = tile / CT * BM;
+        const int split = (int)(tile % P::SPLITS);
+        const i64 rest = tile / P::SPLITS;
+        const int n0 = (int)(rest % CT) * COT;
+        const i64 m0 = rest / CT * BM;
+        i64 kbeg, kend;
+        chunk_range(KD, P::SPLITS, split, kbeg, kend);
         const bool loads = m0 + tid < M;
         const typename P::Row row = P::row(a, loads ? m0 + tid : m0);
         real acc[2][NT][4];
         for (int mt = 0; mt < 2; ++mt)
             for (int nt = 0; nt < NT; ++nt)
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = (real)0;
-        SN_NO_UNROLL for (int k0 = 0; k0 < P::KDIM; k0 += KC) {
+        SN_NO_UNROLL for (i64 k0 = kbeg; k0 < kend; k0 += KC) {
             real v[KC];
-            if (loads) P::load_a(a, row, k0, v);
+            if (loads) P::load_a(a, row, k0, kend, v);
             else
                 for (int j = 0; j < KC; ++j) v[j] = (real)0;
             for (int j = 0; j < KC; ++j) As[j * LDA + tid] = v[j];
             // B with k fastest across threads: consecutive weights in memory.
             for (int e = tid; e < KC * COT; e += SN_TILE_THREADS) {
                 const int j = e % KC, nn = e / KC;
-                const int k = k0 + j, n = n0 + nn;
-                Bs[j * LDB + nn] = (k < P::KDIM && n < P::N) ? P::b(a, k, n) : (real)0;
+                const i64 k = k0 + j;
+                const int n = n0 + nn;
+                Bs[j * LDB + nn] = (k < kend && n < P::N) ? P::b(a, k, n) : (real)0;
             }
             __syncthreads();
             for (int kk = 0; kk < KC; kk += 8) warp_tile_step<NT, LDA, LDB>(acc, As, Bs, kk, warp * 32);
@@ -305,7 +313,7 @@ SN_DEVICE void tiled_gemm(const Args& a) {
                 for (int nt = 0; nt < NT; ++nt)
                     for (int j = 0; j < 2; ++j) {
                         const int n = n0 + nt * 8 + 2 * t + j;
-                        if (n < P::N) P::store(a, r, n, acc[mt][nt][2 * h + j]);
+                        if (n < P::N) P::store(a, r, n, split, acc[mt][nt][2 * h + j]);
                     }
             }
     }
@@ -314,14 +322,21 @@ SN_DEVICE void tiled_gemm(const Args& a) {
 // The forward convolution of node L: rows are output positions, columns
 // output channels, k = (concatenated input channel) * K*K + filter tap, the
 // order of the weights' rows, so B is the weight matrix as stored.
+//
+// What a problem P provides: N (columns), SPLITS, rows(a) and kdim(a) (M and
+// K for the batch), a Row type and row(a, m) (what a row's loads and stores
+// need), load_a(a, row, k0, kend, v) (the row's values of k0 .. k0 +
+// SN_TILE_K - 1, zero from kend on), b(a, k, n) and store(a, row, n, split,
+// value).
 template <class L>
 struct ConvForward {
     static constexpr int KK = L::K * L::K;
-    static constexpr int KDIM = L::CIN * KK, N = L::COUT;
+    static constexpr int KDIM = L::CIN * KK, N = L::COUT, SPLITS = 1;
     struct Row {
         int img, y, x;
     };
     SN_DEVICE i64 rows(const Args& a) { return (i64)a.n * L::HO * L::WO; }
+    SN_DEVICE i64 kdim(const Args&) { return KDIM; }
     SN_DEVICE Row row(const Args&, i64 m) {
         Row r;
         r.x = (int)(m % L::WO);
@@ -332,8 +347,8 @@ struct ConvForward {
     // Row r's values of k0 .. k0+SN_TILE_K-1 (zero past the end and in the
     // padding, which is zero after BN-ReLU as in the CPU path). Walks the
     // channels and their sources incrementally instead of locating each k.
-    SN_DEVICE void load_a(const Args& a, const Row& r, int k0, real v[SN_TILE_K]) {
-        int cg = k0 / KK, tap = k0 % KK, s = 0, c = 0;
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real v[SN_TILE_K]) {
+        int cg = (int)(k0 / KK), tap = (int)(k0 % KK), s = 0, c = 0;
         if (cg < L::CIN) locate<L>(cg, s, c);
         const real* plane = cg < L::CIN ? src_plane<L>(a, s, r.img, c) : nullptr;
         for (int j = 0; j < SN_TILE_K; ++j) {
@@ -354,8 +369,8 @@ struct ConvForward {
             }
         }
     }
-    SN_DEVICE real b(const Args& a, int k, int n) { return a.params[L::WEIGHT + (i64)n * KDIM + k]; }
-    SN_DEVICE void store(const Args& a, const Row& r, int n, real v) {
+    SN_DEVICE real b(const Args& a, i64 k, int n) { return a.params[L::WEIGHT + (i64)n * KDIM + k]; }
+    SN_DEVICE void store(const Args& a, const Row& r, int n, int, real v) {
         if (L::BIAS >= 0) v += a.params[L::BIAS + n];
         a.act[L::OUT * a.n + (((i64)r.img * L::COUT + n) * L::HO + r.y) * L::WO + r.x] = v;
     }
@@ -369,11 +384,12 @@ template <class L>
 struct ConvBackwardData {
     static_assert(L::STRIDE == 1, "the tiled data gradient is for stride-1 convolutions");
     static constexpr int KK = L::K * L::K;
-    static constexpr int KDIM = L::COUT * KK, N = L::CIN;
+    static constexpr int KDIM = L::COUT * KK, N = L::CIN, SPLITS = 1;
     struct Row {
         int img, y, x;
     };
     SN_DEVICE i64 rows(const Args& a) { return (i64)a.n * L::H * L::W; }
+    SN_DEVICE i64 kdim(const Args&) { return KDIM; }
     SN_DEVICE Row row(const Args&, i64 m) {
         Row r;
         r.x = (int)(m % L::W);
@@ -381,9 +397,9 @@ struct ConvBackwardData {
         r.img = (int)(m / ((i64)L::W * L::H));
         return r;
     }
-    SN_DEVICE void load_a(const Args& a, const Row& r, int k0, real v[SN_TILE_K]) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real v[SN_TILE_K]) {
         const real* dy = out_grad<L>(a) + (i64)r.img * L::COUT * L::HO * L::WO;
-        int co = k0 / KK, tap = k0 % KK;
+        int co = (int)(k0 / KK), tap = (int)(k0 % KK);
         for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (co < L::COUT) {
@@ -394,13 +410,80 @@ struct ConvBackwardData {
             if (++tap == KK) tap = 0, ++co;
         }
     }
-    SN_DEVICE real b(const Args& a, int k, int n) {
-        return a.params[L::WEIGHT + ((i64)(k / KK) * L::CIN + n) * KK + k % KK];
+    SN_DEVICE real b(const Args& a, i64 k, int n) {
+        return a.params[L::WEIGHT + ((k / KK) * L::CIN + n) * KK + k % KK];
     }
-    SN_DEVICE void store(const Args& a, const Row& r, int n, real v) {
+    SN_DEVICE void store(const Args& a, const Row& r, int n, int, real v) {
         a.gact[L::DZ * a.n + (((i64)r.img * L::CIN + n) * L::H + r.y) * L::W + r.x] = v;
     }
 };
+
+// The weight (and bias) gradient of a convolution: rows are the weight
+// matrix's columns, (input channel, tap), plus one row of ones for the bias;
+// columns output channels; k runs over the batch's output positions, split
+// into SPLITS_ fixed chunks whose partial products go to `partials`
+// ([split][row][column], double) for conv_weight_grad_final to sum in order.
+template <class L, int SPLITS_>
+struct ConvBackwardWeight {
+    static constexpr int KK = L::K * L::K, HWO = L::HO * L::WO;
+    static constexpr int WROWS = L::CIN * KK, ROWS = WROWS + (L::BIAS >= 0 ? 1 : 0);
+    static constexpr int N = L::COUT, SPLITS = SPLITS_;
+    struct Row {
+        int m, s, c, cg, ky, kx;
+    };
+    SN_DEVICE i64 rows(const Args&) { return ROWS; }
+    SN_DEVICE i64 kdim(const Args& a) { return (i64)a.n * HWO; }
+    SN_DEVICE Row row(const Args&, i64 m) {
+        Row r;
+        r.m = (int)m;
+        r.cg = (int)(m / KK);
+        r.ky = (int)(m % KK) / L::K;
+        r.kx = (int)(m % KK) % L::K;
+        r.s = r.c = 0;
+        if (m < WROWS) locate<L>(r.cg, r.s, r.c);
+        return r;
+    }
+    // The row's input values at output positions k0 .. k0+SN_TILE_K-1 (the
+    // transformed input under this tap), 1 for the bias row, 0 from kend.
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64 kend, real v[SN_TILE_K]) {
+        int img = (int)(k0 / HWO), pix = (int)(k0 % HWO);
+        for (int j = 0; j < SN_TILE_K; ++j) {
+            real x = (real)0;
+            if (k0 + j < kend) {
+                if (r.m >= WROWS) {
+                    x = (real)1;
+                } else {
+                    const int iy = pix / L::WO * L::STRIDE - L::PAD + r.ky;
+                    const int ix = pix % L::WO * L::STRIDE - L::PAD + r.kx;
+                    if (iy >= 0 && iy < L::H && ix >= 0 && ix < L::W)
+                        x = pre_apply<L>(a, r.cg, src_plane<L>(a, r.s, img, r.c)[iy * L::W + ix]);
+                }
+            }
+            v[j] = x;
+            if (++pix == HWO) pix = 0, ++img;
+        }
+    }
+    SN_DEVICE real b(const Args& a, i64 k, int n) {
+        return out_grad<L>(a)[((k / HWO) * L::COUT + n) * HWO + k % HWO];
+    }
+    SN_DEVICE void store(const Args& a, const Row& r, int n, int split, real v) {
+        a.partials[((i64)split * ROWS + r.m) * N + n] = v;
+    }
+};
+
+// Second kernel of the weight gradient: per weight (then bias), the sum of
+// its split-K partials in split order.
+template <class L, int SPLITS>
+SN_DEVICE void conv_weight_grad_final(const Args& a) {
+    typedef ConvBackwardWeight<L, SPLITS> P;
+    SN_FOR_EACH(i, (i64)P::ROWS * P::N) {
+        const int m = (int)(i % P::ROWS), n = (int)(i / P::ROWS);
+        double sum = 0.0;
+        SN_NO_UNROLL for (int s = 0; s < SPLITS; ++s) sum += a.partials[((i64)s * P::ROWS + m) * P::N + n];
+        if (m < P::WROWS) a.grads[L::WEIGHT + (i64)n * P::WROWS + m] = (real)sum;
+        else a.grads[L::BIAS + n] = (real)sum;
+    }
+}
 
 // ---- forward ----------------------------------------------------------------
 
@@ -644,67 +727,6 @@ SN_DEVICE void conv_backward_input(const Args& a) {
             }
         }
         a.gact[L::DZ * a.n + i] = acc;
-    }
-}
-
-// Weight and bias gradients of a convolution. First kernel: per (weight
-// or bias, chunk of images), the sum over those images and the output plane.
-template <class L>
-SN_DEVICE void conv_backward_weight_partial(const Args& a) {
-    constexpr int K = L::K, HO = L::HO, WO = L::WO;
-    constexpr i64 NW = (i64)L::COUT * L::CIN * K * K;
-    constexpr i64 NB = L::BIAS >= 0 ? L::COUT : 0;
-    const real* dy = out_grad<L>(a);
-    SN_FOR_EACH(t, (NW + NB) * SN_IMAGE_CHUNKS) {
-        const i64 i = t / SN_IMAGE_CHUNKS;
-        i64 b, e;
-        chunk_range(a.n, SN_IMAGE_CHUNKS, (int)(t % SN_IMAGE_CHUNKS), b, e);
-        double sum = 0.0;
-        if (i >= NW) {
-            const int co = (int)(i - NW);
-            SN_NO_UNROLL for (i64 img = b; img < e; ++img) {
-                const real* d = dy + (img * L::COUT + co) * HO * WO;
-                real ps = 0;
-                SN_NO_UNROLL for (int p = 0; p < HO * WO; ++p) ps += d[p];
-                sum += ps;
-            }
-        } else {
-            const int kx = (int)(i % K);
-            const int ky = (int)((i / K) % K);
-            const int cg = (int)((i / (K * K)) % L::CIN);
-            const int co = (int)(i / ((i64)K * K * L::CIN));
-            int s, c;
-            locate<L>(cg, s, c);
-            SN_NO_UNROLL for (i64 img = b; img < e; ++img) {
-                const real* plane = src_plane<L>(a, s, (int)img, c);
-                const real* d = dy + (img * L::COUT + co) * HO * WO;
-                real ps = 0;
-                SN_NO_UNROLL for (int oy = 0; oy < HO; ++oy) {
-                    const int iy = oy * L::STRIDE - L::PAD + ky;
-                    if (iy < 0 || iy >= L::H) continue;
-                    SN_NO_UNROLL for (int ox = 0; ox < WO; ++ox) {
-                        const int ix = ox * L::STRIDE - L::PAD + kx;
-                        if (ix < 0 || ix >= L::W) continue;
-                        ps += d[oy * WO + ox] * pre_apply<L>(a, cg, plane[iy * L::W + ix]);
-                    }
-                }
-                sum += ps;
-            }
-        }
-        a.partials[t] = sum;
-    }
-}
-
-// Second kernel: per weight (then bias), the sum of its chunks in order.
-template <class L>
-SN_DEVICE void conv_backward_weight_final(const Args& a) {
-    constexpr i64 NW = (i64)L::COUT * L::CIN * L::K * L::K;
-    constexpr i64 NB = L::BIAS >= 0 ? L::COUT : 0;
-    SN_FOR_EACH(i, NW + NB) {
-        double sum = 0.0;
-        SN_NO_UNROLL for (int p = 0; p < SN_IMAGE_CHUNKS; ++p) sum += a.partials[i * SN_IMAGE_CHUNKS + p];
-        if (i < NW) a.grads[L::WEIGHT + i] = (real)sum;
-        else a.grads[L::BIAS + (i - NW)] = (real)sum;
     }
 }
 
