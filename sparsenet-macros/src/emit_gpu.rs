@@ -109,8 +109,16 @@ fn c_real(v: f64) -> String {
     format!("(real){s}")
 }
 
-fn c_array(v: &[i64]) -> String {
-    v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+/// The body of a per-source constant `f(s)`: a switch, not an indexed local
+/// array, which NVRTC would build in local memory at every call (144 stores
+/// per tiled kernel of a small network).
+fn c_select(v: &[i64]) -> String {
+    let mut s = String::from("switch (s) { ");
+    for (i, x) in v.iter().enumerate().skip(1) {
+        let _ = write!(s, "case {i}: return {x}; ");
+    }
+    let _ = write!(s, "default: return {}; }}", v[0]);
+    s
 }
 
 /// The constants struct of node `i`.
@@ -157,11 +165,7 @@ fn node_struct(plan: &Plan, lay: &GpuLayout, i: usize, node: &Node) -> String {
         ("first", &first),
         ("stats", &stats),
     ] {
-        let _ = writeln!(
-            s,
-            "  SN_DEVICE i64 {name}(int s) {{ const i64 v[] = {{{}}}; return v[s]; }}",
-            c_array(v)
-        );
+        let _ = writeln!(s, "  SN_DEVICE i64 {name}(int s) {{ {} }}", c_select(v));
     }
     match node.pre {
         Some(pre) => {

@@ -46,6 +46,7 @@ static thread_local sn_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define SN_KERNEL(name) static void name(const Args a)
 #define SN_NEG_INF (-INFINITY)
 #define SN_NO_UNROLL
+#define SN_UNROLL_4
 #else
 #define SN_NEG_INF (__int_as_float(0xff800000u))
 // cvt.rna.tf32.f32: to TF32 (10 explicit mantissa bits), to nearest, ties
@@ -72,6 +73,9 @@ __device__ __forceinline__ static void sn_mma_16x8x8(float d[4], const float a[4
 // Loops whose trip count grows with the network stay rolled: unrolling them
 // multiplies code size and NVRTC time for little gain in these kernels.
 #define SN_NO_UNROLL _Pragma("unroll 1")
+// The tiled GEMMs' loaders: four loads in flight per thread, a quarter of
+// the code of a full unroll (these kernels are instantiated per layer).
+#define SN_UNROLL_4 _Pragma("unroll 4")
 #define SN_DEVICE __device__ __forceinline__ static
 #define SN_KERNEL(name) extern "C" __global__ void name(const Args a)
 #endif
@@ -289,11 +293,9 @@ SN_DEVICE void tiled_gemm(const Args& a) {
             for (int nt = 0; nt < NT; ++nt)
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = (real)0;
         SN_NO_UNROLL for (i64 k0 = kbeg; k0 < kend; k0 += KC) {
-            real v[KC];
-            if (loads) P::load_a(a, row, k0, kend, v);
+            if (loads) P::load_a(a, row, k0, kend, As + tid, LDA);
             else
-                for (int j = 0; j < KC; ++j) v[j] = (real)0;
-            for (int j = 0; j < KC; ++j) As[j * LDA + tid] = v[j];
+                for (int j = 0; j < KC; ++j) As[j * LDA + tid] = (real)0;
             // B with k fastest across threads: consecutive weights in memory.
             for (int e = tid; e < KC * COT; e += SN_TILE_THREADS) {
                 const int j = e % KC, nn = e / KC;
@@ -325,9 +327,9 @@ SN_DEVICE void tiled_gemm(const Args& a) {
 //
 // What a problem P provides: N (columns), SPLITS, rows(a) and kdim(a) (M and
 // K for the batch), a Row type and row(a, m) (what a row's loads and stores
-// need), load_a(a, row, k0, kend, v) (the row's values of k0 .. k0 +
-// SN_TILE_K - 1, zero from kend on), b(a, k, n) and store(a, row, n, split,
-// value).
+// need), load_a(a, row, k0, kend, dst, ld) (the row's values of k0 .. k0 +
+// SN_TILE_K - 1, zero from kend on, to dst[j * ld]), b(a, k, n) and
+// store(a, row, n, split, value).
 template <class L>
 struct ConvForward {
     static constexpr int KK = L::K * L::K;
@@ -347,18 +349,18 @@ struct ConvForward {
     // Row r's values of k0 .. k0+SN_TILE_K-1 (zero past the end and in the
     // padding, which is zero after BN-ReLU as in the CPU path). Walks the
     // channels and their sources incrementally instead of locating each k.
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real v[SN_TILE_K]) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int ld) {
         int cg = (int)(k0 / KK), tap = (int)(k0 % KK), s = 0, c = 0;
         if (cg < L::CIN) locate<L>(cg, s, c);
         const real* plane = cg < L::CIN ? src_plane<L>(a, s, r.img, c) : nullptr;
-        for (int j = 0; j < SN_TILE_K; ++j) {
+        SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (cg < L::CIN) {
                 const int iy = r.y * L::STRIDE - L::PAD + tap / L::K;
                 const int ix = r.x * L::STRIDE - L::PAD + tap % L::K;
                 if (iy >= 0 && iy < L::H && ix >= 0 && ix < L::W) x = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
             }
-            v[j] = x;
+            dst[j * ld] = x;
             if (++tap == KK) {
                 tap = 0;
                 if (++cg < L::CIN) {
@@ -397,16 +399,16 @@ struct ConvBackwardData {
         r.img = (int)(m / ((i64)L::W * L::H));
         return r;
     }
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real v[SN_TILE_K]) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int ld) {
         const real* dy = out_grad<L>(a) + (i64)r.img * L::COUT * L::HO * L::WO;
         int co = (int)(k0 / KK), tap = (int)(k0 % KK);
-        for (int j = 0; j < SN_TILE_K; ++j) {
+        SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (co < L::COUT) {
                 const int oy = r.y + L::PAD - tap / L::K, ox = r.x + L::PAD - tap % L::K;
                 if (oy >= 0 && oy < L::HO && ox >= 0 && ox < L::WO) x = dy[((i64)co * L::HO + oy) * L::WO + ox];
             }
-            v[j] = x;
+            dst[j * ld] = x;
             if (++tap == KK) tap = 0, ++co;
         }
     }
@@ -445,9 +447,9 @@ struct ConvBackwardWeight {
     }
     // The row's input values at output positions k0 .. k0+SN_TILE_K-1 (the
     // transformed input under this tap), 1 for the bias row, 0 from kend.
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64 kend, real v[SN_TILE_K]) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64 kend, real* dst, int ld) {
         int img = (int)(k0 / HWO), pix = (int)(k0 % HWO);
-        for (int j = 0; j < SN_TILE_K; ++j) {
+        SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (k0 + j < kend) {
                 if (r.m >= WROWS) {
@@ -459,7 +461,7 @@ struct ConvBackwardWeight {
                         x = pre_apply<L>(a, r.cg, src_plane<L>(a, r.s, img, r.c)[iy * L::W + ix]);
                 }
             }
-            v[j] = x;
+            dst[j * ld] = x;
             if (++pix == HWO) pix = 0, ++img;
         }
     }
