@@ -12,7 +12,7 @@ mod gpu_parity;
 use gpu_parity::*;
 use sparsenet::prelude::*;
 use sparsenet::runtime::gpu::cuda::CudaBackend;
-use sparsenet::runtime::gpu::{GpuModel, Precision};
+use sparsenet::runtime::gpu::{GpuModel, GpuNetwork, Precision};
 use sparsenet::runtime::train::Sgd;
 use sparsenet::runtime::Float;
 
@@ -76,6 +76,133 @@ cuda_full_size! {
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
 fn fifty_training_steps_track_the_cpu_losses() {
     fifty_steps::<f32, V2BcD28K6<f32>>(1e-5, 5e-2);
+    in_precision(Precision::Tf32, || {
+        fifty_steps::<f32, V2BcD28K6<f32>>(2e-2, 5e-2)
+    });
+}
+
+/// TF32 convolutions (tensor cores) against the f64 CPU model: the small
+/// networks, then the zoo's at full size (batch 16). Issue 18's bound: eval
+/// logits within 2e-3 of the largest logit.
+macro_rules! cuda_tf32 {
+    ($($name:ident: $m32:ty, $m64:ty, $n:expr,)*) => {$(
+        #[test]
+        #[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+        fn $name() {
+            tf32_against_f64::<$m32, $m64>($n, 2e-3, 2e-3);
+        }
+    )*};
+}
+
+cuda_tf32! {
+    tf32_seed_2018_02_20_plain: V2D16K6<f32>, V2D16K6<f64>, 5,
+    tf32_seed_2018_01_30: V1B2L5K6C5<f32>, V1B2L5K6C5<f64>, 5,
+    tf32_paper_dense_imagenet_stem: PaperDenseImagenet<f32>, PaperDenseImagenet<f64>, 5,
+    tf32_seed_2018_02_20_depth_40_growth_12: sparsenet::zoo::SeedV2Depth40<f32>, sparsenet::zoo::SeedV2Depth40<f64>, 16,
+    tf32_seed_2018_01_30_notebook: sparsenet::zoo::SeedV1Notebook<f32>, sparsenet::zoo::SeedV1Notebook<f64>, 16,
+    tf32_sparsenet_bc_100_growth_24: sparsenet::zoo::SparseNetBc100<f32>, sparsenet::zoo::SparseNetBc100<f64>, 16,
+}
+
+/// Issue 18's training bound for TF32: 200 SGD steps on CIFAR-10 images
+/// ($SPARSENET_CIFAR10, the JPEG archive; its first 6,400 training images,
+/// normalised with their channel statistics, no augmentation, batch 64,
+/// the same batches in the same order in both runs) with TF32 convolutions
+/// and with IEEE f32: the loss averaged over each window of 20 steps within
+/// 2% of the f32 run's.
+#[test]
+#[ignore = "needs an NVIDIA GPU and CIFAR-10 ($SPARSENET_CIFAR10): scripts/gpu-run.sh runs it"]
+fn tf32_training_tracks_f32_on_cifar10() {
+    let path = std::env::var_os("SPARSENET_CIFAR10")
+        .expect("set SPARSENET_CIFAR10 to the CIFAR-10 JPEG archive (cifar10-jpeg.tar.gz)");
+    let (train, _) =
+        sparsenet::runtime::data::load_cifar10(path.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    let data = train.take(6400);
+    tf32_training::<sparsenet::zoo::SeedV2Depth40>(&data);
+    tf32_training::<sparsenet::zoo::SparseNetBc100>(&data);
+}
+
+fn tf32_training<M: GpuNetwork + Model<f32>>(data: &sparsenet::runtime::data::Dataset) {
+    use sparsenet::runtime::ndarray::Array4;
+    const BATCH: usize = 64;
+    const STEPS: usize = 200;
+    const WINDOW: usize = 20;
+    let [c, h, w] = M::INPUT;
+    assert_eq!([data.channels, data.height, data.width], [c, h, w]);
+    // Channel statistics of the images used.
+    let mut stats = vec![(0.0f64, 0.0f64); c];
+    for i in 0..data.len {
+        for (ch, plane) in data.image(i).chunks(h * w).enumerate() {
+            for &p in plane {
+                let v = p as f64 / 255.0;
+                stats[ch].0 += v;
+                stats[ch].1 += v * v;
+            }
+        }
+    }
+    let count = (data.len * h * w) as f64;
+    let norm: Vec<(f32, f32)> = stats
+        .iter()
+        .map(|&(s, q)| {
+            let mean = s / count;
+            ((mean) as f32, ((q / count - mean * mean).sqrt()) as f32)
+        })
+        .collect();
+    let batches = data.len / BATCH;
+    let batch = |b: usize| {
+        let x = Array4::from_shape_fn((BATCH, c, h, w), |(i, ch, y, xx)| {
+            let p = data.image(b * BATCH + i)[(ch * h + y) * w + xx] as f32 / 255.0;
+            (p - norm[ch].0) / norm[ch].1
+        });
+        let labels: Vec<usize> = (0..BATCH).map(|i| data.label(b * BATCH + i)).collect();
+        (x, labels)
+    };
+    let opt = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+    };
+    let model = M::new(1);
+    let run = |precision: Precision| {
+        let mut dev = GpuModel::new(CudaBackend::new(0).unwrap(), &model, BATCH, precision)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = std::time::Instant::now();
+        let losses: Vec<f64> = (0..STEPS)
+            .map(|s| {
+                let (x, labels) = batch(s % batches);
+                dev.train_step(x.view(), &labels, &opt, 0.05, 0.0)
+                    .unwrap()
+                    .loss
+            })
+            .collect();
+        (losses, t.elapsed().as_secs_f64())
+    };
+    let (f32_losses, f32_s) = run(Precision::F32);
+    let (tf32_losses, tf32_s) = run(Precision::Tf32);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut worst = 0.0f64;
+    for (a, b) in f32_losses.chunks(WINDOW).zip(tf32_losses.chunks(WINDOW)) {
+        worst = worst.max((mean(b) - mean(a)).abs() / mean(a));
+    }
+    eprintln!(
+        "{}: {STEPS} steps on CIFAR-10, loss {:.4} -> {:.4} (f32, {f32_s:.1} s) and {:.4} -> {:.4} \
+         (tf32, {tf32_s:.1} s); windows of {WINDOW} steps differ by at most {:.2}%",
+        M::NAME,
+        mean(&f32_losses[..WINDOW]),
+        mean(&f32_losses[STEPS - WINDOW..]),
+        mean(&tf32_losses[..WINDOW]),
+        mean(&tf32_losses[STEPS - WINDOW..]),
+        100.0 * worst
+    );
+    assert!(
+        mean(&f32_losses[STEPS - WINDOW..]) < 0.9 * mean(&f32_losses[..WINDOW]),
+        "the loss falls"
+    );
+    assert!(
+        worst < 0.02,
+        "{}: TF32 losses are {:.2}% from the f32 run's (issue 18's bound: 2%)",
+        M::NAME,
+        100.0 * worst
+    );
 }
 
 /// Replaying captured graphs computes exactly what launching the kernels
