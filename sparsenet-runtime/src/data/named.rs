@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cifar::{dataset_from_records, has_file, parse_records};
-use super::folder::{dataset_from_scan, scan_tar, split_rel};
+use super::folder::{dataset_from_scan, image_entry_limit, scan_tar, split_rel, EntryLimit};
 use super::{
     entry_location, read_cifar_bin, read_idx, read_image_folder, CifarKind, DataError, Dataset,
 };
@@ -146,6 +146,16 @@ fn is_cifar10_batch(name: &str) -> bool {
             .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5"))
 }
 
+/// The limit of a CIFAR binary batch inside an archive: the largest
+/// official file, CIFAR-100's `train.bin` (50,000 records of 2 + 3072
+/// bytes); every other official batch holds 10,000 records.
+fn cifar_batch_limit() -> EntryLimit {
+    EntryLimit {
+        bytes: 50_000 * CifarKind::Cifar100 { fine: true }.record_len() as u64,
+        why: "the largest official CIFAR batch, 50,000 records",
+    }
+}
+
 const CIFAR10_TRAIN: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -207,9 +217,13 @@ pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
     }
     let (train, test) = if path.is_file() {
         let mut scan = scan_tar(path, &|c| {
-            split_rel(c, "train").is_some()
-                || split_rel(c, "test").is_some()
-                || c.last().is_some_and(|n| is_cifar10_batch(n))
+            if c.last().is_some_and(|n| is_cifar10_batch(n)) {
+                Some(cifar_batch_limit())
+            } else if split_rel(c, "train").is_some() || split_rel(c, "test").is_some() {
+                Some(image_entry_limit())
+            } else {
+                None
+            }
         })?;
         let bins: Vec<(Vec<String>, Vec<u8>)> = {
             let (b, rest) = std::mem::take(&mut scan.files)
@@ -288,6 +302,7 @@ pub fn load_cifar100(path: &Path) -> Result<(Dataset, Dataset), DataError> {
         let scan = scan_tar(path, &|c| {
             c.last()
                 .is_some_and(|n| n == "train.bin" || n == "test.bin")
+                .then(cifar_batch_limit)
         })?;
         let train = records_from_scan(path, &scan.files, &["train.bin"], kind)?;
         let test = records_from_scan(path, &scan.files, &["test.bin"], kind)?;
