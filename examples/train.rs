@@ -13,7 +13,7 @@
 
 use clap::{Parser, ValueEnum};
 use sparsenet::runtime::data::{
-    load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
+    load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, Dataset, Transform,
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork};
 use sparsenet::runtime::train::{
@@ -187,8 +187,7 @@ fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
             }
         },
         DatasetName::Folder => match &args.data {
-            Some(p) => read_image_folder(&p.join("train"))
-                .and_then(|tr| Ok((tr, read_image_folder(&p.join("test"))?))),
+            Some(p) => load_image_folders(p),
             None => return Err("--dataset folder needs --data DIR holding train/ and test/".into()),
         },
     }

@@ -73,7 +73,7 @@
 //! ```
 
 use std::fmt;
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 mod cifar;
@@ -92,7 +92,9 @@ pub use cifar::{
 pub use folder::{read_image, read_image_folder, read_image_folder_tar_gz, Image};
 pub use idx::read_idx;
 pub use loader::{epoch_batches, epoch_order, Batch, EpochBatches, LoaderConfig};
-pub use named::{load_cifar10, load_cifar100, load_fashion_mnist, FASHION_MNIST_NAMES};
+pub use named::{
+    load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, FASHION_MNIST_NAMES,
+};
 pub use transform::{Augment, Transform};
 
 /// An in-memory image classification dataset: u8 pixels, channel-planar (N, C, H, W).

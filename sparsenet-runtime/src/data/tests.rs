@@ -719,6 +719,54 @@ fn image_folder_layout_errors() {
     check_msg(&e, &["a.png", "not a directory"]);
 }
 
+/// train/ and test/ image folders: the test classes must be the training
+/// classes, else the labels (class positions) would mean other classes. A
+/// missing, extra or renamed class is an error naming it.
+#[test]
+fn image_folders_need_the_same_classes_in_both_splits() {
+    let d = tmp();
+    make_folder(&d.path().join("train"), CLASSES);
+    make_folder(
+        &d.path().join("test"),
+        &[("cat", &[5]), ("ant", &[6]), ("dog", &[7])],
+    );
+    let (train, test) = load_image_folders(d.path()).unwrap();
+    assert_eq!(train.class_names, ["ant", "cat", "dog"]);
+    assert_eq!(test.class_names, train.class_names);
+    assert_eq!(test.labels, [0, 1, 2]);
+    let split = |name: &str, classes: &[(&str, &[u8])]| {
+        let root = d.path().join(name);
+        make_folder(&root.join("train"), CLASSES);
+        make_folder(&root.join("test"), classes);
+        load_image_folders(&root).unwrap_err()
+    };
+    // "ant" missing: "cat" and "dog" would take labels 0 and 1.
+    let e = split("missing", &[("cat", &[5]), ("dog", &[7])]);
+    check_msg(
+        &e,
+        &[
+            "missing",
+            "image folders: the test classes differ from the training classes",
+            "missing from test: 'ant'",
+        ],
+    );
+    let e = split(
+        "extra",
+        &[("ant", &[6]), ("bee", &[3]), ("cat", &[5]), ("dog", &[7])],
+    );
+    check_msg(&e, &["not in training: 'bee'"]);
+    let e = split("renamed", &[("ant", &[6]), ("cats", &[5]), ("dog", &[7])]);
+    check_msg(&e, &["missing from test: 'cat'; not in training: 'cats'"]);
+    // Another image size in test.
+    let root = d.path().join("sizes");
+    make_folder(&root.join("train"), CLASSES);
+    write(&root.join("test/ant/a.png"), &png(rgb(5, 3, 0)));
+    write(&root.join("test/cat/a.png"), &png(rgb(5, 3, 0)));
+    write(&root.join("test/dog/a.png"), &png(rgb(5, 3, 0)));
+    let e = load_image_folders(&root).unwrap_err();
+    check_msg(&e, &["test images are 3x3x5", "are 3x3x4"]);
+}
+
 // ---------------------------------------------------------------- tar.gz
 
 #[test]
