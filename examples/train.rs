@@ -17,7 +17,8 @@ use sparsenet::runtime::data::{
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork};
 use sparsenet::runtime::train::{
-    parse_schedule, GpuEngine, LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
+    parse_schedule, GpuEngine, LrParam, LrPolicy, Recipe, Sgd, TrainConfig, TrainError,
+    TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
@@ -219,14 +220,20 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     let lr = LrPolicy {
         base_lr: args.lr.unwrap_or(recipe.lr.base_lr),
         schedule,
-        warmup_epochs: args
-            .warmup
-            .unwrap_or(recipe.lr.warmup_epochs)
-            .min(epochs as f64),
+        // A --warmup as long as the run is refused (by validate), not cut
+        // to it: a cosine run with it trained at rate 0 throughout.
+        warmup_epochs: args.warmup.unwrap_or(recipe.lr.warmup_epochs),
         total_epochs: epochs as f64,
     };
-    lr.validate()
-        .map_err(|e| format!("--lr/--schedule/--warmup: {e}"))?;
+    lr.validate().map_err(|e| {
+        let flag = match e.param {
+            LrParam::BaseLr => "--lr",
+            LrParam::Schedule => "--schedule",
+            LrParam::WarmupEpochs => "--warmup",
+            LrParam::TotalEpochs => "--epochs",
+        };
+        format!("{flag}: {}", e.reason)
+    })?;
     let sgd = Sgd {
         momentum: args.momentum.unwrap_or(recipe.sgd.momentum),
         nesterov: !args.no_nesterov && recipe.sgd.nesterov,
@@ -240,6 +247,9 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     }
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if args.steps_per_epoch == Some(0) {
+        return Err("--steps-per-epoch must be at least 1, found 0".into());
     }
     Ok(TrainConfig {
         epochs,
@@ -262,6 +272,11 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
 }
 
 fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
+    // Every flag is checked before any data is loaded; the defaults that
+    // depend on the images follow the model's input, which the data must match.
+    let [channels, height, _] = M::INPUT;
+    let cfg = config(args, channels == 1, height <= 28)?;
+    cfg.validate_for::<M>().map_err(|e| e.to_string())?;
     let (train_ds, test_ds) = load(args)?;
     println!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -279,7 +294,6 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     if args.summary {
         println!("{}", M::summary());
     }
-    let cfg = config(args, train_ds.channels == 1, train_ds.height <= 28)?;
     let transform = Transform::from_dataset_stats(&train_ds);
     let start = std::time::Instant::now();
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
