@@ -26,6 +26,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// `println!` that carries on when stdout is closed (`train ... | head -1`):
+/// `println!` panics there, which stopped the run; its results are files.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ModelName {
     /// Small paper-style SparseNet for 28x28 grayscale (the default).
@@ -278,7 +287,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let cfg = config(args, channels == 1, height <= 28)?;
     cfg.validate_for::<M>().map_err(|e| e.to_string())?;
     let (train_ds, test_ds) = load(args)?;
-    println!(
+    say!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
         M::NAME,
         M::PARAMETERS,
@@ -292,7 +301,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
         train_ds.classes
     );
     if args.summary {
-        println!("{}", M::summary());
+        say!("{}", M::summary());
     }
     let transform = Transform::from_dataset_stats(&train_ds);
     let start = std::time::Instant::now();
@@ -315,7 +324,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     }
     let last = report.metrics.records().last().copied();
     match last {
-        Some(r) => println!(
+        Some(r) => say!(
             "done: test accuracy {:.2}% after {} epochs ({} steps); {:.0} s in this run; outputs in {}",
             100.0 * r.test_acc,
             r.epoch,
@@ -323,7 +332,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
             start.elapsed().as_secs_f64(),
             cfg.out_dir.display()
         ),
-        None => println!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
+        None => say!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
     }
     Ok(())
 }
@@ -339,7 +348,7 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
     use sparsenet::runtime::gpu::cuda::CudaBackend;
     Trainer::new(cfg, train_ds, test_ds, transform, |m: &M, opt| {
         let backend = CudaBackend::new(0)?;
-        println!("device: {} ({})", backend.device_name(), backend.arch());
+        say!("device: {} ({})", backend.device_name(), backend.arch());
         GpuEngine::new(backend, m, opt, capacity)
     })?
     .fit()
