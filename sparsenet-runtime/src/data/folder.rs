@@ -391,8 +391,8 @@ pub(crate) fn scan_tar(
                     location(),
                     format!(
                         "its tar header claims {size} bytes, more than the whole archive can \
-                         hold ({capacity} bytes{}): a corrupt header",
-                        if gz { ", decompressed at most" } else { "" }
+                         hold (at most {capacity} bytes{}): a corrupt header",
+                        if gz { " once decompressed" } else { "" }
                     ),
                 ));
             }

@@ -375,8 +375,8 @@ pub(crate) const DEFLATE_MAX_RATIO: u64 = 1032;
 /// magic bytes `1f 8b`. Returns the reader, whether it decompresses, and the
 /// most bytes it can legitimately yield (the file's length, times
 /// [`DEFLATE_MAX_RATIO`] when gzipped). Read to its end, the reader checks
-/// each gzip member's CRC-32 and length; its errors start with `gzip:`
-/// (see [`gzip_error`]).
+/// each gzip member's CRC-32 and length; [`gzip_error`] turns its errors
+/// into messages naming the file.
 pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool, u64), DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
