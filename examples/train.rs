@@ -13,17 +13,27 @@
 
 use clap::{Parser, ValueEnum};
 use sparsenet::runtime::data::{
-    load_cifar10, load_cifar100, load_fashion_mnist, read_image_folder, Dataset, Transform,
+    load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, Dataset, Transform,
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
 use sparsenet::runtime::train::{
-    parse_schedule, GpuEngine, LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
+    parse_schedule, GpuEngine, LrParam, LrPolicy, Recipe, Sgd, TrainConfig, TrainError,
+    TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// `println!` that carries on when stdout is closed (`train ... | head -1`):
+/// `println!` panics there, which stopped the run; its results are files.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ModelName {
@@ -191,8 +201,7 @@ fn load(args: &Args) -> Result<(Dataset, Dataset), String> {
             }
         },
         DatasetName::Folder => match &args.data {
-            Some(p) => read_image_folder(&p.join("train"))
-                .and_then(|tr| Ok((tr, read_image_folder(&p.join("test"))?))),
+            Some(p) => load_image_folders(p),
             None => return Err("--dataset folder needs --data DIR holding train/ and test/".into()),
         },
     }
@@ -224,14 +233,20 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     let lr = LrPolicy {
         base_lr: args.lr.unwrap_or(recipe.lr.base_lr),
         schedule,
-        warmup_epochs: args
-            .warmup
-            .unwrap_or(recipe.lr.warmup_epochs)
-            .min(epochs as f64),
+        // A --warmup as long as the run is refused (by validate), not cut
+        // to it: a cosine run with it trained at rate 0 throughout.
+        warmup_epochs: args.warmup.unwrap_or(recipe.lr.warmup_epochs),
         total_epochs: epochs as f64,
     };
-    lr.validate()
-        .map_err(|e| format!("--lr/--schedule/--warmup: {e}"))?;
+    lr.validate().map_err(|e| {
+        let flag = match e.param {
+            LrParam::BaseLr => "--lr",
+            LrParam::Schedule => "--schedule",
+            LrParam::WarmupEpochs => "--warmup",
+            LrParam::TotalEpochs => "--epochs",
+        };
+        format!("{flag}: {}", e.reason)
+    })?;
     let sgd = Sgd {
         momentum: args.momentum.unwrap_or(recipe.sgd.momentum),
         nesterov: !args.no_nesterov && recipe.sgd.nesterov,
@@ -245,6 +260,9 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
     }
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if args.steps_per_epoch == Some(0) {
+        return Err("--steps-per-epoch must be at least 1, found 0".into());
     }
     Ok(TrainConfig {
         epochs,
@@ -275,8 +293,13 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
         }
         (_, p) => p.unwrap_or_default(),
     };
+    // Every flag is checked before any data is loaded; the defaults that
+    // depend on the images follow the model's input, which the data must match.
+    let [channels, height, _] = M::INPUT;
+    let cfg = config(args, channels == 1, height <= 28)?;
+    cfg.validate_for::<M>().map_err(|e| e.to_string())?;
     let (train_ds, test_ds) = load(args)?;
-    println!(
+    say!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
         M::NAME,
         M::PARAMETERS,
@@ -290,9 +313,8 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
         train_ds.classes
     );
     if args.summary {
-        println!("{}", M::summary());
+        say!("{}", M::summary());
     }
-    let cfg = config(args, train_ds.channels == 1, train_ds.height <= 28)?;
     let transform = Transform::from_dataset_stats(&train_ds);
     let start = std::time::Instant::now();
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
@@ -314,7 +336,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     }
     let last = report.metrics.records().last().copied();
     match last {
-        Some(r) => println!(
+        Some(r) => say!(
             "done: test accuracy {:.2}% after {} epochs ({} steps); {:.0} s in this run; outputs in {}",
             100.0 * r.test_acc,
             r.epoch,
@@ -322,7 +344,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
             start.elapsed().as_secs_f64(),
             cfg.out_dir.display()
         ),
-        None => println!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
+        None => say!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
     }
     Ok(())
 }
@@ -339,7 +361,7 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
     use sparsenet::runtime::gpu::cuda::CudaBackend;
     Trainer::new(cfg, train_ds, test_ds, transform, |m: &M, opt| {
         let backend = CudaBackend::new(0)?;
-        println!(
+        say!(
             "device: {} ({}), {precision} convolutions",
             backend.device_name(),
             backend.arch()

@@ -272,6 +272,47 @@ fn wrong_input_shape_is_an_error_naming_the_tensor() {
     assert!(m.forward(empty.view(), Mode::Eval).is_err());
 }
 
+/// A loss closure whose gradient is not shaped like the logits is an error
+/// naming both shapes (it used to panic inside ndarray in the backward
+/// pass), and the gradient buffer is left as it was.
+#[test]
+fn a_loss_gradient_of_the_wrong_shape_is_an_error_naming_both_shapes() {
+    let mut m = Offsets::<f32>::new(0);
+    let x = Array4::<f32>::from_shape_fn((2, 3, 16, 16), |(n, c, y, x)| {
+        ((n + 3 * c + 5 * y + 7 * x) % 11) as f32 / 5.5 - 1.0
+    });
+    let mut grads = vec![7.0f32; Offsets::<f32>::PARAMETERS];
+    for (rows, cols) in [(2, 11), (2, 9), (1, 10), (3, 10)] {
+        let err = m
+            .forward_backward(x.view(), Mode::Train, &mut grads, &mut |_| {
+                sparsenet::runtime::ndarray::Array2::zeros((rows, cols))
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            InputError::LossGradient {
+                model: "Offsets",
+                expected: [2, 10],
+                found: [rows, cols],
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the loss gradient has shape [{rows}, {cols}], but the logits of model `Offsets` \
+                 are [2, 10] (batch, classes): the loss must return one value per logit"
+            )
+        );
+        assert!(grads.iter().all(|&g| g == 7.0), "grads untouched");
+    }
+    // The right shape still trains.
+    m.forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| {
+        l.mapv(|v| v * 0.1)
+    })
+    .unwrap();
+    assert!(grads.iter().any(|&g| g != 7.0));
+}
+
 #[test]
 fn weights_round_trip_and_mismatches_are_reported() {
     let dir = tempfile::tempdir().unwrap();

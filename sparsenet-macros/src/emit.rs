@@ -402,7 +402,11 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             Pass::TrainForBackward,
         ));
     }
-    body.push(quote!(let dlogits = loss(&logits);));
+    // A loss gradient of another shape than the logits is an error before
+    // backward reads it (and before `grads` is touched).
+    body.push(
+        quote!(let dlogits = #rt::__private::check_loss_gradient(<Self as #rt::NetworkSpec>::NAME, &logits, loss)?;),
+    );
     body.push(quote!(drop(logits);));
     body.push(quote!(grads.fill(T::zero());));
     // Backward.

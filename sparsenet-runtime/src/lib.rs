@@ -58,7 +58,7 @@ pub mod __private {
     };
     pub use crate::cpu::parallel::{scratch, threads};
     pub use crate::init::{init_params, init_state};
-    pub use crate::model::{check_input, Init};
+    pub use crate::model::{check_input, check_loss_gradient, Init};
     pub use rand_chacha;
     pub use rand_chacha::rand_core::SeedableRng;
 }

@@ -88,6 +88,40 @@ pub enum InputError {
         /// The buffer's length.
         found: usize,
     },
+    /// The loss closure given to [`Model::forward_backward`] returned a
+    /// gradient whose shape is not the logits' `[batch, classes]`. Nothing
+    /// was written to the gradient buffer; the forward pass had run (in
+    /// training mode it updated the BatchNorm running statistics).
+    #[error("the loss gradient has shape [{}, {}], but the logits of model `{model}` are [{}, {}] (batch, classes): the loss must return one value per logit", found[0], found[1], expected[0], expected[1])]
+    LossGradient {
+        /// The model's [`NetworkSpec::NAME`].
+        model: &'static str,
+        /// The logits' shape, `[batch, classes]`.
+        expected: [usize; 2],
+        /// The shape the loss returned.
+        found: [usize; 2],
+    },
+}
+
+/// The gradient the loss closure of [`Model::forward_backward`] returned for
+/// `logits`, if it has their shape; else an error naming both shapes (the
+/// backward pass would otherwise fail inside ndarray, or read past a row).
+pub fn check_loss_gradient<T>(
+    model: &'static str,
+    logits: &Array2<T>,
+    loss: &mut dyn FnMut(&Array2<T>) -> Array2<T>,
+) -> Result<Array2<T>, InputError> {
+    let dlogits = loss(logits);
+    if dlogits.dim() != logits.dim() {
+        let (b, c) = logits.dim();
+        let (fb, fc) = dlogits.dim();
+        return Err(InputError::LossGradient {
+            model,
+            expected: [b, c],
+            found: [fb, fc],
+        });
+    }
+    Ok(dlogits)
 }
 
 /// Checks that `x` is `[batch >= 1, C, H, W]` as declared.
@@ -162,6 +196,8 @@ pub trait Model<T: Float>: NetworkSpec + Sized {
     /// Forward in `mode`, then `loss` turns the logits into d(loss)/d(logits),
     /// then the unrolled backward pass. `grads` (laid out like `params`) is
     /// overwritten with the parameter gradients. Returns d(loss)/d(input).
+    /// An error if `x` or `grads` has the wrong shape, or if `loss` returns a
+    /// gradient not shaped like the logits ([`InputError::LossGradient`]).
     fn forward_backward(
         &mut self,
         x: ArrayView4<'_, T>,

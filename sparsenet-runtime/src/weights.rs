@@ -48,7 +48,7 @@
 //! [safetensors]: https://github.com/huggingface/safetensors
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
@@ -322,12 +322,13 @@ pub fn load_weights<T: WeightElem>(
 }
 
 /// Serialises `params` and `state` as described by `specs` to the bytes of a
-/// safetensors file, with optional string metadata (`__metadata__`).
+/// safetensors file, with optional string metadata (`__metadata__`, its keys
+/// in sorted order). The same arguments always give the same bytes.
 pub fn weights_to_bytes<T: WeightElem>(
     specs: &[TensorSpec],
     params: &[T],
     state: &[T],
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, WeightsError> {
     to_bytes_impl(Path::new(MEMORY_ORIGIN), specs, params, state, metadata)
 }
@@ -562,7 +563,7 @@ fn to_bytes_impl<T: WeightElem>(
     specs: &[TensorSpec],
     params: &[T],
     state: &[T],
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, WeightsError> {
     let ranges = check_specs::<T>(path, specs, params.len(), state.len())?;
     let tensors: Vec<(&str, OutTensor<'_>)> = specs
@@ -581,12 +582,43 @@ fn to_bytes_impl<T: WeightElem>(
             (spec.name, tensor)
         })
         .collect();
-    safetensors::serialize(tensors.iter().map(|(n, t)| (*n, t)), &metadata).map_err(|e| {
-        WeightsError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("serialisation failed: {e}"),
-        }
-    })
+    let failed = |reason: String| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("serialisation failed: {reason}"),
+    };
+    // safetensors takes the metadata as a HashMap and writes it in the map's
+    // iteration order, which differs from map to map: identical saves gave
+    // different bytes. So it writes the tensors alone (sorted by dtype and
+    // name, hence the same every time), and the metadata is put in here.
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (*n, t)), &None)
+        .map_err(|e| failed(e.to_string()))?;
+    match metadata {
+        Some(meta) => with_sorted_metadata(&bytes, &meta).map_err(failed),
+        None => Ok(bytes),
+    }
+}
+
+/// The safetensors file `bytes` (written without metadata) with `meta` as
+/// its `__metadata__`, keys sorted, first in the header as safetensors
+/// writes it; the header is padded with spaces to a multiple of 8 bytes as
+/// safetensors pads it. The tensors' data offsets count from the end of the
+/// header, so they stay valid.
+fn with_sorted_metadata(bytes: &[u8], meta: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + len]).map_err(|e| e.to_string())?;
+    let tensors = header
+        .trim_end_matches(' ')
+        .strip_prefix('{')
+        .ok_or("the header is not a JSON object")?;
+    let meta_json = serde_json::to_string(meta).map_err(|e| e.to_string())?;
+    let sep = if tensors == "}" { "" } else { "," };
+    let mut out_header = format!("{{\"__metadata__\":{meta_json}{sep}{tensors}").into_bytes();
+    out_header.resize(out_header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + out_header.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(out_header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&out_header);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 /// The little-endian bytes of `src` (borrowed on little-endian targets).
@@ -910,11 +942,12 @@ mod tests {
     #[test]
     fn file_is_standard_safetensors() {
         let (p, s) = model::<f32>(1.0);
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), "pt".to_string());
+        meta.insert("a \"quoted\"\nkey".to_string(), "é\u{1}".to_string());
         let bytes = weights_to_bytes(SPECS, &p, &s, Some(meta.clone())).unwrap();
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(header.metadata(), &Some(meta));
+        assert_eq!(header.metadata(), &Some(meta.into_iter().collect()));
         let st = SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.len(), SPECS.len());
         for spec in SPECS {
@@ -1049,7 +1082,7 @@ mod tests {
     #[test]
     fn metadata_is_not_a_tensor() {
         let (p, s) = model::<f32>(1.0);
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert("epoch".to_string(), "12345678901234567890123".to_string());
         let bytes = weights_to_bytes(SPECS, &p, &s, Some(meta)).unwrap();
         let (mut p2, mut s2) = (vec![0f32; N_PARAMS], vec![0f32; N_STATE]);

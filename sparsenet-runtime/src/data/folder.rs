@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageFormat};
 use rayon::prelude::*;
 
-use super::{entry_location, DataError, Dataset};
+use super::{entry_location, gzip_error, open_maybe_gz, DataError, Dataset};
 
 /// Where one image's bytes are.
 pub(crate) enum Blob {
@@ -307,31 +307,50 @@ pub(crate) struct TarScan {
     pub dirs: Vec<Vec<String>>,
 }
 
+/// The most bytes an archive entry of some kind can legitimately hold, and
+/// why (for the error that refuses a larger one).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntryLimit {
+    pub bytes: u64,
+    pub why: &'static str,
+}
+
+/// The limit of a JPEG or PNG entry: the most the image decoder allocates
+/// for one image's pixels (the `image` crate's default limit, 512 MiB). A
+/// JPEG or PNG file is no larger than its pixels but for its metadata, so a
+/// larger entry is not an image the decoder would accept.
+pub(crate) fn image_entry_limit() -> EntryLimit {
+    EntryLimit {
+        bytes: image::Limits::default().max_alloc.unwrap_or(u64::MAX),
+        why: "the most the image decoder allocates for one image",
+    }
+}
+
 /// Streams a `.tar.gz` (or a plain `.tar`: gzip is detected by its magic
-/// bytes) and keeps the entries whose path components pass `keep`.
+/// bytes) and keeps the entries whose path components `keep` accepts,
+/// each up to the size `keep` gives for it.
+///
+/// Nothing is allocated from what a header claims before the claim is
+/// checked: an entry larger than its limit, or than the whole archive can
+/// hold, is an error naming it. After the end-of-archive marker only zero
+/// padding may follow (data there, e.g. a second archive appended, would
+/// otherwise be dropped unseen), and the gzip stream is read to its end, so
+/// its CRC-32 and length are checked: a corrupt archive is an error, not
+/// corrupt images.
 pub(crate) fn scan_tar(
     archive: &Path,
-    keep: &dyn Fn(&[String]) -> bool,
+    keep: &dyn Fn(&[String]) -> Option<EntryLimit>,
 ) -> Result<TarScan, DataError> {
-    let file = fs::File::open(archive).map_err(|e| {
+    if let Err(e) = fs::metadata(archive) {
         if e.kind() == io::ErrorKind::NotFound {
-            DataError::NotFound {
+            return Err(DataError::NotFound {
                 what: "archive",
                 path: archive.to_path_buf(),
                 hint: "no such file".into(),
-            }
-        } else {
-            DataError::io(archive, e)
+            });
         }
-    })?;
-    let mut buf = BufReader::with_capacity(1 << 20, file);
-    let head = buf.fill_buf().map_err(|e| DataError::io(archive, e))?;
-    let gz = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buf))
-    } else {
-        Box::new(buf)
-    };
+    }
+    let (reader, gz, capacity) = open_maybe_gz(archive)?;
     let mut ar = tar::Archive::new(reader);
     let mut scan = TarScan {
         files: Vec::new(),
@@ -339,8 +358,9 @@ pub(crate) fn scan_tar(
     };
     let mut last = String::from("(none)");
     let wrap = |e: io::Error, last: &str| {
-        DataError::io(
+        gzip_error(
             archive,
+            gz,
             io::Error::new(e.kind(), format!("{e} (after archive entry {last})")),
         )
     };
@@ -354,16 +374,59 @@ pub(crate) fn scan_tar(
             .map(str::to_owned)
             .collect();
         last = name;
-        if comps.is_empty() || !keep(&comps) {
+        if comps.is_empty() {
             continue;
         }
+        let Some(limit) = keep(&comps) else {
+            continue;
+        };
         let ty = entry.header().entry_type();
         if ty.is_dir() {
             scan.dirs.push(comps);
         } else if ty.is_file() || ty == tar::EntryType::Continuous {
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            let size = entry.size();
+            let location = || entry_location(archive, &last);
+            if size > capacity {
+                return Err(DataError::format(
+                    location(),
+                    format!(
+                        "its tar header claims {size} bytes, more than the whole archive can \
+                         hold (at most {capacity} bytes{}): a corrupt header",
+                        if gz { " once decompressed" } else { "" }
+                    ),
+                ));
+            }
+            if size > limit.bytes {
+                return Err(DataError::format(
+                    location(),
+                    format!(
+                        "its tar header claims {size} bytes, more than such an entry can \
+                         legitimately hold ({} bytes: {})",
+                        limit.bytes, limit.why
+                    ),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut bytes).map_err(|e| wrap(e, &last))?;
             scan.files.push((comps, bytes));
+        }
+    }
+    let mut rest = ar.into_inner();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = rest.read(&mut chunk).map_err(|e| wrap(e, &last))?;
+        if n == 0 {
+            break;
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Err(DataError::format(
+                archive.display().to_string(),
+                format!(
+                    "data after the tar end-of-archive marker (after entry {last}), which tar \
+                     readers ignore: a second archive appended to this one? Only the first \
+                     archive's entries would be read"
+                ),
+            ));
         }
     }
     Ok(scan)
@@ -447,6 +510,8 @@ pub(crate) fn dataset_from_scan(
 /// Entry paths may start with `./` or sit inside one top folder. Same rules
 /// as [`read_image_folder`]; errors name the archive and the entry.
 pub fn read_image_folder_tar_gz(archive: &Path, split: &str) -> Result<Dataset, DataError> {
-    let mut scan = scan_tar(archive, &|c| split_rel(c, split).is_some())?;
+    let mut scan = scan_tar(archive, &|c| {
+        split_rel(c, split).map(|_| image_entry_limit())
+    })?;
     dataset_from_scan(archive, &mut scan, split)
 }

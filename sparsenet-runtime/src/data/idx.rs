@@ -1,8 +1,9 @@
 //! IDX files (MNIST, Fashion-MNIST): big-endian header, then u8 payload.
 
+use std::io::{self, Read};
 use std::path::Path;
 
-use super::{read_maybe_gz, DataError, Dataset};
+use super::{gzip_error, open_maybe_gz, DataError, Dataset};
 
 /// Magic number of an IDX file of unsigned bytes with 3 dimensions (images).
 pub const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -15,10 +16,20 @@ struct Idx {
     payload: Vec<u8>,
 }
 
+/// Reads `n` more bytes of `reader` (fewer at its end) onto `out`.
+fn read_up_to(reader: &mut dyn Read, n: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    reader.take(n).read_to_end(out).map(|_| ())
+}
+
 fn parse_idx(path: &Path, magic: u32, what: &'static str) -> Result<Idx, DataError> {
-    let (bytes, gz) = read_maybe_gz(path)?;
+    // The header says how long the file is; nothing past that (and one byte
+    // to notice trailing data) is ever decompressed, so a small gzip file
+    // inflating to gigabytes stops at the size its header announces.
+    let (mut reader, gz, capacity) = open_maybe_gz(path)?;
     let ndims = (magic & 0xff) as usize;
     let header = 4 + 4 * ndims;
+    let mut bytes = Vec::with_capacity(header);
+    read_up_to(&mut reader, header as u64, &mut bytes).map_err(|e| gzip_error(path, gz, e))?;
     let truncated = |offset: usize, problem: String| DataError::Truncated {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -72,6 +83,10 @@ fn parse_idx(path: &Path, magic: u32, what: &'static str) -> Result<Idx, DataErr
                 format!("IDX dimensions {dims:?} are too large"),
             )
         })?;
+    // Reserve no more than the file can hold: a header claiming terabytes
+    // is a truncated file, not an allocation.
+    bytes.reserve(need.min(capacity as usize));
+    read_up_to(&mut reader, need as u64 + 1, &mut bytes).map_err(|e| gzip_error(path, gz, e))?;
     let have = bytes.len() - header;
     if have < need {
         return Err(truncated(
@@ -82,11 +97,20 @@ fn parse_idx(path: &Path, magic: u32, what: &'static str) -> Result<Idx, DataErr
         ));
     }
     if have > need {
+        // A plain file's length tells how much follows; a gzip stream's
+        // would have to be inflated (all of a gzip bomb), so it is not.
+        let trailing = if gz {
+            "unexpected trailing data".to_string()
+        } else {
+            format!(
+                "{} unexpected trailing bytes",
+                capacity - (header + need) as u64
+            )
+        };
         return Err(DataError::format(
             path.display().to_string(),
             format!(
-                "{} unexpected trailing bytes at byte offset {}{} (payload of {what} {dims:?} is {need} bytes)",
-                have - need,
+                "{trailing} at byte offset {}{} (payload of {what} {dims:?} is {need} bytes)",
                 header + need,
                 if gz { " of the decompressed data" } else { "" }
             ),

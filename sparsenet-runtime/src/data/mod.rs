@@ -7,8 +7,9 @@
 //! * [`read_cifar_bin`]: the official CIFAR-10 / CIFAR-100 binary batches.
 //! * [`read_image_folder`]: `root/<class>/*.{jpg,jpeg,png}` on disk.
 //! * [`read_image_folder_tar_gz`]: the same layout read straight from a `.tar.gz`.
-//! * [`load_fashion_mnist`], [`load_cifar10`], [`load_cifar100`]: resolve a user
-//!   path for a named dataset into `(train, test)`.
+//! * [`load_fashion_mnist`], [`load_cifar10`], [`load_cifar100`],
+//!   [`load_image_folders`]: resolve a user path for a named dataset into
+//!   `(train, test)`, checking that both splits have the same classes.
 //!
 //! Every dataset is held as `u8` pixels, channel-planar `(N, C, H, W)`.
 //! Conversion to normalised `f32` happens per batch in [`epoch_batches`].
@@ -72,7 +73,7 @@
 //! ```
 
 use std::fmt;
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 mod cifar;
@@ -91,7 +92,9 @@ pub use cifar::{
 pub use folder::{read_image, read_image_folder, read_image_folder_tar_gz, Image};
 pub use idx::read_idx;
 pub use loader::{epoch_batches, epoch_order, Batch, EpochBatches, LoaderConfig};
-pub use named::{load_cifar10, load_cifar100, load_fashion_mnist, FASHION_MNIST_NAMES};
+pub use named::{
+    load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, FASHION_MNIST_NAMES,
+};
 pub use transform::{Augment, Transform};
 
 /// An in-memory image classification dataset: u8 pixels, channel-planar (N, C, H, W).
@@ -362,19 +365,42 @@ impl DataError {
     }
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic
-/// bytes `1f 8b`. Returns the bytes and whether they were decompressed.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<(Vec<u8>, bool), DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        use std::io::Read;
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::io(path, io::Error::new(e.kind(), format!("gzip: {e}"))))?;
-        Ok((out, true))
+/// The most bytes deflate (gzip's compression) can produce per compressed
+/// byte: a 258-byte match costs at least 2 bits, so about 1032:1. A gzip
+/// file of `n` bytes cannot legitimately hold more than `n * 1032` bytes,
+/// whatever it claims inside.
+pub(crate) const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Opens a file for streaming, gunzipping it when it starts with the gzip
+/// magic bytes `1f 8b`. Returns the reader, whether it decompresses, and the
+/// most bytes it can legitimately yield (the file's length, times
+/// [`DEFLATE_MAX_RATIO`] when gzipped). Read to its end, the reader checks
+/// each gzip member's CRC-32 and length; [`gzip_error`] turns its errors
+/// into messages naming the file.
+pub(crate) fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool, u64), DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let mut buf = BufReader::with_capacity(1 << 20, file);
+    let head = buf.fill_buf().map_err(|e| DataError::io(path, e))?;
+    if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+        let reader = flate2::bufread::MultiGzDecoder::new(buf);
+        Ok((
+            Box::new(reader),
+            true,
+            len.saturating_mul(DEFLATE_MAX_RATIO),
+        ))
     } else {
-        Ok((raw, false))
+        Ok((Box::new(buf), false, len))
+    }
+}
+
+/// An error of a reader from [`open_maybe_gz`], naming the file (and, when
+/// it decompresses, saying so: a CRC or length mismatch, a corrupt stream).
+pub(crate) fn gzip_error(path: &Path, gz: bool, e: io::Error) -> DataError {
+    if gz {
+        DataError::io(path, io::Error::new(e.kind(), format!("gzip: {e}")))
+    } else {
+        DataError::io(path, e)
     }
 }
 

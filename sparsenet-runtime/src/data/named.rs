@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::cifar::{dataset_from_records, has_file, parse_records};
-use super::folder::{dataset_from_scan, scan_tar, split_rel};
+use super::folder::{dataset_from_scan, image_entry_limit, scan_tar, split_rel, EntryLimit};
 use super::{
     entry_location, read_cifar_bin, read_idx, read_image_folder, CifarKind, DataError, Dataset,
 };
@@ -46,14 +46,16 @@ fn check_labels(ds: &Dataset, classes: usize, location: &Path) -> Result<(), Dat
     Ok(())
 }
 
-/// Train and test must agree on the image shape and the classes.
+/// Train and test must agree on the image shape and the classes: a label
+/// is a class's position, so a test split with a class missing, added or
+/// renamed would have every later label mean another class than in training.
 fn check_pair(what: &str, train: &Dataset, test: &Dataset) -> Result<(), DataError> {
-    let shape = |d: &Dataset| (d.channels, d.height, d.width);
+    let shape = |d: &Dataset| format!("{}x{}x{}", d.channels, d.height, d.width);
     if shape(train) != shape(test) {
         return Err(DataError::layout(
             &test.source,
             format!(
-                "{what}: test images are {:?} (channels, height, width) but train images in {} are {:?}",
+                "{what}: test images are {} (channels x height x width) but train images in {} are {}",
                 shape(test),
                 train.source.display(),
                 shape(train)
@@ -64,14 +66,51 @@ fn check_pair(what: &str, train: &Dataset, test: &Dataset) -> Result<(), DataErr
         return Err(DataError::layout(
             &test.source,
             format!(
-                "{what}: the test classes {:?} differ from the train classes {:?} of {}",
-                test.class_names,
-                train.class_names,
-                train.source.display()
+                "{what}: the test classes differ from the training classes of {}: {}; the \
+                 labels are the classes' positions, so both splits need the same classes",
+                train.source.display(),
+                class_difference(&train.class_names, &test.class_names)
             ),
         ));
     }
     Ok(())
+}
+
+/// How the test split's class names differ from the training split's: the
+/// classes missing from test, those only in test, or (same classes) the
+/// first position where the order differs.
+fn class_difference(train: &[String], test: &[String]) -> String {
+    let list = |names: Vec<&String>| {
+        names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let missing: Vec<&String> = train.iter().filter(|n| !test.contains(n)).collect();
+    let extra: Vec<&String> = test.iter().filter(|n| !train.contains(n)).collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing from test: {}", list(missing)));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("not in training: {}", list(extra)));
+    }
+    if parts.is_empty() {
+        // Same names, another order or a repeated name.
+        let i = train
+            .iter()
+            .zip(test)
+            .position(|(a, b)| a != b)
+            .unwrap_or(train.len().min(test.len()));
+        let at = |v: &[String]| v.get(i).map_or("(none)".to_string(), |n| format!("'{n}'"));
+        parts.push(format!(
+            "class {i} is {} in training but {} in test",
+            at(train),
+            at(test)
+        ));
+    }
+    parts.join("; ")
 }
 
 fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
@@ -146,6 +185,16 @@ fn is_cifar10_batch(name: &str) -> bool {
             .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5"))
 }
 
+/// The limit of a CIFAR binary batch inside an archive: the largest
+/// official file, CIFAR-100's `train.bin` (50,000 records of 2 + 3072
+/// bytes); every other official batch holds 10,000 records.
+fn cifar_batch_limit() -> EntryLimit {
+    EntryLimit {
+        bytes: 50_000 * CifarKind::Cifar100 { fine: true }.record_len() as u64,
+        why: "the largest official CIFAR batch, 50,000 records",
+    }
+}
+
 const CIFAR10_TRAIN: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -207,9 +256,13 @@ pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
     }
     let (train, test) = if path.is_file() {
         let mut scan = scan_tar(path, &|c| {
-            split_rel(c, "train").is_some()
-                || split_rel(c, "test").is_some()
-                || c.last().is_some_and(|n| is_cifar10_batch(n))
+            if c.last().is_some_and(|n| is_cifar10_batch(n)) {
+                Some(cifar_batch_limit())
+            } else if split_rel(c, "train").is_some() || split_rel(c, "test").is_some() {
+                Some(image_entry_limit())
+            } else {
+                None
+            }
         })?;
         let bins: Vec<(Vec<String>, Vec<u8>)> = {
             let (b, rest) = std::mem::take(&mut scan.files)
@@ -271,6 +324,18 @@ pub fn load_cifar10(path: &Path) -> Result<(Dataset, Dataset), DataError> {
     Ok((train, test))
 }
 
+/// Loads an image-folder dataset as (train, test) from a directory holding
+/// `train/` and `test/`, each with one sub-folder of images per class (see
+/// [`read_image_folder`]). The two splits must have the same classes (by
+/// name, hence the same labels) and the same image size; a class missing
+/// from either, or named differently, is an error naming it.
+pub fn load_image_folders(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
+    let train = read_image_folder(&dir.join("train"))?;
+    let test = read_image_folder(&dir.join("test"))?;
+    check_pair("image folders", &train, &test)?;
+    Ok((train, test))
+}
+
 /// Loads CIFAR-100 (fine labels, 100 classes) as (train, test) from the
 /// official binary version: a directory holding `train.bin` and `test.bin`
 /// (possibly inside `cifar-100-binary/`), or the `cifar-100-binary.tar.gz`
@@ -288,6 +353,7 @@ pub fn load_cifar100(path: &Path) -> Result<(Dataset, Dataset), DataError> {
         let scan = scan_tar(path, &|c| {
             c.last()
                 .is_some_and(|n| n == "train.bin" || n == "test.bin")
+                .then(cifar_batch_limit)
         })?;
         let train = records_from_scan(path, &scan.files, &["train.bin"], kind)?;
         let test = records_from_scan(path, &scan.files, &["test.bin"], kind)?;

@@ -719,6 +719,54 @@ fn image_folder_layout_errors() {
     check_msg(&e, &["a.png", "not a directory"]);
 }
 
+/// train/ and test/ image folders: the test classes must be the training
+/// classes, else the labels (class positions) would mean other classes. A
+/// missing, extra or renamed class is an error naming it.
+#[test]
+fn image_folders_need_the_same_classes_in_both_splits() {
+    let d = tmp();
+    make_folder(&d.path().join("train"), CLASSES);
+    make_folder(
+        &d.path().join("test"),
+        &[("cat", &[5]), ("ant", &[6]), ("dog", &[7])],
+    );
+    let (train, test) = load_image_folders(d.path()).unwrap();
+    assert_eq!(train.class_names, ["ant", "cat", "dog"]);
+    assert_eq!(test.class_names, train.class_names);
+    assert_eq!(test.labels, [0, 1, 2]);
+    let split = |name: &str, classes: &[(&str, &[u8])]| {
+        let root = d.path().join(name);
+        make_folder(&root.join("train"), CLASSES);
+        make_folder(&root.join("test"), classes);
+        load_image_folders(&root).unwrap_err()
+    };
+    // "ant" missing: "cat" and "dog" would take labels 0 and 1.
+    let e = split("missing", &[("cat", &[5]), ("dog", &[7])]);
+    check_msg(
+        &e,
+        &[
+            "missing",
+            "image folders: the test classes differ from the training classes",
+            "missing from test: 'ant'",
+        ],
+    );
+    let e = split(
+        "extra",
+        &[("ant", &[6]), ("bee", &[3]), ("cat", &[5]), ("dog", &[7])],
+    );
+    check_msg(&e, &["not in training: 'bee'"]);
+    let e = split("renamed", &[("ant", &[6]), ("cats", &[5]), ("dog", &[7])]);
+    check_msg(&e, &["missing from test: 'cat'; not in training: 'cats'"]);
+    // Another image size in test.
+    let root = d.path().join("sizes");
+    make_folder(&root.join("train"), CLASSES);
+    write(&root.join("test/ant/a.png"), &png(rgb(5, 3, 0)));
+    write(&root.join("test/cat/a.png"), &png(rgb(5, 3, 0)));
+    write(&root.join("test/dog/a.png"), &png(rgb(5, 3, 0)));
+    let e = load_image_folders(&root).unwrap_err();
+    check_msg(&e, &["test images are 3x3x5", "are 3x3x4"]);
+}
+
 // ---------------------------------------------------------------- tar.gz
 
 #[test]
@@ -821,6 +869,149 @@ fn tar_gz_errors() {
         &e,
         &["none", "cannot find", ".tar.gz", "data_batch_1..5.bin"],
     );
+}
+
+/// A `.tar.gz` whose gzip trailer (CRC-32, then length) is wrong is an
+/// error: the reader used to stop at the tar end marker, before the
+/// trailer, and loaded whatever the corrupt stream inflated to.
+#[test]
+fn tar_gz_checksum_and_length_are_checked() {
+    let d = tmp();
+    let archive = d.path().join("data.tar.gz");
+    make_tar_gz(&archive, tar_folder_entries("", "train", CLASSES));
+    let good = fs::read(&archive).unwrap();
+    let ds = read_image_folder_tar_gz(&archive, "train").unwrap();
+    assert_eq!(ds.len, 6);
+    let n = good.len();
+    for (what, at) in [("CRC-32", n - 8), ("length", n - 4)] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        write(&archive, &bad);
+        let e = read_image_folder_tar_gz(&archive, "train").expect_err(what);
+        check_msg(&e, &["cannot read", "data.tar.gz", "gzip", "checksum"]);
+        let e = load_cifar10(&archive).expect_err(what);
+        check_msg(&e, &["data.tar.gz", "checksum"]);
+    }
+}
+
+/// What a tar header claims is checked before anything is allocated: more
+/// than the whole archive can hold, more than an image or a CIFAR batch can
+/// legitimately be; each an error naming the entry (an allocation of the
+/// claimed size used to abort the process).
+#[test]
+fn tar_entry_sizes_are_bounded_before_reading() {
+    let d = tmp();
+    let archive = d.path().join("claims.tar.gz");
+    // One header claiming `size` bytes for `name`, with `filler` bytes of
+    // incompressible data in an entry ahead of it (to make the archive large
+    // enough to hold the claim), and no data for the claim.
+    let claim = |name: &str, size: u64, filler: usize| {
+        // By hand: tar::Builder would end the archive before the claim.
+        let noise: Vec<u8> = (0..filler as u64)
+            .map(|i| (splitmix64(i) >> 56) as u8)
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("noise.bin").unwrap();
+        h.set_size(noise.len() as u64);
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend_from_slice(&noise);
+        raw.resize(raw.len().next_multiple_of(512), 0);
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(size);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend_from_slice(&[0; 1024]);
+        write(&archive, &gz(&raw));
+    };
+    claim("train/a/x.png", 1 << 40, 0);
+    let e = read_image_folder_tar_gz(&archive, "train").unwrap_err();
+    check_msg(
+        &e,
+        &[
+            "claims.tar.gz (entry train/a/x.png)",
+            "claims 1099511627776 bytes",
+            "more than the whole archive can hold",
+        ],
+    );
+    claim("train/a/x.png", 600 << 20, 700_000);
+    let e = read_image_folder_tar_gz(&archive, "train").unwrap_err();
+    check_msg(
+        &e,
+        &[
+            "entry train/a/x.png",
+            "claims 629145600 bytes",
+            "536870912 bytes: the most the image decoder allocates for one image",
+        ],
+    );
+    claim(
+        "cifar-10-batches-bin/data_batch_1.bin",
+        160_000_000,
+        200_000,
+    );
+    let e = load_cifar10(&archive).unwrap_err();
+    check_msg(
+        &e,
+        &[
+            "entry cifar-10-batches-bin/data_batch_1.bin",
+            "153700000 bytes: the largest official CIFAR batch",
+        ],
+    );
+}
+
+/// Entries after the tar end-of-archive marker (a second archive appended)
+/// would be dropped unseen by a tar reader: an error instead.
+#[test]
+fn tar_data_after_the_end_marker_is_an_error() {
+    let d = tmp();
+    let first = d.path().join("first.tar.gz");
+    make_tar_gz(&first, tar_folder_entries("", "train", CLASSES));
+    let second = d.path().join("second.tar.gz");
+    make_tar_gz(&second, tar_folder_entries("", "test", CLASSES));
+    // Two gzip members, one tar each: test/ sits after train/'s end marker.
+    let mut both = fs::read(&first).unwrap();
+    both.extend(fs::read(&second).unwrap());
+    let archive = write(&d.path().join("both.tar.gz"), &both);
+    let e = load_cifar10(&archive).unwrap_err();
+    check_msg(
+        &e,
+        &["both.tar.gz", "data after the tar end-of-archive marker"],
+    );
+}
+
+/// An IDX file inflates only to the size its header announces (and one byte
+/// more, to see that something follows): a gzip bomb after a valid payload
+/// is refused without inflating it, so a second, broken gzip member after
+/// it is never reached.
+#[test]
+fn idx_gzip_inflates_only_what_the_header_announces() {
+    let d = tmp();
+    let (_, lab) = write_idx_pair(d.path(), "t", 2, 2, &[0, 1], false);
+    let mut bytes = idx_bytes(0x803, &[2, 2, 2], &[7; 8]);
+    bytes.resize(bytes.len() + (64 << 20), 0);
+    let mut bomb = gz(&bytes);
+    assert!(bomb.len() < 1 << 20);
+    bomb.extend_from_slice(b"not a gzip member");
+    let img = write(&d.path().join("bomb-images.gz"), &bomb);
+    let e = read_idx(&img, &lab).unwrap_err();
+    assert!(matches!(e, DataError::Format { .. }), "{e:?}");
+    check_msg(
+        &e,
+        &[
+            "bomb-images.gz",
+            "unexpected trailing data at byte offset 24 of the decompressed data",
+        ],
+    );
+    // A wrong gzip trailer is reported (the stream is read to its end).
+    let (img_gz, _) = write_idx_pair(d.path(), "c", 2, 2, &[0, 1], true);
+    let mut bad = fs::read(&img_gz).unwrap();
+    let n = bad.len();
+    bad[n - 8] ^= 1;
+    write(&img_gz, &bad);
+    let e = read_idx(&img_gz, &lab).unwrap_err();
+    check_msg(&e, &["c-images-idx3-ubyte.gz", "gzip", "checksum"]);
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub fn save_checkpoint<T: Float>(
             found: velocity.len(),
         });
     }
-    let mut metadata: HashMap<String, String> = HashMap::new();
+    let mut metadata = BTreeMap::new();
     for (k, v) in &progress.extra {
         if RESERVED_KEYS.contains(&k.as_str()) {
             return Err(CheckpointError::ReservedKey {
@@ -576,6 +576,47 @@ mod tests {
         let mut s = vec![0f32; N_STATE];
         let e = crate::weights::load_weights(&path, SPECS, &mut p, &mut s).unwrap_err();
         assert!(e.to_string().contains("optimizer.velocity."), "{e}");
+    }
+
+    /// Identical saves write identical bytes (the metadata's key order used
+    /// to follow a HashMap's, different from one save to the next), and the
+    /// metadata comes first in the header, keys sorted.
+    #[test]
+    fn identical_saves_write_identical_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = run::<f32>(1.0);
+        let files: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let path = dir.path().join(format!("ckpt{i}.safetensors"));
+                save(&path, &a, &progress()).unwrap();
+                std::fs::read(&path).unwrap()
+            })
+            .collect();
+        for (i, f) in files.iter().enumerate() {
+            assert!(f == &files[0], "save {i} differs from save 0");
+        }
+        let len = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&files[0][8..8 + len]).unwrap();
+        assert_eq!(len % 8, 0);
+        let keys = [
+            "config",
+            "epoch",
+            "format",
+            "format_version",
+            "git",
+            "model",
+            "seed",
+            "step",
+        ];
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| header.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(
+            header.starts_with("{\"__metadata__\":{\"config\":"),
+            "{header}"
+        );
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{header}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl TrainConfig {
     /// A run of `epochs` epochs writing into `out_dir`, with
     /// [`Recipe::quick`] stretched to them: batches of 64, SGD with Nesterov
     /// momentum 0.9 and weight decay 5e-4, learning rate 0.1 after 0.3 epochs
-    /// of linear warm-up (at most the run), then cosine decay to 0. No augmentation, label
+    /// of linear warm-up (at most half the run), then cosine decay to 0. No augmentation, label
     /// smoothing or resumption; seed 0; two loader threads; quiet. Change
     /// any field afterwards (keep `lr.total_epochs` equal to `epochs`).
     pub fn new(epochs: u64, out_dir: impl Into<PathBuf>) -> Self {
@@ -96,9 +96,10 @@ impl TrainConfig {
     }
 
     /// Checks the settings that need no data: the learning-rate policy, the
-    /// optimiser, the batch sizes and the label smoothing. The trainer runs
-    /// this (after checking the datasets against the model) before anything
-    /// else.
+    /// optimiser, the batch sizes, the label smoothing and the step and epoch
+    /// caps. The trainer runs this (after checking the datasets against the
+    /// model) before anything else; [`validate_for`](Self::validate_for)
+    /// also checks the augmentation against a model's input, without data.
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.epochs == 0 {
             return Err(TrainError::Config("a run needs at least 1 epoch".into()));
@@ -125,6 +126,41 @@ impl TrainConfig {
             return Err(TrainError::Config(format!(
                 "label smoothing must be in [0, 1), found {}",
                 self.label_smoothing
+            )));
+        }
+        // A cap of 0 would run epochs of no steps: nothing trained, yet every
+        // epoch evaluated, checkpointed and reported as done.
+        if self.max_steps_per_epoch == Some(0) {
+            return Err(TrainError::Config(
+                "max_steps_per_epoch must be at least 1, found 0 (an epoch of no steps trains \
+                 nothing)"
+                    .into(),
+            ));
+        }
+        if self.stop_after_epoch == Some(0) {
+            return Err(TrainError::Config(
+                "stop_after_epoch must be at least 1, found 0 (the run would stop before \
+                 training)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), and that the random crop's padding
+    /// fits model `M`'s input: a padding as large as the image lets a crop
+    /// hold nothing but padding. Needs no data (the trainer checks the data
+    /// against `M` separately), so a caller can run it before loading any.
+    pub fn validate_for<M: NetworkSpec>(&self) -> Result<(), TrainError> {
+        self.validate()?;
+        let [_, h, w] = M::INPUT;
+        if self.pad_crop > 0 && self.pad_crop >= h.min(w) {
+            return Err(TrainError::Config(format!(
+                "pad_crop (the random crop's padding) is {} pixels, but model `{}` takes {h}x{w} \
+                 images: the padding must be smaller than the image, or a crop can hold no \
+                 pixel of it",
+                self.pad_crop,
+                M::NAME
             )));
         }
         Ok(())
@@ -234,7 +270,7 @@ pub(crate) fn validate<M: NetworkSpec>(
 ) -> Result<u64, TrainError> {
     check_data::<M>(train, "training")?;
     check_data::<M>(test, "test")?;
-    cfg.validate()?;
+    cfg.validate_for::<M>()?;
     cfg.steps_per_epoch(train)
 }
 
@@ -406,6 +442,51 @@ mod tests {
             }),
             "invalid configuration: a run needs at least 1 epoch"
         );
+    }
+
+    /// Settings that trained nothing yet reported success (a step cap of 0,
+    /// a warm-up as long as the run) and a crop padding as large as the image
+    /// are refused naming the field and the value, before the trainer
+    /// touches the disk.
+    #[test]
+    fn settings_that_would_train_nothing_are_refused() {
+        let (train, test) = (data(30, 4, 3, "train"), data(5, 4, 3, "test"));
+        let check = |change: &dyn Fn(&mut TrainConfig)| {
+            let mut cfg = config();
+            change(&mut cfg);
+            message(validate::<Spec>(&cfg, &train, &test))
+        };
+        assert_eq!(
+            check(&|c| c.max_steps_per_epoch = Some(0)),
+            "invalid configuration: max_steps_per_epoch must be at least 1, found 0 (an epoch \
+             of no steps trains nothing)"
+        );
+        assert_eq!(
+            check(&|c| c.stop_after_epoch = Some(0)),
+            "invalid configuration: stop_after_epoch must be at least 1, found 0 (the run \
+             would stop before training)"
+        );
+        assert_eq!(
+            check(&|c| {
+                c.lr.schedule = Schedule::Cosine { min_lr: 0.0 };
+                c.lr.warmup_epochs = 4.0
+            }),
+            "invalid configuration: learning rate: warmup_epochs: expected a warm-up of at \
+             least 0 epochs that ends before the run's 4 epochs, found 4"
+        );
+        assert_eq!(
+            check(&|c| c.pad_crop = 4),
+            "invalid configuration: pad_crop (the random crop's padding) is 4 pixels, but \
+             model `Spec` takes 4x4 images: the padding must be smaller than the image, or a \
+             crop can hold no pixel of it"
+        );
+        let mut cfg = config();
+        cfg.pad_crop = 3;
+        assert_eq!(validate::<Spec>(&cfg, &train, &test).unwrap(), 3);
+        // Without data: the same checks.
+        cfg.pad_crop = 9;
+        assert!(cfg.validate().is_ok());
+        assert!(cfg.validate_for::<Spec>().is_err());
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub use engine::{CpuEngine, Engine, GpuEngine};
 pub use loss::{softmax_cross_entropy, softmax_cross_entropy_into};
 pub use metrics::{EpochRecord, MetricsError, MetricsLog};
 pub use optim::{Sgd, SgdState};
-pub use schedule::{paper_recipe, parse_schedule, LrPolicy, Recipe, Schedule};
+pub use schedule::{
+    paper_recipe, parse_schedule, LrParam, LrPolicy, LrPolicyError, Recipe, Schedule,
+};
 pub use trainer::{
     evaluate, evaluate_on, load_weights_any, train, train_with, TrainReport, Trainer,
 };

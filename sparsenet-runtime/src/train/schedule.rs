@@ -157,35 +157,103 @@ pub struct LrPolicy {
     pub base_lr: f64,
     /// Shape after the warm-up.
     pub schedule: Schedule,
-    /// Epochs of linear warm-up from 0 to `base_lr` (0: none).
+    /// Epochs of linear warm-up from 0 to `base_lr` (0: none); less than
+    /// `total_epochs`.
     pub warmup_epochs: f64,
     /// Length of training in epochs.
     pub total_epochs: f64,
 }
 
+/// A field of [`LrPolicy`], as [`LrPolicyError`] names it (displayed as the
+/// field's name), so that a caller can say which of its own settings is
+/// wrong (the `train` example maps each to its flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LrParam {
+    /// [`LrPolicy::base_lr`].
+    BaseLr,
+    /// [`LrPolicy::schedule`].
+    Schedule,
+    /// [`LrPolicy::warmup_epochs`].
+    WarmupEpochs,
+    /// [`LrPolicy::total_epochs`].
+    TotalEpochs,
+}
+
+impl std::fmt::Display for LrParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrParam::BaseLr => "base_lr",
+            LrParam::Schedule => "schedule",
+            LrParam::WarmupEpochs => "warmup_epochs",
+            LrParam::TotalEpochs => "total_epochs",
+        })
+    }
+}
+
+/// An [`LrPolicy`] that [`LrPolicy::validate`] refuses: which field, and why
+/// (with the value found).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{param}: {reason}")]
+pub struct LrPolicyError {
+    /// The offending field.
+    pub param: LrParam,
+    /// What is wrong with it, naming the value.
+    pub reason: String,
+}
+
 impl LrPolicy {
-    /// Checks the policy: positive finite base rate and total, a warm-up within
-    /// `[0, total_epochs]`, and a well-formed schedule.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the policy: positive finite base rate and total, a finite
+    /// warm-up in `[0, total_epochs)`, a well-formed schedule, and a cosine
+    /// minimum no higher than the base rate. Every policy it accepts gives a
+    /// finite, non-negative rate at every epoch, and the base rate (or the
+    /// schedule's value) once the warm-up is over.
+    pub fn validate(&self) -> Result<(), LrPolicyError> {
+        let err = |param, reason: String| Err(LrPolicyError { param, reason });
         if !(self.base_lr.is_finite() && self.base_lr > 0.0) {
-            return Err(format!(
-                "expected a base learning rate > 0, found {}",
-                self.base_lr
-            ));
+            return err(
+                LrParam::BaseLr,
+                format!(
+                    "expected a finite base learning rate > 0, found {}",
+                    self.base_lr
+                ),
+            );
         }
         if !(self.total_epochs.is_finite() && self.total_epochs > 0.0) {
-            return Err(format!(
-                "expected total epochs > 0, found {}",
-                self.total_epochs
-            ));
+            return err(
+                LrParam::TotalEpochs,
+                format!(
+                    "expected a finite number of epochs > 0, found {}",
+                    self.total_epochs
+                ),
+            );
         }
-        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs <= self.total_epochs) {
-            return Err(format!(
-                "expected warm-up epochs between 0 and the total epochs ({}), found {}",
-                self.total_epochs, self.warmup_epochs
-            ));
+        // The warm-up must end before the run does: a warm-up as long as the
+        // run never reaches the base rate, and leaves the cosine decay no
+        // epochs, which made it train at rate 0 (its minimum) throughout.
+        if !(self.warmup_epochs >= 0.0 && self.warmup_epochs < self.total_epochs) {
+            return err(
+                LrParam::WarmupEpochs,
+                format!(
+                    "expected a warm-up of at least 0 epochs that ends before the run's {} \
+                     epochs, found {}",
+                    self.total_epochs, self.warmup_epochs
+                ),
+            );
         }
-        check_schedule(&self.schedule)
+        check_schedule(&self.schedule).or_else(|reason| err(LrParam::Schedule, reason))?;
+        if let Schedule::Cosine { min_lr } = self.schedule {
+            if min_lr > self.base_lr {
+                return err(
+                    LrParam::Schedule,
+                    format!(
+                        "expected a cosine minimum learning rate at most the base rate {}, \
+                         found {min_lr} (the rate would rise over the run)",
+                        self.base_lr
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The learning rate at fractional epoch `epoch` (`step / steps_per_epoch`).
@@ -290,11 +358,12 @@ impl Recipe {
     }
 
     /// The same recipe over `epochs` epochs (the schedule's milestones, being
-    /// fractions, scale along; the warm-up is capped at the new length).
+    /// fractions, scale along; the warm-up is capped at half the new length,
+    /// so that it still ends before the run does).
     pub fn with_epochs(mut self, epochs: u64) -> Recipe {
         self.epochs = epochs;
         self.lr.total_epochs = epochs as f64;
-        self.lr.warmup_epochs = self.lr.warmup_epochs.min(epochs as f64);
+        self.lr.warmup_epochs = self.lr.warmup_epochs.min(epochs as f64 / 2.0);
         self
     }
 
@@ -313,7 +382,7 @@ impl Recipe {
                 self.epochs, self.lr.total_epochs
             ));
         }
-        self.lr.validate()?;
+        self.lr.validate().map_err(|e| e.to_string())?;
         self.sgd.validate()
     }
 }
@@ -510,6 +579,93 @@ mod tests {
         assert!(e.contains("no argument"), "{e}");
         let e = parse_schedule("step:nan").unwrap_err();
         assert!(e.contains("NaN"), "{e}");
+    }
+
+    /// Every parameter a policy can hold wrong, each refused naming its
+    /// field and the value: a warm-up as long as the run (or NaN, infinite,
+    /// negative) used to pass or be clamped, and a cosine run then trained at
+    /// rate 0 throughout.
+    #[test]
+    fn validate_names_every_bad_parameter() {
+        let cosine = policy(Schedule::Cosine { min_lr: 0.0 }, 1.0, 6.0);
+        cosine.validate().unwrap();
+        let refused = |p: LrPolicy| p.validate().expect_err(&format!("{p:?} is refused"));
+        for warmup in [6.0, 7.0, f64::NAN, f64::INFINITY, -0.5] {
+            let e = refused(LrPolicy {
+                warmup_epochs: warmup,
+                ..cosine.clone()
+            });
+            assert_eq!(e.param, LrParam::WarmupEpochs);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "warmup_epochs: expected a warm-up of at least 0 epochs that ends before \
+                     the run's 6 epochs, found {warmup}"
+                )
+            );
+        }
+        for base in [0.0, -0.1, f64::NAN, f64::INFINITY] {
+            let e = refused(LrPolicy {
+                base_lr: base,
+                ..cosine.clone()
+            });
+            assert_eq!(e.param, LrParam::BaseLr);
+            assert!(e.to_string().contains(&format!("found {base}")), "{e}");
+        }
+        for total in [0.0, f64::NAN, f64::INFINITY] {
+            let e = refused(LrPolicy {
+                total_epochs: total,
+                ..cosine.clone()
+            });
+            assert_eq!(e.param, LrParam::TotalEpochs);
+            assert!(e.to_string().contains(&format!("found {total}")), "{e}");
+        }
+        for min_lr in [0.2, f64::NAN, f64::INFINITY, -1e-3] {
+            let e = refused(LrPolicy {
+                schedule: Schedule::Cosine { min_lr },
+                ..cosine.clone()
+            });
+            assert_eq!(e.param, LrParam::Schedule);
+            assert!(e.to_string().contains(&format!("found {min_lr}")), "{e}");
+        }
+        let e = refused(LrPolicy {
+            schedule: Schedule::Step {
+                milestones: vec![0.5],
+                gamma: f64::NAN,
+            },
+            ..cosine.clone()
+        });
+        assert_eq!(
+            e.to_string(),
+            "schedule: expected a step factor gamma > 0, found NaN"
+        );
+    }
+
+    /// The edges of an accepted policy: no warm-up starts at the base rate,
+    /// the last step of a cosine run is still above its minimum (reached at
+    /// the end of the run), and a minimum equal to the base rate is a
+    /// constant rate. Every step of a valid run trains at a positive rate but
+    /// the first of a warm-up.
+    #[test]
+    fn accepted_policies_are_well_defined_at_their_edges() {
+        let steps = 10; // per epoch
+        let none = policy(Schedule::Cosine { min_lr: 0.0 }, 0.0, 3.0);
+        none.validate().unwrap();
+        assert_eq!(none.lr_at_step(0, steps), 0.1);
+        let last = none.lr_at_step(3 * steps - 1, steps);
+        assert!(last > 0.0 && last < 0.01, "{last}");
+        assert_eq!(none.lr_at(3.0), 0.0);
+        let flat = policy(Schedule::Cosine { min_lr: 0.1 }, 0.5, 3.0);
+        flat.validate().unwrap();
+        for step in 5..3 * steps {
+            assert_eq!(flat.lr_at_step(step, steps), 0.1);
+        }
+        // The longest warm-up accepted still leaves the run steps at > 0.
+        let long = policy(Schedule::Cosine { min_lr: 0.0 }, 2.9, 3.0);
+        long.validate().unwrap();
+        for step in 1..3 * steps {
+            assert!(long.lr_at_step(step, steps) > 0.0, "step {step}");
+        }
     }
 
     #[test]

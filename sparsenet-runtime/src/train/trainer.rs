@@ -399,7 +399,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     /// The epoch's line on stdout, if `verbose`.
     fn print_epoch(&self, record: &EpochRecord) {
         if self.cfg.verbose {
-            println!(
+            say(format_args!(
                 "epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  lr {:.4}  {:.0} img/s  {:.0} s",
                 record.epoch,
                 self.cfg.epochs,
@@ -410,7 +410,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
                 record.lr,
                 record.images_per_sec,
                 record.elapsed_sec
-            );
+            ));
         }
     }
 }
@@ -469,15 +469,24 @@ impl<M: Model<f32>> Start<M> {
         }
         self.elapsed_before = self.metrics.records().last().map_or(0.0, |r| r.elapsed_sec);
         if cfg.verbose {
-            println!(
+            say(format_args!(
                 "resumed from {} at epoch {}, step {}",
                 ckpt.display(),
                 self.epoch,
                 self.step
-            );
+            ));
         }
         Ok(self)
     }
+}
+
+/// Writes one line to stdout, ignoring a failure: with stdout closed
+/// (`train ... | head -1`) `println!` panics, which stopped the run before
+/// its next checkpoint. The lines only report progress; the run's results
+/// are the checkpoint and metrics files, which are written regardless.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// The running sums of an epoch's training steps.
