@@ -4,7 +4,8 @@ The same network as scripts/bench_torch.py (the seed's 2018-02-20 SparseNet,
 sparsenet's module names), on the GPU: loads the weights bench_gpu
 (bench/src/bin/bench_gpu.rs) wrote, checks the eval-mode logits on its
 input equal sparsenet's (TF32 off, so f32 means f32), then times a training
-step (forward, cross-entropy, backward, SGD with Nesterov momentum and
+step (with --tf32: TF32 allowed in cuDNN's convolutions and in matmuls, the
+same math mode as sparsenet's --precision tf32) (forward, cross-entropy, backward, SGD with Nesterov momentum and
 weight decay) in eager mode, torch.compile and
 torch.compile(mode="reduce-overhead"), plus eager
 inference and batch-1 latency, with peak allocated GPU memory per mode. One
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--bottleneck", action="store_true")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--modes", default="eager,compile,reduce-overhead")
+    ap.add_argument("--tf32", action="store_true",
+                    help="time with TF32 allowed (cuDNN convolutions and matmuls)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -62,8 +65,11 @@ def main():
     if not rel < 1e-4:
         sys.exit(f"bench_torch_gpu: logits differ from sparsenet's (max relative error {rel:.3g})")
     labels = torch.randint(0, 10, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(dev)
+    # The check above ran in f32; the timing runs in the requested math mode.
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     common = {"side": "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
-              "batch": x.shape[0], "logits_max_rel_err": rel}
+              "batch": x.shape[0], "logits_max_rel_err": rel, "precision": "tf32" if args.tf32 else "f32"}
 
     for mode in args.modes.split(","):
         model = copy.deepcopy(base).train()

@@ -40,10 +40,18 @@ SPARSENET_PTX_CACHE="$PWD/$CARRY/ptx" "$CARRY/gpu_cuda" --ignored --exact precom
 
 # Machine code (cubin) makes the PTX redundant there, and the device tool
 # carries at most 64 MiB with the working tree: keep only PTX without a cubin
-# (a cubin the driver refused would be recompiled there by NVRTC).
+# (a cubin the driver refused would be recompiled there by NVRTC), packed
+# (cubins shrink about 4x; scripts/gpu-run.sh unpacks them).
 for bin in "$CARRY"/ptx/*.cubin; do
   rm -f "${bin%.cubin}.ptx"
 done
+du -sh "$CARRY/ptx"
+tar -C "$CARRY/ptx" -cf - . | xz -T0 -6 > "$CARRY/ptx.tar.xz"
+rm -rf "$CARRY/ptx"
+
+# CIFAR-10 (the JPEG archive) for the TF32 training check of the parity tests.
+CIFAR=${CIFAR:-../shared/data/cifar10-jpeg.tar.gz}
+if [ -f "$CIFAR" ]; then cp "$CIFAR" "$CARRY/"; else echo "no $CIFAR: the CIFAR-10 check will fail there"; fi
 
 du -sh "$CARRY"
 ls -la "$CARRY"

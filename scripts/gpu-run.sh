@@ -7,13 +7,15 @@
 # the two sides share go to a scratch folder.
 #
 # Environment (defaults in brackets):
-#   TORCH_MODES   PyTorch modes to time [eager,compile,reduce-overhead]
-#   ORDER         sections to run, in order [parity bench ceilings]
+#   PRECISIONS    our --precision values to benchmark [tf32 f32]; PyTorch runs
+#                 in the same math mode (--tf32: TF32 in cuDNN and matmuls)
+#   TORCH_MODES   PyTorch modes to time [eager,reduce-overhead for tf32,
+#                 eager for f32]; TORCH_MODES_<precision> for one precision
+#   ORDER         sections to run, in order [bench parity ceilings]
 #                 (parity: tests/gpu_cuda.rs; bench: ours and PyTorch per
 #                 network; ceilings: copy bandwidth and matrix rates)
 #                 (torch_extra: TORCH_EXTRA_MODES [reduce-overhead] after bench)
 #   PARITY_TIMEOUT seconds for the parity tests [240]
-#   TORCH_MODES_seed40, TORCH_MODES_bc100  the same for one network
 #   NETS          networks to benchmark [seed40 bc100]
 #   BATCHES       batch sizes [64]
 #   BENCH_ARGS    more arguments of bench_gpu [--profile: kernel-by-kernel
@@ -23,13 +25,20 @@ cd "$(dirname "$0")/.."
 CARRY=target/gpu-carry
 OUT=${OUT:-target/gpu-out}
 WORK=${WORK:-/tmp/sparsenet-gpu-work}
-TORCH_MODES=${TORCH_MODES:-eager,compile,reduce-overhead}
+PRECISIONS=${PRECISIONS:-tf32 f32}
+TORCH_MODES_tf32=${TORCH_MODES_tf32:-${TORCH_MODES:-eager,reduce-overhead}}
+TORCH_MODES_f32=${TORCH_MODES_f32:-${TORCH_MODES:-eager}}
 NETS=${NETS:-seed40 bc100}
 BATCHES=${BATCHES:-64}
 BENCH_ARGS=${BENCH_ARGS---profile}
 mkdir -p "$OUT" "$WORK"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
-export SPARSENET_PTX_CACHE="$PWD/$CARRY/ptx"
+# The compiled kernels travel packed (scripts/gpu-check.sh): unpack them.
+export SPARSENET_PTX_CACHE="$WORK/ptx"
+mkdir -p "$SPARSENET_PTX_CACHE"
+if [ -f "$CARRY/ptx.tar.xz" ]; then tar -xJf "$CARRY/ptx.tar.xz" -C "$SPARSENET_PTX_CACHE"; fi
+# CIFAR-10 for the TF32 training check in the parity tests.
+export SPARSENET_CIFAR10="$PWD/$CARRY/cifar10-jpeg.tar.gz"
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -76,20 +85,26 @@ net_args() {
 bench() {
 for batch in $BATCHES; do
 for net in $NETS; do
-  stamp "$net batch $batch: sparsenet"
+for prec in $PRECISIONS; do
+  stamp "$net batch $batch $prec: sparsenet"
   dir="$WORK/$net-$batch"
+  tag="$net-$batch-$prec"
   # shellcheck disable=SC2086
-  timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --out "$dir" $BENCH_ARGS > "$WORK/bench-$net-$batch.json" 2> "$WORK/bench.err"
-  echo "bench_gpu exit $?"; cat "$WORK/bench-$net-$batch.json"; tail -5 "$WORK/bench.err"
-  cat "$WORK/bench-$net-$batch.json" "$WORK/bench.err" >> "$OUT/bench.log"
-  modes_var=TORCH_MODES_$net
-  modes=${!modes_var:-$TORCH_MODES}
-  stamp "$net batch $batch: pytorch ($modes)"
-  # shellcheck disable=SC2046
-  timeout 300 python3 scripts/bench_torch_gpu.py --dir "$dir" --modes "$modes" $(net_args "$net") \
-    > "$WORK/torch-$net-$batch.json" 2> "$WORK/torch.err"
-  echo "torch exit $?"; cat "$WORK/torch-$net-$batch.json"; tail -5 "$WORK/torch.err"
-  cat "$WORK/torch-$net-$batch.json" "$WORK/torch.err" >> "$OUT/torch.log"
+  timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --precision "$prec" --out "$dir" $BENCH_ARGS \
+    > "$WORK/bench-$tag.json" 2> "$WORK/bench.err"
+  echo "bench_gpu exit $?"; cat "$WORK/bench-$tag.json"; tail -5 "$WORK/bench.err"
+  cat "$WORK/bench-$tag.json" "$WORK/bench.err" >> "$OUT/bench.log"
+  modes_var=TORCH_MODES_$prec
+  modes=${!modes_var}
+  tf32_flag=""
+  [ "$prec" = tf32 ] && tf32_flag="--tf32"
+  stamp "$net batch $batch $prec: pytorch ($modes)"
+  # shellcheck disable=SC2046,SC2086
+  timeout 300 python3 scripts/bench_torch_gpu.py --dir "$dir" --modes "$modes" $tf32_flag $(net_args "$net") \
+    > "$WORK/torch-$tag.json" 2> "$WORK/torch.err"
+  echo "torch exit $?"; cat "$WORK/torch-$tag.json"; tail -5 "$WORK/torch.err"
+  cat "$WORK/torch-$tag.json" "$WORK/torch.err" >> "$OUT/torch.log"
+done
 done
 done
 }
@@ -99,26 +114,31 @@ done
 torch_extra() {
 for batch in $BATCHES; do
 for net in $NETS; do
-  stamp "$net batch $batch: pytorch (${TORCH_EXTRA_MODES:-reduce-overhead})"
-  # shellcheck disable=SC2046
+for prec in $PRECISIONS; do
+  tag="$net-$batch-$prec"
+  tf32_flag=""
+  [ "$prec" = tf32 ] && tf32_flag="--tf32"
+  stamp "$net batch $batch $prec: pytorch (${TORCH_EXTRA_MODES:-reduce-overhead})"
+  # shellcheck disable=SC2046,SC2086
   timeout 300 python3 scripts/bench_torch_gpu.py --dir "$WORK/$net-$batch" --modes "${TORCH_EXTRA_MODES:-reduce-overhead}" \
-    $(net_args "$net") > "$WORK/torch-extra.json" 2> "$WORK/torch.err"
+    $tf32_flag $(net_args "$net") > "$WORK/torch-extra.json" 2> "$WORK/torch.err"
   echo "torch exit $?"; cat "$WORK/torch-extra.json"; tail -5 "$WORK/torch.err"
-  cat "$WORK/torch-extra.json" >> "$WORK/torch-$net-$batch.json"
+  cat "$WORK/torch-extra.json" >> "$WORK/torch-$tag.json"
   cat "$WORK/torch-extra.json" "$WORK/torch.err" >> "$OUT/torch.log"
+done
 done
 done
 }
 
-for section in ${ORDER:-parity bench ceilings}; do
+for section in ${ORDER:-bench parity ceilings}; do
   "$section"
 done
 stamp "done"
 
 # One table: ours against every PyTorch mode, same GPU, same run.
-python3 - "$WORK" "$BATCHES" "$NETS" <<'PY'
+python3 - "$WORK" "$BATCHES" "$NETS" "$PRECISIONS" <<'PY'
 import json, os, sys
-work, batches, nets = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+work, batches, nets, precs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 def rows(path):
     try:
         return [json.loads(l) for l in open(path) if l.strip().startswith("{")]
@@ -126,20 +146,23 @@ def rows(path):
         return []
 for b in batches:
   for net in nets:
-    ours = rows(os.path.join(work, f"bench-{net}-{b}.json"))
-    torch = rows(os.path.join(work, f"torch-{net}-{b}.json"))
-    if not ours:
-        print(f"{net} batch {b}: no sparsenet result"); continue
-    o = ours[0]
-    print(f"\n{net} on {o['device']}, batch {o['batch']}: sparsenet train step {o['train_step_ms']:.2f} ms, "
-          f"planned memory {o['planned_mib']:.0f} MiB (device use {o['device_used_mib']:.0f} MiB)")
-    for t in torch:
-        if "error" in t:
-            print(f"  pytorch {t['mode']:<16} failed: {t['error'][:120]}"); continue
-        print(f"  pytorch {t['mode']:<16} {t['train_step_ms']:8.2f} ms  ratio {t['train_step_ms'] / o['train_step_ms']:5.2f}x  "
-              f"peak {t['peak_allocated_mib']:.0f} MiB (ours/theirs {o['planned_mib'] / t['peak_allocated_mib']:.2f}x)")
-        if t["mode"] == "eager":
-            print(f"  inference batch {o['batch']}: {o['eval_ms']:.3f} vs {t['eval_ms']:.3f} ms ({t['eval_ms'] / o['eval_ms']:.2f}x); "
-                  f"batch 1: {o['latency1_ms']:.4f} vs {t['latency1_ms']:.4f} ms ({t['latency1_ms'] / o['latency1_ms']:.2f}x)")
+    for prec in precs:
+      tag = f"{net}-{b}-{prec}"
+      ours = rows(os.path.join(work, f"bench-{tag}.json"))
+      torch = rows(os.path.join(work, f"torch-{tag}.json"))
+      if not ours:
+          print(f"{net} batch {b} {prec}: no sparsenet result"); continue
+      o = ours[0]
+      print(f"\n{net} on {o['device']}, batch {o['batch']}, {prec} (PyTorch in the same math mode): "
+            f"sparsenet train step {o['train_step_ms']:.2f} ms, planned memory {o['planned_mib']:.0f} MiB "
+            f"(device use {o['device_used_mib']:.0f} MiB)")
+      for t in torch:
+          if "error" in t:
+              print(f"  pytorch {t['mode']:<16} failed: {t['error'][:120]}"); continue
+          print(f"  pytorch {t['mode']:<16} {t['train_step_ms']:8.2f} ms  ratio {t['train_step_ms'] / o['train_step_ms']:5.2f}x  "
+                f"peak {t['peak_allocated_mib']:.0f} MiB (ours/theirs {o['planned_mib'] / t['peak_allocated_mib']:.2f}x)")
+          if t["mode"] == "eager":
+              print(f"  inference batch {o['batch']}: {o['eval_ms']:.3f} vs {t['eval_ms']:.3f} ms ({t['eval_ms'] / o['eval_ms']:.2f}x); "
+                    f"batch 1: {o['latency1_ms']:.4f} vs {t['latency1_ms']:.4f} ms ({t['latency1_ms'] / o['latency1_ms']:.2f}x)")
 print("\nratio = PyTorch time / sparsenet time (above 1: we are faster).")
 PY
