@@ -20,8 +20,11 @@ fi
 export LD_LIBRARY_PATH="$PWD/$NVRTC_DIR/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 CARRY=target/gpu-carry
+# Compiled kernels are kept between runs (keyed by source and options), so a
+# rerun compiles only what changed.
+CACHE=target/gpu-ptx-cache
 rm -rf "$CARRY"
-mkdir -p "$CARRY/ptx"
+mkdir -p "$CARRY" "$CACHE"
 
 cargo build --release -p sparsenet-bench --features cuda --bin bench_gpu
 cargo build --release --features cuda --example train
@@ -35,8 +38,18 @@ cp target/release/bench_gpu target/release/examples/train "$CARRY/"
 cp "$test_bin" "$CARRY/gpu_cuda"
 strip "$CARRY"/bench_gpu "$CARRY"/train "$CARRY"/gpu_cuda
 
-# PTX for every program the run uses (NVRTC 13.0, as on the GPU machine).
-SPARSENET_PTX_CACHE="$PWD/$CARRY/ptx" "$CARRY/gpu_cuda" --ignored --exact precompile_ptx_for_sm_90 --nocapture
+# PTX and cubins for every program the run uses (NVRTC 13.0, as on the GPU
+# machine), in both precisions.
+SPARSENET_PTX_CACHE="$PWD/$CACHE" "$CARRY/gpu_cuda" --ignored --exact precompile_ptx_for_sm_90 --nocapture \
+  2>&1 | tee "$CARRY/precompile.log"
+# Only the files of the current sources (the cache also keeps older ones):
+# the test prints each program's PTX path.
+mkdir -p "$CARRY/ptx"
+sed -n 's/^[A-Za-z0-9_]*: \(.*\.ptx\) (.*/\1/p' "$CARRY/precompile.log" | while read -r ptx; do
+  cp "$ptx" "$CARRY/ptx/"
+  if [ -f "${ptx%.ptx}.cubin" ]; then cp "${ptx%.ptx}.cubin" "$CARRY/ptx/"; fi
+done
+ls "$CARRY/ptx" | wc -l
 
 # Machine code (cubin) makes the PTX redundant there, and the device tool
 # carries at most 64 MiB with the working tree: keep only PTX without a cubin
@@ -49,9 +62,28 @@ du -sh "$CARRY/ptx"
 tar -C "$CARRY/ptx" -cf - . | xz -T0 -6 > "$CARRY/ptx.tar.xz"
 rm -rf "$CARRY/ptx"
 
-# CIFAR-10 (the JPEG archive) for the TF32 training check of the parity tests.
+# CIFAR-10 for the TF32 training check of the parity tests: a subset of the
+# JPEG archive in the same layout (640 training and 10 test images per
+# class, 2 MB instead of 20), all that check reads.
 CIFAR=${CIFAR:-../shared/data/cifar10-jpeg.tar.gz}
-if [ -f "$CIFAR" ]; then cp "$CIFAR" "$CARRY/"; else echo "no $CIFAR: the CIFAR-10 check will fail there"; fi
+if [ -f "$CIFAR" ]; then
+  python3 - "$CIFAR" "$CARRY/cifar10-jpeg.tar.gz" <<'PY'
+import collections, sys, tarfile
+keep = {"train": 640, "test": 10}
+seen = collections.Counter()
+with tarfile.open(sys.argv[1]) as src, tarfile.open(sys.argv[2], "w:gz") as dst:
+    for m in src:
+        parts = m.name.strip("./").split("/")
+        if m.isfile() and len(parts) == 3 and parts[0] in keep:
+            key = (parts[0], parts[1])
+            if seen[key] < keep[parts[0]]:
+                seen[key] += 1
+                dst.addfile(m, src.extractfile(m))
+print(f"CIFAR-10 subset: {sum(seen.values())} images in {len(seen)} class folders")
+PY
+else
+  echo "no $CIFAR: the CIFAR-10 check will fail there"
+fi
 
 du -sh "$CARRY"
 ls -la "$CARRY"
