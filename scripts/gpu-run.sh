@@ -11,7 +11,7 @@
 #                 in the same math mode (--tf32: TF32 in cuDNN and matmuls)
 #   TORCH_MODES   PyTorch modes to time [eager,reduce-overhead for tf32,
 #                 eager for f32]; TORCH_MODES_<precision> for one precision
-#   ORDER         sections to run, in order [bench parity ceilings]
+#   ORDER         sections to run, in order [ceilings bench parity]
 #                 (parity: tests/gpu_cuda.rs; bench: ours and PyTorch per
 #                 network; ceilings: copy bandwidth and matrix rates)
 #                 (torch_extra: TORCH_EXTRA_MODES [reduce-overhead] after bench)
@@ -89,8 +89,12 @@ for prec in $PRECISIONS; do
   stamp "$net batch $batch $prec: sparsenet"
   dir="$WORK/$net-$batch"
   tag="$net-$batch-$prec"
+  # The ceilings section's rates, if it ran first: the profile's shares.
+  tf=$(sed -n "s/^matmul 8192^3 $prec: \([0-9.]*\) TFLOP\/s.*/\1/p" "$OUT/ceilings.txt" 2>/dev/null)
+  tb=$(sed -n 's/^copy 1 GiB d2d: \([0-9.]*\) TB\/s.*/\1/p' "$OUT/ceilings.txt" 2>/dev/null)
   # shellcheck disable=SC2086
   timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --precision "$prec" --out "$dir" $BENCH_ARGS \
+    ${tf:+--ceiling-tflops "$tf"} ${tb:+--ceiling-tbps "$tb"} \
     > "$WORK/bench-$tag.json" 2> "$WORK/bench.err"
   echo "bench_gpu exit $?"; cat "$WORK/bench-$tag.json"; tail -5 "$WORK/bench.err"
   cat "$WORK/bench-$tag.json" "$WORK/bench.err" >> "$OUT/bench.log"
@@ -130,7 +134,7 @@ done
 done
 }
 
-for section in ${ORDER:-bench parity ceilings}; do
+for section in ${ORDER:-ceilings bench parity}; do
   "$section"
 done
 stamp "done"

@@ -130,3 +130,55 @@ fn fifty_training_steps_track_the_cpu_losses() {
         fifty_steps::<f32, V2BcD28K6<f32>>(2e-2, 5e-2)
     });
 }
+
+/// The per-kernel counts behind `bench_gpu --profile`'s rates: the forward
+/// convolutions' FLOPs add up to the network's multiply-adds (2 FLOPs each;
+/// the dense head, not a tiled kernel, is the small rest), and each
+/// convolution's data and weight gradients count the same FLOPs as its
+/// forward pass.
+#[test]
+fn kernel_costs_add_up_to_the_networks_multiply_adds() {
+    use sparsenet::runtime::gpu::GpuProgram;
+    fn check(p: &GpuProgram, macs: u64) {
+        assert_eq!(
+            p.costs.len(),
+            p.kernels.len(),
+            "{}: a cost per kernel",
+            p.name
+        );
+        let flops = |prefix: &str| -> Vec<(String, u64)> {
+            p.kernels
+                .iter()
+                .zip(p.costs)
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, c)| (k[prefix.len()..].to_string(), c.flops_per_image))
+                .collect()
+        };
+        let fwd = flops("fwd_n");
+        let conv: u64 = fwd.iter().map(|(_, f)| f).sum();
+        assert!(
+            conv <= 2 * macs && conv as f64 >= 2.0 * macs as f64 * (1.0 - 1e-3),
+            "{}: forward convolutions {conv} FLOPs against {macs} multiply-adds",
+            p.name
+        );
+        for (node, f) in flops("bin_n").into_iter().chain(flops("bwp_n")) {
+            if f > 0 {
+                let forward = fwd.iter().find(|(n, _)| *n == node).map(|(_, f)| *f);
+                assert_eq!(Some(f), forward, "{}: node {node}", p.name);
+            }
+        }
+        assert!(p
+            .costs
+            .iter()
+            .zip(p.kernels)
+            .all(|(c, k)| (c.flops_per_image > 0) == (c.bytes_per_image > 0)
+                && (c.flops_per_image == 0
+                    || k.starts_with("fwd_n")
+                    || k.starts_with("bin_n")
+                    || k.starts_with("bwp_n"))));
+    }
+    type S = sparsenet::zoo::SeedV2Depth40;
+    type B = sparsenet::zoo::SparseNetBc100;
+    check(&<S as GpuNetwork>::GPU_PROGRAM, S::MACS_PER_IMAGE as u64);
+    check(&<B as GpuNetwork>::GPU_PROGRAM, B::MACS_PER_IMAGE as u64);
+}

@@ -90,6 +90,7 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         name: "Broken",
         source: "SN_KERNEL(k) { this_is_not_cuda(a); }\nSN_EMU(k)\n",
         kernels: &["k"],
+        costs: &[],
         act_per_image: 0,
         grad_per_image: 0,
         aux_len: 0,

@@ -74,6 +74,9 @@ const CHUNKS: usize = 64;
 struct Program {
     source: String,
     kernels: Vec<String>,
+    /// Per kernel: (multiply-add FLOPs, compulsory bytes) per image of the
+    /// batch, for the profile's rates; zero where not estimated.
+    costs: Vec<(usize, usize)>,
     /// Doubles of partial sums the largest split reduction needs.
     partials: usize,
     forward_eval: Vec<Launch>,
@@ -98,7 +101,13 @@ impl Program {
     fn add(&mut self, name: String, body: String, emu: &str) -> usize {
         let _ = writeln!(self.source, "SN_KERNEL({name}) {{ {body} }}\n{emu}({name})");
         self.kernels.push(name);
+        self.costs.push((0, 0));
         self.kernels.len() - 1
+    }
+
+    /// Records kernel `k`'s FLOPs and compulsory bytes per image.
+    fn cost(&mut self, k: usize, flops: usize, bytes: usize) {
+        self.costs[k] = (flops, bytes);
     }
 }
 
@@ -299,6 +308,9 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             );
             let b = &plan.buffers[o];
             let l = tiled(k, b.h * b.w, tiles);
+            let b0 = &plan.buffers[node.inputs[0]];
+            let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, b.h * b.w);
+            p.cost(k, flops, bytes);
             p.forward_eval.push(l);
             p.forward_train.push(l);
             if let Some((kp, kf, c)) = stats_kernel[o] {
@@ -352,6 +364,9 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
                 format!("tiled_gemm<ConvBackwardData<N{i}>, {nt}>(a);"),
             );
             p.backward.push(tiled(k, b0.h * b0.w, tiles));
+            let o = &plan.buffers[node.output.expect("a convolution has an output")];
+            let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
+            p.cost(k, flops, bytes);
         } else if let (true, Some(t)) = (needs_dz, input_template) {
             let k = p.kernel(format!("bin_n{i}"), format!("{t}<N{i}>(a);"));
             p.backward.push(launch(k, in_per_image, 0));
@@ -380,6 +395,9 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
                     format!("conv_weight_grad_final<N{i}, {splits}>(a);"),
                 );
                 p.partials = p.partials.max(splits * rows * out_channels);
+                let o = &plan.buffers[node.output.expect("a convolution has an output")];
+                let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
+                p.cost(kp, flops, bytes);
                 p.backward.push(Launch {
                     kernel: kp,
                     per_image: 0,
@@ -427,6 +445,22 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
     p
 }
 
+/// A convolution pass's multiply-add FLOPs per image (2 per product; the
+/// same for forward, data and weight gradient) and its compulsory bytes per
+/// image: its input and output activations read or written once (f32).
+fn conv_cost(node: &Node, cin: usize, in_hw: usize, out_hw: usize) -> (usize, usize) {
+    let Op::Conv {
+        kernel,
+        out_channels,
+        ..
+    } = node.op
+    else {
+        return (0, 0);
+    };
+    let flops = 2 * out_hw * out_channels * cin * kernel * kernel;
+    (flops, 4 * (cin * in_hw + out_channels * out_hw))
+}
+
 /// Why the GPU path cannot run this network yet, if it cannot.
 fn unsupported(plan: &Plan) -> Option<String> {
     plan.nodes.iter().find(|n| n.dropout > 0.0).map(|_| {
@@ -444,6 +478,10 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
     let prog = build(plan, &lay);
     let source = &prog.source;
     let kernels = &prog.kernels;
+    let costs = prog.costs.iter().map(|&(f, b)| {
+        let (f, b) = (f as u64, b as u64);
+        quote!(#rt::gpu::KernelCost::new(#f, #b))
+    });
     let table = |ls: &[Launch]| {
         let items = ls.iter().map(|l| {
             let (k, pi, f, b, pb) = (l.kernel, l.per_image, l.fixed, l.block, l.per_block);
@@ -466,6 +504,7 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
             name: <Self as #rt::NetworkSpec>::NAME,
             source: #source,
             kernels: &[#(#kernels),*],
+            costs: &[#(#costs),*],
             act_per_image: #act,
             grad_per_image: #grad,
                         aux_len: #aux,

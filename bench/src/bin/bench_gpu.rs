@@ -46,6 +46,13 @@ struct Args {
     /// Arithmetic of the convolutions: tf32 (tensor cores) or f32.
     #[arg(long, default_value = "tf32")]
     precision: sparsenet::runtime::gpu::Precision,
+    /// The machine's matrix rate in this precision (TFLOP/s, measured in the
+    /// same run): the profile prints each kernel's share of it.
+    #[arg(long)]
+    ceiling_tflops: Option<f64>,
+    /// The machine's copy bandwidth (TB/s, read + written, same run).
+    #[arg(long)]
+    ceiling_tbps: Option<f64>,
 }
 
 #[cfg(feature = "cuda")]
@@ -186,19 +193,60 @@ mod bench {
                     M::NAME,
                     times.len()
                 );
+                // Achieved rates from the emitter's per-kernel counts (the
+                // convolutions'), against the ceilings when given.
+                let costs = M::GPU_PROGRAM.costs;
+                let rates = |kernel: usize, ms_per_launch: f64| {
+                    let c = costs.get(kernel).copied().unwrap_or_default();
+                    if c.flops_per_image == 0 {
+                        return String::new();
+                    }
+                    let secs = ms_per_launch * 1e-3;
+                    let tflops = (c.flops_per_image * n as u64) as f64 / secs / 1e12;
+                    let tbps = (c.bytes_per_image * n as u64) as f64 / secs / 1e12;
+                    let share = |v: f64, ceiling: Option<f64>| {
+                        ceiling.map_or(String::new(), |m| format!(" ({:.1}%)", 100.0 * v / m))
+                    };
+                    format!(
+                        "{tflops:>7.2} TFLOP/s{} {:>6.0} GB/s{}",
+                        share(tflops, args.ceiling_tflops),
+                        tbps * 1e3,
+                        share(tbps, args.ceiling_tbps)
+                    )
+                };
                 let mut shown = 0.0;
                 for t in times.iter().take(40) {
                     let ms = t.ms / REPS as f64;
                     shown += ms;
                     eprintln!(
-                        "  {:>8.3} ms {:>5.1}% {:>3}x  {}",
+                        "  {:>8.3} ms {:>5.1}% {:>3}x  {:<12} {}",
                         ms,
                         100.0 * ms / total,
                         t.launches / REPS,
-                        names.get(t.kernel).copied().unwrap_or("?")
+                        names.get(t.kernel).copied().unwrap_or("?"),
+                        rates(t.kernel, t.ms / t.launches.max(1) as f64)
                     );
                 }
                 eprintln!("  {:>8.3} ms in the other kernels", total - shown);
+                // The convolutions together.
+                let (mut conv_ms, mut conv_flops) = (0.0, 0.0);
+                for t in &times {
+                    let c = costs.get(t.kernel).copied().unwrap_or_default();
+                    if c.flops_per_image > 0 {
+                        conv_ms += t.ms / REPS as f64;
+                        conv_flops +=
+                            (c.flops_per_image * n as u64) as f64 * (t.launches / REPS) as f64;
+                    }
+                }
+                if conv_ms > 0.0 {
+                    let tflops = conv_flops / (conv_ms * 1e-3) / 1e12;
+                    eprintln!(
+                        "  convolutions: {conv_ms:.3} ms ({:.1}% of the pass), {tflops:.2} TFLOP/s{}",
+                        100.0 * conv_ms / total,
+                        args.ceiling_tflops
+                            .map_or(String::new(), |m| format!(" ({:.1}% of {m} TFLOP/s)", 100.0 * tflops / m))
+                    );
+                }
             }
         }
         let p = &M::GPU_PROGRAM;

@@ -14,6 +14,7 @@ const BLOCK_CHECKS: GpuProgram = GpuProgram {
         "check_deadlock",
         "check_barrier_not_cooperative",
     ],
+    costs: &[],
     act_per_image: 0,
     grad_per_image: 0,
     aux_len: 0,
