@@ -217,6 +217,16 @@ fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -
         .unwrap_or_default()
 }
 
+/// torchvision's DenseNet arguments and the settings they correspond to.
+const PYTORCH_NAMES: &[(&str, &str)] = &[
+    ("num_classes", "classes"),
+    ("growth_rate", "growth"),
+    ("block_config", "units"),
+    ("num_init_features", "stem"),
+    ("bn_size", "bottleneck_width"),
+    ("drop_rate", "dropout"),
+];
+
 const STYLES: &[&str] = &["seed_2018_02_20", "seed_2018_01_30", "paper"];
 const STEMS: &[&str] = &["conv3x3", "bn_relu_conv3x3", "imagenet"];
 const AGGREGATIONS: &[&str] = &["exponential", "dense", "offsets"];
@@ -335,10 +345,20 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     let start = errors_len(errors);
     // Duplicate and unknown keys.
     let mut fields: BTreeMap<String, (Ident, Value)> = BTreeMap::new();
+    // Our settings whose PyTorch names were given: already reported, so not
+    // reported again as missing.
+    let mut named_in_pytorch = Vec::new();
     for f in decl.fields {
         let name = f.key.to_string();
         if !KEYS.iter().any(|(k, _)| *k == name) {
-            let best = did_you_mean(&name, KEYS.iter().map(|(k, _)| *k));
+            // PyTorch's (torchvision's DenseNet) names for the same settings.
+            let best = match PYTORCH_NAMES.iter().find(|(theirs, _)| *theirs == name) {
+                Some((_, ours)) => {
+                    named_in_pytorch.push(*ours);
+                    format!("; PyTorch's name: here it is `{ours}`")
+                }
+                None => did_you_mean(&name, KEYS.iter().map(|(k, _)| *k)),
+            };
             let all: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
             errors.push(
                 f.key.span(),
@@ -432,6 +452,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     };
 
     let classes = match get("classes") {
+        None if named_in_pytorch.contains(&"classes") => None,
         None => {
             r.errors.push(
                 decl.ident.span(),
@@ -439,7 +460,18 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             );
             None
         }
-        Some((_, v)) => r.positive("classes", v),
+        Some((_, v)) => match r.positive("classes", v) {
+            // One class: softmax gives it probability 1 whatever the input,
+            // so the loss and every gradient are zero and nothing trains.
+            Some(1) => {
+                r.at(
+                    v,
+                    "`classes` must be at least 2, found `1`: with one class the softmax is 1 for every input, so the loss and every gradient are zero and the network learns nothing",
+                );
+                None
+            }
+            c => c,
+        },
     };
 
     let bottleneck_flag = match get("bottleneck") {
@@ -478,6 +510,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             );
             None
         }
+        (None, None) if named_in_pytorch.contains(&"units") => None,
         (None, None) => {
             r.errors.push(
                 decl.ident.span(),
@@ -930,6 +963,28 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
             }
             h /= 2;
             w /= 2;
+        }
+        // The last stage at 1x1 (e.g. the `imagenet` stem on 32x32 input
+        // with four stages): its 3x3 convolutions see their centre tap only
+        // and the rest is padding. Reported unless a pooling error above
+        // already stopped the walk.
+        if errors_len(r.errors) == start && (h == 1 || w == 1) && (input[1] > 1 || input[2] > 1) {
+            let span = get("input")
+                .map(|(_, v)| v.span())
+                .or(stem_span)
+                .or(stages_span)
+                .unwrap_or(decl.ident.span());
+            r.errors.push(
+                span,
+                format!(
+                    "input {}x{} leaves the last of the {} stages at {h}x{w}{}: its 3x3 convolutions would see only their centre taps; use a larger input, fewer stages{}",
+                    input[1],
+                    input[2],
+                    stages.len(),
+                    if imagenet { " after the `imagenet` stem's two stride-2 steps" } else { "" },
+                    if imagenet { " or a `conv3x3` stem" } else { "" },
+                ),
+            );
         }
     }
 

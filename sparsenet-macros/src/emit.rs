@@ -130,6 +130,23 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             #gpu
         }
 
+        /// The network's description without naming the element type
+        /// (`Net::summary()`; the same for every element type).
+        impl #name<f32> {
+            /// The layer table (`NetworkSpec::summary`).
+            pub fn summary() -> &'static str {
+                <Self as #rt::NetworkSpec>::summary()
+            }
+            /// Every parameter and statistic tensor (`NetworkSpec::tensors`).
+            pub fn tensors() -> &'static [#rt::TensorSpec] {
+                <Self as #rt::NetworkSpec>::tensors()
+            }
+            /// Every layer (`NetworkSpec::layers`).
+            pub fn layers() -> &'static [#rt::LayerInfo] {
+                <Self as #rt::NetworkSpec>::layers()
+            }
+        }
+
         impl<T: #rt::Float> #name<T> {
             #eval_pass
         }

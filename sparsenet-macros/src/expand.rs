@@ -15,6 +15,20 @@ pub fn expand(input: TokenStream) -> TokenStream {
 pub fn try_expand(input: TokenStream) -> syn::Result<TokenStream> {
     let inv: Invocation = syn::parse2(input)?;
     let mut errors = Errors::default();
+    // Two declarations of one name would each emit the same type and impls:
+    // say so once, at the second name, instead of rustc's errors over both.
+    let mut seen = std::collections::BTreeMap::new();
+    for decl in &inv.nets {
+        let name = decl.ident.to_string();
+        if seen.insert(name.clone(), ()).is_some() {
+            errors.push(
+                decl.ident.span(),
+                format!(
+                    "a network named `{name}` is already declared in this invocation: give each network its own name"
+                ),
+            );
+        }
+    }
     let configs: Vec<_> = inv
         .nets
         .into_iter()
