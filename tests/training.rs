@@ -44,6 +44,8 @@ fn config(out: &Path, epochs: u64) -> TrainConfig {
         hflip: false,
         out_dir: out.to_path_buf(),
         resume: true,
+        overwrite: false,
+        resume_with_changes: false,
         max_steps_per_epoch: None,
         stop_after_epoch: None,
         workers: 1,
