@@ -241,7 +241,7 @@ fn kill_at_any_moment_leaves_a_loadable_checkpoint() {
 /// (it resumes on the CPU).
 #[test]
 fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
-    use sparsenet::runtime::gpu::emulator::Emulator;
+    use sparsenet::runtime::gpu::{emulator::Emulator, Precision};
     use sparsenet::runtime::train::{train_with, GpuEngine};
     let (tr, te, t) = data(640, 256);
     let mut cfg = config(Path::new("unused"), 2);
@@ -256,7 +256,8 @@ fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
         train::<FashionSparseNet>(&cfg, tr.clone(), te.clone(), t.clone()).unwrap();
     cfg.out_dir = gpu_dir.path().to_path_buf();
     let (gpu_model, gpu) = train_with(&cfg, tr, te, t, |m: &FashionSparseNet, opt| {
-        GpuEngine::new(Emulator::<f32>::new(), m, opt, 128)
+        // f32 like the CPU engine: TF32's rounding is not what this compares.
+        GpuEngine::new(Emulator::<f32>::new(), m, opt, 128, Precision::F32)
     })
     .unwrap();
     assert_eq!(gpu.steps, cpu.steps);
