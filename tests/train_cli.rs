@@ -560,3 +560,33 @@ fn unwritable_outputs_are_found_before_training() {
         );
     }
 }
+
+/// Checkpoints written before the settings were stored have no `run.*`
+/// metadata: refusing them would strand their runs, so they resume with a
+/// warning that only the model and the seed are checked.
+#[test]
+fn an_older_checkpoint_without_settings_resumes_with_a_warning() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    run_ok(&mut tiny_run(&data, &out, &["--stop-after", "1"]));
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    meta.retain(|k, _| !k.starts_with("run."));
+    let older = safetensors::serialize(st.tensors(), &Some(meta)).unwrap();
+    std::fs::write(&ckpt, older).unwrap();
+    let output = run_ok(&mut tiny_run(&data, &out, &["--resume", "--lr", "0.05"]));
+    assert!(
+        stderr(&output).contains(&format!(
+            "warning: {} stores no run settings (an older checkpoint): only the model and \
+             --seed are checked against this run's",
+            ckpt.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    let err = run_err(&mut tiny_run(&data, &out, &["--resume", "--seed", "4"]));
+    assert!(err.contains("--seed 0 -> 4"), "{err}");
+}
