@@ -5,7 +5,9 @@
 //!     cargo run --release --features cuda --example train -- --device cuda --model seed-v2 --dataset cifar10
 //!
 //! Writes `checkpoint.safetensors`, `metrics.csv` and `metrics.png` into
-//! `--out` after every epoch; `--resume` continues a run exactly.
+//! `--out` after every epoch; `--resume` continues a run exactly. A folder
+//! holding another run is refused unless `--resume` or `--overwrite`; the
+//! first Ctrl-C finishes the step, writes a checkpoint and exits with 130.
 //!
 //! A command line over `sparsenet::runtime::train::Trainer`: it parses the
 //! flags, loads the dataset, picks the model and the engine, and builds the
@@ -17,13 +19,14 @@ use sparsenet::runtime::data::{
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
 use sparsenet::runtime::train::{
-    parse_schedule, GpuEngine, LrParam, LrPolicy, Recipe, Sgd, TrainConfig, TrainError,
-    TrainReport, Trainer,
+    check_writable, install_sigint_handler, parse_schedule, GpuEngine, LrParam, LrPolicy, Recipe,
+    Sgd, TrainConfig, TrainError, TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// `println!` that carries on when stdout is closed (`train ... | head -1`):
@@ -138,9 +141,18 @@ struct Args {
     /// Output folder for checkpoint.safetensors, metrics.csv, metrics.png.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
-    /// Continue from OUT/checkpoint.safetensors.
-    #[arg(long)]
+    /// Continue from OUT/checkpoint.safetensors (an error if there is none;
+    /// the run's settings must be the checkpoint's).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// With --resume: continue even though settings differ from the
+    /// checkpoint's (each change is printed).
+    #[arg(long, requires = "resume")]
+    resume_with_changes: bool,
+    /// Start a new run in OUT even though it holds another run's checkpoint
+    /// or metrics (they are deleted).
+    #[arg(long)]
+    overwrite: bool,
     /// Train on the first N images only (a balanced subset).
     #[arg(long)]
     train_subset: Option<usize>,
@@ -275,6 +287,8 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
         hflip: args.hflip.unwrap_or(!grayscale),
         out_dir: args.out.clone(),
         resume: args.resume,
+        overwrite: args.overwrite,
+        resume_with_changes: args.resume_with_changes,
         max_steps_per_epoch: args.steps_per_epoch,
         stop_after_epoch: args.stop_after,
         workers: args.workers,
@@ -282,6 +296,49 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
         progress: !args.no_progress,
         verbose: true,
     })
+}
+
+/// What a run writes is checked before the data is loaded: `--resume`
+/// needs a checkpoint (without one it started afresh, silently), and the
+/// folder of `--save-weights` must take a file (found only after the whole
+/// run otherwise). OUT itself is checked by the trainer, which creates it.
+fn check_outputs(args: &Args, cfg: &TrainConfig) -> Result<(), String> {
+    let checkpoint = cfg.checkpoint_path();
+    if args.resume && !checkpoint.is_file() {
+        return Err(format!(
+            "--resume: there is no checkpoint {} to continue; leave out --resume to start a \
+             new run",
+            checkpoint.display()
+        ));
+    }
+    if let Some(path) = &args.save_weights {
+        if path.is_dir() {
+            return Err(format!(
+                "--save-weights {}: is a folder; name a file",
+                path.display()
+            ));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        check_writable(parent).map_err(|e| format!("--save-weights {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The flag Ctrl-C sets, once `main` installed the handler.
+static STOP: std::sync::OnceLock<&'static AtomicBool> = std::sync::OnceLock::new();
+
+/// `trainer` stopping on Ctrl-C.
+fn on_ctrl_c<M: Model<f32>, E>(trainer: Trainer<M, E>) -> Trainer<M, E>
+where
+    E: sparsenet::runtime::train::Engine<M>,
+{
+    match STOP.get() {
+        Some(flag) => trainer.stop_on(flag),
+        None => trainer,
+    }
 }
 
 fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
@@ -298,6 +355,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let [channels, height, _] = M::INPUT;
     let cfg = config(args, channels == 1, height <= 28)?;
     cfg.validate_for::<M>().map_err(|e| e.to_string())?;
+    check_outputs(args, &cfg)?;
     let (train_ds, test_ds) = load(args)?;
     say!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -321,12 +379,13 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let capacity = cfg.batch_size.max(cfg.eval_batch_size);
     let run = cfg.clone();
     let (model, report) = match args.device {
-        Device::Cpu => {
-            Trainer::<M, _>::cpu(run, train_ds, test_ds, transform).and_then(Trainer::fit)
-        }
+        Device::Cpu => Trainer::<M, _>::cpu(run, train_ds, test_ds, transform)
+            .map(on_ctrl_c)
+            .and_then(Trainer::fit),
         Device::Emulated => Trainer::new(run, train_ds, test_ds, transform, |m: &M, opt| {
             GpuEngine::new(Emulator::<f32>::new(), m, opt, capacity, precision)
         })
+        .map(on_ctrl_c)
         .and_then(Trainer::fit),
         Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity, precision),
     }
@@ -367,7 +426,8 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
             backend.arch()
         );
         GpuEngine::new(backend, m, opt, capacity, precision)
-    })?
+    })
+    .map(on_ctrl_c)?
     .fit()
 }
 
@@ -399,6 +459,12 @@ fn main() -> ExitCode {
             .build_global()
             .expect("thread pool is set once");
     }
+    match install_sigint_handler() {
+        Ok(flag) => {
+            let _ = STOP.set(flag);
+        }
+        Err(e) => eprintln!("warning: Ctrl-C will stop the run without a checkpoint: {e}"),
+    }
     let result = match args.model {
         ModelName::Fashion => run::<FashionSparseNet>(&args),
         ModelName::SeedV2 => run::<SeedV2Depth40>(&args),
@@ -409,6 +475,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Stopped by Ctrl-C: the error says where the checkpoint is; 130
+        // is the shell's status for a command ended by SIGINT.
+        Err(e) if STOP.get().is_some_and(|f| f.load(Ordering::SeqCst)) => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

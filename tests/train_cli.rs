@@ -223,3 +223,370 @@ fn image_folders_with_other_test_classes_are_refused() {
         "{err}"
     );
 }
+
+/// A short run on the tiny data in `data`, writing into `out`, with the
+/// flags `extra` (which replace the defaults of the same flags).
+fn tiny_run(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(train_exe());
+    cmd.arg("--data").arg(data).arg("--out").arg(out);
+    for (flag, value) in [
+        ("--epochs", "2"),
+        ("--batch-size", "16"),
+        ("--steps-per-epoch", "2"),
+    ] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(["--workers", "1", "--threads", "1", "--no-progress"])
+        .args(extra);
+    cmd
+}
+
+/// A temporary folder with tiny Fashion-MNIST data in `fashion/`.
+fn tiny_setup(train: u32, test: u32) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fashion");
+    std::fs::create_dir(&data).unwrap();
+    tiny_fashion(&data, train, test);
+    (dir, data)
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{cmd:?}: {}\nstderr:\n{}",
+        output.status,
+        stderr(&output)
+    );
+    output
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap();
+    assert!(!output.status.success(), "{cmd:?} is refused");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    stderr(&output)
+}
+
+/// A run without --resume into a folder holding another run's checkpoint
+/// and metrics used to overwrite them silently (even another model's). Now
+/// it is refused naming the folder and the ways out, the files untouched;
+/// with --overwrite it starts afresh.
+#[test]
+fn a_folder_holding_a_run_is_not_overwritten_unasked() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    run_ok(&mut tiny_run(&data, &out, &["--stop-after", "1"]));
+    let ckpt = out.join("checkpoint.safetensors");
+    let (before, csv) = (
+        std::fs::read(&ckpt).unwrap(),
+        std::fs::read(out.join("metrics.csv")).unwrap(),
+    );
+    let err = run_err(&mut tiny_run(&data, &out, &["--seed", "3"]));
+    assert!(
+        err.contains(&format!(
+            "{} already holds a run (checkpoint.safetensors, metrics.csv): continue it with \
+             --resume, replace it with --overwrite, or choose another --out",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), csv);
+    run_ok(&mut tiny_run(&data, &out, &["--seed", "3", "--overwrite"]));
+    assert_ne!(std::fs::read(&ckpt).unwrap(), before, "replaced when asked");
+    let log = MetricsLog::read_csv(&out.join("metrics.csv")).unwrap();
+    assert_eq!(log.records().len(), 2, "the new run's epochs only");
+}
+
+/// Two runs on one folder at once wrote over each other's files. A run
+/// holds the folder's lock file for its whole life; here the test holds it
+/// (as a running run does) and the run fails at once naming the folder.
+#[test]
+fn a_folder_in_use_by_another_run_is_refused() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    let lock = sparsenet::runtime::train::RunLock::acquire(&out).unwrap();
+    let err = run_err(&mut tiny_run(&data, &out, &[]));
+    assert!(
+        err.contains(&format!(
+            "{} is in use by another training run (it holds .sparsenet-run.lock)",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert!(!out.join("checkpoint.safetensors").exists());
+    drop(lock);
+    run_ok(&mut tiny_run(&data, &out, &[]));
+}
+
+/// `--resume` with no checkpoint started afresh without a word; now it is
+/// an error naming the checkpoint, before the data is read.
+#[test]
+fn resume_without_a_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let err = run_err(&mut tiny_run(
+        Path::new("/nonexistent/sparsenet-data"),
+        &out,
+        &["--resume"],
+    ));
+    assert!(
+        err.contains(&format!(
+            "error: --resume: there is no checkpoint {} to continue",
+            out.join("checkpoint.safetensors").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("nonexistent"), "{err}");
+}
+
+/// `--resume` with other settings continued silently with them. The
+/// checkpoint stores the run's settings; a resume changing any is refused
+/// naming each with its old and new value, unless --resume-with-changes.
+#[test]
+fn resume_with_changed_settings_is_refused_naming_each() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    run_ok(&mut tiny_run(&data, &out, &["--stop-after", "1"]));
+    let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let changed = [
+        "--resume",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05",
+        "--label-smoothing",
+        "0.1",
+        "--seed",
+        "5",
+    ];
+    let err = run_err(&mut tiny_run(&data, &out, &changed));
+    for change in [
+        "--batch-size 16 -> 8",
+        "--lr 0.1 -> 0.05",
+        "--label-smoothing 0.0 -> 0.1",
+        "--seed 0 -> 5",
+        "pass --resume-with-changes to continue with the new ones",
+    ] {
+        assert!(err.contains(change), "{change}: {err}");
+    }
+    assert!(!err.contains("--momentum"), "{err}");
+    let ckpt = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ckpt, before, "checkpoint untouched");
+    let mut with = changed.to_vec();
+    with.push("--resume-with-changes");
+    let output = run_ok(&mut tiny_run(&data, &out, &with));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("with a changed setting: --lr 0.1 -> 0.05"),
+        "{stdout}"
+    );
+    // The checkpoint now stores the new settings: they resume unrefused.
+    run_ok(&mut tiny_run(&data, &out, &changed));
+}
+
+/// The tensors of a safetensors file, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.data().to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// Ctrl-C killed the run at once, losing the epoch in progress. Now the
+/// first SIGINT finishes the step, writes a checkpoint of the position
+/// within the epoch, says so and exits with 130; --resume then ends with the
+/// same weights, running statistics and velocity as an uninterrupted run.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_that_resumes_exactly() {
+    use std::io::BufRead;
+    let (dir, data) = tiny_setup(320, 32);
+    // 40 steps per epoch: the signal lands within the first epoch.
+    let flags = ["--batch-size", "8", "--steps-per-epoch", "40"];
+    let whole = dir.path().join("whole");
+    run_ok(&mut tiny_run(&data, &whole, &flags));
+
+    let out = dir.path().join("interrupted");
+    let mut child = tiny_run(&data, &out, &flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The model line comes after the handler is installed, before training.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("model "), "{first}");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{err}\n{rest:?}");
+    assert!(
+        err.contains("interrupted: finishing the current step and writing a checkpoint")
+            && err.contains(&format!(
+                "wrote {}: continue with --resume",
+                out.join("checkpoint.safetensors").display()
+            )),
+        "{err}"
+    );
+    let resumed = run_ok(&mut tiny_run(
+        &data,
+        &out,
+        &[&flags[..], &["--resume"]].concat(),
+    ));
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    assert!(said.contains("steps into epoch 1)"), "mid-epoch: {said}");
+    let (a, b) = (
+        tensors(&whole.join("checkpoint.safetensors")),
+        tensors(&out.join("checkpoint.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs from the uninterrupted run's");
+    }
+    let (la, lb) = (
+        MetricsLog::read_csv(&whole.join("metrics.csv")).unwrap(),
+        MetricsLog::read_csv(&out.join("metrics.csv")).unwrap(),
+    );
+    for (ra, rb) in la.records().iter().zip(lb.records()) {
+        assert_eq!(
+            (ra.epoch, ra.step, ra.train_loss, ra.train_acc, ra.test_loss),
+            (rb.epoch, rb.step, rb.train_loss, rb.train_acc, rb.test_loss)
+        );
+    }
+}
+
+/// A run killed while writing left `.checkpoint.safetensors.XXXXXX.tmp`
+/// behind for good. A run removes such files of its own files at start,
+/// and nothing else.
+#[test]
+fn stale_temporary_files_are_removed_at_start() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(out.join("sub")).unwrap();
+    let ours = [
+        ".checkpoint.safetensors.Ab3xYz.tmp",
+        ".metrics.csv.q1W2e3.tmp",
+    ];
+    let others = [
+        ".weights.safetensors.Ab3xYz.tmp",
+        "notes.tmp",
+        "sub/.metrics.csv.Ab3xYz.tmp",
+    ];
+    for name in ours.iter().chain(&others) {
+        std::fs::write(out.join(name), b"partial").unwrap();
+    }
+    run_ok(&mut tiny_run(&data, &out, &[]));
+    for name in ours {
+        assert!(!out.join(name).exists(), "{name} removed");
+    }
+    for name in others {
+        assert!(out.join(name).exists(), "{name} kept");
+    }
+}
+
+/// A folder refusing files was found only when the first epoch's files
+/// were written, and a bad --save-weights path after the whole run. Both
+/// are now errors naming the path before training (--save-weights before
+/// the data is read). As root, chmod does not stop writes, so the read-only
+/// folder is /proc/self, which refuses new files even to root; the chmod
+/// variant runs only when it bites.
+#[test]
+fn unwritable_outputs_are_found_before_training() {
+    let (dir, data) = tiny_setup(64, 32);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let weights = file.join("w.safetensors");
+    let err = run_err(&mut tiny_run(
+        Path::new("/nonexistent/sparsenet-data"),
+        &dir.path().join("run"),
+        &["--save-weights", weights.to_str().unwrap()],
+    ));
+    assert!(
+        err.contains(&format!(
+            "error: --save-weights {}: {} is not writable",
+            weights.display(),
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("nonexistent"), "{err}");
+
+    let mut outs = vec![PathBuf::from("/proc/self")];
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.path().join("read-only");
+        std::fs::create_dir(&ro).unwrap();
+        // As after an earlier run: the lock file opens, only the probe fails.
+        std::fs::write(ro.join(".sparsenet-run.lock"), b"").unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::write(ro.join("probe"), b"").is_err() {
+            outs.push(ro);
+        } else {
+            eprintln!("running as root: chmod 555 does not stop writes; only /proc/self checked");
+        }
+    }
+    for out in outs {
+        let output = tiny_run(&data, &out, &[]).output().unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("error: {} is not writable", out.display())),
+            "{err}"
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !stdout.contains("epoch "),
+            "refused before training: {stdout}"
+        );
+    }
+}
+
+/// Checkpoints written before the settings were stored have no `run.*`
+/// metadata: refusing them would strand their runs, so they resume with a
+/// warning that only the model and the seed are checked.
+#[test]
+fn an_older_checkpoint_without_settings_resumes_with_a_warning() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    run_ok(&mut tiny_run(&data, &out, &["--stop-after", "1"]));
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    meta.retain(|k, _| !k.starts_with("run."));
+    let older = safetensors::serialize(st.tensors(), &Some(meta)).unwrap();
+    std::fs::write(&ckpt, older).unwrap();
+    let output = run_ok(&mut tiny_run(&data, &out, &["--resume", "--lr", "0.05"]));
+    assert!(
+        stderr(&output).contains(&format!(
+            "warning: {} stores no run settings (an older checkpoint): only the model and \
+             --seed are checked against this run's",
+            ckpt.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    let err = run_err(&mut tiny_run(&data, &out, &["--resume", "--seed", "4"]));
+    assert!(err.contains("--seed 0 -> 4"), "{err}");
+}

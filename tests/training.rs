@@ -44,6 +44,8 @@ fn config(out: &Path, epochs: u64) -> TrainConfig {
         hflip: false,
         out_dir: out.to_path_buf(),
         resume: true,
+        overwrite: false,
+        resume_with_changes: false,
         max_steps_per_epoch: None,
         stop_after_epoch: None,
         workers: 1,
@@ -154,6 +156,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint() {
     let mut cfg = config(dir.path(), 3);
     cfg.lr.base_lr = 1e30;
     cfg.lr.warmup_epochs = 0.0;
+    // Continuing the 1-epoch run with other settings is the point here.
+    cfg.resume_with_changes = true;
     let err = train::<FashionSparseNet>(&cfg, tr, te, t).unwrap_err();
     let msg = err.to_string();
     assert!(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::checkpoint::CheckpointError;
 use super::metrics::MetricsError;
 use super::optim::Sgd;
+use super::run_dir::RunDirError;
 use super::schedule::{LrPolicy, Recipe};
 use crate::data::{Dataset, LoaderConfig};
 use crate::gpu::GpuError;
@@ -34,8 +35,14 @@ pub struct TrainConfig {
     pub hflip: bool,
     /// Where the checkpoint, metrics.csv and metrics.png go.
     pub out_dir: PathBuf,
-    /// Continue from `out_dir/checkpoint.safetensors` if it exists.
+    /// Continue from `out_dir/checkpoint.safetensors` if it exists. The
+    /// checkpoint's settings must equal these unless `resume_with_changes`.
     pub resume: bool,
+    /// Start afresh even though `out_dir` holds another run's checkpoint or
+    /// metrics (they are deleted); without it such a start is refused.
+    pub overwrite: bool,
+    /// Resume even if settings differ from those the checkpoint stored.
+    pub resume_with_changes: bool,
     /// Stop each epoch after this many steps (smoke tests, quick looks).
     pub max_steps_per_epoch: Option<u64>,
     /// Stop (as if interrupted) once this many epochs are done; the schedule
@@ -71,6 +78,8 @@ impl TrainConfig {
             hflip: false,
             out_dir: out_dir.into(),
             resume: false,
+            overwrite: false,
+            resume_with_changes: false,
             max_steps_per_epoch: None,
             stop_after_epoch: None,
             workers: 2,
@@ -251,6 +260,51 @@ pub enum TrainError {
         /// Why.
         source: std::io::Error,
     },
+    /// The output folder cannot be used (locked by another run, not
+    /// writable).
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The output folder holds another run's files, and neither `resume`
+    /// nor `overwrite` is set.
+    #[error(
+        "{} already holds a run ({}): continue it with --resume, replace it with --overwrite, \
+         or choose another --out",
+        .dir.display(),
+        .files.join(", ")
+    )]
+    RunExists {
+        /// The output folder.
+        dir: PathBuf,
+        /// The run's files found there.
+        files: Vec<String>,
+    },
+    /// The checkpoint was written with other settings than this run's, and
+    /// `resume_with_changes` is not set.
+    #[error(
+        "{} was written with other settings: {}; resume with the same flags, or pass \
+         --resume-with-changes to continue with the new ones",
+        .checkpoint.display(),
+        .changes.iter().map(|(k, old, new)| format!("{k} {old} -> {new}")).collect::<Vec<_>>().join(", ")
+    )]
+    SettingsChanged {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// Each changed setting: its flag, the checkpoint's value, this run's.
+        changes: Vec<(String, String, String)>,
+    },
+    /// The run was stopped (Ctrl-C) after a step; its checkpoint is written.
+    #[error(
+        "interrupted at epoch {epoch}, global step {step}; wrote {}: continue with --resume",
+        .checkpoint.display()
+    )]
+    Interrupted {
+        /// The epoch in progress (1-based).
+        epoch: u64,
+        /// Completed steps.
+        step: u64,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
     /// [`Trainer::run_epoch`](super::Trainer::run_epoch) after the last
     /// epoch of the run.
     #[error("the run is finished: all {epochs} epochs are done")]
@@ -364,6 +418,8 @@ mod tests {
             hflip: false,
             out_dir: "out".into(),
             resume: false,
+            overwrite: false,
+            resume_with_changes: false,
             max_steps_per_epoch: None,
             stop_after_epoch: None,
             workers: 1,

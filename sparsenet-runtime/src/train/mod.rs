@@ -24,6 +24,7 @@ pub mod engine;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 
@@ -36,6 +37,9 @@ pub use engine::{CpuEngine, Engine, GpuEngine};
 pub use loss::{softmax_cross_entropy, softmax_cross_entropy_into};
 pub use metrics::{EpochRecord, MetricsError, MetricsLog};
 pub use optim::{Sgd, SgdState};
+pub use run_dir::{
+    check_writable, install_sigint_handler, remove_stale_temp_files, RunDirError, RunLock,
+};
 pub use schedule::{
     paper_recipe, parse_schedule, LrParam, LrPolicy, LrPolicyError, Recipe, Schedule,
 };

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,8 @@ use super::engine::{CpuEngine, Engine};
 use super::loss::softmax_cross_entropy;
 use super::metrics::{EpochRecord, MetricsLog};
 use super::optim::SgdState;
+use super::run_dir::{self, RunDirError, RunLock, RUN_FILES};
+use super::schedule::Schedule;
 use crate::data::{epoch_batches, Dataset, LoaderConfig, Transform};
 use crate::{Float, Model};
 
@@ -104,6 +107,15 @@ pub struct Trainer<M, E> {
     /// Seconds the run had taken before this trainer resumed it.
     elapsed_before: f64,
     run_start: Instant,
+    /// Steps of the current (unfinished) epoch already done: non-zero after
+    /// an interruption, or when resumed from a checkpoint written mid-epoch.
+    epoch_step: u64,
+    /// The running sums of those steps.
+    partial: Option<EpochTraining>,
+    /// Set (by Ctrl-C) to stop after the current step.
+    interrupt: Option<&'static AtomicBool>,
+    /// The output folder's lock, held as long as the trainer lives.
+    _lock: RunLock,
 }
 
 impl<M: Model<f32>> Trainer<M, CpuEngine> {
@@ -139,9 +151,10 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             path: cfg.out_dir.clone(),
             source,
         })?;
+        let lock = prepare_out_dir(&cfg)?;
         let start = Start::<M>::fresh(&cfg);
         let start = if cfg.resume && cfg.checkpoint_path().exists() {
-            start.resume(&cfg)?
+            start.resume(&cfg, steps_per_epoch)?
         } else {
             start
         };
@@ -168,7 +181,20 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             resumed_from_epoch: start.epoch,
             elapsed_before: start.elapsed_before,
             run_start: Instant::now(),
+            epoch_step: start.epoch_step,
+            partial: start.partial,
+            interrupt: None,
+            _lock: lock,
         })
+    }
+
+    /// Stops the run after the step during which `flag` becomes set (e.g.
+    /// by [`install_sigint_handler`](super::install_sigint_handler)): the
+    /// trainer writes a checkpoint from which `resume` continues exactly,
+    /// mid-epoch if need be, and returns [`TrainError::Interrupted`].
+    pub fn stop_on(mut self, flag: &'static AtomicBool) -> Self {
+        self.interrupt = Some(flag);
+        self
     }
 
     /// Trains the next epoch, evaluates the model on the test set, and
@@ -182,7 +208,10 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
                 epochs: self.cfg.epochs,
             });
         }
-        let trained = self.train_epoch()?;
+        let trained = match self.train_epoch()? {
+            Some(trained) => trained,
+            None => return Err(self.interrupted()),
+        };
         let (test_loss, test_acc) = self.evaluate()?;
         let record = self.record(&trained, test_loss, test_acc);
         self.metrics.push(record);
@@ -197,6 +226,14 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     pub fn fit(mut self) -> Result<(M, TrainReport), TrainError> {
         while self.epoch < self.cfg.end_epoch() {
             self.run_epoch()?;
+            // Stopped at an epoch's end: its checkpoint is already written.
+            if run_dir::is_set(self.interrupt) && self.epoch < self.cfg.end_epoch() {
+                return Err(TrainError::Interrupted {
+                    epoch: self.epoch,
+                    step: self.step,
+                    checkpoint: self.cfg.checkpoint_path(),
+                });
+            }
         }
         Ok(self.finish())
     }
@@ -274,16 +311,34 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         self.epoch >= self.cfg.epochs
     }
 
-    /// The training steps of the next epoch, with the progress bar.
-    fn train_epoch(&mut self) -> Result<EpochTraining, TrainError> {
+    /// Writes the checkpoint of an interrupted epoch and returns the error
+    /// that says so.
+    fn interrupted(&mut self) -> TrainError {
+        if let Err(e) = self.save_checkpoint() {
+            return e;
+        }
+        TrainError::Interrupted {
+            epoch: self.epoch + 1,
+            step: self.step,
+            checkpoint: self.cfg.checkpoint_path(),
+        }
+    }
+
+    /// The training steps of the next epoch (or the rest of an interrupted
+    /// one), with the progress bar; `None` if the interrupt flag stopped it
+    /// before its last step (its sums are then kept in `partial`).
+    fn train_epoch(&mut self) -> Result<Option<EpochTraining>, TrainError> {
         let bar = progress_bar(
             self.cfg.progress,
             self.steps_per_epoch,
             self.epoch + 1,
             self.cfg.epochs,
         );
-        let mut tally =
-            EpochTraining::start(self.cfg.lr.lr_at_step(self.step, self.steps_per_epoch));
+        bar.set_position(self.epoch_step);
+        let mut tally = self.partial.take().unwrap_or_else(|| {
+            EpochTraining::start(self.cfg.lr.lr_at_step(self.step, self.steps_per_epoch))
+        });
+        tally.start = Instant::now();
         let loader = self.cfg.train_loader();
         let batches = epoch_batches(
             self.train.clone(),
@@ -291,7 +346,13 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             &loader,
             self.epoch,
         );
-        for (i, batch) in batches.take(self.steps_per_epoch as usize).enumerate() {
+        // The batches depend only on (seed, epoch, sample): skipping those
+        // already trained continues the epoch exactly where it stopped.
+        let batches = batches
+            .take(self.steps_per_epoch as usize)
+            .enumerate()
+            .skip(self.epoch_step as usize);
+        for (i, batch) in batches {
             let lr = self.cfg.lr.lr_at_step(self.step, self.steps_per_epoch);
             let (loss, correct) = self.engine.step(
                 &mut self.model,
@@ -307,13 +368,21 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
                 return Err(self.non_finite(loss, i as u64 + 1));
             }
             self.step += 1;
+            self.epoch_step += 1;
             tally.add(loss, correct, batch.len(), lr);
             bar.set_message(tally.message());
             bar.inc(1);
+            if run_dir::is_set(self.interrupt) && self.epoch_step < self.steps_per_epoch {
+                bar.abandon();
+                tally.secs_before += tally.start.elapsed().as_secs_f64();
+                self.partial = Some(tally);
+                return Ok(None);
+            }
         }
         bar.finish_and_clear();
-        tally.secs = tally.start.elapsed().as_secs_f64();
-        Ok(tally)
+        tally.secs = tally.secs_before + tally.start.elapsed().as_secs_f64();
+        self.epoch_step = 0;
+        Ok(Some(tally))
     }
 
     /// The error of a non-finite loss at step `step` (1-based) of the
@@ -363,6 +432,17 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         if names.len() == self.train.classes && !names.iter().any(|n| n.contains(['\n', '\r'])) {
             extra.insert("class_names".into(), names.join("\n"));
         }
+        for (key, _, value) in run_settings(&self.cfg) {
+            extra.insert(key.into(), value);
+        }
+        if let Some(t) = self.partial.as_ref().filter(|_| self.epoch_step > 0) {
+            extra.insert(EPOCH_STEP.into(), self.epoch_step.to_string());
+            extra.insert("epoch_loss_sum".into(), format!("{:?}", t.loss_sum));
+            extra.insert("epoch_correct".into(), t.correct.to_string());
+            extra.insert("epoch_seen".into(), t.seen.to_string());
+            extra.insert("epoch_secs".into(), format!("{:?}", t.secs_before));
+            extra.insert("epoch_lr".into(), format!("{:?}", t.lr));
+        }
         extra
     }
 
@@ -373,6 +453,17 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         // epoch ahead of the checkpoint (resume truncates it), never a
         // checkpoint without its CSV.
         self.metrics.write_csv(&self.cfg.metrics_csv_path())?;
+        self.save_checkpoint()?;
+        self.metrics.plot_png(
+            &self.cfg.metrics_png_path(),
+            &format!("{} on {}", M::NAME, dataset_label(&self.train.source)),
+        )?;
+        Ok(())
+    }
+
+    /// Writes the checkpoint (after syncing the host model with the engine):
+    /// at an epoch's end, or mid-epoch with the position and running sums.
+    fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         self.engine.sync(&mut self.model, &mut self.opt)?;
         let progress = TrainProgress {
             epoch: self.epoch,
@@ -388,10 +479,6 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             self.model.state(),
             &self.opt.velocity,
             &progress,
-        )?;
-        self.metrics.plot_png(
-            &self.cfg.metrics_png_path(),
-            &format!("{} on {}", M::NAME, dataset_label(&self.train.source)),
         )?;
         Ok(())
     }
@@ -424,6 +511,8 @@ struct Start<M> {
     epoch: u64,
     step: u64,
     elapsed_before: f64,
+    epoch_step: u64,
+    partial: Option<EpochTraining>,
 }
 
 impl<M: Model<f32>> Start<M> {
@@ -436,12 +525,15 @@ impl<M: Model<f32>> Start<M> {
             epoch: 0,
             step: 0,
             elapsed_before: 0.0,
+            epoch_step: 0,
+            partial: None,
         }
     }
 
-    /// Loads the checkpoint of `cfg` (which must be from the same model and
-    /// seed) and the metrics up to its epoch.
-    fn resume(mut self, cfg: &TrainConfig) -> Result<Self, TrainError> {
+    /// Loads the checkpoint of `cfg` (which must be from the same model, and
+    /// with the same settings unless `cfg.resume_with_changes`) and the
+    /// metrics up to its epoch; with epochs of `steps_per_epoch` steps.
+    fn resume(mut self, cfg: &TrainConfig, steps_per_epoch: u64) -> Result<Self, TrainError> {
         let ckpt = cfg.checkpoint_path();
         let (params, state) = self.model.stores_mut();
         let progress = load_checkpoint_for(
@@ -452,16 +544,47 @@ impl<M: Model<f32>> Start<M> {
             state,
             &mut self.opt.velocity,
         )?;
-        if progress.seed != cfg.seed {
-            return Err(TrainError::Config(format!(
-                "{} was written with --seed {}, but this run has --seed {}: resume with the same seed",
-                ckpt.display(),
-                progress.seed,
-                cfg.seed
-            )));
+        let changes = changed_settings(cfg, &progress);
+        if !changes.is_empty() && !cfg.resume_with_changes {
+            return Err(TrainError::SettingsChanged {
+                checkpoint: ckpt,
+                changes,
+            });
+        }
+        let stored = run_settings(cfg)
+            .iter()
+            .filter(|(key, _, _)| progress.extra.contains_key(*key))
+            .count();
+        if stored == 0 && cfg.verbose {
+            // Checkpoints written before the settings were stored: refusing
+            // them would strand their runs, so they resume unchecked.
+            eprintln!(
+                "warning: {} stores no run settings (an older checkpoint): only the model and \
+                 --seed are checked against this run's",
+                ckpt.display()
+            );
         }
         self.epoch = progress.epoch;
         self.step = progress.step;
+        self.epoch_step = mid_epoch(&ckpt, &progress, steps_per_epoch)?;
+        if self.epoch_step > 0 {
+            let meta = |key: &str| progress.extra.get(key).map(String::as_str).unwrap_or("");
+            let bad = |key: &str| {
+                TrainError::Config(format!(
+                    "{}: metadata `{key}` of the interrupted epoch is missing or malformed: `{}`",
+                    ckpt.display(),
+                    meta(key)
+                ))
+            };
+            let float = |key: &str| meta(key).parse::<f64>().map_err(|_| bad(key));
+            let count = |key: &str| meta(key).parse::<usize>().map_err(|_| bad(key));
+            let mut tally = EpochTraining::start(float("epoch_lr")?);
+            tally.loss_sum = float("epoch_loss_sum")?;
+            tally.correct = count("epoch_correct")?;
+            tally.seen = count("epoch_seen")?;
+            tally.secs_before = float("epoch_secs")?;
+            self.partial = Some(tally);
+        }
         let csv = cfg.metrics_csv_path();
         if csv.exists() {
             self.metrics = MetricsLog::read_csv(&csv)?;
@@ -470,11 +593,20 @@ impl<M: Model<f32>> Start<M> {
         self.elapsed_before = self.metrics.records().last().map_or(0.0, |r| r.elapsed_sec);
         if cfg.verbose {
             say(format_args!(
-                "resumed from {} at epoch {}, step {}",
+                "resumed from {} at epoch {}, step {}{}",
                 ckpt.display(),
                 self.epoch,
-                self.step
+                self.step,
+                match self.epoch_step {
+                    0 => String::new(),
+                    k => format!(" ({k} steps into epoch {})", self.epoch + 1),
+                }
             ));
+            for (flag, old, new) in &changes {
+                say(format_args!(
+                    "  with a changed setting: {flag} {old} -> {new}"
+                ));
+            }
         }
         Ok(self)
     }
@@ -489,9 +621,175 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
+/// Metadata key of a mid-epoch checkpoint: the steps of the unfinished
+/// epoch already trained.
+const EPOCH_STEP: &str = "epoch_step";
+
+/// The steps of the unfinished epoch a checkpoint holds (0 at an epoch's
+/// end); an error if they do not fit in an epoch of `steps_per_epoch`.
+fn mid_epoch(
+    ckpt: &Path,
+    progress: &super::checkpoint::TrainProgress,
+    steps_per_epoch: u64,
+) -> Result<u64, TrainError> {
+    let Some(text) = progress.extra.get(EPOCH_STEP) else {
+        return Ok(0);
+    };
+    match text.parse::<u64>() {
+        Ok(k) if k < steps_per_epoch => Ok(k),
+        _ => Err(TrainError::Config(format!(
+            "{} was written {text} steps into epoch {}, but this run's epochs have {} steps: \
+             a run interrupted mid-epoch resumes only with the same batch size and steps per \
+             epoch",
+            ckpt.display(),
+            progress.epoch + 1,
+            steps_per_epoch
+        ))),
+    }
+}
+
+/// The settings a checkpoint stores to refuse a resume that changes them:
+/// (metadata key, flag, value). Floats print so that they parse back to
+/// the same value. The model and the seed are stored by the checkpoint
+/// itself.
+fn run_settings(cfg: &TrainConfig) -> Vec<(&'static str, &'static str, String)> {
+    let schedule = match &cfg.lr.schedule {
+        Schedule::Constant => "constant".to_string(),
+        Schedule::Step { milestones, gamma } => format!(
+            "step:{} (gamma {gamma:?})",
+            milestones
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Schedule::Cosine { min_lr } => format!("cosine:{min_lr:?}"),
+    };
+    vec![
+        ("run.epochs", "--epochs", cfg.epochs.to_string()),
+        ("run.batch_size", "--batch-size", cfg.batch_size.to_string()),
+        ("run.lr", "--lr", format!("{:?}", cfg.lr.base_lr)),
+        ("run.schedule", "--schedule", schedule),
+        (
+            "run.warmup",
+            "--warmup",
+            format!("{:?}", cfg.lr.warmup_epochs),
+        ),
+        (
+            "run.momentum",
+            "--momentum",
+            format!("{:?}", cfg.sgd.momentum),
+        ),
+        (
+            "run.nesterov",
+            "nesterov (--no-nesterov)",
+            cfg.sgd.nesterov.to_string(),
+        ),
+        (
+            "run.weight_decay",
+            "--weight-decay",
+            format!("{:?}", cfg.sgd.weight_decay),
+        ),
+        (
+            "run.label_smoothing",
+            "--label-smoothing",
+            format!("{:?}", cfg.label_smoothing),
+        ),
+        ("run.pad_crop", "--pad-crop", cfg.pad_crop.to_string()),
+        ("run.hflip", "--hflip", cfg.hflip.to_string()),
+        (
+            "run.steps_per_epoch",
+            "--steps-per-epoch",
+            cfg.max_steps_per_epoch
+                .map_or("all".into(), |n| n.to_string()),
+        ),
+    ]
+}
+
+/// Each setting of `cfg` that differs from the checkpoint's: (flag, the
+/// checkpoint's value, this run's). Settings the checkpoint does not store
+/// (older checkpoints) are not compared; the seed always is.
+fn changed_settings(
+    cfg: &TrainConfig,
+    progress: &super::checkpoint::TrainProgress,
+) -> Vec<(String, String, String)> {
+    let mut changes = Vec::new();
+    for (key, flag, new) in run_settings(cfg) {
+        if let Some(old) = progress.extra.get(key) {
+            if *old != new {
+                changes.push((flag.to_string(), old.clone(), new));
+            }
+        }
+    }
+    if progress.seed != cfg.seed {
+        changes.push((
+            "--seed".into(),
+            progress.seed.to_string(),
+            cfg.seed.to_string(),
+        ));
+    }
+    changes
+}
+
+/// Makes the output folder (which exists) ready for the run: takes its
+/// lock (held by the trainer), checks that files can be written there,
+/// removes the temporary files a killed run left, and refuses to start a
+/// new run over another run's files unless `cfg.overwrite` (which deletes
+/// them) or `cfg.resume`.
+fn prepare_out_dir(cfg: &TrainConfig) -> Result<RunLock, TrainError> {
+    let dir = &cfg.out_dir;
+    let lock = RunLock::acquire(dir)?;
+    run_dir::check_writable(dir)?;
+    let not_writable = |what: String| {
+        move |source| {
+            TrainError::RunDir(RunDirError::NotWritable {
+                dir: dir.clone(),
+                what,
+                source,
+            })
+        }
+    };
+    let removed = run_dir::remove_stale_temp_files(dir)
+        .map_err(not_writable("removing stale temporary files".into()))?;
+    if cfg.verbose && !removed.is_empty() {
+        say(format_args!(
+            "removed {} temporary file(s) left by an interrupted write: {}",
+            removed.len(),
+            removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let existing: Vec<String> = [cfg.checkpoint_path(), cfg.metrics_csv_path()]
+        .iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if !cfg.resume && !existing.is_empty() {
+        if !cfg.overwrite {
+            return Err(TrainError::RunExists {
+                dir: dir.clone(),
+                files: existing,
+            });
+        }
+        for name in RUN_FILES {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(not_writable(format!("removing {}", path.display())))?;
+            }
+        }
+    }
+    Ok(lock)
+}
+
 /// The running sums of an epoch's training steps.
 struct EpochTraining {
     start: Instant,
+    /// Seconds of this epoch's training before an interruption.
+    secs_before: f64,
     /// Learning rate of the latest step.
     lr: f64,
     loss_sum: f64,
@@ -506,6 +804,7 @@ impl EpochTraining {
     fn start(lr: f64) -> Self {
         EpochTraining {
             start: Instant::now(),
+            secs_before: 0.0,
             lr,
             loss_sum: 0.0,
             correct: 0,
