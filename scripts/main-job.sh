@@ -10,4 +10,11 @@ if ! [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist fonts-dejavu-core >/dev/null
 fi
-exec cargo run --release --example train -- "$@"
+# Each run gets its own folder (a run never overwrites another's results);
+# pass --out to choose one, e.g. to --resume it.
+out=()
+case " $* " in
+  *" --out "*|*" --out="*) ;;
+  *) out=(--out "runs/main-$(date -u +%Y%m%d-%H%M%S)") ;;
+esac
+exec cargo run --release --example train -- "${out[@]}" "$@"
