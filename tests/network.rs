@@ -459,3 +459,20 @@ fn winograd_f32_matches_f64_in_inference_and_training() {
         "Winograd f32 gradients {winograd:e} from f64, direct {direct:e}"
     );
 }
+
+/// `Net::summary()`, `Net::tensors()` and `Net::layers()` work without
+/// naming the element type (an inherent impl on `Net<f32>`), and say what
+/// the trait says for every element type.
+#[test]
+fn summary_tensors_and_layers_need_no_element_type() {
+    use sparsenet::zoo::SeedV2Depth40 as Net;
+    assert_eq!(Net::summary(), <Net<f64> as NetworkSpec>::summary());
+    assert_eq!(
+        Net::tensors().len(),
+        <Net<f64> as NetworkSpec>::tensors().len()
+    );
+    assert_eq!(
+        Net::layers().len(),
+        <Net<f64> as NetworkSpec>::layers().len()
+    );
+}
