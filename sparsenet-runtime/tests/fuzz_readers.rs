@@ -43,6 +43,64 @@ use sparsenet_runtime::{Store, TensorSpec};
 /// The most one case may take.
 const TIME_LIMIT: Duration = Duration::from_secs(2);
 
+/// The largest single allocation one case may make on its thread. The valid
+/// inputs are a few KiB; a reader that believes a corrupt size field would
+/// ask for gigabytes.
+const ALLOC_LIMIT: usize = 64 << 20;
+
+/// Records, per thread, the largest single allocation since the last reset:
+/// the allocation bound of each case (its own thread; allocations on rayon's
+/// threads, which decode image folders in parallel, are not seen).
+mod alloc_probe {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Probe;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| {
+            if size > l.get() {
+                l.set(size)
+            }
+        });
+    }
+
+    /// Resets this thread's record.
+    pub fn reset() {
+        let _ = LARGEST.try_with(|l| l.set(0));
+    }
+
+    /// The largest allocation of this thread since `reset`.
+    pub fn largest() -> usize {
+        LARGEST.try_with(|l| l.get()).unwrap_or(0)
+    }
+
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            System.alloc(layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+}
+
+#[global_allocator]
+static PROBE: alloc_probe::Probe = alloc_probe::Probe;
+
 // ---------------------------------------------------------------------------
 // The shared mutation module
 
@@ -96,7 +154,11 @@ mod mutate {
     /// u32::MAX in a wider field, and the original value +-1 and doubled.
     fn extremes(width: usize, orig: u64) -> Vec<(String, u64)> {
         let bits = (width * 8) as u32;
-        let max = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        let max = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
         let mut v = vec![
             ("0".to_string(), 0),
             ("1".to_string(), 1),
@@ -313,11 +375,7 @@ mod mutate {
 
     /// Either mutates the plain bytes then compresses them, or compresses
     /// then mutates the gzip stream.
-    pub fn mutate_gz(
-        plain: &[u8],
-        layout: &Layout,
-        rng: &mut ChaCha8Rng,
-    ) -> (Vec<u8>, String) {
+    pub fn mutate_gz(plain: &[u8], layout: &Layout, rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
         if rng.gen_bool(0.5) {
             let (b, what) = mutate(plain, layout, rng);
             (gzip(&b), format!("{what}, then gzip"))
@@ -358,17 +416,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `default_cases` cases (or `SPARSENET_FUZZ_CASES`) of `reader`;
 /// `make` prepares the case of a seed (writing files into `dir`).
-fn fuzz(
-    reader: &str,
-    default_cases: u64,
-    mut make: impl FnMut(&mut ChaCha8Rng, &Path) -> Case,
-) {
+fn fuzz(reader: &str, default_cases: u64, mut make: impl FnMut(&mut ChaCha8Rng, &Path) -> Case) {
     let dir = tempfile::tempdir().unwrap();
     let cases = env_u64("SPARSENET_FUZZ_CASES").unwrap_or(default_cases);
     let base = env_u64("SPARSENET_FUZZ_SEED").unwrap_or(0);
-    let reader_id = reader
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ c as u64).wrapping_mul(0x100_0000_01b3));
+    let reader_id = reader.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let seeds: Vec<u64> = match env_u64("SPARSENET_FUZZ_REPLAY") {
         Some(s) => vec![s],
         None => (0..cases)
@@ -377,6 +431,7 @@ fn fuzz(
     };
     let start = Instant::now();
     let (mut ok, mut err, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    let mut largest = (0usize, 0u64);
     let mut failures: Vec<String> = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -386,9 +441,12 @@ fn fuzz(
         let Case { what, names, call } = make(&mut rng, &case_dir);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            alloc_probe::reset();
             let t = Instant::now();
             let r = catch_unwind(AssertUnwindSafe(call));
-            let _ = tx.send((r.map_err(|p| panic_message(&*p)), t.elapsed()));
+            let elapsed = t.elapsed();
+            let largest = alloc_probe::largest();
+            let _ = tx.send((r.map_err(|p| panic_message(&*p)), elapsed, largest));
         });
         let fail = |why: String| format!("reader {reader}, mutation [{what}], seed {seed}: {why}");
         match rx.recv_timeout(TIME_LIMIT) {
@@ -396,11 +454,19 @@ fn fuzz(
                 failures.push(fail(format!("did not finish within {TIME_LIMIT:?}")));
                 break; // the case's thread still runs: stop here
             }
-            Ok((Err(p), _)) => failures.push(fail(format!("PANICKED: {p}"))),
-            Ok((Ok(r), t)) => {
+            Ok((Err(p), _, _)) => failures.push(fail(format!("PANICKED: {p}"))),
+            Ok((Ok(r), t, bytes)) => {
                 slowest = slowest.max(t);
+                if bytes > largest.0 {
+                    largest = (bytes, seed);
+                }
                 if t > TIME_LIMIT {
                     failures.push(fail(format!("took {t:?}")));
+                }
+                if bytes > ALLOC_LIMIT {
+                    failures.push(fail(format!(
+                        "allocated {bytes} bytes at once (limit {ALLOC_LIMIT})"
+                    )));
                 }
                 match r {
                     Ok(()) => ok += 1,
@@ -422,9 +488,12 @@ fn fuzz(
         }
     }
     eprintln!(
-        "fuzz {reader}: {} cases in {:.2?} ({ok} Ok, {err} errors, slowest {slowest:.2?}), {} failures",
+        "fuzz {reader}: {} cases in {:.2?} ({ok} Ok, {err} errors, slowest {slowest:.2?}, \
+         largest allocation {} KiB (seed {})), {} failures",
         seeds.len(),
         start.elapsed(),
+        largest.0 >> 10,
+        largest.1,
         failures.len()
     );
     assert!(
@@ -507,7 +576,11 @@ fn cifar_layout(kind: CifarKind, len: usize) -> Layout {
         l.boundaries.push(at);
         l.parts.push(at..at + rec);
         for k in 0..rec - 3072 {
-            l.fields.push(Field::be(format!("label byte {k} of record {}", at / rec), at + k, 1));
+            l.fields.push(Field::be(
+                format!("label byte {k} of record {}", at / rec),
+                at + k,
+                1,
+            ));
         }
         at += rec;
     }
@@ -560,11 +633,18 @@ fn png_layout(b: &[u8]) -> Layout {
         if ty == "IHDR" {
             l.fields.push(Field::be("IHDR width", at + 8, 4));
             l.fields.push(Field::be("IHDR height", at + 12, 4));
-            for (k, name) in ["bit depth", "colour type", "compression", "filter", "interlace"]
-                .iter()
-                .enumerate()
+            for (k, name) in [
+                "bit depth",
+                "colour type",
+                "compression",
+                "filter",
+                "interlace",
+            ]
+            .iter()
+            .enumerate()
             {
-                l.fields.push(Field::be(format!("IHDR {name}"), at + 16 + k, 1));
+                l.fields
+                    .push(Field::be(format!("IHDR {name}"), at + 16 + k, 1));
             }
         }
         let end = at + 12 + n;
@@ -605,15 +685,24 @@ fn jpeg_layout(b: &[u8]) -> Layout {
     while at + 4 <= b.len() && b[at] == 0xff {
         let marker = b[at + 1];
         let n = u16::from_be_bytes([b[at + 2], b[at + 3]]) as usize;
-        l.fields.push(Field::be(format!("segment FF{marker:02X} length"), at + 2, 2));
+        l.fields.push(Field::be(
+            format!("segment FF{marker:02X} length"),
+            at + 2,
+            2,
+        ));
         if matches!(marker, 0xc0..=0xc2) {
             l.fields.push(Field::be("SOF precision", at + 4, 1));
             l.fields.push(Field::be("SOF height", at + 5, 2));
             l.fields.push(Field::be("SOF width", at + 7, 2));
             l.fields.push(Field::be("SOF components", at + 9, 1));
             for c in 0..b[at + 9] as usize {
-                l.fields.push(Field::be(format!("SOF sampling {c}"), at + 11 + 3 * c, 1));
-                l.fields.push(Field::be(format!("SOF quant table {c}"), at + 12 + 3 * c, 1));
+                l.fields
+                    .push(Field::be(format!("SOF sampling {c}"), at + 11 + 3 * c, 1));
+                l.fields.push(Field::be(
+                    format!("SOF quant table {c}"),
+                    at + 12 + 3 * c,
+                    1,
+                ));
             }
         }
         if marker == 0xda {
@@ -631,8 +720,38 @@ fn jpeg_layout(b: &[u8]) -> Layout {
     l
 }
 
-/// Mutates an image file (PNG or JPEG by its content).
+/// Sets the width and height of a PNG (IHDR, CRC fixed) or a JPEG (SOF).
+fn set_image_dims(b: &mut [u8], w: u32, h: u32) {
+    if b.starts_with(&[0x89, b'P']) {
+        b[16..20].copy_from_slice(&w.to_be_bytes());
+        b[20..24].copy_from_slice(&h.to_be_bytes());
+        png_fix_crcs(b);
+    } else {
+        let l = jpeg_layout(b);
+        for f in &l.fields {
+            let v = match f.name.as_str() {
+                "SOF height" => h.min(65535) as u16,
+                "SOF width" => w.min(65535) as u16,
+                _ => continue,
+            };
+            b[f.at..f.at + 2].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+/// Mutates an image file (PNG or JPEG by its content): its bytes, or both
+/// of its dimensions set to extremes (a small file claiming a huge image).
 fn mutate_image(base: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
+    if rng.gen_range(0..8) == 0 {
+        let dims = [0, 1, 255, 4096, 8000, 16384, 65535, 1 << 20, u32::MAX];
+        let (w, h) = (
+            dims[rng.gen_range(0..dims.len())],
+            dims[rng.gen_range(0..dims.len())],
+        );
+        let mut b = base.to_vec();
+        set_image_dims(&mut b, w, h);
+        return (b, format!("dimensions set to {w}x{h}"));
+    }
     if base.starts_with(&[0x89, b'P']) {
         let (mut b, what) = mutate(base, &png_layout(base), rng);
         if rng.gen_bool(0.7) {
@@ -715,13 +834,16 @@ fn tar_bytes(entries: &[TarEntry], fix_cksum: bool) -> (Vec<u8>, Layout) {
             }
         }
         out.extend_from_slice(&h);
-        l.fields.push(Field::be("tar size (octal text)", start + 124, 12));
-        l.fields.push(Field::be("tar size low bytes", start + 132, 4));
+        l.fields
+            .push(Field::be("tar size (octal text)", start + 124, 12));
+        l.fields
+            .push(Field::be("tar size low bytes", start + 132, 4));
         l.fields.push(Field::be("tar type flag", start + 156, 1));
         l.fields.push(Field::be("tar checksum", start + 148, 8));
         out.extend_from_slice(&e.data);
         out.resize(out.len().div_ceil(512) * 512, 0);
-        l.boundaries.extend([start, start + 512, start + 512 + e.data.len(), out.len()]);
+        l.boundaries
+            .extend([start, start + 512, start + 512 + e.data.len(), out.len()]);
         l.parts.push(start..out.len());
     }
     out.extend_from_slice(&[0u8; 1024]);
@@ -827,7 +949,9 @@ fn mutate_archive(
                     es[i].name = n.to_vec();
                 }
                 4 => {
-                    let kinds = [b'1', b'2', b'3', b'5', b'6', b'7', b'x', b'g', b'L', b'K', b'Z', 0];
+                    let kinds = [
+                        b'1', b'2', b'3', b'5', b'6', b'7', b'x', b'g', b'L', b'K', b'Z', 0,
+                    ];
                     let k = kinds[rng.gen_range(0..kinds.len())];
                     es[i].kind = k;
                     what.push(format!("entry {i} type flag set to 0x{k:02x}"));
@@ -1004,7 +1128,14 @@ fn mutate_st(base: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
                 }
             }
             3 => {
-                let names = ["", "__metadata__", "conv.weight", "x", "optimizer.velocity.fc.bias", "\u{0}"];
+                let names = [
+                    "",
+                    "__metadata__",
+                    "conv.weight",
+                    "x",
+                    "optimizer.velocity.fc.bias",
+                    "\u{0}",
+                ];
                 let n = names[rng.gen_range(0..names.len())];
                 f.entries[i].0 = n.to_string();
                 what.push(format!("key {key} renamed to {n:?}"));
@@ -1023,7 +1154,19 @@ fn mutate_st(base: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
                 let num = JSON_NUMBERS[rng.gen_range(0..JSON_NUMBERS.len())];
                 match rng.gen_range(0..6) {
                     0 => {
-                        let ds = ["\"F16\"", "\"BF16\"", "\"F64\"", "\"I64\"", "\"U8\"", "\"BOOL\"", "\"F8_E4M3\"", "\"XX\"", "\"\"", "5", "null"];
+                        let ds = [
+                            "\"F16\"",
+                            "\"BF16\"",
+                            "\"F64\"",
+                            "\"I64\"",
+                            "\"U8\"",
+                            "\"BOOL\"",
+                            "\"F8_E4M3\"",
+                            "\"XX\"",
+                            "\"\"",
+                            "5",
+                            "null",
+                        ];
                         dtype = ds[rng.gen_range(0..ds.len())].to_string();
                         what.push(format!("{key} dtype set to {dtype}"));
                     }
@@ -1051,7 +1194,10 @@ fn mutate_st(base: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
                     }
                     _ => {
                         offs.truncate(rng.gen_range(0..2));
-                        what.push(format!("{key} data_offsets cut to {} number(s)", offs.len()));
+                        what.push(format!(
+                            "{key} data_offsets cut to {} number(s)",
+                            offs.len()
+                        ));
                     }
                 }
                 f.entries[i].1 = format!(
@@ -1092,7 +1238,16 @@ fn mutate_st(base: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
     }
     let mut len = header.len() as u64;
     if rng.gen_range(0..6) == 0 {
-        let v = [0, 1, 2, u32::MAX as u64, u64::MAX, len - 1, len + 1, 1 << 63];
+        let v = [
+            0,
+            1,
+            2,
+            u32::MAX as u64,
+            u64::MAX,
+            len - 1,
+            len + 1,
+            1 << 63,
+        ];
         len = v[rng.gen_range(0..v.len())];
         what.push(format!("header length set to {len}"));
     }
@@ -1187,8 +1342,22 @@ fn mutate_csv_text(text: &str, rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let i = rng.gen_range(0..lines.len());
     let vals = [
-        "", "-1", "-0", "18446744073709551615", "18446744073709551616", "NaN", "inf", "-inf",
-        "1e999", "1e-999", "0x10", " 1 ", "1,2", "\u{feff}", "é", "\"1\"",
+        "",
+        "-1",
+        "-0",
+        "18446744073709551615",
+        "18446744073709551616",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e999",
+        "1e-999",
+        "0x10",
+        " 1 ",
+        "1,2",
+        "\u{feff}",
+        "é",
+        "\"1\"",
     ];
     let what = match rng.gen_range(0..4) {
         0 => {
@@ -1364,7 +1533,11 @@ fn fuzz_read_image_folder() {
         Case {
             what: format!("{class}/{victim}: {w}"),
             names: None,
-            call: Box::new(move || read_image_folder(&root).map(drop).map_err(|e| e.to_string())),
+            call: Box::new(move || {
+                read_image_folder(&root)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
         }
     });
 }
@@ -1429,26 +1602,35 @@ fn fuzz_load_cifar_archives() {
         file_entry("cifar-100-binary/train.bin", cifar_batch(k100, 3, 0)),
         file_entry("cifar-100-binary/test.bin", cifar_batch(k100, 2, 50)),
     ];
-    fuzz("load_cifar10 / load_cifar100 (binary archives)", 1200, |rng, dir| {
-        let ten = rng.gen_bool(0.6);
-        let kind = if ten { CifarKind::Cifar10 } else { k100 };
-        let content = move |b: &[u8], rng: &mut ChaCha8Rng| mutate(b, &cifar_layout(kind, b.len()), rng);
-        let gz = rng.gen_bool(0.7);
-        let (b, w) = mutate_archive(if ten { &c10 } else { &c100 }, gz, &content, rng);
-        let p = dir.join(if gz { "cifar-binary.tar.gz" } else { "cifar-binary.tar" });
-        write(&p, &b);
-        Case {
-            what: format!("{}: {w}", if ten { "CIFAR-10" } else { "CIFAR-100" }),
-            names: Some(name_of(&p)),
-            call: Box::new(move || {
-                if ten {
-                    load_cifar10(&p).map(drop).map_err(|e| e.to_string())
-                } else {
-                    load_cifar100(&p).map(drop).map_err(|e| e.to_string())
-                }
-            }),
-        }
-    });
+    fuzz(
+        "load_cifar10 / load_cifar100 (binary archives)",
+        1200,
+        |rng, dir| {
+            let ten = rng.gen_bool(0.6);
+            let kind = if ten { CifarKind::Cifar10 } else { k100 };
+            let content =
+                move |b: &[u8], rng: &mut ChaCha8Rng| mutate(b, &cifar_layout(kind, b.len()), rng);
+            let gz = rng.gen_bool(0.7);
+            let (b, w) = mutate_archive(if ten { &c10 } else { &c100 }, gz, &content, rng);
+            let p = dir.join(if gz {
+                "cifar-binary.tar.gz"
+            } else {
+                "cifar-binary.tar"
+            });
+            write(&p, &b);
+            Case {
+                what: format!("{}: {w}", if ten { "CIFAR-10" } else { "CIFAR-100" }),
+                names: Some(name_of(&p)),
+                call: Box::new(move || {
+                    if ten {
+                        load_cifar10(&p).map(drop).map_err(|e| e.to_string())
+                    } else {
+                        load_cifar100(&p).map(drop).map_err(|e| e.to_string())
+                    }
+                }),
+            }
+        },
+    );
 }
 
 #[test]
@@ -1503,44 +1685,60 @@ fn fuzz_load_checkpoint() {
         model: "fuzz-net".to_string(),
         ..TrainProgress::default()
     };
-    progress
-        .extra
-        .insert("config".to_string(), "{\"lr\":0.1,\"epochs\":10}".to_string());
+    progress.extra.insert(
+        "config".to_string(),
+        "{\"lr\":0.1,\"epochs\":10}".to_string(),
+    );
     save_checkpoint(&path, SPECS, &p, &s, &velocity, &progress).unwrap();
     let base = std::fs::read(&path).unwrap();
-    fuzz("load_checkpoint_for / read_checkpoint_progress", 2500, |rng, dir| {
-        let (b, w) = mutate_safetensors(&base, rng);
-        let path = dir.join("checkpoint.safetensors");
-        write(&path, &b);
-        let progress_only = rng.gen_bool(0.4);
-        Case {
-            what: format!(
-                "{w} ({})",
-                if progress_only { "progress only" } else { "full load" }
-            ),
-            names: Some(name_of(&path)),
-            call: Box::new(move || {
-                if progress_only {
-                    return read_checkpoint_progress(&path)
-                        .map(drop)
-                        .map_err(|e| e.to_string());
-                }
-                let mut params = vec![7.0f32; N_PARAMS];
-                let mut state = vec![7.0f32; N_STATE];
-                let mut vel = vec![7.0f32; N_PARAMS];
-                match load_checkpoint_for(&path, "fuzz-net", SPECS, &mut params, &mut state, &mut vel) {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        assert!(
-                            params.iter().chain(&state).chain(&vel).all(|&v| v == 7.0),
-                            "a failed load changed the model: {e}"
-                        );
-                        Err(e.to_string())
+    fuzz(
+        "load_checkpoint_for / read_checkpoint_progress",
+        2500,
+        |rng, dir| {
+            let (b, w) = mutate_safetensors(&base, rng);
+            let path = dir.join("checkpoint.safetensors");
+            write(&path, &b);
+            let progress_only = rng.gen_bool(0.4);
+            Case {
+                what: format!(
+                    "{w} ({})",
+                    if progress_only {
+                        "progress only"
+                    } else {
+                        "full load"
                     }
-                }
-            }),
-        }
-    });
+                ),
+                names: Some(name_of(&path)),
+                call: Box::new(move || {
+                    if progress_only {
+                        return read_checkpoint_progress(&path)
+                            .map(drop)
+                            .map_err(|e| e.to_string());
+                    }
+                    let mut params = vec![7.0f32; N_PARAMS];
+                    let mut state = vec![7.0f32; N_STATE];
+                    let mut vel = vec![7.0f32; N_PARAMS];
+                    match load_checkpoint_for(
+                        &path,
+                        "fuzz-net",
+                        SPECS,
+                        &mut params,
+                        &mut state,
+                        &mut vel,
+                    ) {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            assert!(
+                                params.iter().chain(&state).chain(&vel).all(|&v| v == 7.0),
+                                "a failed load changed the model: {e}"
+                            );
+                            Err(e.to_string())
+                        }
+                    }
+                }),
+            }
+        },
+    );
 }
 
 #[test]
@@ -1569,4 +1767,3 @@ fn fuzz_read_metrics_csv() {
         }
     });
 }
-

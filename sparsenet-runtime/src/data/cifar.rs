@@ -163,6 +163,18 @@ pub enum CifarKind {
     },
 }
 
+/// How messages name the format: `CIFAR-10`, `CIFAR-100 (fine labels)`,
+/// `CIFAR-100 (coarse labels)`.
+impl std::fmt::Display for CifarKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CifarKind::Cifar10 => "CIFAR-10",
+            CifarKind::Cifar100 { fine: true } => "CIFAR-100 (fine labels)",
+            CifarKind::Cifar100 { fine: false } => "CIFAR-100 (coarse labels)",
+        })
+    }
+}
+
 impl CifarKind {
     fn label_bytes(self) -> usize {
         match self {
@@ -207,7 +219,7 @@ pub(crate) fn parse_records(
         return Err(DataError::format(
             location,
             format!(
-                "length {} is not a multiple of the {rec}-byte {kind:?} record: incomplete record {} at byte offset {} ({} bytes)",
+                "length {} is not a multiple of the {rec}-byte {kind} record: incomplete record {} at byte offset {} ({} bytes)",
                 bytes.len(),
                 bytes.len() / rec,
                 bytes.len() / rec * rec,

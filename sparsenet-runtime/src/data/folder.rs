@@ -6,10 +6,10 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageFormat};
+use image::{DynamicImage, ImageDecoder, ImageFormat};
 use rayon::prelude::*;
 
-use super::{entry_location, gzip_error, open_maybe_gz, DataError, Dataset};
+use super::{entry_location, gzip_error, open_maybe_gz, DataError, Dataset, DEFLATE_MAX_RATIO};
 
 /// Where one image's bytes are.
 pub(crate) enum Blob {
@@ -58,10 +58,77 @@ fn decode(blob: &Blob, name: &str) -> Result<DynamicImage, DataError> {
         Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
         _ => by_ext,
     };
+    check_claimed_size(bytes, format).map_err(|problem| DataError::Image {
+        location: blob.location(),
+        problem,
+    })?;
     image::load_from_memory_with_format(bytes, format).map_err(|e| DataError::Image {
         location: blob.location(),
-        problem: format!("cannot decode as {format:?}: {e}"),
+        problem: format!("cannot decode as {}: {e}", format_name(format)),
     })
+}
+
+/// How messages name an image format.
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        _ => "an image",
+    }
+}
+
+/// The most pixels per byte a JPEG file can hold: every 8x8 block of every
+/// component costs at least one bit (its DC Huffman code; the decoder does
+/// not support arithmetic coding), and the components' blocks cover at
+/// least half the image's pixels however they are subsampled (the worst is
+/// one component sampled 4x1, another 1x4), so a file of `n` bytes holds at
+/// most `n * 8 * 64 * 2` pixels.
+const JPEG_MAX_PIXELS_PER_BYTE: u64 = 8 * 64 * 2;
+
+/// Refuses an image whose header claims more pixels than a file of its
+/// length can encode, before the decoder allocates them: a PNG's pixel data
+/// (at least `width * height * bits per pixel / 8` bytes) is deflated, which
+/// compresses at most [`DEFLATE_MAX_RATIO`]:1; a JPEG holds at most
+/// [`JPEG_MAX_PIXELS_PER_BYTE`] pixels per byte. A few hundred corrupt bytes
+/// claiming a 16384x16384 image would otherwise have the decoder allocate
+/// (and for a JPEG, fill) hundreds of megabytes. A header that does not
+/// parse is left to the decoder to report.
+fn check_claimed_size(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
+    let Ok(decoder) =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_decoder()
+    else {
+        return Ok(());
+    };
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    let len = bytes.len() as u64;
+    let (needs, can) = match format {
+        ImageFormat::Png => {
+            let bits = decoder.original_color_type().bits_per_pixel() as u64;
+            (
+                (pixels.saturating_mul(bits)).div_ceil(8),
+                len.saturating_mul(DEFLATE_MAX_RATIO),
+            )
+        }
+        ImageFormat::Jpeg => (pixels, len.saturating_mul(JPEG_MAX_PIXELS_PER_BYTE)),
+        _ => return Ok(()),
+    };
+    if needs > can {
+        let what = match format {
+            ImageFormat::Png => format!(
+                "{needs} bytes of pixel data, more than the {can} a {len}-byte PNG file can \
+                 hold (deflate compresses at most {DEFLATE_MAX_RATIO}:1)"
+            ),
+            _ => format!(
+                "{needs} pixels, more than the {can} a {len}-byte JPEG file can hold (at \
+                 least one bit per 8x8 block)"
+            ),
+        };
+        return Err(format!(
+            "its header claims a {w}x{h} image: {what}; a corrupt header"
+        ));
+    }
+    Ok(())
 }
 
 /// (channels, height, width) the image will have in the dataset.
