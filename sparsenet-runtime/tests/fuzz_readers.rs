@@ -30,8 +30,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use sparsenet_runtime::data::{
-    load_cifar10, load_cifar100, read_cifar_bin, read_idx, read_image, read_image_folder,
-    read_image_folder_tar_gz, CifarKind,
+    load_cifar10, load_cifar100, load_fashion_mnist, read_cifar_bin, read_idx, read_image,
+    read_image_folder, read_image_folder_tar_gz, CifarKind,
 };
 use sparsenet_runtime::train::{
     load_checkpoint_for, read_checkpoint_progress, save_checkpoint, EpochRecord, MetricsLog,
@@ -1392,7 +1392,7 @@ fn mutate_csv_text(text: &str, rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
 #[test]
 fn fuzz_read_idx_plain() {
     let (images, il, labels, ll) = idx_pair();
-    fuzz("read_idx (plain)", 3000, |rng, dir| {
+    fuzz("read_idx (plain)", 15000, |rng, dir| {
         let (ip, lp) = (dir.join("images-idx3-ubyte"), dir.join("labels-idx1-ubyte"));
         let (what, named) = if rng.gen_bool(0.6) {
             let (b, w) = mutate(&images, &il, rng);
@@ -1416,7 +1416,7 @@ fn fuzz_read_idx_plain() {
 #[test]
 fn fuzz_read_idx_gzip() {
     let (images, il, labels, ll) = idx_pair();
-    fuzz("read_idx (gzip)", 2000, |rng, dir| {
+    fuzz("read_idx (gzip)", 10000, |rng, dir| {
         let (ip, lp) = (
             dir.join("images-idx3-ubyte.gz"),
             dir.join("labels-idx1-ubyte.gz"),
@@ -1441,6 +1441,60 @@ fn fuzz_read_idx_gzip() {
 }
 
 #[test]
+fn fuzz_load_fashion_mnist() {
+    // The four standard files (2 classes each, as `idx_pair` has 3); one of
+    // them mutated, gzipped or not; read through the named loader, which
+    // also checks labels < 10 and that both splits agree.
+    let (images, il, labels, ll) = idx_pair();
+    fuzz("load_fashion_mnist", 6000, |rng, dir| {
+        let gz = rng.gen_bool(0.5);
+        let names = [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ];
+        let victim = rng.gen_range(0..4);
+        let mut what = String::new();
+        for (i, n) in names.iter().enumerate() {
+            let (base, layout) = if i % 2 == 0 {
+                (&images, &il)
+            } else {
+                (&labels, &ll)
+            };
+            let path = dir.join(if gz { format!("{n}.gz") } else { n.to_string() });
+            let bytes = if i != victim {
+                if gz {
+                    gzip(base)
+                } else {
+                    base.clone()
+                }
+            } else {
+                let (b, w) = if gz {
+                    mutate_gz(base, layout, rng)
+                } else {
+                    mutate(base, layout, rng)
+                };
+                what = format!("{}: {w}", name_of(&path));
+                b
+            };
+            write(&path, &bytes);
+        }
+        let dir = dir.to_path_buf();
+        Case {
+            what,
+            // errors name the file, or (splits that disagree) its folder
+            names: Some(dir.display().to_string()),
+            call: Box::new(move || {
+                load_fashion_mnist(&dir)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        }
+    });
+}
+
+#[test]
 fn fuzz_read_cifar_bin() {
     let kinds = [
         CifarKind::Cifar10,
@@ -1448,7 +1502,7 @@ fn fuzz_read_cifar_bin() {
         CifarKind::Cifar100 { fine: false },
     ];
     let bases: Vec<Vec<u8>> = kinds.iter().map(|&k| cifar_batch(k, 3, 4)).collect();
-    fuzz("read_cifar_bin", 3000, |rng, dir| {
+    fuzz("read_cifar_bin", 12000, |rng, dir| {
         let k = rng.gen_range(0..kinds.len());
         let kind = kinds[k];
         let (b, w) = mutate(&bases[k], &cifar_layout(kind, bases[k].len()), rng);
@@ -1490,7 +1544,7 @@ fn fuzz_image(reader: &str, cases: u64, bases: Vec<Vec<u8>>, ext: &'static [&'st
 fn fuzz_read_image_png() {
     fuzz_image(
         "read_image (PNG)",
-        3000,
+        15000,
         (0..3).map(png_bytes).collect(),
         &["png", "PNG", "jpg"],
     );
@@ -1500,7 +1554,7 @@ fn fuzz_read_image_png() {
 fn fuzz_read_image_jpeg() {
     fuzz_image(
         "read_image (JPEG)",
-        2000,
+        10000,
         (0..2).map(jpeg_bytes).collect(),
         &["jpg", "jpeg", "png"],
     );
@@ -1510,7 +1564,7 @@ fn fuzz_read_image_jpeg() {
 fn fuzz_read_image_folder() {
     let png = png_bytes(0);
     let jpg = jpeg_bytes(0);
-    fuzz("read_image_folder", 600, |rng, dir| {
+    fuzz("read_image_folder", 2500, |rng, dir| {
         let root = dir.join("train");
         for (class, files) in [("cat", ["a.png", "b.png"]), ("dog", ["c.png", "d.jpg"])] {
             std::fs::create_dir_all(root.join(class)).unwrap();
@@ -1570,12 +1624,12 @@ fn fuzz_tar_folder(reader: &str, cases: u64, gz: bool) {
 
 #[test]
 fn fuzz_read_image_folder_tar() {
-    fuzz_tar_folder("read_image_folder_tar_gz (plain tar)", 1500, false);
+    fuzz_tar_folder("read_image_folder_tar_gz (plain tar)", 8000, false);
 }
 
 #[test]
 fn fuzz_read_image_folder_tar_gz() {
-    fuzz_tar_folder("read_image_folder_tar_gz (tar.gz)", 1500, true);
+    fuzz_tar_folder("read_image_folder_tar_gz (tar.gz)", 6000, true);
 }
 
 #[test]
@@ -1604,7 +1658,7 @@ fn fuzz_load_cifar_archives() {
     ];
     fuzz(
         "load_cifar10 / load_cifar100 (binary archives)",
-        1200,
+        6000,
         |rng, dir| {
             let ten = rng.gen_bool(0.6);
             let kind = if ten { CifarKind::Cifar10 } else { k100 };
@@ -1639,7 +1693,7 @@ fn fuzz_load_weights() {
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("model".to_string(), "fuzz-net".to_string());
     let base = weights_to_bytes(SPECS, &p, &s, Some(meta)).unwrap();
-    fuzz("load_weights / weights_from_bytes", 5000, |rng, dir| {
+    fuzz("load_weights / weights_from_bytes", 20000, |rng, dir| {
         let (b, w) = mutate_safetensors(&base, rng);
         let path = dir.join("model.safetensors");
         let through_file = rng.gen_range(0..4) == 0;
@@ -1693,7 +1747,7 @@ fn fuzz_load_checkpoint() {
     let base = std::fs::read(&path).unwrap();
     fuzz(
         "load_checkpoint_for / read_checkpoint_progress",
-        2500,
+        10000,
         |rng, dir| {
             let (b, w) = mutate_safetensors(&base, rng);
             let path = dir.join("checkpoint.safetensors");
@@ -1745,7 +1799,7 @@ fn fuzz_load_checkpoint() {
 fn fuzz_read_metrics_csv() {
     let text = metrics_csv();
     let layout = csv_layout(&text);
-    fuzz("MetricsLog::read_csv", 5000, |rng, dir| {
+    fuzz("MetricsLog::read_csv", 20000, |rng, dir| {
         let (b, w) = if rng.gen_bool(0.4) {
             mutate_csv_text(&text, rng)
         } else {
@@ -1762,6 +1816,24 @@ fn fuzz_read_metrics_csv() {
                 let mut log2 = log.clone();
                 log2.truncate_after_epoch(2);
                 let _ = log.to_csv();
+                Ok(())
+            }),
+        }
+    });
+}
+
+/// The harness itself: a reader that panics on some inputs fails the test,
+/// naming the reader, the mutation and the seed.
+#[test]
+#[should_panic(expected = "reader self-test, mutation [")]
+fn harness_reports_a_panicking_reader() {
+    fuzz("self-test", 50, |rng, _| {
+        let (b, what) = mutate(b"0123456789", &Layout::default(), rng);
+        Case {
+            what,
+            names: None,
+            call: Box::new(move || {
+                assert!(b.len() >= 10, "short input");
                 Ok(())
             }),
         }
