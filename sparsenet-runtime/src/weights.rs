@@ -780,6 +780,27 @@ fn describe_st_error(e: SafeTensorError, bytes: &[u8]) -> String {
     }
 }
 
+/// A value read from a file, as an error message shows it: at most 60
+/// characters, control characters escaped (a terminal shows `\u{1b}`, not
+/// an escape sequence), and the length of the rest when cut. A corrupt file
+/// may hold a megabyte of one line where a short field was expected.
+pub(crate) fn excerpt(s: &str) -> String {
+    const MAX: usize = 60;
+    let mut out = String::new();
+    for c in s.chars().take(MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    let shown: usize = s.chars().take(MAX).map(char::len_utf8).sum();
+    if shown < s.len() {
+        out.push_str(&format!("... ({} more bytes)", s.len() - shown));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1393,5 +1414,15 @@ mod tests {
     fn parent_dir_of_bare_name() {
         assert_eq!(parent_dir(Path::new("w.safetensors")), Path::new("."));
         assert_eq!(parent_dir(Path::new("a/w.safetensors")), Path::new("a"));
+    }
+
+    #[test]
+    fn excerpt_cuts_long_values_and_escapes_control_characters() {
+        assert_eq!(excerpt("epoch"), "epoch");
+        assert_eq!(excerpt("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
+        let long = "é".repeat(100);
+        let e = excerpt(&long);
+        assert!(e.starts_with(&"é".repeat(60)), "{e}");
+        assert!(e.ends_with("... (80 more bytes)"), "{e}");
     }
 }

@@ -25,7 +25,8 @@ use safetensors::SafeTensors;
 
 use crate::float::Float;
 use crate::weights::{
-    weights_from_bytes, weights_to_bytes, write_atomically, Store, TensorSpec, WeightsError,
+    excerpt, weights_from_bytes, weights_to_bytes, write_atomically, Store, TensorSpec,
+    WeightsError,
 };
 
 /// Value of the `format` metadata entry.
@@ -325,7 +326,8 @@ fn parse_progress(path: &Path, bytes: &[u8]) -> Result<TrainProgress, Checkpoint
         Some(f) if f == CHECKPOINT_FORMAT => {}
         Some(f) => {
             return Err(meta_err(format!(
-                "expected metadata `format` = `{CHECKPOINT_FORMAT}`, found `{f}`"
+                "expected metadata `format` = `{CHECKPOINT_FORMAT}`, found `{}`",
+                excerpt(&f)
             )))
         }
         None => {
@@ -342,7 +344,8 @@ fn parse_progress(path: &Path, bytes: &[u8]) -> Result<TrainProgress, Checkpoint
     let number = |key: &str, v: String| {
         v.parse::<u64>().map_err(|_| {
             meta_err(format!(
-                "expected metadata `{key}` to be a non-negative integer, found `{v}`"
+                "expected metadata `{key}` to be a non-negative integer, found `{}`",
+                excerpt(&v)
             ))
         })
     };

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::weights::write_atomically;
+use crate::weights::{excerpt, write_atomically};
 
 /// Size of the PNG written by [`MetricsLog::plot_png`].
 pub const PLOT_SIZE: (u32, u32) = (1000, 400);
@@ -195,7 +195,10 @@ impl MetricsLog {
         if header != CSV_HEADER {
             return Err(err(
                 1,
-                format!("expected the header `{CSV_HEADER}`, found `{header}`"),
+                format!(
+                    "expected the header `{CSV_HEADER}`, found `{}`",
+                    excerpt(header)
+                ),
             ));
         }
         let mut records = Vec::new();
@@ -219,7 +222,8 @@ impl MetricsLog {
                         n,
                         format!(
                             "expected `{}` to be a non-negative integer, found `{}`",
-                            names[k], fields[k]
+                            names[k],
+                            excerpt(fields[k])
                         ),
                     )
                 })
@@ -230,7 +234,8 @@ impl MetricsLog {
                         n,
                         format!(
                             "expected `{}` to be a number, found `{}`",
-                            names[k], fields[k]
+                            names[k],
+                            excerpt(fields[k])
                         ),
                     )
                 })
@@ -768,5 +773,22 @@ mod tests {
         assert_eq!((a, b), (2.0, 4.0));
         let (a, b) = padded_range([0.0, 0.0].into_iter(), true, None, 0.0);
         assert!(a == 0.0 && b > 0.0);
+    }
+
+    /// A corrupt metrics file whose first line is a megabyte of text (or
+    /// holds terminal escape sequences) gives a short error, not the line.
+    #[test]
+    fn a_long_or_binary_line_is_shown_as_an_excerpt() {
+        let text = format!("{}\n", "x".repeat(1 << 20));
+        let e = MetricsLog::from_csv(&text, Path::new("m.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..400]);
+        assert!(e.contains("m.csv") && e.contains("more bytes"), "{e}");
+        let text = format!("{CSV_HEADER}\n1,2,\u{1b}[2J,4,5,6,7,8,9\n");
+        let e = MetricsLog::from_csv(&text, Path::new("m.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}[2J"), "{e}");
     }
 }
