@@ -87,8 +87,8 @@ const JPEG_MAX_PIXELS_PER_BYTE: u64 = 8 * 64 * 2;
 
 /// Refuses an image whose header claims more pixels than a file of its
 /// length can encode, before the decoder allocates them: a PNG's pixel data
-/// (at least `width * height * bits per pixel / 8` bytes) is deflated, which
-/// compresses at most [`DEFLATE_MAX_RATIO`]:1; a JPEG holds at most
+/// (at least `width * height * stored bits per pixel / 8` bytes) is
+/// deflated, which compresses at most [`DEFLATE_MAX_RATIO`]:1; a JPEG holds at most
 /// [`JPEG_MAX_PIXELS_PER_BYTE`] pixels per byte. A few hundred corrupt bytes
 /// claiming a 16384x16384 image would otherwise have the decoder allocate
 /// (and for a JPEG, fill) hundreds of megabytes. A header that does not
@@ -104,9 +104,21 @@ fn check_claimed_size(bytes: &[u8], format: ImageFormat) -> Result<(), String> {
     let len = bytes.len() as u64;
     let (needs, can) = match format {
         ImageFormat::Png => {
-            let bits = decoder.original_color_type().bits_per_pixel() as u64;
+            // Bits per pixel as stored (the decoder reports its output, a
+            // 1-bit image as 8 bits): IHDR, the first chunk, holds the bit
+            // depth at byte 24 and the colour type at byte 25.
+            let Some(&[depth, colour]) = bytes.get(24..26) else {
+                return Ok(());
+            };
+            let samples = match colour {
+                0 | 3 => 1, // grey, palette index
+                2 => 3,     // RGB
+                4 => 2,     // grey + alpha
+                6 => 4,     // RGBA
+                _ => return Ok(()),
+            };
             (
-                (pixels.saturating_mul(bits)).div_ceil(8),
+                pixels.saturating_mul(depth as u64 * samples).div_ceil(8),
                 len.saturating_mul(DEFLATE_MAX_RATIO),
             )
         }

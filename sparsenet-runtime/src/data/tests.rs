@@ -1651,10 +1651,45 @@ fn image_claiming_more_pixels_than_its_file_holds_is_refused() {
     let flat = png(RgbImage::from_pixel(1024, 1024, image::Rgb([9, 9, 9])));
     let p = write(&d.path().join("flat.png"), &flat);
     assert_eq!(read_image(&p).unwrap().pixels.len(), 3 << 20);
+    // A 1-bit 2048x2048 PNG (the decoder reports it as 8-bit): the bound
+    // counts the bits as stored.
+    let p = write(&d.path().join("one_bit.png"), &one_bit_png(2048, 2048));
+    let img = read_image(&p).unwrap();
+    assert_eq!((img.channels, img.width, img.height), (1, 2048, 2048));
     let flat = encode(
         DynamicImage::ImageRgb8(RgbImage::from_pixel(1024, 1024, image::Rgb([9, 9, 9]))),
         ImageFormat::Jpeg,
     );
     let p = write(&d.path().join("flat.jpg"), &flat);
     assert_eq!(read_image(&p).unwrap().pixels.len(), 3 << 20);
+}
+
+/// A white 1-bit greyscale PNG, deflated at the best level.
+fn one_bit_png(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |out: &mut Vec<u8>, ty: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(ty);
+        out.extend_from_slice(data);
+        let mut crc = flate2::Crc::new();
+        crc.update(&out[start..]);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[1, 0, 0, 0, 0]);
+    let row = 1 + (w as usize).div_ceil(8);
+    let mut raw = vec![0xffu8; row * h as usize];
+    for r in 0..h as usize {
+        raw[r * row] = 0; // filter: none
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), Compression::best());
+    z.write_all(&raw).unwrap();
+    let idat = z.finish().unwrap();
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
 }
