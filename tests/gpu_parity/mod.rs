@@ -94,17 +94,12 @@ where
     GpuModel::new(new_device::<T>(), m, n, precision).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The TF32 bounds (issue 18): the device in f32 with TF32 convolutions
-/// against the truth, the CPU path in f64 on the same (f32) parameters and
-/// input. Eval logits within `tol_logits` of the largest logit, the
-/// training-mode loss within `tol_loss` (relative); the gradients' distance
-/// from the truth is printed beside that of the device's IEEE f32 run.
-pub fn tf32_against_f64<M32, M64>(n: usize, tol_logits: f64, tol_loss: f64)
-where
-    M32: GpuNetwork + Model<f32> + Clone,
-    M64: Model<f64>,
-    Dev<f32>: Backend<f32>,
-{
+/// The f32 test case (randomised model, input, labels) and its f64 twin:
+/// the same (f32-rounded) parameters, statistics and input in f64.
+#[allow(clippy::type_complexity)]
+fn f32_case_and_f64_twin<M32: Model<f32>, M64: Model<f64>>(
+    n: usize,
+) -> (M32, Array4<f32>, Vec<usize>, M64, Array4<f64>) {
     let m32: M32 = randomised(7);
     let (x32, labels) = input::<f32, M32>(n, 11);
     let mut m64 = M64::new(7);
@@ -118,6 +113,21 @@ where
         }
     }
     let x64 = x32.mapv(|v| v as f64);
+    (m32, x32, labels, m64, x64)
+}
+
+/// The TF32 bounds (issue 18): the device in f32 with TF32 convolutions
+/// against the truth, the CPU path in f64 on the same (f32) parameters and
+/// input. Eval logits within `tol_logits` of the largest logit, the
+/// training-mode loss within `tol_loss` (relative); the gradients' distance
+/// from the truth is printed beside that of the device's IEEE f32 run.
+pub fn tf32_against_f64<M32, M64>(n: usize, tol_logits: f64, tol_loss: f64)
+where
+    M32: GpuNetwork + Model<f32> + Clone,
+    M64: Model<f64>,
+    Dev<f32>: Backend<f32>,
+{
+    let (m32, x32, labels, mut m64, x64) = f32_case_and_f64_twin::<M32, M64>(n);
     let want = m64.forward(x64.view(), Mode::Eval).unwrap();
     let mut truth = vec![0.0f64; M64::PARAMETERS];
     let mut loss64 = 0.0;
@@ -251,19 +261,7 @@ where
     // land far nearer the truth (2.4e-3) by chance. Never switched back on
     // in these test binaries, so concurrent tests all see the same path.
     sparsenet::runtime::cpu::set_winograd(false);
-    let m32: M32 = randomised(7);
-    let (x32, labels) = input::<f32, M32>(n, 11);
-    let mut m64 = M64::new(7);
-    {
-        let (p, s) = m64.stores_mut();
-        for (a, &b) in p.iter_mut().zip(m32.params()) {
-            *a = b as f64;
-        }
-        for (a, &b) in s.iter_mut().zip(m32.state()) {
-            *a = b as f64;
-        }
-    }
-    let x64 = x32.mapv(|v| v as f64);
+    let (m32, x32, labels, mut m64, x64) = f32_case_and_f64_twin::<M32, M64>(n);
     let mut truth = vec![0.0f64; M64::PARAMETERS];
     m64.forward_backward(x64.view(), Mode::Train, &mut truth, &mut |logits| {
         let mut g = Array2::zeros(logits.raw_dim());
