@@ -19,8 +19,8 @@ use sparsenet::runtime::data::{
 };
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
 use sparsenet::runtime::train::{
-    check_writable, install_sigint_handler, parse_schedule, GpuEngine, LrParam, LrPolicy, Recipe,
-    Sgd, TrainConfig, TrainError, TrainReport, Trainer,
+    check_out_dir, check_writable, install_sigint_handler, parse_schedule, GpuEngine, LrParam,
+    LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
@@ -60,7 +60,8 @@ enum DatasetName {
     FashionMnist,
     /// A .tar.gz of image folders, a folder with train/ and test/, or the official binary version.
     Cifar10,
-    /// The official binary version (train.bin, test.bin).
+    /// The official binary version (train.bin, test.bin); --model seed-v2 or sparsenet-bc100
+    /// (their 100-class declarations).
     Cifar100,
     /// A folder with train/ and test/ image folders (one subfolder per class).
     Folder,
@@ -356,6 +357,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let cfg = config(args, channels == 1, height <= 28)?;
     cfg.validate_for::<M>().map_err(|e| e.to_string())?;
     check_outputs(args, &cfg)?;
+    check_out_dir(&cfg).map_err(|e| e.to_string())?;
     let (train_ds, test_ds) = load(args)?;
     say!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -465,7 +467,19 @@ fn main() -> ExitCode {
         }
         Err(e) => eprintln!("warning: Ctrl-C will stop the run without a checkpoint: {e}"),
     }
+    // CIFAR-100 takes the zoo's 100-class declarations of the same networks.
+    let hundred = args.dataset == DatasetName::Cifar100;
     let result = match args.model {
+        ModelName::SeedV2 if hundred => run::<SeedV2Depth40Cifar100>(&args),
+        ModelName::SparsenetBc100 if hundred => run::<SparseNetBc100Cifar100>(&args),
+        m if hundred => Err(format!(
+            "--dataset cifar100 has 100 classes and --model {} has 10 outputs: use --model \
+             seed-v2 or --model sparsenet-bc100 (the zoo declares them with 100 classes too), or \
+             declare your own network with `classes: 100`",
+            m.to_possible_value()
+                .expect("no skipped variants")
+                .get_name()
+        )),
         ModelName::Fashion => run::<FashionSparseNet>(&args),
         ModelName::SeedV2 => run::<SeedV2Depth40>(&args),
         ModelName::SeedV1 => run::<SeedV1Notebook>(&args),

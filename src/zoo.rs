@@ -75,6 +75,27 @@ sparsenet! {
         bottleneck: true,
     }
 
+    /// [`SeedV2Depth40`] with 100 outputs, for CIFAR-100 (the `train`
+    /// example's `--model seed-v2 --dataset cifar100`).
+    pub struct SeedV2Depth40Cifar100 {
+        style: seed_2018_02_20,
+        input: [3, 32, 32],
+        classes: 100,
+        depth: 40,
+        growth: 12,
+    }
+
+    /// [`SparseNetBc100`] with 100 outputs, for CIFAR-100 (the paper's
+    /// CIFAR-100 network; `--model sparsenet-bc100 --dataset cifar100`).
+    pub struct SparseNetBc100Cifar100 {
+        style: paper,
+        input: [3, 32, 32],
+        classes: 100,
+        depth: 100,
+        growth: 24,
+        bottleneck: true,
+    }
+
     /// DenseNet-40 (growth 12) for comparison: every earlier layer.
     pub struct DenseNet40 {
         style: paper,

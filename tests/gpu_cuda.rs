@@ -48,6 +48,13 @@ cuda_parity! {
     paper_exponential_base_3_grayscale: TinySparse<f32>,
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+fn non_finite_values_are_never_hidden_on_the_device() {
+    non_finite_values_are_never_hidden::<V2BcD28K6<f32>>();
+    non_finite_values_are_never_hidden::<PaperDenseImagenet<f32>>();
+}
+
 /// The networks at full size, batch 16: logits (eval and train),
 /// loss, running statistics and one SGD step against the CPU's f32 run;
 /// every gradient against the CPU's f64 run, no further from it than twice

@@ -61,6 +61,12 @@ parity_tests! {
 }
 
 #[test]
+fn non_finite_values_are_never_hidden_on_the_device() {
+    non_finite_values_are_never_hidden::<V2BcD28K6<f32>>();
+    non_finite_values_are_never_hidden::<PaperDenseImagenet<f32>>(); // max-pool stem
+}
+
+#[test]
 fn dropout_is_refused_with_a_reason() {
     let m = WithDropout::<f32>::new(0);
     let err = GpuModel::new(Emulator::new(), &m, 4, Precision::F32)

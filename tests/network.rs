@@ -3,7 +3,9 @@
 //! input errors, modes).
 
 use sparsenet::prelude::*;
-use sparsenet::runtime::{ndarray::Array4, InputError, WeightsError};
+use sparsenet::runtime::{
+    ndarray::Array4, InputError, Store, TensorSpec, ValueProblem, WeightsError,
+};
 
 sparsenet! {
     /// The seed's 2018-02-20 network as the issue pins it: 185,314 parameters.
@@ -343,10 +345,42 @@ fn weights_round_trip_and_mismatches_are_reported() {
         "{msg}"
     );
 
-    // f32 file into an f64 model.
+    // An f32 file into an f64 model: every value exactly, so the f64 model
+    // computes what the f32 one would with exact arithmetic.
     let mut wide = SeedV2Depth40::<f64>::new(0);
-    let msg = wide.load(&path).unwrap_err().to_string();
-    assert!(msg.contains("F32") || msg.contains("f32"), "{msg}");
+    wide.load(&path).unwrap();
+    assert!(wide
+        .params()
+        .iter()
+        .zip(a.params())
+        .all(|(&w, &n)| w == n as f64));
+    assert!(wide
+        .state()
+        .iter()
+        .zip(a.state())
+        .all(|(&w, &n)| w == n as f64));
+    // And an f64 file into an f32 model: rounded to nearest, ties to even
+    // (Rust's `as f32`); values chosen between two f32s to see the rounding.
+    for v in wide.params_mut().iter_mut() {
+        *v += 1e-9;
+    }
+    let wide_path = dir.path().join("wide.safetensors");
+    wide.save(&wide_path).unwrap();
+    let mut narrow = SeedV2Depth40::<f32>::new(3);
+    narrow.load(&wide_path).unwrap();
+    assert!(narrow
+        .params()
+        .iter()
+        .zip(wide.params())
+        .all(|(&n, &w)| n == w as f32));
+    assert!(
+        narrow
+            .params()
+            .iter()
+            .zip(a.params())
+            .any(|(&n, &o)| n != o),
+        "the 1e-9 shows"
+    );
 
     // A truncated file is an error, and leaves the model unchanged.
     let bytes = std::fs::read(&path).unwrap();
@@ -475,4 +509,255 @@ fn summary_tensors_and_layers_need_no_element_type() {
         Net::layers().len(),
         <Net<f64> as NetworkSpec>::layers().len()
     );
+}
+
+/// A deterministic batch for `N` with values in [-0.4, 0.6).
+fn batch<N: NetworkSpec>(n: usize) -> Array4<f32> {
+    let [c, h, w] = N::INPUT;
+    Array4::from_shape_fn((n, c, h, w), |(b, c, y, x)| {
+        ((b * 7 + c * 3 + y * 5 + x) % 11) as f32 / 11.0 - 0.4
+    })
+}
+
+/// Sets element 0 of every tensor to NaN in turn (the running statistics
+/// moved by one training pass first) and checks that inference shows it:
+/// before the ReLUs and max-pools kept NaN, a NaN weight anywhere but the
+/// classifier gave finite, plausible logits.
+fn nan_in_any_tensor_shows_in_the_logits<N: Model<f32>>() {
+    let x = batch::<N>(2);
+    let mut trained = N::new(1);
+    trained.forward(x.view(), Mode::Train).unwrap();
+    for t in N::tensors() {
+        let mut m = N::new(1);
+        m.params_mut().copy_from_slice(trained.params());
+        m.state_mut().copy_from_slice(trained.state());
+        match t.store {
+            Store::Param => m.params_mut()[t.offset] = f32::NAN,
+            Store::State => m.state_mut()[t.offset] = f32::NAN,
+        }
+        let y = m.forward(x.view(), Mode::Eval).unwrap();
+        assert!(
+            y.iter().any(|v| v.is_nan()),
+            "{}: NaN in `{}` gave finite logits {y:?}",
+            N::NAME,
+            t.name
+        );
+    }
+}
+
+#[test]
+fn a_nan_weight_or_statistic_is_never_hidden_by_inference() {
+    nan_in_any_tensor_shows_in_the_logits::<SeedV2SmallBc<f32>>(); // seed BC, Winograd sizes
+    nan_in_any_tensor_shows_in_the_logits::<PaperSmallBc<f32>>(); // fused inference chain
+    nan_in_any_tensor_shows_in_the_logits::<Offsets<f32>>();
+    nan_in_any_tensor_shows_in_the_logits::<SmallImagenetStem<f32>>(); // max-pool stem
+}
+
+sparsenet! {
+    /// The ImageNet stem (conv 7x7 stride 2, max-pool 3x3 stride 2) at a
+    /// size the tests can afford.
+    struct SmallImagenetStem {
+        style: paper, input: [3, 64, 64], classes: 10, units: [2, 2], growth: 8,
+        bottleneck: true, aggregation: dense, stem: imagenet(16),
+    }
+}
+
+#[test]
+fn a_non_finite_pixel_in_inference_gives_non_finite_logits_for_its_image_only() {
+    let x = batch::<SmallImagenetStem<f32>>(3);
+    let mut m = SmallImagenetStem::<f32>::new(5);
+    let clean = m.forward(x.view(), Mode::Eval).unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut xb = x.clone();
+        xb[[1, 2, 40, 17]] = bad;
+        let y = m.forward(xb.view(), Mode::Eval).unwrap();
+        assert!(
+            y.row(1).iter().all(|v| !v.is_finite()),
+            "{bad}: {:?}",
+            y.row(1)
+        );
+        // The other images are untouched, to the bit (eval is per image).
+        for i in [0, 2] {
+            assert_eq!(y.row(i), clean.row(i), "{bad}: image {i}");
+        }
+    }
+}
+
+/// A training-mode pass given a non-finite input is refused before it
+/// changes anything: parameters, running statistics, the gradient buffer.
+fn non_finite_training_input_is_refused<N: Model<f32>>() {
+    let mut m = N::new(2);
+    let params = m.params().to_vec();
+    let state = m.state().to_vec();
+    let [_, h, w] = N::INPUT;
+    for (bad, shown) in [
+        (f32::NAN, "NaN"),
+        (f32::INFINITY, "inf"),
+        (f32::NEG_INFINITY, "-inf"),
+    ] {
+        let mut x = batch::<N>(4);
+        x[[2, 0, h - 1, w / 2]] = bad;
+        x[[3, 0, 0, 0]] = f32::NAN;
+        let want = InputError::NonFinite {
+            model: N::NAME,
+            image: 2,
+            channel: 0,
+            row: h - 1,
+            column: w / 2,
+            value: shown.to_string(),
+            others: 1,
+        };
+        assert_eq!(m.forward(x.view(), Mode::Train).unwrap_err(), want);
+        let mut grads = vec![7.0f32; N::PARAMETERS];
+        let e = m
+            .forward_backward(x.view(), Mode::Train, &mut grads, &mut |l| l.clone())
+            .unwrap_err();
+        assert_eq!(e, want);
+        assert!(e.to_string().contains(&format!(
+            "input image 2 of the batch holds {shown} at channel 0, row {}, column {}",
+            h - 1,
+            w / 2
+        )));
+        assert!(grads.iter().all(|&g| g == 7.0));
+        assert_eq!(m.params(), &params[..]);
+        assert_eq!(m.state(), &state[..], "running statistics untouched");
+        // Inference takes it (and shows it in that image's logits).
+        let y = m.forward(x.view(), Mode::Eval).unwrap();
+        assert!(y.row(2).iter().all(|v| !v.is_finite()));
+        assert!(y.row(0).iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn a_training_pass_refuses_a_non_finite_input_before_touching_any_state() {
+    non_finite_training_input_is_refused::<SeedV2SmallBc<f32>>();
+    non_finite_training_input_is_refused::<PaperBc<f32>>(); // dropout
+    non_finite_training_input_is_refused::<SmallImagenetStem<f32>>();
+}
+
+#[test]
+fn weights_holding_nan_inf_or_a_negative_variance_are_refused_at_load_and_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let good = Offsets::<f32>::new(4);
+    good.save(&path).unwrap();
+    let saved = std::fs::read(&path).unwrap();
+    let conv = Offsets::<f32>::tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("stages.1") && t.shape.len() == 4)
+        .nth(2)
+        .unwrap();
+    let var = Offsets::<f32>::tensors()
+        .iter()
+        .find(|t| t.name.ends_with("running_var"))
+        .unwrap();
+    let cases: [(&TensorSpec, usize, f32, ValueProblem); 4] = [
+        (conv, 5, f32::NAN, ValueProblem::NotFinite),
+        (conv, 0, f32::INFINITY, ValueProblem::NotFinite),
+        (var, 1, -1e-3, ValueProblem::NegativeVariance),
+        (var, 2, f32::NEG_INFINITY, ValueProblem::NotFinite),
+    ];
+    for (t, at, value, problem) in cases {
+        let mut bad = Offsets::<f32>::new(4);
+        match t.store {
+            Store::Param => bad.params_mut()[t.offset + at] = value,
+            Store::State => bad.state_mut()[t.offset + at] = value,
+        }
+        // Saving is refused, and the file on disk is left as it was.
+        let e = bad.save(&path).unwrap_err();
+        let WeightsError::BadValue {
+            ref name,
+            ref index,
+            problem: p,
+            count,
+            saving,
+            ..
+        } = e
+        else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            (name.as_str(), p, count, saving),
+            (t.name, problem, 1, true),
+            "{e}"
+        );
+        let mut flat = 0;
+        for (i, d) in index.iter().zip(t.shape) {
+            flat = flat * d + i;
+        }
+        assert_eq!(flat, at, "{e}");
+        assert!(e.to_string().contains("nothing was written"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), saved);
+
+        // Such a file made by another tool is refused at load, and the
+        // model is left as it was.
+        let forged = dir.path().join("forged.safetensors");
+        std::fs::write(&forged, forge(&saved, t.name, at, value)).unwrap();
+        let mut m = Offsets::<f32>::new(9);
+        let before = (m.params().to_vec(), m.state().to_vec());
+        let e = m.load(&forged).unwrap_err();
+        assert!(
+            matches!(e, WeightsError::BadValue { problem: p, saving: false, .. } if p == problem),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(t.name) && e.to_string().contains("nothing was loaded"),
+            "{e}"
+        );
+        assert_eq!((m.params().to_vec(), m.state().to_vec()), before);
+    }
+}
+
+/// `bytes` (a safetensors file of f32 tensors) with element `at` of tensor
+/// `name` replaced by `value`: a file no model of ours would write.
+fn forge(bytes: &[u8], name: &str, at: usize, value: f32) -> Vec<u8> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize + 4 * at;
+    let mut out = bytes.to_vec();
+    out[start..start + 4].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+#[test]
+fn an_f64_value_too_large_for_f32_is_refused_not_made_infinite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    let mut wide = Offsets::<f64>::new(1);
+    wide.params_mut()[3] = 1e39;
+    wide.save(&path).unwrap(); // fine in f64
+    let mut m = Offsets::<f32>::new(1);
+    let e = m.load(&path).unwrap_err();
+    assert!(
+        matches!(e, WeightsError::BadValue { problem: ValueProblem::TooLargeForF32, value, .. } if value == 1e39),
+        "{e}"
+    );
+    assert!(e.to_string().contains("largest finite f32"), "{e}");
+    let mut back = Offsets::<f64>::new(2);
+    back.load(&path).unwrap();
+    assert_eq!(back.params()[3], 1e39);
+}
+
+/// `infer(&self)` is inference without exclusive access: the same logits
+/// as `forward(Eval)`, from threads sharing one model, the model unchanged.
+#[test]
+fn inference_needs_no_exclusive_access_and_threads_can_share_a_model() {
+    let mut m = SeedV2SmallBc::<f32>::new(6);
+    let x = batch::<SeedV2SmallBc<f32>>(3);
+    m.forward(x.view(), Mode::Train).unwrap(); // statistics away from 0/1
+    let want = m.forward(x.view(), Mode::Eval).unwrap();
+    let (params, state) = (m.params().to_vec(), m.state().to_vec());
+    let shared = &m;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| shared.infer(x.view()).unwrap()))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), want);
+        }
+    });
+    assert_eq!((m.params(), m.state()), (&params[..], &state[..]));
+    // Its input check is eval's: the shape is checked, a NaN is not refused.
+    let bad = Array4::<f32>::zeros((1, 3, 8, 8));
+    assert!(matches!(m.infer(bad.view()), Err(InputError::Shape { .. })));
 }

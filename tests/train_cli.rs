@@ -13,14 +13,18 @@ use std::process::{Command, Output, Stdio};
 /// `target/<profile>/examples/train`, next to `target/<profile>/deps/` where
 /// this test runs from.
 fn train_exe() -> PathBuf {
+    example_exe("train")
+}
+
+fn example_exe(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let path = profile_dir
         .join("examples")
-        .join(format!("train{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} is missing: build it with `cargo build --release --example train` (plain `cargo \
+        "{} is missing: build it with `cargo build --release --examples` (plain `cargo \
          test` builds it; `cargo test --test train_cli` does not)",
         path.display()
     );
@@ -284,7 +288,9 @@ fn a_folder_holding_a_run_is_not_overwritten_unasked() {
         std::fs::read(&ckpt).unwrap(),
         std::fs::read(out.join("metrics.csv")).unwrap(),
     );
-    let err = run_err(&mut tiny_run(&data, &out, &["--seed", "3"]));
+    // Refused before the data is read: no data needed to see it.
+    let no_data = dir.path().join("no-data");
+    let err = run_err(&mut tiny_run(&no_data, &out, &["--seed", "3"]));
     assert!(
         err.contains(&format!(
             "{} already holds a run (checkpoint.safetensors, metrics.csv): continue it with \
@@ -314,7 +320,8 @@ fn a_folder_in_use_by_another_run_is_refused() {
     let out = dir.path().join("run");
     std::fs::create_dir(&out).unwrap();
     let lock = sparsenet::runtime::train::RunLock::acquire(&out).unwrap();
-    let err = run_err(&mut tiny_run(&data, &out, &[]));
+    // Refused before the data is read: no data needed to see it.
+    let err = run_err(&mut tiny_run(&dir.path().join("no-data"), &out, &[]));
     assert!(
         err.contains(&format!(
             "{} is in use by another training run (it holds .sparsenet-run.lock)",
@@ -589,4 +596,116 @@ fn an_older_checkpoint_without_settings_resumes_with_a_warning() {
     );
     let err = run_err(&mut tiny_run(&data, &out, &["--resume", "--seed", "4"]));
     assert!(err.contains("--seed 0 -> 4"), "{err}");
+}
+
+/// CIFAR-100's binary format: per image a coarse label byte, a fine label
+/// byte, then 3 x 32 x 32 pixel bytes; fine labels cycle through 100 classes.
+fn tiny_cifar100(dir: &Path, train: usize, test: usize) {
+    for (name, n) in [("train.bin", train), ("test.bin", test)] {
+        let mut bytes = Vec::with_capacity(n * 3074);
+        for i in 0..n {
+            bytes.push((i % 20) as u8);
+            bytes.push((i % 100) as u8);
+            bytes.extend((0..3072).map(|k| ((k * 31 + i * 7) % 251) as u8));
+        }
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// `--dataset cifar100` was advertised but no zoo network had 100 outputs:
+/// every run stopped at the class check. seed-v2 and sparsenet-bc100 now
+/// train their 100-class declarations; the other models are refused
+/// before any data is read, naming the ones that work.
+#[test]
+fn a_cifar100_run_trains_a_100_class_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar-100-binary");
+    std::fs::create_dir(&data).unwrap();
+    tiny_cifar100(&data, 64, 100);
+    let out = dir.path().join("run");
+    let output = run_ok(tiny_run(&data, &out, &["--epochs", "1"]).args([
+        "--model",
+        "seed-v2",
+        "--dataset",
+        "cifar100",
+    ]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("model SeedV2Depth40Cifar100") && stdout.contains("100 classes"),
+        "{stdout}"
+    );
+    let log = MetricsLog::read_csv(&out.join("metrics.csv")).unwrap();
+    assert_eq!(log.records().len(), 1);
+    assert!(log.records()[0].train_loss.is_finite());
+
+    let e = run_err(tiny_run(&data, &dir.path().join("other"), &[]).args([
+        "--model",
+        "fashion",
+        "--dataset",
+        "cifar100",
+    ]));
+    assert!(
+        e.contains("--model fashion has 10 outputs")
+            && e.contains("--model seed-v2 or --model sparsenet-bc100"),
+        "{e}"
+    );
+    assert!(!dir.path().join("other").exists(), "nothing written");
+}
+
+/// `predict` on a checkpoint of `train`: files and folders, an image of
+/// another size refused naming both sizes unless `--resize`, an RGB image
+/// for a grayscale model refused naming the channel counts.
+#[test]
+fn predict_classifies_files_and_folders_and_resizes_only_when_asked() {
+    let (dir, data) = tiny_setup(64, 32);
+    let out = dir.path().join("run");
+    run_ok(&mut tiny_run(&data, &out, &["--epochs", "1"]));
+    let ckpt = out.join("checkpoint.safetensors");
+    let images = dir.path().join("images");
+    gray_png(&images.join("a.png"), 1);
+    gray_png(&images.join("b.png"), 2);
+    let big = dir.path().join("big.png");
+    image::GrayImage::from_fn(40, 30, |x, y| image::Luma([(x * 5 + y) as u8]))
+        .save(&big)
+        .unwrap();
+    let predict = || {
+        let mut cmd = Command::new(example_exe("predict"));
+        cmd.arg("--weights").arg(&ckpt).args(["--top", "2"]);
+        cmd
+    };
+    // A folder and a file: three images, each with its two best classes.
+    let output = run_ok(predict().arg(&images).arg(images.join("a.png")));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 9, "{stdout}");
+    assert!(
+        lines[0].ends_with("a.png") && lines[3].ends_with("b.png") && lines[6].ends_with("a.png"),
+        "{stdout}"
+    );
+    assert!(lines[1].contains('%') && lines[2].contains('%'), "{stdout}");
+
+    let e = run_err(predict().arg(&big));
+    assert!(
+        e.contains("the image is 30x40 (height x width), the model `FashionSparseNet` takes 28x28: give --resize"),
+        "{e}"
+    );
+    let output = run_ok(predict().arg("--resize").arg(&big));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with(&big.display().to_string()));
+
+    let rgb = dir.path().join("rgb.png");
+    image::RgbImage::from_fn(28, 28, |x, _| image::Rgb([x as u8, 0, 9]))
+        .save(&rgb)
+        .unwrap();
+    let e = run_err(predict().arg("--resize").arg(&rgb));
+    assert!(
+        e.contains("the image has 3 channel(s), the model `FashionSparseNet` takes 1 (grayscale)"),
+        "{e}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = run_err(predict().arg(&empty));
+    assert!(
+        e.contains("a folder without .jpg, .jpeg or .png files"),
+        "{e}"
+    );
 }

@@ -26,12 +26,29 @@ fn rt() -> TokenStream {
     quote!(::sparsenet::runtime)
 }
 
+/// `text` as a raw string literal (`r#"..."#`, enough `#`s), so that its
+/// lines stay lines in the formatted expansion (`Name::EXPANSION`): a
+/// change in a multi-line text then diffs line by line, not as one
+/// escaped line. The same `&str` as a plain literal.
+pub(crate) fn raw_str(text: &str) -> TokenStream {
+    let mut hashes = 1;
+    while text.contains(&format!("\"{}", "#".repeat(hashes))) {
+        hashes += 1;
+    }
+    let h = "#".repeat(hashes);
+    let lit: proc_macro2::Literal = format!("r{h}\"{text}\"{h}")
+        .parse()
+        .expect("a raw string literal parses");
+    quote!(#lit)
+}
+
 pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     let rt = rt();
     let attrs = &cfg.attrs;
     let vis = &cfg.vis;
     let name = &cfg.ident;
     let name_str = name.to_string();
+    let summary_lit = raw_str(summary);
     let [ic, ih, iw] = plan.input;
     let classes = plan.classes;
     let params_len = plan.params_len;
@@ -122,7 +139,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
                 LAYERS
             }
             fn summary() -> &'static str {
-                #summary
+                #summary_lit
             }
         }
 
@@ -197,7 +214,7 @@ fn emit_forward(plan: &Plan) -> TokenStream {
     quote! {
         fn forward(&mut self, x: #rt::ndarray::ArrayView4<'_, T>, mode: #rt::Mode)
             -> ::std::result::Result<#rt::ndarray::Array2<T>, #rt::InputError> {
-            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT, mode)?;
             if mode == #rt::Mode::Eval {
                 let ctx = #rt::__private::EvalCtx::new(&self.params, &self.state);
                 let macs = <Self as #rt::NetworkSpec>::MACS_PER_IMAGE;
@@ -206,6 +223,14 @@ fn emit_forward(plan: &Plan) -> TokenStream {
             let mut ctx = #rt::__private::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(logits)
+        }
+
+        fn infer(&self, x: #rt::ndarray::ArrayView4<'_, T>)
+            -> ::std::result::Result<#rt::ndarray::Array2<T>, #rt::InputError> {
+            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT, #rt::Mode::Eval)?;
+            let ctx = #rt::__private::EvalCtx::new(&self.params, &self.state);
+            let macs = <Self as #rt::NetworkSpec>::MACS_PER_IMAGE;
+            ::std::result::Result::Ok(#rt::__private::threads::by_image(x, macs, |x| Self::eval_pass(ctx, x)))
         }
     }
 }
@@ -545,7 +570,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             grads: &mut [T],
             loss: &mut dyn FnMut(&#rt::ndarray::Array2<T>) -> #rt::ndarray::Array2<T>,
         ) -> ::std::result::Result<#rt::ndarray::Array4<T>, #rt::InputError> {
-            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT)?;
+            #rt::__private::check_input(<Self as #rt::NetworkSpec>::NAME, &x, <Self as #rt::NetworkSpec>::INPUT, mode)?;
             if grads.len() != #params_len {
                 return ::std::result::Result::Err(#rt::InputError::Gradients {
                     model: <Self as #rt::NetworkSpec>::NAME, expected: #params_len, found: grads.len(),

@@ -476,7 +476,7 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
     let lay = layout(plan);
     assert_eq!(lay.act_off[0], 0, "the input is the first activation");
     let prog = build(plan, &lay);
-    let source = &prog.source;
+    let source = crate::emit::raw_str(&prog.source);
     let kernels = &prog.kernels;
     let costs = prog.costs.iter().map(|&(f, b)| {
         let (f, b) = (f as u64, b as u64);

@@ -28,12 +28,13 @@ mod float;
 pub mod gpu;
 mod init;
 mod model;
+pub mod snapshot;
 pub mod train;
 pub mod weights;
 
 pub use float::Float;
 pub use model::{InputError, LayerInfo, Mode, Model, NetworkSpec};
-pub use weights::{Store, TensorSpec, WeightsError};
+pub use weights::{Store, TensorSpec, ValueProblem, WeightsError};
 
 /// The `ndarray` version the generated models take and return arrays of;
 /// use it (`sparsenet::runtime::ndarray`) rather than a direct dependency,

@@ -101,6 +101,29 @@ pub enum InputError {
         /// The shape the loss returned.
         found: [usize; 2],
     },
+    /// A training-mode pass was given an input holding NaN or an infinity.
+    /// Refused before anything ran: its batch statistics would carry the
+    /// value into every image's output and into the BatchNorm running
+    /// statistics for good. (In [`Mode::Eval`] a non-finite input is not an
+    /// error: it gives non-finite logits for its own image only, never
+    /// finite ones that hide it.)
+    #[error("input image {image} of the batch holds {value} at channel {channel}, row {row}, column {column} (and {others} more non-finite value(s) in the batch): the training-mode pass of model `{model}` was refused before it changed anything, since batch statistics would spread it into every image and into the running statistics")]
+    NonFinite {
+        /// The model's [`NetworkSpec::NAME`].
+        model: &'static str,
+        /// Index in the batch of the first image holding one.
+        image: usize,
+        /// Where in that image (first in memory order).
+        channel: usize,
+        /// Row of the value.
+        row: usize,
+        /// Column of the value.
+        column: usize,
+        /// `NaN`, `inf` or `-inf`.
+        value: String,
+        /// How many other non-finite values the batch holds.
+        others: usize,
+    },
 }
 
 /// The gradient the loss closure of [`Model::forward_backward`] returned for
@@ -124,11 +147,13 @@ pub fn check_loss_gradient<T>(
     Ok(dlogits)
 }
 
-/// Checks that `x` is `[batch >= 1, C, H, W]` as declared.
-pub fn check_input<T>(
+/// Checks that `x` is `[batch >= 1, C, H, W]` as declared and, in
+/// [`Mode::Train`], that every value is finite ([`InputError::NonFinite`]).
+pub fn check_input<T: Float>(
     model: &'static str,
     x: &ArrayView4<'_, T>,
     expected: [usize; 3],
+    mode: Mode,
 ) -> Result<(), InputError> {
     let d = x.dim();
     if d.0 == 0 || [d.1, d.2, d.3] != expected {
@@ -139,7 +164,36 @@ pub fn check_input<T>(
             found: vec![d.0, d.1, d.2, d.3],
         });
     }
+    if mode == Mode::Train {
+        check_finite(model, x)?;
+    }
     Ok(())
+}
+
+/// The first non-finite value of `x` (in memory order), if any, as an error.
+/// One read of the input: nothing next to a convolution's cost.
+fn check_finite<T: Float>(model: &'static str, x: &ArrayView4<'_, T>) -> Result<(), InputError> {
+    if x.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let mut bad = x.indexed_iter().filter(|(_, v)| !v.is_finite());
+    let ((image, channel, row, column), v) = bad.next().expect("a non-finite value was seen");
+    let value = if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_sign_positive() {
+        "inf".to_string()
+    } else {
+        "-inf".to_string()
+    };
+    Err(InputError::NonFinite {
+        model,
+        image,
+        channel,
+        row,
+        column,
+        value,
+        others: bad.count(),
+    })
 }
 
 /// Static facts about a generated network, fixed at compile time.
@@ -191,11 +245,26 @@ pub trait Model<T: Float>: NetworkSpec + Sized {
     /// The running statistics, writable.
     fn state_mut(&mut self) -> &mut [T];
     /// Logits `[batch, classes]` for `x` of shape `[batch, C, H, W]`.
+    ///
+    /// In [`Mode::Train`] BatchNorm normalises with the batch's statistics
+    /// and each call updates the running statistics once (momentum 0.1 of
+    /// the batch's), and dropout draws its masks; in [`Mode::Eval`] nothing
+    /// changes (the same as [`Model::infer`]). A training-mode input holding
+    /// NaN or an infinity is refused ([`InputError::NonFinite`]) before
+    /// anything changes.
     fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, InputError>;
+
+    /// Inference: logits `[batch, classes]` with the running statistics and
+    /// no dropout, changing nothing, so that threads can share one model
+    /// (`&Model` is `Sync`). The same numbers as `forward(x, Mode::Eval)`.
+    fn infer(&self, x: ArrayView4<'_, T>) -> Result<Array2<T>, InputError>;
 
     /// Forward in `mode`, then `loss` turns the logits into d(loss)/d(logits),
     /// then the unrolled backward pass. `grads` (laid out like `params`) is
     /// overwritten with the parameter gradients. Returns d(loss)/d(input).
+    /// Its forward pass is the step's only one: in [`Mode::Train`] it
+    /// updates the running statistics once, as [`Model::forward`] does (so
+    /// a `forward(Train)` before it would update them twice).
     /// An error if `x` or `grads` has the wrong shape, or if `loss` returns a
     /// gradient not shaped like the logits ([`InputError::LossGradient`]).
     fn forward_backward(

@@ -111,14 +111,56 @@ impl TensorSpec {
 pub trait WeightElem: Copy + bytemuck::Pod + 'static {
     /// The safetensors dtype of this element type.
     const DTYPE: Dtype;
+    /// `v` in this type, rounded to nearest (ties to even) where it has
+    /// fewer bits; a value beyond this type's range becomes an infinity.
+    fn from_f64_rounded(v: f64) -> Self;
+    /// Widened to f64 (exact for f32 and f64).
+    fn to_f64_exact(self) -> f64;
 }
 
 impl WeightElem for f32 {
     const DTYPE: Dtype = Dtype::F32;
+    fn from_f64_rounded(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64_exact(self) -> f64 {
+        self as f64
+    }
 }
 
 impl WeightElem for f64 {
     const DTYPE: Dtype = Dtype::F64;
+    fn from_f64_rounded(v: f64) -> Self {
+        v
+    }
+    fn to_f64_exact(self) -> f64 {
+        self
+    }
+}
+
+/// Why a value of a weights file (or of a model being saved) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueProblem {
+    /// NaN or an infinity.
+    NotFinite,
+    /// An F64 value beyond f32's range, loaded into an f32 model.
+    TooLargeForF32,
+    /// A BatchNorm running variance below zero (its square root is NaN).
+    NegativeVariance,
+}
+
+impl fmt::Display for ValueProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueProblem::NotFinite => {
+                "weights and statistics must be finite (from a run that diverged, or a corrupt file?)"
+            }
+            ValueProblem::TooLargeForF32 => {
+                "it is too large for an f32 model (the largest finite f32 is 3.4028235e38)"
+            }
+            ValueProblem::NegativeVariance => "a running variance cannot be negative",
+        })
+    }
 }
 
 /// Everything that can go wrong while saving or loading weights.
@@ -263,6 +305,33 @@ pub enum WeightsError {
         /// The repeated name.
         name: String,
     },
+    /// A value that would make the model compute NaN, or hide one: NaN or an
+    /// infinity, an F64 value too large for an f32 model, a negative running
+    /// variance. Found before anything was copied (on load) or written (on
+    /// save). The first such value of the tensor is reported.
+    #[error(
+        "tensor `{name}` ({}) holds {value} at index {index:?}: {problem} \
+         ({count} such value(s) in this tensor; nothing was {})",
+        .path.display(),
+        if *.saving { "written" } else { "loaded" }
+    )]
+    BadValue {
+        /// The file (`<memory>` for [`weights_to_bytes`]; for
+        /// [`weights_from_bytes`], the `origin` it was given).
+        path: PathBuf,
+        /// The tensor's dotted name.
+        name: String,
+        /// Where in the tensor, outermost dimension first.
+        index: Vec<usize>,
+        /// The value (widened to f64).
+        value: f64,
+        /// What is wrong with it.
+        problem: ValueProblem,
+        /// How many values of the tensor have a problem.
+        count: usize,
+        /// Whether it was found while saving rather than loading.
+        saving: bool,
+    },
     /// `T::DTYPE` does not describe `T` (a wrong [`WeightElem`] implementation).
     #[error(
         "element type for {} does not match its dtype: expected {dtype:?} elements of \
@@ -304,8 +373,10 @@ pub fn save_weights<T: WeightElem>(
 }
 
 /// Loads the safetensors file at `path` into `params` and `state` as described by
-/// `specs`. The file must hold exactly the spec'd tensors with the spec'd shapes
-/// and dtype `T::DTYPE`; on any error `params` and `state` are left unchanged.
+/// `specs`. The file must hold exactly the spec'd tensors with the spec'd shapes,
+/// as F32 or F64 (converted to `T`: F32 into f64 exactly, F64 into f32 rounded to
+/// nearest, ties to even), every value finite and every running variance >= 0;
+/// on any error `params` and `state` are left unchanged.
 pub fn load_weights<T: WeightElem>(
     path: &Path,
     specs: &[TensorSpec],
@@ -335,14 +406,38 @@ pub fn weights_to_bytes<T: WeightElem>(
 
 /// Deserialises the bytes of a safetensors file into `params` and `state` as
 /// described by `specs`. `origin` is used only in error messages. The same checks
-/// as [`load_weights`] apply, and on any error nothing is written. `bytes` need not
-/// be aligned.
+/// and conversions as [`load_weights`] apply, and on any error nothing is written.
+/// `bytes` need not be aligned.
 pub fn weights_from_bytes<T: WeightElem>(
     bytes: &[u8],
     origin: &Path,
     specs: &[TensorSpec],
     params: &mut [T],
     state: &mut [T],
+) -> Result<(), WeightsError> {
+    from_bytes_impl(bytes, origin, specs, params, state, true)
+}
+
+/// [`weights_from_bytes`] without the dtype conversion: every tensor must be
+/// stored as `T::DTYPE` ([`WeightsError::DtypeMismatch`] otherwise). For
+/// files that must come back bit for bit, such as checkpoints.
+pub fn weights_from_bytes_exact<T: WeightElem>(
+    bytes: &[u8],
+    origin: &Path,
+    specs: &[TensorSpec],
+    params: &mut [T],
+    state: &mut [T],
+) -> Result<(), WeightsError> {
+    from_bytes_impl(bytes, origin, specs, params, state, false)
+}
+
+fn from_bytes_impl<T: WeightElem>(
+    bytes: &[u8],
+    origin: &Path,
+    specs: &[TensorSpec],
+    params: &mut [T],
+    state: &mut [T],
+    convert: bool,
 ) -> Result<(), WeightsError> {
     let ranges = check_specs::<T>(origin, specs, params.len(), state.len())?;
     let corrupt = |reason: String| WeightsError::Corrupt {
@@ -354,8 +449,7 @@ pub fn weights_from_bytes<T: WeightElem>(
     let file = SafeTensors::deserialize(bytes).map_err(|e| corrupt(describe_st_error(e, bytes)))?;
 
     // Check every spec'd tensor, in table order, before copying anything.
-    let elem = std::mem::size_of::<T>();
-    let mut sources: Vec<&[u8]> = Vec::with_capacity(specs.len());
+    let mut sources: Vec<(&[u8], Dtype)> = Vec::with_capacity(specs.len());
     for spec in specs {
         let view = file
             .tensor(spec.name)
@@ -364,7 +458,9 @@ pub fn weights_from_bytes<T: WeightElem>(
                 name: spec.name.to_string(),
                 expected: spec.shape.to_vec(),
             })?;
-        if view.dtype() != T::DTYPE {
+        let dtype = view.dtype();
+        let convertible = convert && matches!(dtype, Dtype::F32 | Dtype::F64);
+        if dtype != T::DTYPE && !convertible {
             return Err(WeightsError::DtypeMismatch {
                 path: origin.to_path_buf(),
                 name: spec.name.to_string(),
@@ -382,7 +478,8 @@ pub fn weights_from_bytes<T: WeightElem>(
             });
         }
         let data = view.data();
-        // safetensors validated size == numel * dtype size; check against T as well.
+        // safetensors validated size == numel * dtype size; check it here too.
+        let elem = dtype.size();
         if data.len() != spec.len() * elem {
             return Err(corrupt(format!(
                 "tensor `{}` should hold {} bytes of data, found {}",
@@ -391,7 +488,14 @@ pub fn weights_from_bytes<T: WeightElem>(
                 data.len()
             )));
         }
-        sources.push(data);
+        check_values(
+            spec,
+            decode(data, dtype),
+            T::DTYPE == Dtype::F32,
+            origin,
+            false,
+        )?;
+        sources.push((data, dtype));
     }
 
     // Tensors the model doesn't have.
@@ -418,14 +522,84 @@ pub fn weights_from_bytes<T: WeightElem>(
     }
 
     // All checks passed: copy.
-    for ((spec, range), src) in specs.iter().zip(ranges).zip(sources) {
+    for ((spec, range), (src, dtype)) in specs.iter().zip(ranges).zip(sources) {
         let dst = match spec.store {
             Store::Param => &mut params[range],
             Store::State => &mut state[range],
         };
-        copy_from_le_bytes(dst, src);
+        if dtype == T::DTYPE {
+            copy_from_le_bytes(dst, src);
+        } else {
+            for (d, v) in dst.iter_mut().zip(decode(src, dtype)) {
+                *d = T::from_f64_rounded(v);
+            }
+        }
     }
     Ok(())
+}
+
+/// The values of little-endian F32 or F64 data, widened to f64 (exact).
+fn decode(data: &[u8], dtype: Dtype) -> Box<dyn Iterator<Item = f64> + '_> {
+    match dtype {
+        Dtype::F32 => Box::new(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64),
+        ),
+        _ => Box::new(
+            data.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        ),
+    }
+}
+
+/// Refuses a tensor holding a value a model must not compute with (see
+/// [`ValueProblem`]); the error names its first such value.
+fn check_values(
+    spec: &TensorSpec,
+    values: impl Iterator<Item = f64>,
+    into_f32: bool,
+    path: &Path,
+    saving: bool,
+) -> Result<(), WeightsError> {
+    let variance = spec.name.ends_with("running_var");
+    let problem = |v: f64| {
+        if !v.is_finite() {
+            Some(ValueProblem::NotFinite)
+        } else if into_f32 && !(v as f32).is_finite() {
+            Some(ValueProblem::TooLargeForF32)
+        } else if variance && v < 0.0 {
+            Some(ValueProblem::NegativeVariance)
+        } else {
+            None
+        }
+    };
+    let mut first = None;
+    let mut count = 0usize;
+    for (i, v) in values.enumerate() {
+        if let Some(p) = problem(v) {
+            count += 1;
+            first.get_or_insert((i, v, p));
+        }
+    }
+    let Some((flat, value, problem)) = first else {
+        return Ok(());
+    };
+    // The flat index as a multi-index over the tensor's shape.
+    let mut index = vec![0usize; spec.shape.len()];
+    let mut rest = flat;
+    for (slot, &dim) in index.iter_mut().zip(spec.shape).rev() {
+        *slot = rest % dim.max(1);
+        rest /= dim.max(1);
+    }
+    Err(WeightsError::BadValue {
+        path: path.to_path_buf(),
+        name: spec.name.to_string(),
+        index,
+        value,
+        problem,
+        count,
+        saving,
+    })
 }
 
 /// Writes `bytes` to `path` so that `path` holds either its old contents or all of
@@ -566,6 +740,20 @@ fn to_bytes_impl<T: WeightElem>(
     metadata: Option<BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, WeightsError> {
     let ranges = check_specs::<T>(path, specs, params.len(), state.len())?;
+    // A file we write is a file we can read back: the load's value checks.
+    for (spec, range) in specs.iter().zip(ranges.clone()) {
+        let src = match spec.store {
+            Store::Param => &params[range],
+            Store::State => &state[range],
+        };
+        check_values(
+            spec,
+            src.iter().map(|v| v.to_f64_exact()),
+            false,
+            path,
+            true,
+        )?;
+    }
     let tensors: Vec<(&str, OutTensor<'_>)> = specs
         .iter()
         .zip(ranges)
@@ -858,8 +1046,9 @@ mod tests {
         let p = (0..N_PARAMS)
             .map(|i| T::from(seed + i as f32 * 0.25 - 3.0))
             .collect();
+        // Non-negative: some are running variances, which are refused below 0.
         let s = (0..N_STATE)
-            .map(|i| T::from(seed * 2.0 + i as f32 * 0.5))
+            .map(|i| T::from((seed * 2.0 + i as f32 * 0.5).abs()))
             .collect();
         (p, s)
     }
@@ -1052,10 +1241,36 @@ mod tests {
     }
 
     #[test]
-    fn wrong_dtype_f64_file_into_f32_model() {
-        let (p, s) = model::<f64>(1.0);
+    fn an_f64_file_loads_into_an_f32_model_rounded_to_nearest() {
+        let (mut p, s) = model::<f64>(1.0);
+        // Between two f32s: rounds up, rounds down, ties to even.
+        p[0] = 1.0 + 2f64.powi(-24) + 2f64.powi(-40);
+        p[1] = 1.0 + 2f64.powi(-24) - 2f64.powi(-40);
+        p[2] = 1.0 + 3.0 * 2f64.powi(-24);
         let bytes = weights_to_bytes(SPECS, &p, &s, None).unwrap();
-        let e = load_err(&bytes);
+        let (mut p32, mut s32) = (vec![0f32; N_PARAMS], vec![0f32; N_STATE]);
+        weights_from_bytes(
+            &bytes,
+            Path::new("w.safetensors"),
+            SPECS,
+            &mut p32,
+            &mut s32,
+        )
+        .unwrap();
+        assert_eq!(p32[0], 1.0 + 2f32.powi(-23));
+        assert_eq!(p32[1], 1.0);
+        assert_eq!(p32[2], 1.0 + 2.0 * 2f32.powi(-23));
+        assert!(p32.iter().zip(&p).all(|(&a, &b)| a == b as f32));
+        assert!(s32.iter().zip(&s).all(|(&a, &b)| a == b as f32));
+        // The exact reader (checkpoints) refuses instead, naming both dtypes.
+        let e = weights_from_bytes_exact(
+            &bytes,
+            Path::new("w.safetensors"),
+            SPECS,
+            &mut p32,
+            &mut s32,
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(
             matches!(
@@ -1069,7 +1284,35 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("`stem.conv.weight`"), "{msg}");
-        assert!(msg.contains("F32") && msg.contains("F64"), "{msg}");
+    }
+
+    #[test]
+    fn an_f32_file_loads_into_an_f64_model_exactly() {
+        let (p, s) = model::<f32>(1.5);
+        let bytes = weights_to_bytes(SPECS, &p, &s, None).unwrap();
+        let (mut p64, mut s64) = (vec![0f64; N_PARAMS], vec![0f64; N_STATE]);
+        weights_from_bytes(&bytes, Path::new("w"), SPECS, &mut p64, &mut s64).unwrap();
+        assert!(p64.iter().zip(&p).all(|(&a, &b)| a == b as f64));
+        assert!(s64.iter().zip(&s).all(|(&a, &b)| a == b as f64));
+    }
+
+    #[test]
+    fn integer_and_half_tensors_are_still_refused() {
+        let mut t = raw_tensors();
+        t[0].1 = Dtype::F16;
+        let half = t[0].3.len() / 2;
+        t[0].3.truncate(half);
+        let e = load_err(&raw_file(&t));
+        assert!(
+            matches!(
+                e,
+                WeightsError::DtypeMismatch {
+                    found: Dtype::F16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

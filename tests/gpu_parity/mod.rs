@@ -524,3 +524,80 @@ where
     );
     assert!(worst < tol, "GPU and CPU losses differ by up to {worst:e}");
 }
+
+/// Non-finite values on the device behave as on the CPU (tests/network.rs):
+/// a NaN in any of a sample of tensors (a convolution's weight, a BN's
+/// scale, running mean and variance, the classifier) gives NaN logits in
+/// eval, exactly where the CPU's are NaN (the device's ReLU and max-pool
+/// keep NaN: `fmaxf` and a `>` test would drop it); a NaN pixel reaches
+/// only its own image's logits; a training pass given one is refused before
+/// it changes the device's state.
+pub fn non_finite_values_are_never_hidden<M: GpuNetwork + Model<f32> + Clone>()
+where
+    Dev<f32>: Backend<f32>,
+{
+    let clean: M = randomised(3);
+    let (x, labels) = input::<f32, M>(3, 4);
+    let mut dev = gpu(&clean, 3);
+    let tensors = M::tensors();
+    // Every BN tensor of the first BN, then one in four of the rest.
+    let picked = tensors
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i < 4 || i % 4 == 0 || t.name.starts_with("head"));
+    for (_, t) in picked {
+        let mut m = clean.clone();
+        let at = t.offset + t.len() / 2;
+        match t.store {
+            sparsenet::runtime::Store::Param => m.params_mut()[at] = f32::NAN,
+            sparsenet::runtime::Store::State => m.state_mut()[at] = f32::NAN,
+        }
+        dev.copy_from(&m).unwrap();
+        let got = dev.forward(x.view(), Mode::Eval).unwrap();
+        let want = m.forward(x.view(), Mode::Eval).unwrap();
+        let nan = |a: &Array2<f32>| a.iter().map(|v| v.is_nan()).collect::<Vec<_>>();
+        assert!(
+            want.iter().any(|v| v.is_nan()),
+            "CPU: NaN in `{}` hidden",
+            t.name
+        );
+        assert_eq!(
+            nan(&got),
+            nan(&want),
+            "NaN in `{}`: device {got:?}, CPU {want:?}",
+            t.name
+        );
+    }
+    dev.copy_from(&clean).unwrap();
+    let before = dev.forward(x.view(), Mode::Eval).unwrap();
+    let mut xb = x.clone();
+    let [_, h, w] = M::INPUT;
+    xb[[1, 0, h / 2, w - 1]] = f32::NAN;
+    let got = dev.forward(xb.view(), Mode::Eval).unwrap();
+    assert!(got.row(1).iter().all(|v| v.is_nan()), "{got:?}");
+    assert_eq!(got.row(0), before.row(0));
+    assert_eq!(got.row(2), before.row(2));
+    let state = dev.state().unwrap();
+    let params = dev.params().unwrap();
+    for e in [
+        dev.forward(xb.view(), Mode::Train).unwrap_err(),
+        dev.forward_backward(xb.view(), &labels, 0.0).unwrap_err(),
+    ] {
+        assert!(
+            e.to_string().contains(&format!(
+                "input image 1 of the batch holds NaN at channel 0, row {}, column {}",
+                h / 2,
+                w - 1
+            )),
+            "{e}"
+        );
+    }
+    let opt = Sgd {
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    assert!(dev.train_step(xb.view(), &labels, &opt, 0.1, 0.0).is_err());
+    assert_eq!(dev.state().unwrap(), state, "running statistics untouched");
+    assert_eq!(dev.params().unwrap(), params, "parameters untouched");
+}

@@ -31,3 +31,19 @@ fn detect_avx2_fma() -> bool {
         false
     }
 }
+
+/// ReLU of eight lanes that keeps a NaN lane NaN and turns -0 into +0, as the
+/// scalar `if y <= 0 { 0 } else { y }` does. (`_mm256_max_ps(y, 0)` returns
+/// its second operand for a NaN lane: it would hide a NaN weight or input
+/// behind finite, plausible logits.)
+///
+/// # Safety
+/// The CPU must have AVX (the callers are `#[target_feature(enable = "avx2")]`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn relu_keep_nan(y: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // Ordered, non-signalling `<=`: false for NaN, so its lane is kept.
+    let not_positive = _mm256_cmp_ps::<_CMP_LE_OQ>(y, _mm256_setzero_ps());
+    _mm256_andnot_ps(not_positive, y)
+}

@@ -179,7 +179,8 @@ template <class L>
 SN_DEVICE real pre_apply(const Args& a, int cg, real v) {
     if (!L::PRE) return v;
     real y = a.aux[L::PRE_AUX + cg] * v + a.aux[L::PRE_AUX + L::CIN + cg];
-    return (L::RELU && !(y > (real)0)) ? (real)0 : y;
+    // `<=` so that NaN passes through, as on the CPU (fmaxf would drop it).
+    return (L::RELU && y <= (real)0) ? (real)0 : y;
 }
 
 // Where a node's output gradient lives: the logits' for the head.
@@ -597,9 +598,11 @@ SN_DEVICE int max_pool_argmax(const Args& a, int cg, const real* plane, int oy, 
             const int ix = ox * L::STRIDE - L::PAD + kx;
             if (ix < 0 || ix >= L::W) continue;
             const real v = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
-            if (v > best) {
+            // A NaN is the window's maximum (as in PyTorch): never skipped.
+            if (v > best || v != v) {
                 best = v;
                 at = iy * L::W + ix;
+                if (v != v) return at;
             }
         }
     }
@@ -818,7 +821,7 @@ SN_DEVICE void gap_dense_backward_weight(const Args& a) {
 // The gradient reaching the BatchNorm's output through the ReLU.
 template <class L>
 SN_DEVICE real relu_masked(const Args& a, int cg, real x, real g) {
-    if (L::RELU && !(a.aux[L::PRE_AUX + cg] * x + a.aux[L::PRE_AUX + L::CIN + cg] > (real)0)) return (real)0;
+    if (L::RELU && a.aux[L::PRE_AUX + cg] * x + a.aux[L::PRE_AUX + L::CIN + cg] <= (real)0) return (real)0;
     return g;
 }
 

@@ -534,8 +534,8 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         }
     }
 
-    fn upload_input(&mut self, x: ArrayView4<'_, T>) -> Result<usize, GpuError> {
-        check_input(M::NAME, &x, M::INPUT)?;
+    fn upload_input(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<usize, GpuError> {
+        check_input(M::NAME, &x, M::INPUT, mode)?;
         let n = x.dim().0;
         if n == 0 || n > self.capacity {
             return Err(GpuError::Batch {
@@ -571,7 +571,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
     /// Logits `[n, classes]`; in training mode BatchNorm uses batch
     /// statistics and updates the running statistics on the device.
     pub fn forward(&mut self, x: ArrayView4<'_, T>, mode: Mode) -> Result<Array2<T>, GpuError> {
-        let n = self.upload_input(x)?;
+        let n = self.upload_input(x, mode)?;
         let args = self.args(n, mode);
         let seq = match mode {
             Mode::Eval => M::GPU_PROGRAM.forward_eval,
@@ -611,7 +611,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         labels: &[usize],
         label_smoothing: f64,
     ) -> Result<StepOutcome, GpuError> {
-        let n = self.upload_input(x)?;
+        let n = self.upload_input(x, Mode::Train)?;
         self.upload_labels(labels, n)?;
         let plain = Sgd {
             momentum: 0.0,
@@ -636,7 +636,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         lr: f64,
         label_smoothing: f64,
     ) -> Result<StepOutcome, GpuError> {
-        let n = self.upload_input(x)?;
+        let n = self.upload_input(x, Mode::Train)?;
         self.upload_labels(labels, n)?;
         self.set_hyper(opt, lr, label_smoothing)?;
         let args = self.args(n, Mode::Train);
@@ -689,6 +689,13 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             "velocity is laid out like the parameters"
         );
         self.backend.upload(&mut self.velocity, 0, v)
+    }
+
+    /// Replaces the device's parameters and running statistics with
+    /// `model`'s (after a `load`, say); the SGD velocity is kept.
+    pub fn copy_from(&mut self, model: &M) -> Result<(), GpuError> {
+        self.backend.upload(&mut self.params, 0, model.params())?;
+        self.backend.upload(&mut self.state, 0, model.state())
     }
 
     /// Copies the device's parameters and running statistics into `model`.

@@ -25,8 +25,8 @@ use safetensors::SafeTensors;
 
 use crate::float::Float;
 use crate::weights::{
-    excerpt, weights_from_bytes, weights_to_bytes, write_atomically, Store, TensorSpec,
-    WeightsError,
+    excerpt, weights_from_bytes, weights_from_bytes_exact, weights_to_bytes, write_atomically,
+    Store, TensorSpec, WeightsError,
 };
 
 /// Value of the `format` metadata entry.
@@ -261,7 +261,10 @@ fn load_impl<T: Float>(
     let all_specs = with_velocity_specs(specs, state.len());
     let mut new_params = vec![T::zero(); params.len()];
     let mut new_state = vec![T::zero(); state.len() + velocity.len()];
-    let loaded = weights_from_bytes(&bytes, path, &all_specs, &mut new_params, &mut new_state);
+    // Exact: a checkpoint resumes bit for bit, so an f64 run does not
+    // continue in f32 (export its weights with `save` and load those).
+    let loaded =
+        weights_from_bytes_exact(&bytes, path, &all_specs, &mut new_params, &mut new_state);
     let weights_err = |source| CheckpointError::Weights {
         path: path.to_path_buf(),
         source,
@@ -472,7 +475,8 @@ mod tests {
         params[6] = T::min_positive_value() / T::from_f64c(4.0);
         Run {
             params,
-            state: (0..N_STATE).map(|i| f(i, 0.7)).collect(),
+            // Positive: some are running variances, which load refuses below 0.
+            state: (0..N_STATE).map(|i| f(i, 0.7).abs()).collect(),
             velocity: (0..N_PARAMS).map(|i| f(i, 2.9)).collect(),
         }
     }

@@ -228,8 +228,8 @@ pub enum TrainError {
     #[error(transparent)]
     Input(#[from] InputError),
     /// The loss could not be computed (labels out of range, ...).
-    #[error("{0}")]
-    Loss(String),
+    #[error(transparent)]
+    Loss(#[from] super::loss::LossError),
     /// A step's loss (or gradient) was not finite: the run diverged. The
     /// checkpoint on disk is the last good one.
     #[error(

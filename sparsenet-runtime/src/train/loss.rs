@@ -5,6 +5,47 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::float::Float;
 
+/// Why softmax cross-entropy cannot be computed for a batch. Nothing was
+/// written to the gradient buffer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LossError {
+    /// The label count differs from the batch size.
+    #[error("cross-entropy: expected one label per batch row ({rows}), found {labels} labels")]
+    LabelCount {
+        /// Rows of the logits (the batch size).
+        rows: usize,
+        /// Labels given.
+        labels: usize,
+    },
+    /// The logits have no rows.
+    #[error("cross-entropy: expected a non-empty batch, found 0 rows")]
+    EmptyBatch,
+    /// The logits have no columns.
+    #[error("cross-entropy: expected at least one class, found 0 logit columns")]
+    NoClasses,
+    /// The gradient buffer is not shaped like the logits.
+    #[error("cross-entropy: expected a gradient buffer of shape [{}, {}], found {found:?}", expected[0], expected[1])]
+    GradientShape {
+        /// The logits' `[batch, classes]`.
+        expected: [usize; 2],
+        /// The buffer's shape.
+        found: Vec<usize>,
+    },
+    /// Label smoothing outside `[0, 1]` (or NaN).
+    #[error("cross-entropy: expected label smoothing in [0, 1], found {0}")]
+    Smoothing(f64),
+    /// A label is not one of the classes.
+    #[error("cross-entropy: label {label} (batch row {row}) is out of range for {classes} classes (expected 0..={})", classes - 1)]
+    LabelOutOfRange {
+        /// The label.
+        label: usize,
+        /// Its row in the batch.
+        row: usize,
+        /// The number of classes (logit columns).
+        classes: usize,
+    },
+}
+
 /// Mean softmax cross-entropy of `logits` (batch × classes) against `labels`,
 /// with PyTorch's label smoothing: the target distribution is
 /// `(1 - eps) * onehot(label) + eps / K` for `K` classes.
@@ -21,7 +62,7 @@ pub fn softmax_cross_entropy<T: Float>(
     logits: ArrayView2<T>,
     labels: &[usize],
     label_smoothing: f64,
-) -> Result<(T, Array2<T>, usize), String> {
+) -> Result<(T, Array2<T>, usize), LossError> {
     let mut grad = Array2::zeros(logits.raw_dim());
     let (loss, correct) =
         softmax_cross_entropy_into(logits, labels, label_smoothing, grad.view_mut())?;
@@ -36,39 +77,35 @@ pub fn softmax_cross_entropy_into<T: Float>(
     labels: &[usize],
     label_smoothing: f64,
     mut grad: ArrayViewMut2<T>,
-) -> Result<(T, usize), String> {
+) -> Result<(T, usize), LossError> {
     let (n, k) = logits.dim();
     if labels.len() != n {
-        return Err(format!(
-            "cross-entropy: expected one label per batch row ({n}), found {} labels",
-            labels.len()
-        ));
+        return Err(LossError::LabelCount {
+            rows: n,
+            labels: labels.len(),
+        });
     }
     if n == 0 {
-        return Err("cross-entropy: expected a non-empty batch, found 0 rows".to_string());
+        return Err(LossError::EmptyBatch);
     }
     if k == 0 {
-        return Err(
-            "cross-entropy: expected at least one class, found 0 logit columns".to_string(),
-        );
+        return Err(LossError::NoClasses);
     }
     if grad.dim() != (n, k) {
-        return Err(format!(
-            "cross-entropy: expected a gradient buffer of shape [{n}, {k}], found {:?}",
-            grad.shape()
-        ));
+        return Err(LossError::GradientShape {
+            expected: [n, k],
+            found: grad.shape().to_vec(),
+        });
     }
     if !(0.0..=1.0).contains(&label_smoothing) {
-        return Err(format!(
-            "cross-entropy: expected label smoothing in [0, 1], found {label_smoothing}"
-        ));
+        return Err(LossError::Smoothing(label_smoothing));
     }
-    if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
-        return Err(format!(
-            "cross-entropy: label {l} (batch row {i}) is out of range for {k} classes \
-             (expected 0..={})",
-            k - 1
-        ));
+    if let Some((row, &label)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
+        return Err(LossError::LabelOutOfRange {
+            label,
+            row,
+            classes: k,
+        });
     }
 
     let eps = label_smoothing;
@@ -234,29 +271,40 @@ mod tests {
         assert_eq!((loss, c), (loss2, c2));
         assert_eq!(buf, grad2);
         let mut wrong = Array2::zeros((3, 5));
-        let e =
-            softmax_cross_entropy_into(logits.view(), &labels, 0.2, wrong.view_mut()).unwrap_err();
+        let e = softmax_cross_entropy_into(logits.view(), &labels, 0.2, wrong.view_mut())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[3, 4]"), "{e}");
     }
 
     #[test]
     fn errors() {
         let l = Array2::<f64>::zeros((2, 3));
-        let e = softmax_cross_entropy(l.view(), &[0, 3], 0.0).unwrap_err();
+        let e = softmax_cross_entropy(l.view(), &[0, 3], 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("label 3") && e.contains("3 classes") && e.contains("row 1"),
             "{e}"
         );
-        let e = softmax_cross_entropy(l.view(), &[0], 0.0).unwrap_err();
+        let e = softmax_cross_entropy(l.view(), &[0], 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 labels") && e.contains("(2)"), "{e}");
-        let e = softmax_cross_entropy(l.view(), &[0, 1], 1.5).unwrap_err();
+        let e = softmax_cross_entropy(l.view(), &[0, 1], 1.5)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1.5"), "{e}");
-        let e = softmax_cross_entropy(l.view(), &[0, 1], f64::NAN).unwrap_err();
+        let e = softmax_cross_entropy(l.view(), &[0, 1], f64::NAN)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("NaN"), "{e}");
         let empty = Array2::<f64>::zeros((0, 3));
         assert!(softmax_cross_entropy(empty.view(), &[], 0.0).is_err());
         let none = Array2::<f64>::zeros((1, 0));
-        let e = softmax_cross_entropy(none.view(), &[0], 0.0).unwrap_err();
+        let e = softmax_cross_entropy(none.view(), &[0], 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("0 logit columns"), "{e}");
     }
 }

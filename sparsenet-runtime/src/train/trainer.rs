@@ -151,7 +151,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             path: cfg.out_dir.clone(),
             source,
         })?;
-        let lock = prepare_out_dir(&cfg)?;
+        let lock = prepare_out_dir(&cfg, true)?;
         let start = Start::<M>::fresh(&cfg);
         let start = if cfg.resume && cfg.checkpoint_path().exists() {
             start.resume(&cfg, steps_per_epoch)?
@@ -731,12 +731,26 @@ fn changed_settings(
     changes
 }
 
+/// The checks [`Trainer::new`] makes of the run's output folder, made
+/// before anything else so that a program can fail fast, before it loads
+/// its data: another run holds the folder, it cannot be written, or it
+/// holds another run's files (without `resume` or `overwrite`). Takes the
+/// folder's lock and lets it go; removes temporary files a killed run left;
+/// deletes nothing else. A folder that does not exist yet passes (the
+/// trainer creates it).
+pub fn check_out_dir(cfg: &TrainConfig) -> Result<(), TrainError> {
+    if !cfg.out_dir.is_dir() {
+        return Ok(());
+    }
+    prepare_out_dir(cfg, false).map(drop)
+}
+
 /// Makes the output folder (which exists) ready for the run: takes its
 /// lock (held by the trainer), checks that files can be written there,
 /// removes the temporary files a killed run left, and refuses to start a
 /// new run over another run's files unless `cfg.overwrite` (which deletes
-/// them) or `cfg.resume`.
-fn prepare_out_dir(cfg: &TrainConfig) -> Result<RunLock, TrainError> {
+/// them when `delete`) or `cfg.resume`.
+fn prepare_out_dir(cfg: &TrainConfig, delete: bool) -> Result<RunLock, TrainError> {
     let dir = &cfg.out_dir;
     let lock = RunLock::acquire(dir)?;
     run_dir::check_writable(dir)?;
@@ -774,7 +788,7 @@ fn prepare_out_dir(cfg: &TrainConfig) -> Result<RunLock, TrainError> {
                 files: existing,
             });
         }
-        for name in RUN_FILES {
+        for name in RUN_FILES.iter().filter(|_| delete) {
             let path = dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path)

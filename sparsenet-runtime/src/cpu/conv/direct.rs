@@ -617,7 +617,7 @@ unsafe fn fwd_tile<const P: usize, const KK: usize>(
             for p in 0..P {
                 acc[q][p] = _mm256_fmadd_ps(acc[q][p], s, t);
                 if relu {
-                    acc[q][p] = _mm256_max_ps(acc[q][p], _mm256_setzero_ps());
+                    acc[q][p] = crate::cpu::simd::relu_keep_nan(acc[q][p]);
                 }
             }
         }

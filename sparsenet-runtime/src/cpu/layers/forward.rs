@@ -58,7 +58,8 @@ impl<T: Float> Pre<T> {
             let zero = T::zero();
             for (d, &v) in dst.iter_mut().zip(src) {
                 let y = s * v + t;
-                *d = if y > zero { y } else { zero };
+                // `<=` so that NaN passes through (a `>` test would zero it).
+                *d = if y <= zero { zero } else { y };
             }
         } else {
             for (d, &v) in dst.iter_mut().zip(src) {
@@ -605,6 +606,11 @@ impl PoolWindow {
                 }
                 let i = (iy * w + ix) as usize;
                 let v = read(pre, c, plane[i]);
+                // A NaN is the window's maximum (as in PyTorch), never
+                // skipped: a NaN input must not vanish in inference.
+                if v.is_nan() {
+                    return (v, Some(i));
+                }
                 if v > best.0 {
                     best = (v, Some(i));
                 }

@@ -297,7 +297,7 @@ impl Finish {
     pub(super) unsafe fn apply(&self, y: __m256) -> __m256 {
         let y = _mm256_fmadd_ps(y, self.scale, self.shift);
         if self.relu {
-            _mm256_max_ps(y, _mm256_setzero_ps())
+            crate::cpu::simd::relu_keep_nan(y)
         } else {
             y
         }

@@ -51,7 +51,8 @@ impl Affine<'_> {
         if self.relu {
             for (d, &v) in dst.iter_mut().zip(src) {
                 let y = s * v + t;
-                *d = if y > 0.0 { y } else { 0.0 };
+                // `<=` so that NaN passes through (a `>` test would zero it).
+                *d = if y <= 0.0 { 0.0 } else { y };
             }
         } else {
             for (d, &v) in dst.iter_mut().zip(src) {
