@@ -10,8 +10,11 @@
 //! (`Model::save`) carries none of these: give `--model`, `--mean` and `--std`
 //! (and `--classes-file`, one name per line, for names instead of indices).
 //!
-//! Images (JPEG or PNG) must have the model's input size and channel count;
-//! anything else is refused with the size found and the size expected.
+//! Images are JPEG or PNG files, or folders of them (their `.jpg`, `.jpeg`
+//! and `.png` files in name order). An image must have the model's channel
+//! count; one of another height or width is refused naming both sizes,
+//! unless `--resize` (bilinear, aspect ratio not kept) scales it to the
+//! model's input.
 
 use clap::Parser;
 use sparsenet::prelude::*;
@@ -28,7 +31,8 @@ struct Args {
     #[arg(long)]
     weights: PathBuf,
     /// The zoo model (fashion, seed-v2, seed-v1, sparsenet40, sparsenet-bc100,
-    /// densenet40); read from the checkpoint when it names one.
+    /// densenet40, seed-v2-cifar100, sparsenet-bc100-cifar100); read from the
+    /// checkpoint when it names one.
     #[arg(long)]
     model: Option<String>,
     /// Per-channel mean of pixel/255 used in training, comma-separated
@@ -44,7 +48,11 @@ struct Args {
     /// How many of the most likely classes to print per image.
     #[arg(long, default_value_t = 3)]
     top: usize,
-    /// JPEG or PNG files.
+    /// Resize images of another height or width to the model's input
+    /// (bilinear; the aspect ratio is not kept) instead of refusing them.
+    #[arg(long)]
+    resize: bool,
+    /// JPEG or PNG files, or folders of them.
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -90,9 +98,14 @@ fn run_named(args: &Args) -> Result<(), Error> {
         "sparsenet40" | "SparseNet40" => run::<SparseNet40>(args, p),
         "sparsenet-bc100" | "SparseNetBc100" => run::<SparseNetBc100>(args, p),
         "densenet40" | "DenseNet40" => run::<DenseNet40>(args, p),
+        // The 100-class declarations `train --dataset cifar100` uses.
+        "seed-v2-cifar100" | "SeedV2Depth40Cifar100" => run::<SeedV2Depth40Cifar100>(args, p),
+        "sparsenet-bc100-cifar100" | "SparseNetBc100Cifar100" => {
+            run::<SparseNetBc100Cifar100>(args, p)
+        }
         other => Err(format!(
             "unknown model `{other}`; the zoo has fashion, seed-v2, seed-v1, sparsenet40, \
-             sparsenet-bc100, densenet40"
+             sparsenet-bc100, densenet40, seed-v2-cifar100, sparsenet-bc100-cifar100"
         )
         .into()),
     }
@@ -104,41 +117,58 @@ fn run<M: Model<f32>>(args: &Args, progress: Option<&TrainProgress>) -> Result<(
     load_weights_any(&mut model, &args.weights)?;
 
     let [c, h, w] = M::INPUT;
-    let mut batch = Array4::<f32>::zeros((args.images.len(), c, h, w));
-    for (i, path) in args.images.iter().enumerate() {
-        let image = read_image(path)?;
-        if (image.channels, image.height, image.width) != (c, h, w) {
-            return Err(format!(
-                "{}: the image is {}x{}x{} (channels x height x width), the model `{}` takes {c}x{h}x{w}",
-                path.display(),
-                image.channels,
-                image.height,
-                image.width,
-                M::NAME
-            )
-            .into());
+    let files = image_files(&args.images)?;
+    // Batches of 64: a folder of thousands of photos needs no more memory
+    // than one batch.
+    for chunk in files.chunks(64) {
+        let mut batch = Array4::<f32>::zeros((chunk.len(), c, h, w));
+        for (i, path) in chunk.iter().enumerate() {
+            let mut image = read_image(path)?;
+            if image.channels != c {
+                return Err(format!(
+                    "{}: the image has {} channel(s), the model `{}` takes {c} ({})",
+                    path.display(),
+                    image.channels,
+                    M::NAME,
+                    if c == 1 { "grayscale" } else { "RGB" }
+                )
+                .into());
+            }
+            if (image.height, image.width) != (h, w) {
+                if !args.resize {
+                    return Err(format!(
+                        "{}: the image is {}x{} (height x width), the model `{}` takes {h}x{w}: \
+                         give --resize to scale it",
+                        path.display(),
+                        image.height,
+                        image.width,
+                        M::NAME
+                    )
+                    .into());
+                }
+                image = image.resized(h, w);
+            }
+            let out = batch
+                .index_axis_mut(sparsenet::runtime::ndarray::Axis(0), i)
+                .into_slice()
+                .expect("a fresh array is contiguous");
+            setup
+                .transform
+                .apply(&image.pixels, (c, h, w), Augment::default(), out);
         }
-        let out = batch
-            .index_axis_mut(sparsenet::runtime::ndarray::Axis(0), i)
-            .into_slice()
-            .expect("a fresh array is contiguous");
-        setup
-            .transform
-            .apply(&image.pixels, (c, h, w), Augment::default(), out);
-    }
-
-    let logits = model.forward(batch.view(), Mode::Eval)?;
-    for (path, row) in args.images.iter().zip(logits.rows()) {
-        println!("{}", path.display());
-        for (class, p) in top_k(
-            &softmax(row.as_slice().expect("rows are contiguous")),
-            args.top,
-        ) {
-            let name = setup
-                .class_names
-                .as_ref()
-                .map_or_else(|| format!("class {class}"), |n| n[class].clone());
-            println!("  {:6.2}%  {name}", 100.0 * p);
+        let logits = model.infer(batch.view())?;
+        for (path, row) in chunk.iter().zip(logits.rows()) {
+            println!("{}", path.display());
+            for (class, p) in top_k(
+                &softmax(row.as_slice().expect("rows are contiguous")),
+                args.top,
+            ) {
+                let name = setup
+                    .class_names
+                    .as_ref()
+                    .map_or_else(|| format!("class {class}"), |n| n[class].clone());
+                println!("  {:6.2}%  {name}", 100.0 * p);
+            }
         }
     }
     Ok(())
@@ -197,6 +227,38 @@ fn setup<M: Model<f32>>(args: &Args, progress: Option<&TrainProgress>) -> Result
         transform: Transform::new(mean, std),
         class_names,
     })
+}
+
+/// The files to classify: each file given, and each folder's JPEG and PNG
+/// files in name order (a folder without any is an error naming it).
+fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                        matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                    })
+            })
+            .collect();
+        if found.is_empty() {
+            return Err(format!(
+                "{}: a folder without .jpg, .jpeg or .png files",
+                path.display()
+            )
+            .into());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
 }
 
 fn missing(what: &str, weights: &Path) -> Error {

@@ -39,7 +39,33 @@ pub fn try_expand(input: TokenStream) -> syn::Result<TokenStream> {
     for cfg in &configs {
         let plan = plan::build(cfg);
         let table = summary::render(cfg, &plan);
-        out.extend(emit::emit(cfg, &plan, &table));
+        let code = emit::emit(cfg, &plan, &table);
+        #[cfg(feature = "expansion")]
+        out.extend(expansion_const(&cfg.ident, &code));
+        out.extend(code);
     }
     Ok(out)
+}
+
+/// With the `expansion` feature: `Name::EXPANSION`, the network's generated
+/// code (all of it but this constant) formatted by prettyplease, so that a
+/// user's test can snapshot it (insta) and see any change of the expansion
+/// as a diff of readable Rust.
+#[cfg(feature = "expansion")]
+fn expansion_const(name: &syn::Ident, code: &TokenStream) -> TokenStream {
+    let text = match syn::parse2::<syn::File>(code.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        // Cannot happen for code the macro emits; if it did, the raw tokens
+        // still show what changed.
+        Err(_) => code.to_string(),
+    };
+    quote::quote! {
+        impl #name<f32> {
+            /// The Rust code `sparsenet!` generated for this network (all of
+            /// it but this constant), formatted by prettyplease: snapshot it
+            /// (`insta::assert_snapshot!(Name::EXPANSION)`) to see any change
+            /// of the expansion. Present with sparsenet's `expansion` feature.
+            pub const EXPANSION: &'static str = #text;
+        }
+    }
 }

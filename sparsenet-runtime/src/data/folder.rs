@@ -183,6 +183,39 @@ pub struct Image {
     pub pixels: Vec<u8>,
 }
 
+impl Image {
+    /// This image resized to `height` x `width` (aspect ratio not kept),
+    /// each channel with the `image` crate's triangle (bilinear) filter,
+    /// widened when shrinking so that every source pixel counts (as PIL's
+    /// `resize(size, BILINEAR)`): for classifying photos of another size.
+    /// A zero `height` or `width` gives an empty image.
+    pub fn resized(&self, height: usize, width: usize) -> Image {
+        let plane = self.height * self.width;
+        let mut pixels = Vec::with_capacity(self.channels * height * width);
+        for c in 0..self.channels {
+            let src = image::GrayImage::from_raw(
+                self.width as u32,
+                self.height as u32,
+                self.pixels[c * plane..(c + 1) * plane].to_vec(),
+            )
+            .expect("a plane holds height x width bytes");
+            let out = image::imageops::resize(
+                &src,
+                width as u32,
+                height as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            pixels.extend_from_slice(out.as_raw());
+        }
+        Image {
+            channels: self.channels,
+            height,
+            width,
+            pixels,
+        }
+    }
+}
+
 /// Reads one JPEG or PNG file as the image folders' reader does (the same
 /// decoding, channel count and layout), e.g. to classify it with a model
 /// trained on such a folder. Errors name the file.

@@ -1693,3 +1693,30 @@ fn one_bit_png(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IEND", &[]);
     out
 }
+
+#[test]
+fn resized_images_keep_their_channels_and_average_when_shrinking() {
+    // Channel 0 uniform 100, channel 1 a 1-pixel checkerboard of 0 and 200.
+    let (h, w) = (8, 12);
+    let mut pixels = vec![100u8; h * w];
+    pixels.extend((0..h * w).map(|i| if (i / w + i % w) % 2 == 0 { 0 } else { 200 }));
+    let img = Image {
+        channels: 2,
+        height: h,
+        width: w,
+        pixels,
+    };
+    assert_eq!(img.resized(h, w), img, "the same size is the same image");
+    let small = img.resized(4, 6);
+    assert_eq!((small.channels, small.height, small.width), (2, 4, 6));
+    assert_eq!(small.pixels.len(), 2 * 4 * 6);
+    assert!(small.pixels[..24].iter().all(|&v| v == 100), "{:?}", &small.pixels[..24]);
+    // The checkerboard's mean, not one of its samples: every source pixel counts.
+    assert!(
+        small.pixels[24..].iter().all(|&v| (90..=110).contains(&v)),
+        "{:?}",
+        &small.pixels[24..]
+    );
+    let big = img.resized(16, 3);
+    assert_eq!((big.height, big.width, big.pixels.len()), (16, 3, 2 * 16 * 3));
+}

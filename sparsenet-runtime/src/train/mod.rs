@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use checkpoint::{
@@ -34,7 +35,7 @@ pub use checkpoint::{
 };
 pub use config::{TrainConfig, TrainError};
 pub use engine::{CpuEngine, Engine, GpuEngine};
-pub use loss::{softmax_cross_entropy, softmax_cross_entropy_into};
+pub use loss::{softmax_cross_entropy, softmax_cross_entropy_into, LossError};
 pub use metrics::{EpochRecord, MetricsError, MetricsLog};
 pub use optim::{Sgd, SgdState};
 pub use run_dir::{
@@ -43,6 +44,7 @@ pub use run_dir::{
 pub use schedule::{
     paper_recipe, parse_schedule, LrParam, LrPolicy, LrPolicyError, Recipe, Schedule,
 };
+pub use step::{loss_and_gradients, BatchOutcome, Gradients, StepError};
 pub use trainer::{
-    evaluate, evaluate_on, load_weights_any, train, train_with, TrainReport, Trainer,
+    check_out_dir, evaluate, evaluate_on, load_weights_any, train, train_with, TrainReport, Trainer,
 };
