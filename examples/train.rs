@@ -181,6 +181,9 @@ struct Args {
     /// Save the final weights (safetensors) here too.
     #[arg(long)]
     save_weights: Option<PathBuf>,
+    /// Export the final model as ONNX (opset 17; input `input`, output `logits`) here.
+    #[arg(long)]
+    export_onnx: Option<PathBuf>,
     /// Print the model's summary table before training.
     #[arg(long)]
     summary: bool,
@@ -312,10 +315,14 @@ fn check_outputs(args: &Args, cfg: &TrainConfig) -> Result<(), String> {
             checkpoint.display()
         ));
     }
-    if let Some(path) = &args.save_weights {
+    for (flag, path) in [
+        ("--save-weights", &args.save_weights),
+        ("--export-onnx", &args.export_onnx),
+    ] {
+        let Some(path) = path else { continue };
         if path.is_dir() {
             return Err(format!(
-                "--save-weights {}: is a folder; name a file",
+                "{flag} {}: is a folder; name a file",
                 path.display()
             ));
         }
@@ -323,7 +330,7 @@ fn check_outputs(args: &Args, cfg: &TrainConfig) -> Result<(), String> {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => std::path::Path::new("."),
         };
-        check_writable(parent).map_err(|e| format!("--save-weights {}: {e}", path.display()))?;
+        check_writable(parent).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -394,6 +401,9 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     if let Some(path) = &args.save_weights {
         model.save(path).map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &args.export_onnx {
+        sparsenet::runtime::onnx::save_onnx(&model, path).map_err(|e| e.to_string())?;
     }
     let last = report.metrics.records().last().copied();
     match last {

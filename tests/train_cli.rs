@@ -659,7 +659,17 @@ fn a_cifar100_run_trains_a_100_class_network() {
 fn predict_classifies_files_and_folders_and_resizes_only_when_asked() {
     let (dir, data) = tiny_setup(64, 32);
     let out = dir.path().join("run");
-    run_ok(&mut tiny_run(&data, &out, &["--epochs", "1"]));
+    let onnx = dir.path().join("model.onnx");
+    run_ok(&mut tiny_run(
+        &data,
+        &out,
+        &["--epochs", "1", "--export-onnx", onnx.to_str().unwrap()],
+    ));
+    // tests/onnx_export.rs checks such files in onnxruntime.
+    assert!(
+        std::fs::metadata(&onnx).unwrap().len() > 80_000,
+        "--export-onnx wrote the model"
+    );
     let ckpt = out.join("checkpoint.safetensors");
     let images = dir.path().join("images");
     gray_png(&images.join("a.png"), 1);

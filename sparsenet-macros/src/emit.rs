@@ -87,6 +87,7 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
         let (o, c) = (b.running, b.channels);
         quote!((#o, #c))
     });
+    let graph = emit_graph(plan, &rt);
     let layers = plan.layers.iter().map(|l| {
         let n = &l.name;
         let op = &l.op;
@@ -140,6 +141,10 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
             }
             fn summary() -> &'static str {
                 #summary_lit
+            }
+            fn graph() -> &'static [#rt::GraphNode] {
+                const GRAPH: &[#rt::GraphNode] = &[#(#graph),*];
+                GRAPH
             }
         }
 
@@ -668,4 +673,75 @@ fn bn_statement(
         Some(st) => quote!(let #p = ctx.bn(#spec, &[#(#st),*], #relu);),
         None => quote!(let #p = ctx.bn(#spec, #relu);),
     })
+}
+
+/// The inference graph's table (`NetworkSpec::graph`): each node's sources,
+/// BatchNorm-ReLU, operation and output, tensors by name.
+fn emit_graph(plan: &Plan, rt: &TokenStream) -> Vec<TokenStream> {
+    // Value names: the producing layer's name, made unique where a layer has
+    // several outputs (a bottleneck's inner one).
+    let mut names: Vec<String> = Vec::with_capacity(plan.buffers.len());
+    for (i, b) in plan.buffers.iter().enumerate() {
+        let base = if i == 0 {
+            "input".to_string()
+        } else {
+            b.name.clone()
+        };
+        let taken = |n: &String| names.contains(n);
+        let mut name = base.clone();
+        let mut k = 1;
+        while taken(&name) {
+            name = format!("{base}#{k}");
+            k += 1;
+        }
+        names.push(name);
+    }
+    let tensor_at = |store: Store, offset: usize| -> String {
+        plan.tensors
+            .iter()
+            .find(|t| t.store == store && t.offset == offset)
+            .map(|t| t.name.clone())
+            .expect("every planned parameter is a named tensor")
+    };
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let inputs = n.inputs.iter().map(|&b| names[b].clone());
+            let output = n.output.map_or_else(|| "logits".to_string(), |b| names[b].clone());
+            let pre = match n.pre {
+                Some(p) => {
+                    let bn = &plan.bns[p.bn];
+                    let weight = tensor_at(Store::Param, bn.gamma);
+                    let prefix = weight.strip_suffix(".weight").expect("BN gamma is `.weight`").to_string();
+                    let (eps, relu) = (bn.eps, p.relu);
+                    quote!(::std::option::Option::Some(#rt::GraphBn { prefix: #prefix, eps: #eps, relu: #relu }))
+                }
+                None => quote!(::std::option::Option::None),
+            };
+            let op = match &n.op {
+                Op::Conv { kernel, stride, pad, weight, bias, .. } => {
+                    let w = tensor_at(Store::Param, weight.offset);
+                    let b = match bias {
+                        Some(b) => {
+                            let b = tensor_at(Store::Param, b.offset);
+                            quote!(::std::option::Option::Some(#b))
+                        }
+                        None => quote!(::std::option::Option::None),
+                    };
+                    quote!(#rt::GraphOp::Conv { weight: #w, bias: #b, kernel: #kernel, stride: #stride, pad: #pad })
+                }
+                Op::AvgPool { kernel, stride } => quote!(#rt::GraphOp::AvgPool { kernel: #kernel, stride: #stride }),
+                Op::MaxPool { kernel, stride, pad } => {
+                    quote!(#rt::GraphOp::MaxPool { kernel: #kernel, stride: #stride, pad: #pad })
+                }
+                Op::Affine => quote!(#rt::GraphOp::Identity),
+                Op::GapDense { weight, bias, .. } => {
+                    let w = tensor_at(Store::Param, weight.offset);
+                    let b = tensor_at(Store::Param, bias.offset);
+                    quote!(#rt::GraphOp::GapDense { weight: #w, bias: #b })
+                }
+            };
+            quote!(#rt::GraphNode { inputs: &[#(#inputs),*], pre: #pre, op: #op, output: #output })
+        })
+        .collect()
 }

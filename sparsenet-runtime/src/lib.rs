@@ -28,12 +28,13 @@ mod float;
 pub mod gpu;
 mod init;
 mod model;
+pub mod onnx;
 pub mod snapshot;
 pub mod train;
 pub mod weights;
 
 pub use float::Float;
-pub use model::{InputError, LayerInfo, Mode, Model, NetworkSpec};
+pub use model::{GraphBn, GraphNode, GraphOp, InputError, LayerInfo, Mode, Model, NetworkSpec};
 pub use weights::{Store, TensorSpec, ValueProblem, WeightsError};
 
 /// The `ndarray` version the generated models take and return arrays of;

@@ -41,6 +41,77 @@ pub struct LayerInfo {
     pub macs: u64,
 }
 
+/// One step of the network's inference graph, as the macro planned it:
+/// what [`onnx`](crate::onnx) exports. Values are named after the layer
+/// that produces them (`input` is the network's input, `logits` its output).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphNode {
+    /// The values it reads, concatenated along channels in this order
+    /// (newest first).
+    pub inputs: &'static [&'static str],
+    /// A BatchNorm (and maybe ReLU) applied to the concatenation first.
+    pub pre: Option<GraphBn>,
+    /// What it computes then.
+    pub op: GraphOp,
+    /// The value it produces.
+    pub output: &'static str,
+}
+
+/// A BatchNorm in inference form and the ReLU after it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphBn {
+    /// The tensors' common prefix: `{prefix}.weight`, `.bias`,
+    /// `.running_mean`, `.running_var`.
+    pub prefix: &'static str,
+    /// The variance epsilon.
+    pub eps: f64,
+    /// Whether a ReLU follows.
+    pub relu: bool,
+}
+
+/// The operation of a [`GraphNode`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GraphOp {
+    /// A square convolution, zero-padded by `pad` on every side.
+    Conv {
+        /// The weight tensor's name (`[out, in, k, k]`).
+        weight: &'static str,
+        /// The bias tensor's name, if any.
+        bias: Option<&'static str>,
+        /// Kernel size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding.
+        pad: usize,
+    },
+    /// Average pooling without padding.
+    AvgPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Max pooling, padding never chosen.
+    MaxPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding.
+        pad: usize,
+    },
+    /// The BatchNorm (`pre`) alone: its output is stored.
+    Identity,
+    /// Global average pooling then the dense classifier (`y = x W^T + b`).
+    GapDense {
+        /// The weight tensor's name (`[classes, in]`).
+        weight: &'static str,
+        /// The bias tensor's name.
+        bias: &'static str,
+    },
+}
+
 /// How a parameter is initialised by `new`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -221,6 +292,8 @@ pub trait NetworkSpec {
     fn tensors() -> &'static [TensorSpec];
     /// Every layer of the plan, in execution order (stem first, head last).
     fn layers() -> &'static [LayerInfo];
+    /// The inference graph, node by node in execution order (the head last).
+    fn graph() -> &'static [GraphNode];
     /// A Keras-style table of the layers.
     fn summary() -> &'static str;
 }

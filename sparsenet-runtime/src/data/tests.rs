@@ -1710,7 +1710,11 @@ fn resized_images_keep_their_channels_and_average_when_shrinking() {
     let small = img.resized(4, 6);
     assert_eq!((small.channels, small.height, small.width), (2, 4, 6));
     assert_eq!(small.pixels.len(), 2 * 4 * 6);
-    assert!(small.pixels[..24].iter().all(|&v| v == 100), "{:?}", &small.pixels[..24]);
+    assert!(
+        small.pixels[..24].iter().all(|&v| v == 100),
+        "{:?}",
+        &small.pixels[..24]
+    );
     // The checkerboard's mean, not one of its samples: every source pixel counts.
     assert!(
         small.pixels[24..].iter().all(|&v| (90..=110).contains(&v)),
@@ -1718,5 +1722,8 @@ fn resized_images_keep_their_channels_and_average_when_shrinking() {
         &small.pixels[24..]
     );
     let big = img.resized(16, 3);
-    assert_eq!((big.height, big.width, big.pixels.len()), (16, 3, 2 * 16 * 3));
+    assert_eq!(
+        (big.height, big.width, big.pixels.len()),
+        (16, 3, 2 * 16 * 3)
+    );
 }

@@ -381,6 +381,9 @@ mod tests {
         fn summary() -> &'static str {
             ""
         }
+        fn graph() -> &'static [crate::GraphNode] {
+            &[]
+        }
     }
 
     fn data(len: usize, side: usize, classes: usize, source: &str) -> Dataset {
