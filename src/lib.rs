@@ -104,6 +104,9 @@ pub struct ReadmeDoctests;
 
 pub mod zoo;
 
+// The macro's reference for users (`cargo doc`): docs/declaring.md, which
+// the README links to; its examples run as doctests.
+#[doc = include_str!("../docs/declaring.md")]
 pub use sparsenet_macros::sparsenet;
 /// The runtime: the model contract, the CPU and GPU backends, weights,
 /// data and training (`sparsenet_runtime`, re-exported).
