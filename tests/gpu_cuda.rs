@@ -50,6 +50,13 @@ cuda_parity! {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+fn staged_batches_equal_the_cpu_pipeline_on_the_device() {
+    staged_batches_equal_the_cpu_pipeline::<V2D16K6<f32>>();
+    staged_batches_equal_the_cpu_pipeline::<TinySparse<f32>>();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
 fn non_finite_values_are_never_hidden_on_the_device() {
     non_finite_values_are_never_hidden::<V2BcD28K6<f32>>();
     non_finite_values_are_never_hidden::<PaperDenseImagenet<f32>>();

@@ -61,6 +61,12 @@ parity_tests! {
 }
 
 #[test]
+fn staged_batches_equal_the_cpu_pipeline_on_the_device() {
+    staged_batches_equal_the_cpu_pipeline::<V2D16K6<f32>>();
+    staged_batches_equal_the_cpu_pipeline::<TinySparse<f32>>(); // grayscale, 10x10
+}
+
+#[test]
 fn non_finite_values_are_never_hidden_on_the_device() {
     non_finite_values_are_never_hidden::<V2BcD28K6<f32>>();
     non_finite_values_are_never_hidden::<PaperDenseImagenet<f32>>(); // max-pool stem

@@ -442,8 +442,18 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
         format!("sgd_step<{}>(a);", plan.params_len),
     );
     p.optimizer.push(launch(k, 0, plan.params_len));
+    // The input batch from u8 images on the device (GpuModel::stage_batch).
+    let [c, h, w] = plan.input;
+    p.kernel(
+        AUGMENT_KERNEL.to_string(),
+        format!("augment_input<{c}, {h}, {w}>(a);"),
+    );
     p
 }
+
+/// The kernel that builds the input batch on the device; the runtime finds
+/// it by this name (`gpu::AUGMENT_KERNEL`).
+const AUGMENT_KERNEL: &str = "augment";
 
 /// A convolution pass's multiply-add FLOPs per image (2 per product; the
 /// same for forward, data and weight gradient) and its compulsory bytes per

@@ -20,7 +20,7 @@ fn resolve(ts: TokenStream) -> Vec<config::Config> {
 }
 
 fn pretty(ts: TokenStream) -> String {
-    let out = expand::try_expand(ts).expect("expands");
+    let out = expand::try_expand_with(ts, false).expect("expands");
     prettyplease::unparse(&syn::parse2(out).expect("generated code parses as a file"))
 }
 

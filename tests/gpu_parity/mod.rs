@@ -601,3 +601,108 @@ where
     assert_eq!(dev.state().unwrap(), state, "running statistics untouched");
     assert_eq!(dev.params().unwrap(), params, "parameters untouched");
 }
+
+/// The device data pipeline (issue 21): a dataset uploaded once as u8, each
+/// batch built on the device from its picks (dataset index, crop shift,
+/// flip). The staged input equals the CPU pipeline's (`Transform::apply`)
+/// to the bit, shifts past the border included; a step on it equals a step
+/// on the CPU-built batch uploaded from the host to the bit (loss,
+/// accuracy, parameters), so the labels came along too.
+pub fn staged_batches_equal_the_cpu_pipeline<M: GpuNetwork + Model<f32> + Clone>()
+where
+    Dev<f32>: Backend<f32>,
+{
+    use sparsenet::runtime::data::{Augment, Dataset, Transform};
+    let [c, h, w] = M::INPUT;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let len = 12;
+    let ds = Dataset {
+        pixels: (0..len * c * h * w).map(|_| rng.gen::<u8>()).collect(),
+        labels: (0..len).map(|i| (i % M::CLASSES) as u16).collect(),
+        len,
+        channels: c,
+        height: h,
+        width: w,
+        classes: M::CLASSES,
+        class_names: (0..M::CLASSES).map(|i| i.to_string()).collect(),
+        source: "generated".into(),
+    };
+    let transform = Transform::new(
+        (0..c).map(|i| 0.4 + 0.05 * i as f32).collect(),
+        (0..c).map(|i| 0.25 + 0.01 * i as f32).collect(),
+    );
+    let aug = |dy: isize, dx: isize, flip: bool| Augment { dy, dx, flip };
+    let (hh, ww) = (h as isize, w as isize);
+    let picks = [
+        (3, aug(0, 0, false)),
+        (0, aug(2, -1, true)),
+        (11, aug(-2, 2, false)),
+        (3, aug(1, 1, true)),
+        (7, aug(hh + 3, 0, false)), // entirely padding
+        (5, aug(0, -ww + 1, true)), // one column of the image
+    ];
+    let n = picks.len();
+    let m: M = randomised(9);
+    let mut dev = gpu(&m, n);
+    let data = dev.upload_dataset(&ds, &transform).unwrap();
+    assert_eq!(data.len(), len);
+    dev.stage_batch(&data, &picks).unwrap();
+    let got = dev.input_batch(n).unwrap();
+
+    let chw = c * h * w;
+    let mut want = Array4::<f32>::zeros((n, c, h, w));
+    let mut labels = Vec::new();
+    for (i, &(idx, a)) in picks.iter().enumerate() {
+        let out = want
+            .index_axis_mut(sparsenet::runtime::ndarray::Axis(0), i)
+            .into_slice()
+            .unwrap();
+        transform.apply(&ds.pixels[idx * chw..(idx + 1) * chw], (c, h, w), a, out);
+        labels.push(ds.labels[idx] as usize);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let want_flat = want.as_slice().unwrap();
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want_flat[i].to_bits()) {
+        let (img, rest) = (i / chw, i % chw);
+        panic!(
+            "staged input differs first at image {img}, channel {}, row {}, column {}: device {}, CPU {}",
+            rest / (h * w),
+            rest % (h * w) / w,
+            rest % w,
+            got[i],
+            want_flat[i]
+        );
+    }
+    assert_eq!(got.len(), want_flat.len());
+
+    let opt = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+    };
+    let staged = dev.train_step_staged(&opt, 0.05, 0.1).unwrap();
+    let mut host = gpu(&m, n);
+    let uploaded = host
+        .train_step(want.view(), &labels, &opt, 0.05, 0.1)
+        .unwrap();
+    assert_eq!(staged.loss.to_bits(), uploaded.loss.to_bits());
+    assert_eq!(staged.correct, uploaded.correct);
+    assert_eq!(bits(&dev.params().unwrap()), bits(&host.params().unwrap()));
+    // A staged batch is used once; bad picks are errors naming them.
+    let e = dev
+        .train_step_staged(&opt, 0.05, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no batch is staged"), "{e}");
+    let e = dev
+        .stage_batch(&data, &[(len, aug(0, 0, false))])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "pick {len} is outside the dataset of {len} images"
+        )),
+        "{e}"
+    );
+    assert!(dev.stage_batch(&data, &[]).is_err());
+}

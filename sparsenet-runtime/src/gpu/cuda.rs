@@ -464,6 +464,20 @@ impl Backend<f32> for CudaBackend {
         self.upload(dst, 0, as_f32)
     }
 
+    fn upload_bytes(&mut self, dst: &mut CudaSlice<f32>, src: &[u8]) -> Result<(), GpuError> {
+        // Any bits, in f32-sized words (the last one zero-padded); the
+        // kernels read this buffer as `unsigned char`.
+        let words: Vec<f32> = src
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                f32::from_ne_bytes(w)
+            })
+            .collect();
+        self.upload(dst, 0, &words)
+    }
+
     fn download(&mut self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<(), GpuError> {
         let n = dst.len();
         if n > src.len() {

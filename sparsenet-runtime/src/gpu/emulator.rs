@@ -264,18 +264,19 @@ impl<T: Float> Backend<T> for Emulator<T> {
     }
 
     fn upload_i32(&mut self, dst: &mut HostBuffer<T>, src: &[i32]) -> Result<(), GpuError> {
-        let bytes = std::mem::size_of_val(src);
+        self.upload_bytes(dst, bytemuck::cast_slice(src))
+    }
+
+    fn upload_bytes(&mut self, dst: &mut HostBuffer<T>, src: &[u8]) -> Result<(), GpuError> {
+        let bytes = src.len();
         if bytes > dst.len * std::mem::size_of::<T>() {
             return Err(GpuError::Backend(format!(
-                "emulator: {} ints do not fit a buffer of {} elements",
-                src.len(),
+                "emulator: {bytes} bytes do not fit a buffer of {} elements",
                 dst.len
             )));
         }
         // SAFETY: the destination holds at least `bytes` bytes (checked).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr() as *const u8, dst.ptr as *mut u8, bytes)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr as *mut u8, bytes) };
         Ok(())
     }
 
