@@ -305,3 +305,62 @@ fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
     // exact: tests/gpu_emulated.rs), so its bound only catches gross errors.
     assert!(rel(&gv, &cv) < 0.15, "velocity");
 }
+
+/// The GPU engine keeps the training set in device memory and builds each
+/// batch there from the loader's picks (issue 21): the run equals, to the
+/// bit, the same run whose batches the host loader builds and uploads
+/// (`GpuEngine::host_batches`), with shuffling, crops and flips on.
+#[test]
+fn the_gpu_engine_builds_batches_on_the_device_exactly_as_the_host_loader() {
+    use sparsenet::runtime::gpu::{emulator::Emulator, Precision};
+    use sparsenet::runtime::train::{train_with, GpuEngine};
+    let (tr, te, t) = data(320, 64);
+    let mut cfg = config(Path::new("unused"), 2);
+    cfg.max_steps_per_epoch = Some(3);
+    cfg.batch_size = 32;
+    cfg.eval_batch_size = 64;
+    (cfg.pad_crop, cfg.hflip) = (3, true);
+    let device_dir = tempfile::tempdir().unwrap();
+    let host_dir = tempfile::tempdir().unwrap();
+    cfg.out_dir = device_dir.path().to_path_buf();
+    let (on_device, dev) = train_with(
+        &cfg,
+        tr.clone(),
+        te.clone(),
+        t.clone(),
+        |m: &FashionSparseNet, opt| {
+            GpuEngine::new(Emulator::<f32>::new(), m, opt, 64, Precision::F32)
+        },
+    )
+    .unwrap();
+    cfg.out_dir = host_dir.path().to_path_buf();
+    let (on_host, host) = train_with(&cfg, tr, te, t, |m: &FashionSparseNet, opt| {
+        GpuEngine::new(Emulator::<f32>::new(), m, opt, 64, Precision::F32)
+            .map(GpuEngine::host_batches)
+    })
+    .unwrap();
+    assert_eq!(dev.steps, host.steps);
+    for (d, h) in dev.metrics.records().iter().zip(host.metrics.records()) {
+        assert_eq!(
+            d.train_loss.to_bits(),
+            h.train_loss.to_bits(),
+            "epoch {}",
+            d.epoch
+        );
+        assert_eq!(
+            d.train_acc.to_bits(),
+            h.train_acc.to_bits(),
+            "epoch {}",
+            d.epoch
+        );
+        assert_eq!(
+            d.test_loss.to_bits(),
+            h.test_loss.to_bits(),
+            "epoch {}",
+            d.epoch
+        );
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(on_device.params()), bits(on_host.params()));
+    assert_eq!(bits(on_device.state()), bits(on_host.state()));
+}

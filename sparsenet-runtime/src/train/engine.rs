@@ -8,7 +8,8 @@ use ndarray::{Array2, ArrayView4};
 use super::config::{TrainConfig, TrainError};
 use super::loss::softmax_cross_entropy;
 use super::optim::SgdState;
-use crate::gpu::{Backend, GpuModel, GpuNetwork, Precision};
+use crate::data::{Augment, Dataset, Transform};
+use crate::gpu::{Backend, DeviceDataset, GpuModel, GpuNetwork, Precision};
 use crate::{Float, Mode, Model, NetworkSpec};
 
 /// Where a run's steps execute: the CPU path of the generated model, or
@@ -36,6 +37,37 @@ pub trait Engine<M: Model<f32>> {
     ) -> Result<Array2<f32>, TrainError>;
     /// Brings `model` and `opt` on the host up to date (before a checkpoint).
     fn sync(&mut self, model: &mut M, opt: &mut SgdState<f32>) -> Result<(), TrainError>;
+
+    /// Given the training set and its normalisation once, before the first
+    /// step: an engine that keeps the data in its own memory takes it here
+    /// and then builds its batches itself ([`Engine::step_picks`]).
+    fn attach_training_data(&mut self, _: &Dataset, _: &Transform) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// Whether the trainer should hand this engine picks (dataset index and
+    /// augmentation per image, [`Engine::step_picks`]) instead of images.
+    fn takes_picks(&self) -> bool {
+        false
+    }
+
+    /// One SGD step on the batch `picks` describes, built by the engine
+    /// from the data it was given ([`Engine::attach_training_data`]): the
+    /// same batch the host loader would build from those picks.
+    #[allow(clippy::too_many_arguments)]
+    fn step_picks(
+        &mut self,
+        _model: &mut M,
+        _opt: &mut SgdState<f32>,
+        _cfg: &TrainConfig,
+        _picks: &[(usize, Augment)],
+        _lr: f64,
+        _global_step: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        Err(TrainError::Config(
+            "this engine builds no batches of its own: give it images (step)".into(),
+        ))
+    }
 }
 
 /// The generated model's own CPU forward and backward passes.
@@ -113,6 +145,10 @@ impl<M: Model<f32>> Engine<M> for CpuEngine {
 /// one update late (the last checkpoint is untouched either way).
 pub struct GpuEngine<M: GpuNetwork, B: Backend<f32>> {
     device: GpuModel<M, B>,
+    /// The training set in device memory, once attached (unless
+    /// `host_batches`): each step then uploads only its picks.
+    data: Option<DeviceDataset<B::Buffer>>,
+    host_batches: bool,
 }
 
 impl<M, B> GpuEngine<M, B>
@@ -131,7 +167,19 @@ where
     ) -> Result<Self, TrainError> {
         let mut device = GpuModel::new(backend, model, capacity, precision)?;
         device.set_velocity(&opt.velocity)?;
-        Ok(GpuEngine { device })
+        Ok(GpuEngine {
+            device,
+            data: None,
+            host_batches: false,
+        })
+    }
+
+    /// Builds the training batches on the host and uploads them each step,
+    /// instead of keeping the training set in device memory (the default):
+    /// for a dataset larger than the device's memory, or to compare.
+    pub fn host_batches(mut self) -> Self {
+        self.host_batches = true;
+        self
     }
 
     /// The model on the device (its weights are newer than the host's
@@ -174,6 +222,41 @@ where
         self.device.copy_to(model)?;
         opt.velocity = self.device.velocity()?;
         Ok(())
+    }
+
+    fn attach_training_data(
+        &mut self,
+        train: &Dataset,
+        transform: &Transform,
+    ) -> Result<(), TrainError> {
+        if !self.host_batches {
+            self.data = Some(self.device.upload_dataset(train, transform)?);
+        }
+        Ok(())
+    }
+
+    fn takes_picks(&self) -> bool {
+        self.data.is_some()
+    }
+
+    fn step_picks(
+        &mut self,
+        _: &mut M,
+        _: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        picks: &[(usize, Augment)],
+        lr: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        let data = self
+            .data
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("the training data is not on the device".into()))?;
+        self.device.stage_batch(data, picks)?;
+        let out = self
+            .device
+            .train_step_staged(&cfg.sgd, lr, cfg.label_smoothing)?;
+        Ok((out.loss, out.correct))
     }
 }
 

@@ -24,7 +24,7 @@ use super::metrics::{EpochRecord, MetricsLog};
 use super::optim::SgdState;
 use super::run_dir::{self, RunDirError, RunLock, RUN_FILES};
 use super::schedule::Schedule;
-use crate::data::{epoch_batches, Dataset, LoaderConfig, Transform};
+use crate::data::{epoch_batches, epoch_order, Augment, Batch, Dataset, LoaderConfig, Transform};
 use crate::{Float, Model};
 
 /// What a finished (or resumed and finished) run reports.
@@ -164,7 +164,8 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             hflip: false,
             ..(*train_transform).clone()
         });
-        let engine = make_engine(&start.model, &start.opt)?;
+        let mut engine = make_engine(&start.model, &start.opt)?;
+        engine.attach_training_data(&train, &train_transform)?;
         Ok(Trainer {
             cfg,
             train,
@@ -340,12 +341,43 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         });
         tally.start = Instant::now();
         let loader = self.cfg.train_loader();
-        let batches = epoch_batches(
-            self.train.clone(),
-            self.train_transform.clone(),
-            &loader,
-            self.epoch,
-        );
+        let batches: Box<dyn Iterator<Item = StepBatch>> = if self.engine.takes_picks() {
+            // The engine builds the batches from the data in its memory:
+            // it gets the loader's picks (the same order and augmentation
+            // draws), not images.
+            let (len, bs) = (self.train.len, loader.batch_size);
+            let total = if loader.drop_last {
+                len / bs
+            } else {
+                len.div_ceil(bs)
+            };
+            let order = epoch_order(len, loader.seed, self.epoch, loader.shuffle);
+            let (transform, epoch) = (self.train_transform.clone(), self.epoch);
+            Box::new((0..total).map(move |b| {
+                let picks = order[b * bs..((b + 1) * bs).min(len)]
+                    .iter()
+                    .map(|&i| {
+                        let aug = if loader.augment {
+                            transform.sample_augment(loader.seed, epoch, i)
+                        } else {
+                            Augment::default()
+                        };
+                        (i, aug)
+                    })
+                    .collect();
+                StepBatch::Picks(picks)
+            }))
+        } else {
+            Box::new(
+                epoch_batches(
+                    self.train.clone(),
+                    self.train_transform.clone(),
+                    &loader,
+                    self.epoch,
+                )
+                .map(StepBatch::Host),
+            )
+        };
         // The batches depend only on (seed, epoch, sample): skipping those
         // already trained continues the epoch exactly where it stopped.
         let batches = batches
@@ -354,15 +386,25 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
             .skip(self.epoch_step as usize);
         for (i, batch) in batches {
             let lr = self.cfg.lr.lr_at_step(self.step, self.steps_per_epoch);
-            let (loss, correct) = self.engine.step(
-                &mut self.model,
-                &mut self.opt,
-                &self.cfg,
-                batch.images.view(),
-                &batch.labels,
-                lr,
-                self.step,
-            )?;
+            let (loss, correct) = match &batch {
+                StepBatch::Host(b) => self.engine.step(
+                    &mut self.model,
+                    &mut self.opt,
+                    &self.cfg,
+                    b.images.view(),
+                    &b.labels,
+                    lr,
+                    self.step,
+                )?,
+                StepBatch::Picks(picks) => self.engine.step_picks(
+                    &mut self.model,
+                    &mut self.opt,
+                    &self.cfg,
+                    picks,
+                    lr,
+                    self.step,
+                )?,
+            };
             if !loss.is_finite() {
                 bar.abandon();
                 return Err(self.non_finite(loss, i as u64 + 1));
@@ -797,6 +839,22 @@ fn prepare_out_dir(cfg: &TrainConfig, delete: bool) -> Result<RunLock, TrainErro
         }
     }
     Ok(lock)
+}
+
+/// A training step's batch: built on the host, or the picks an engine
+/// builds it from ([`Engine::takes_picks`]).
+enum StepBatch {
+    Host(Batch),
+    Picks(Vec<(usize, Augment)>),
+}
+
+impl StepBatch {
+    fn len(&self) -> usize {
+        match self {
+            StepBatch::Host(b) => b.len(),
+            StepBatch::Picks(p) => p.len(),
+        }
+    }
 }
 
 /// The running sums of an epoch's training steps.
