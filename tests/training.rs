@@ -306,8 +306,8 @@ fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
     assert!(rel(&gv, &cv) < 0.15, "velocity");
 }
 
-/// The GPU engine keeps the training set in device memory and builds each
-/// batch there from the loader's picks (issue 21): the run equals, to the
+/// The GPU engine keeps the training and test sets in device memory and
+/// builds each batch there from the loader's picks (issue 21): the run equals, to the
 /// bit, the same run whose batches the host loader builds and uploads
 /// (`GpuEngine::host_batches`), with shuffling, crops and flips on.
 #[test]

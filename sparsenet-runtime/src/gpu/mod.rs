@@ -893,6 +893,21 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         self.outcome(n)
     }
 
+    /// Inference-mode logits `[n, classes]` of the batch
+    /// [`GpuModel::stage_batch`] built (used once, as by
+    /// [`GpuModel::train_step_staged`]).
+    pub fn infer_staged(&mut self) -> Result<Array2<T>, GpuError> {
+        let n = self.staged.take().ok_or(GpuError::Dataset {
+            network: M::NAME,
+            reason: "no batch is staged: call stage_batch first".into(),
+        })?;
+        let args = self.args(n, Mode::Eval);
+        self.backend.run(M::GPU_PROGRAM.forward_eval, n, &args)?;
+        let mut out = vec![T::zero(); n * M::CLASSES];
+        self.backend.download(&self.logits, &mut out)?;
+        Ok(Array2::from_shape_vec((n, M::CLASSES), out).expect("n x classes"))
+    }
+
     /// The first `n` images of the input batch on the device (the last
     /// one staged or uploaded), laid out `[n, C, H, W]`.
     pub fn input_batch(&mut self, n: usize) -> Result<Vec<T>, GpuError> {

@@ -45,6 +45,30 @@ pub trait Engine<M: Model<f32>> {
         Ok(())
     }
 
+    /// Given the test set and its normalisation once: an engine that keeps
+    /// it in its own memory evaluates from picks ([`Engine::logits_picks`]).
+    fn attach_eval_data(&mut self, _: &Dataset, _: &Transform) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// Whether evaluation on the attached test set goes through
+    /// [`Engine::logits_picks`].
+    fn eval_takes_picks(&self) -> bool {
+        false
+    }
+
+    /// Eval-mode logits of the test-set images `picks` names, built by the
+    /// engine from the data it was given ([`Engine::attach_eval_data`]).
+    fn logits_picks(
+        &mut self,
+        _model: &mut M,
+        _picks: &[(usize, Augment)],
+    ) -> Result<Array2<f32>, TrainError> {
+        Err(TrainError::Config(
+            "this engine keeps no test set of its own: give it images (logits)".into(),
+        ))
+    }
+
     /// Whether the trainer should hand this engine picks (dataset index and
     /// augmentation per image, [`Engine::step_picks`]) instead of images.
     fn takes_picks(&self) -> bool {
@@ -148,6 +172,8 @@ pub struct GpuEngine<M: GpuNetwork, B: Backend<f32>> {
     /// The training set in device memory, once attached (unless
     /// `host_batches`): each step then uploads only its picks.
     data: Option<DeviceDataset<B::Buffer>>,
+    /// The test set in device memory, likewise.
+    eval_data: Option<DeviceDataset<B::Buffer>>,
     host_batches: bool,
 }
 
@@ -170,6 +196,7 @@ where
         Ok(GpuEngine {
             device,
             data: None,
+            eval_data: None,
             host_batches: false,
         })
     }
@@ -237,6 +264,34 @@ where
 
     fn takes_picks(&self) -> bool {
         self.data.is_some()
+    }
+
+    fn attach_eval_data(
+        &mut self,
+        test: &Dataset,
+        transform: &Transform,
+    ) -> Result<(), TrainError> {
+        if !self.host_batches {
+            self.eval_data = Some(self.device.upload_dataset(test, transform)?);
+        }
+        Ok(())
+    }
+
+    fn eval_takes_picks(&self) -> bool {
+        self.eval_data.is_some()
+    }
+
+    fn logits_picks(
+        &mut self,
+        _: &mut M,
+        picks: &[(usize, Augment)],
+    ) -> Result<Array2<f32>, TrainError> {
+        let data = self
+            .eval_data
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("the test set is not on the device".into()))?;
+        self.device.stage_batch(data, picks)?;
+        Ok(self.device.infer_staged()?)
     }
 
     fn step_picks(

@@ -166,6 +166,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         });
         let mut engine = make_engine(&start.model, &start.opt)?;
         engine.attach_training_data(&train, &train_transform)?;
+        engine.attach_eval_data(&test, &eval_transform)?;
         Ok(Trainer {
             cfg,
             train,
@@ -242,6 +243,27 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     /// Mean loss and accuracy of the model on the test set, in eval mode
     /// and without augmentation (what each epoch records).
     pub fn evaluate(&mut self) -> Result<(f64, f64), TrainError> {
+        if self.engine.eval_takes_picks() {
+            // The test set is in the engine's memory: the same batches as
+            // the loader's (in order, no augmentation), built there.
+            let (len, bs) = (self.test.len, self.cfg.eval_batch_size.max(1));
+            let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+            for start in (0..len).step_by(bs) {
+                let end = (start + bs).min(len);
+                let picks: Vec<(usize, Augment)> =
+                    (start..end).map(|i| (i, Augment::default())).collect();
+                let labels: Vec<usize> =
+                    (start..end).map(|i| self.test.labels[i] as usize).collect();
+                let logits = self.engine.logits_picks(&mut self.model, &picks)?;
+                let (loss, _, c) = softmax_cross_entropy(logits.view(), &labels, 0.0)?;
+                loss_sum += loss.to_f64c() * labels.len() as f64;
+                correct += c;
+            }
+            return Ok((
+                loss_sum / len.max(1) as f64,
+                correct as f64 / len.max(1) as f64,
+            ));
+        }
         evaluate_on(
             &mut self.engine,
             &mut self.model,
