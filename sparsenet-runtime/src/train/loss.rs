@@ -69,6 +69,41 @@ pub fn softmax_cross_entropy<T: Float>(
     Ok((loss, grad, correct))
 }
 
+/// The checks [`softmax_cross_entropy`] makes of a batch of `rows` images
+/// and `classes` logits each, without logits: one label per row, each a
+/// class, a label smoothing in `[0, 1]` (so that a training step can refuse
+/// a bad batch before its forward pass changes anything).
+pub fn check_batch(
+    rows: usize,
+    classes: usize,
+    labels: &[usize],
+    label_smoothing: f64,
+) -> Result<(), LossError> {
+    if labels.len() != rows {
+        return Err(LossError::LabelCount {
+            rows,
+            labels: labels.len(),
+        });
+    }
+    if rows == 0 {
+        return Err(LossError::EmptyBatch);
+    }
+    if classes == 0 {
+        return Err(LossError::NoClasses);
+    }
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(LossError::Smoothing(label_smoothing));
+    }
+    if let Some((row, &label)) = labels.iter().enumerate().find(|&(_, &l)| l >= classes) {
+        return Err(LossError::LabelOutOfRange {
+            label,
+            row,
+            classes,
+        });
+    }
+    Ok(())
+}
+
 /// As [`softmax_cross_entropy`], writing the gradient into `grad` (same shape as
 /// `logits`) instead of allocating it. Returns the mean loss and the number of
 /// correct predictions; on error `grad` is unchanged.
@@ -79,32 +114,11 @@ pub fn softmax_cross_entropy_into<T: Float>(
     mut grad: ArrayViewMut2<T>,
 ) -> Result<(T, usize), LossError> {
     let (n, k) = logits.dim();
-    if labels.len() != n {
-        return Err(LossError::LabelCount {
-            rows: n,
-            labels: labels.len(),
-        });
-    }
-    if n == 0 {
-        return Err(LossError::EmptyBatch);
-    }
-    if k == 0 {
-        return Err(LossError::NoClasses);
-    }
+    check_batch(n, k, labels, label_smoothing)?;
     if grad.dim() != (n, k) {
         return Err(LossError::GradientShape {
             expected: [n, k],
             found: grad.shape().to_vec(),
-        });
-    }
-    if !(0.0..=1.0).contains(&label_smoothing) {
-        return Err(LossError::Smoothing(label_smoothing));
-    }
-    if let Some((row, &label)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
-        return Err(LossError::LabelOutOfRange {
-            label,
-            row,
-            classes: k,
         });
     }
 

@@ -5,7 +5,7 @@
 //! The README's "Your own training loop" runs one (it is a doctest of the
 //! `sparsenet` crate).
 
-use super::loss::{softmax_cross_entropy_into, LossError};
+use super::loss::{check_batch, softmax_cross_entropy_into, LossError};
 use crate::model::{InputError, Mode, Model, NetworkSpec};
 use crate::weights::{Store, TensorSpec};
 use crate::Float;
@@ -114,13 +114,11 @@ pub fn loss_and_gradients<M: Model<T>, T: Float>(
             found: grads.flat.len(),
         });
     }
-    // The loss's own checks on a stand-in of the logits' shape, before the
-    // pass changes the running statistics.
+    // The loss's checks of the labels, before the pass changes the running
+    // statistics (an empty batch is the input check's to report).
     let rows = x.dim().0;
-    let probe = Array2::<T>::zeros((rows, M::CLASSES));
-    let mut probe_grad = Array2::<T>::zeros((rows, M::CLASSES));
     if rows > 0 {
-        softmax_cross_entropy_into(probe.view(), labels, label_smoothing, probe_grad.view_mut())?;
+        check_batch(rows, M::CLASSES, labels, label_smoothing)?;
     }
     let mut outcome = BatchOutcome {
         loss: 0.0,
@@ -128,7 +126,7 @@ pub fn loss_and_gradients<M: Model<T>, T: Float>(
     };
     model.forward_backward(x, Mode::Train, &mut grads.flat, &mut |logits| {
         let mut d = Array2::zeros(logits.raw_dim());
-        // Checked above: the shapes and labels are the probe's.
+        // Checked above (check_batch): this cannot fail.
         if let Ok((loss, correct)) =
             softmax_cross_entropy_into(logits.view(), labels, label_smoothing, d.view_mut())
         {
