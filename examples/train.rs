@@ -98,8 +98,10 @@ struct Args {
     /// Where the training steps and evaluation run.
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
-    /// Arithmetic of the convolutions on the GPU (cuda, emulated): tf32
-    /// (tensor cores, f32 accumulation; cuDNN's default) or f32 [tf32].
+    /// Arithmetic on the GPU (cuda, emulated): tf32 (tensor cores, f32
+    /// accumulation; cuDNN's default), f32 (IEEE), or bf16 (activations and
+    /// their gradients stored as bfloat16, TF32 tensor cores, f32 weights,
+    /// statistics and accumulation) [tf32].
     #[arg(long)]
     precision: Option<Precision>,
     /// Where the dataset is (default: /usr/share/datasets/fashion-mnist for
@@ -433,7 +435,7 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
     Trainer::new(cfg, train_ds, test_ds, transform, |m: &M, opt| {
         let backend = CudaBackend::new(0)?;
         say!(
-            "device: {} ({}), {precision} convolutions",
+            "device: {} ({}), precision {precision}",
             backend.device_name(),
             backend.arch()
         );

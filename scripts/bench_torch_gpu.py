@@ -5,7 +5,8 @@ sparsenet's module names), on the GPU: loads the weights bench_gpu
 (bench/src/bin/bench_gpu.rs) wrote, checks the eval-mode logits on its
 input equal sparsenet's (TF32 off, so f32 means f32), then times a training
 step (with --tf32: TF32 allowed in cuDNN's convolutions and in matmuls, the
-same math mode as sparsenet's --precision tf32) (forward, cross-entropy, backward, SGD with Nesterov momentum and
+same math mode as sparsenet's --precision tf32; with --bf16: also autocast
+to bfloat16, the nearest PyTorch mode to sparsenet's --precision bf16) (forward, cross-entropy, backward, SGD with Nesterov momentum and
 weight decay) in eager mode, torch.compile and
 torch.compile(mode="reduce-overhead"), plus eager
 inference and batch-1 latency, with peak allocated GPU memory per mode. One
@@ -15,6 +16,7 @@ JSON line per mode.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -51,7 +53,10 @@ def main():
     ap.add_argument("--modes", default="eager,compile,reduce-overhead")
     ap.add_argument("--tf32", action="store_true",
                     help="time with TF32 allowed (cuDNN convolutions and matmuls)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="time under torch.autocast(bfloat16), TF32 allowed for what stays f32")
     args = ap.parse_args()
+    args.tf32 = args.tf32 or args.bf16
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
@@ -69,7 +74,11 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     common = {"side": "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
-              "batch": x.shape[0], "logits_max_rel_err": rel, "precision": "tf32" if args.tf32 else "f32"}
+              "batch": x.shape[0], "logits_max_rel_err": rel,
+              "precision": "bf16" if args.bf16 else "tf32" if args.tf32 else "f32"}
+    # bf16: autocast's mixed precision (bf16 convolutions and activations,
+    # f32 weights, BatchNorm in f32), PyTorch's usual way to train in bf16.
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
     for mode in args.modes.split(","):
         model = copy.deepcopy(base).train()
@@ -77,7 +86,8 @@ def main():
 
         def step_eager():
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), labels)
+            with autocast():
+                loss = F.cross_entropy(model(x), labels)
             loss.backward()
             opt.step()
             return loss
@@ -105,7 +115,7 @@ def main():
                    peak_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1))
         if mode == "eager":
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 out["eval_ms"] = round(median_ms(lambda: model(x), args.steps, 5), 3)
                 one = x[:1].clone()
                 out["latency1_ms"] = round(median_ms(lambda: model(one), 200, 10), 4)

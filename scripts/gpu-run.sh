@@ -7,10 +7,11 @@
 # the two sides share go to a scratch folder.
 #
 # Environment (defaults in brackets):
-#   PRECISIONS    our --precision values to benchmark [tf32 f32]; PyTorch runs
-#                 in the same math mode (--tf32: TF32 in cuDNN and matmuls)
+#   PRECISIONS    our --precision values to benchmark [tf32 bf16 f32]; PyTorch
+#                 runs in the same math mode (--tf32: TF32 in cuDNN and
+#                 matmuls; --bf16: autocast to bfloat16)
 #   TORCH_MODES   PyTorch modes to time [eager,reduce-overhead for tf32,
-#                 eager for f32]; TORCH_MODES_<precision> for one precision
+#                 eager for bf16 and f32]; TORCH_MODES_<precision> for one
 #   ORDER         sections to run, in order [ceilings bench parity]
 #                 (parity: tests/gpu_cuda.rs; bench: ours and PyTorch per
 #                 network; ceilings: copy bandwidth and matrix rates)
@@ -25,8 +26,9 @@ cd "$(dirname "$0")/.."
 CARRY=target/gpu-carry
 OUT=${OUT:-target/gpu-out}
 WORK=${WORK:-/tmp/sparsenet-gpu-work}
-PRECISIONS=${PRECISIONS:-tf32 f32}
+PRECISIONS=${PRECISIONS:-tf32 bf16 f32}
 TORCH_MODES_tf32=${TORCH_MODES_tf32:-${TORCH_MODES:-eager,reduce-overhead}}
+TORCH_MODES_bf16=${TORCH_MODES_bf16:-${TORCH_MODES:-eager}}
 TORCH_MODES_f32=${TORCH_MODES_f32:-${TORCH_MODES:-eager}}
 NETS=${NETS:-seed40 bc100}
 BATCHES=${BATCHES:-64}
@@ -90,7 +92,9 @@ for prec in $PRECISIONS; do
   dir="$WORK/$net-$batch"
   tag="$net-$batch-$prec"
   # The ceilings section's rates, if it ran first: the profile's shares.
-  tf=$(sed -n "s/^matmul 8192^3 $prec: \([0-9.]*\) TFLOP\/s.*/\1/p" "$OUT/ceilings.txt" 2>/dev/null)
+  # (bf16 runs its products on the TF32 tensor cores: TF32's ceiling.)
+  math=$prec; [ "$prec" = bf16 ] && math=tf32
+  tf=$(sed -n "s/^matmul 8192^3 $math: \([0-9.]*\) TFLOP\/s.*/\1/p" "$OUT/ceilings.txt" 2>/dev/null)
   tb=$(sed -n 's/^copy 1 GiB d2d: \([0-9.]*\) TB\/s.*/\1/p' "$OUT/ceilings.txt" 2>/dev/null)
   # shellcheck disable=SC2086
   timeout 120 "$CARRY/bench_gpu" --net "$net" --batch "$batch" --precision "$prec" --out "$dir" $BENCH_ARGS \
@@ -102,6 +106,7 @@ for prec in $PRECISIONS; do
   modes=${!modes_var}
   tf32_flag=""
   [ "$prec" = tf32 ] && tf32_flag="--tf32"
+  [ "$prec" = bf16 ] && tf32_flag="--bf16"
   stamp "$net batch $batch $prec: pytorch ($modes)"
   # shellcheck disable=SC2046,SC2086
   timeout 300 python3 scripts/bench_torch_gpu.py --dir "$dir" --modes "$modes" $tf32_flag $(net_args "$net") \
@@ -122,6 +127,7 @@ for prec in $PRECISIONS; do
   tag="$net-$batch-$prec"
   tf32_flag=""
   [ "$prec" = tf32 ] && tf32_flag="--tf32"
+  [ "$prec" = bf16 ] && tf32_flag="--bf16"
   stamp "$net batch $batch $prec: pytorch (${TORCH_EXTRA_MODES:-reduce-overhead})"
   # shellcheck disable=SC2046,SC2086
   timeout 300 python3 scripts/bench_torch_gpu.py --dir "$WORK/$net-$batch" --modes "${TORCH_EXTRA_MODES:-reduce-overhead}" \

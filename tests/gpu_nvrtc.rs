@@ -43,7 +43,8 @@ fn check(p: &GpuProgram, precision: Precision) {
 #[test]
 fn zoo_programs_compile_for_sm_90() {
     // In TF32, the default: the precisions differ only in the tiled GEMMs'
-    // inner step, which the two small networks below compile both ways.
+    // inner step and (bf16) the arenas' loads and stores, which the two
+    // small networks below compile all three ways.
     for p in [
         &<FashionSparseNet as GpuNetwork>::GPU_PROGRAM,
         &<SeedV2Depth40 as GpuNetwork>::GPU_PROGRAM,
@@ -56,7 +57,7 @@ fn zoo_programs_compile_for_sm_90() {
 
 #[test]
 fn imagenet_stem_dense_and_explicit_offsets_compile_for_sm_90() {
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in Precision::ALL {
         check(&<PaperDenseImagenet as GpuNetwork>::GPU_PROGRAM, precision);
         check(&<Offsets as GpuNetwork>::GPU_PROGRAM, precision);
     }

@@ -158,7 +158,7 @@ fn flags_are_checked_before_the_data_is_read() {
         ),
         (
             &["--device", "emulated", "--precision", "fp16"],
-            "unknown precision `fp16` (expected `f32` or `tf32`)",
+            "unknown precision `fp16` (expected `f32`, `tf32` or `bf16`)",
         ),
     ];
     for (args, needle) in cases {

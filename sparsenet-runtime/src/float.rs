@@ -20,6 +20,7 @@ pub trait Float:
     + Send
     + Sync
     + crate::weights::WeightElem
+    + bytemuck::Pod
     + 'static
 {
     /// Converts a compile-time constant (an epsilon, a momentum) to this type.

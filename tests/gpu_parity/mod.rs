@@ -116,13 +116,20 @@ fn f32_case_and_f64_twin<M32: Model<f32>, M64: Model<f64>>(
     (m32, x32, labels, m64, x64)
 }
 
-/// The TF32 bounds (issue 18): the device in f32 with TF32 convolutions
-/// against the truth, the CPU path in f64 on the same (f32) parameters and
-/// input. Eval logits within `tol_logits` of the largest logit, the
-/// training-mode loss within `tol_loss` (relative); the gradients' distance
-/// from the truth is printed beside that of the device's IEEE f32 run.
-pub fn tf32_against_f64<M32, M64>(n: usize, tol_logits: f64, tol_loss: f64)
-where
+/// The bounds of a reduced precision (TF32, issue 18; bf16, issue 21): the
+/// device in f32 with `precision` against the truth, the CPU path in f64 on
+/// the same (f32) parameters and input. Eval logits within `tol_logits` of
+/// the largest logit, the training-mode loss within `tol_loss` (relative;
+/// `None` where only the logits are bounded);
+/// the gradients' distance from the truth is printed beside that of the
+/// device's IEEE f32 run, whose logits must be far closer (so the rounding
+/// is really applied).
+pub fn reduced_against_f64<M32, M64>(
+    precision: Precision,
+    n: usize,
+    tol_logits: f64,
+    tol_loss: Option<f64>,
+) where
     M32: GpuNetwork + Model<f32> + Clone,
     M64: Model<f64>,
     Dev<f32>: Backend<f32>,
@@ -140,8 +147,8 @@ where
     })
     .unwrap();
     let mut logit_errs = Vec::new();
-    for precision in [Precision::Tf32, Precision::F32] {
-        let mut dev = in_precision(precision, || gpu(&m32, n));
+    for p in [precision, Precision::F32] {
+        let mut dev = in_precision(p, || gpu(&m32, n));
         let got = dev.forward(x32.view(), Mode::Eval).unwrap();
         let e = rel_err(&f64s(got.as_slice().unwrap()), want.as_slice().unwrap());
         let out = dev
@@ -150,27 +157,28 @@ where
         let e_loss = (out.loss - loss64).abs() / loss64.abs();
         let (e_grad, at) = worst_gradient_error::<M32>(&f64s(&dev.gradients().unwrap()), &truth);
         eprintln!(
-            "{} ({precision}) against f64: eval logits {e:.2e}, loss {e_loss:.2e}, gradients {e_grad:.2e} ({at})",
+            "{} ({p}) against f64: eval logits {e:.2e}, loss {e_loss:.2e}, gradients {e_grad:.2e} ({at})",
             M32::NAME
         );
-        if precision == Precision::Tf32 {
+        if p == precision {
             assert!(
                 e < tol_logits,
-                "{}: TF32 eval logits {e:e} from f64's",
+                "{}: {p} eval logits {e:e} from f64's",
                 M32::NAME
             );
             assert!(
-                e_loss < tol_loss,
-                "{}: TF32 loss {e_loss:e} from f64's",
+                tol_loss.is_none_or(|t| e_loss < t),
+                "{}: {p} loss {e_loss:e} from f64's",
                 M32::NAME
             );
         }
         logit_errs.push(e);
     }
-    // TF32 must really round: its error is far above IEEE f32's.
+    // The reduced precision must really round: its error is far above
+    // IEEE f32's.
     assert!(
         logit_errs[0] > 4.0 * logit_errs[1],
-        "{}: TF32 logits ({:e}) are as close to f64 as IEEE f32's ({:e}): is TF32 rounding applied?",
+        "{}: {precision} logits ({:e}) are as close to f64 as IEEE f32's ({:e}): is the rounding applied?",
         M32::NAME,
         logit_errs[0],
         logit_errs[1]
@@ -512,7 +520,7 @@ where
     }
     let (first, last) = (losses[0], losses[49]);
     eprintln!(
-        "{} {} ({} convolutions): 50 steps, loss {first:.4} -> {last:.4}, largest relative difference {worst_first5:.1e} (first 5 steps), {worst:.1e} (all)",
+        "{} {} ({} precision): 50 steps, loss {first:.4} -> {last:.4}, largest relative difference {worst_first5:.1e} (first 5 steps), {worst:.1e} (all)",
         M::NAME,
         std::any::type_name::<T>(),
         PRECISION.with(|p| p.get())
@@ -612,7 +620,20 @@ pub fn staged_batches_equal_the_cpu_pipeline<M: GpuNetwork + Model<f32> + Clone>
 where
     Dev<f32>: Backend<f32>,
 {
+    for precision in [Precision::F32, Precision::Bf16] {
+        in_precision(precision, staged_batches_in::<M>);
+    }
+}
+
+/// The check above in the current precision: in bf16 the device stores the
+/// pipeline's values rounded to bf16 (the kernel's rounding, which must equal
+/// the host's, `half`'s, used when a batch is uploaded).
+fn staged_batches_in<M: GpuNetwork + Model<f32> + Clone>()
+where
+    Dev<f32>: Backend<f32>,
+{
     use sparsenet::runtime::data::{Augment, Dataset, Transform};
+    let precision = PRECISION.with(|p| p.get());
     let [c, h, w] = M::INPUT;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let len = 12;
@@ -660,12 +681,15 @@ where
         transform.apply(&ds.pixels[idx * chw..(idx + 1) * chw], (c, h, w), a, out);
         labels.push(ds.labels[idx] as usize);
     }
+    if precision == Precision::Bf16 {
+        want.mapv_inplace(|v| half::bf16::from_f32(v).to_f32());
+    }
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let want_flat = want.as_slice().unwrap();
     if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want_flat[i].to_bits()) {
         let (img, rest) = (i / chw, i % chw);
         panic!(
-            "staged input differs first at image {img}, channel {}, row {}, column {}: device {}, CPU {}",
+            "{precision}: staged input differs first at image {img}, channel {}, row {}, column {}: device {}, CPU {}",
             rest / (h * w),
             rest % (h * w) / w,
             rest % w,

@@ -250,7 +250,7 @@ mod bench {
             }
         }
         let p = &M::GPU_PROGRAM;
-        let planned = GpuModel::<M, CudaBackend>::planned_bytes(n);
+        let planned = GpuModel::<M, CudaBackend>::planned_bytes(n, args.precision);
         let flops = 3.0 * 2.0 * M::MACS_PER_IMAGE as f64 * n as f64;
         println!(
             "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"device\": \"{device}\", \"batch\": {n}, \

@@ -82,16 +82,56 @@ __device__ __forceinline__ static void sn_mma_16x8x8(float d[4], const float a[4
 
 typedef long long i64;
 
+// ---- storage of activations and their gradients --------------------------
+//
+// `stored` is the element type of the activation and gradient arenas and of
+// d loss / d logits. With SN_BF16 (Precision::Bf16) it is bfloat16: every
+// value is rounded to it when stored (to nearest, ties to even) and widened
+// back to `real` when loaded, so all arithmetic (products, BatchNorm, sums)
+// stays in `real`; parameters, gradients of parameters, statistics and the
+// logits stay `real` too. Otherwise it is `real` and ld/st are identities.
+// The conversions are written with integer operations, so the device and the
+// emulator round the same values the same way, to the bit.
+#ifndef SN_BF16
+#define SN_BF16 0
+#endif
+#ifdef SPARSENET_EMULATE
+SN_DEVICE unsigned sn_f2u(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }
+SN_DEVICE float sn_u2f(unsigned u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+#else
+SN_DEVICE unsigned sn_f2u(float f) { return __float_as_uint(f); }
+SN_DEVICE float sn_u2f(unsigned u) { return __uint_as_float(u); }
+#endif
+#if SN_BF16
+struct sn_bf16 {
+    unsigned short bits;
+};
+typedef sn_bf16 stored;
+SN_DEVICE real ld(sn_bf16 v) { return (real)sn_u2f((unsigned)v.bits << 16); }
+SN_DEVICE sn_bf16 st(real v) {
+    const unsigned u = sn_f2u((float)v);
+    sn_bf16 b;
+    // NaN stays a (quiet) NaN; rounding must not carry it into infinity.
+    if ((u & 0x7fffffffu) > 0x7f800000u) b.bits = (unsigned short)((u >> 16) | 0x40u);
+    else b.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return b;
+}
+#else
+typedef real stored;
+SN_DEVICE real ld(real v) { return v; }
+SN_DEVICE real st(real v) { return v; }
+#endif
+
 struct Args {
-    real* act;
-    real* gact;
+    stored* act;
+    stored* gact;
     real* aux;
     real* params;
     real* grads;
     real* state;
     real* velocity;
     real* logits;
-    real* dlogits;
+    stored* dlogits;
     int* labels;
     // Per image: the loss, then 1 where the prediction was right.
     real* losses;
@@ -181,7 +221,7 @@ SN_DEVICE void augment_input(const Args& a) {
         int v = 0;
         if (sy >= 0 && sy < H && sx >= 0 && sx < W)
             v = a.images[((i64)p[0] * C + e.c) * (H * W) + sy * W + sx];
-        a.act[i] = a.lut[e.c * 256 + v];
+        a.act[i] = st(a.lut[e.c * 256 + v]);
         if (e.c == 0 && e.y == 0 && e.x == 0) a.labels[e.img] = a.dataset_labels[p[0]];
     }
 }
@@ -190,7 +230,7 @@ SN_DEVICE void augment_input(const Args& a) {
 
 // Source s's plane (image img, channel c) in the activation arena.
 template <class L>
-SN_DEVICE const real* src_plane(const Args& a, int s, int img, int c) {
+SN_DEVICE const stored* src_plane(const Args& a, int s, int img, int c) {
     return a.act + L::off(s) * a.n + ((i64)img * L::ch(s) + c) * (L::H * L::W);
 }
 
@@ -212,7 +252,7 @@ SN_DEVICE real pre_apply(const Args& a, int cg, real v) {
 
 // Where a node's output gradient lives: the logits' for the head.
 template <class L>
-SN_DEVICE const real* out_grad(const Args& a) {
+SN_DEVICE const stored* out_grad(const Args& a) {
     return L::OUT_GRAD < 0 ? a.dlogits : a.gact + L::OUT_GRAD * a.n;
 }
 
@@ -377,18 +417,18 @@ struct ConvForward {
     // Row r's values of k0 .. k0+SN_TILE_K-1 (zero past the end and in the
     // padding, which is zero after BN-ReLU as in the CPU path). Walks the
     // channels and their sources incrementally instead of locating each k.
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int ld) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int lda) {
         int cg = (int)(k0 / KK), tap = (int)(k0 % KK), s = 0, c = 0;
         if (cg < L::CIN) locate<L>(cg, s, c);
-        const real* plane = cg < L::CIN ? src_plane<L>(a, s, r.img, c) : nullptr;
+        const stored* plane = cg < L::CIN ? src_plane<L>(a, s, r.img, c) : nullptr;
         SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (cg < L::CIN) {
                 const int iy = r.y * L::STRIDE - L::PAD + tap / L::K;
                 const int ix = r.x * L::STRIDE - L::PAD + tap % L::K;
-                if (iy >= 0 && iy < L::H && ix >= 0 && ix < L::W) x = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+                if (iy >= 0 && iy < L::H && ix >= 0 && ix < L::W) x = pre_apply<L>(a, cg, ld(plane[iy * L::W + ix]));
             }
-            dst[j * ld] = x;
+            dst[j * lda] = x;
             if (++tap == KK) {
                 tap = 0;
                 if (++cg < L::CIN) {
@@ -402,7 +442,7 @@ struct ConvForward {
     SN_DEVICE real b(const Args& a, i64 k, int n) { return a.params[L::WEIGHT + (i64)n * KDIM + k]; }
     SN_DEVICE void store(const Args& a, const Row& r, int n, int, real v) {
         if (L::BIAS >= 0) v += a.params[L::BIAS + n];
-        a.act[L::OUT * a.n + (((i64)r.img * L::COUT + n) * L::HO + r.y) * L::WO + r.x] = v;
+        a.act[L::OUT * a.n + (((i64)r.img * L::COUT + n) * L::HO + r.y) * L::WO + r.x] = st(v);
     }
 };
 
@@ -427,16 +467,16 @@ struct ConvBackwardData {
         r.img = (int)(m / ((i64)L::W * L::H));
         return r;
     }
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int ld) {
-        const real* dy = out_grad<L>(a) + (i64)r.img * L::COUT * L::HO * L::WO;
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64, real* dst, int lda) {
+        const stored* dy = out_grad<L>(a) + (i64)r.img * L::COUT * L::HO * L::WO;
         int co = (int)(k0 / KK), tap = (int)(k0 % KK);
         SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
             if (co < L::COUT) {
                 const int oy = r.y + L::PAD - tap / L::K, ox = r.x + L::PAD - tap % L::K;
-                if (oy >= 0 && oy < L::HO && ox >= 0 && ox < L::WO) x = dy[((i64)co * L::HO + oy) * L::WO + ox];
+                if (oy >= 0 && oy < L::HO && ox >= 0 && ox < L::WO) x = ld(dy[((i64)co * L::HO + oy) * L::WO + ox]);
             }
-            dst[j * ld] = x;
+            dst[j * lda] = x;
             if (++tap == KK) tap = 0, ++co;
         }
     }
@@ -444,7 +484,7 @@ struct ConvBackwardData {
         return a.params[L::WEIGHT + ((k / KK) * L::CIN + n) * KK + k % KK];
     }
     SN_DEVICE void store(const Args& a, const Row& r, int n, int, real v) {
-        a.gact[L::DZ * a.n + (((i64)r.img * L::CIN + n) * L::H + r.y) * L::W + r.x] = v;
+        a.gact[L::DZ * a.n + (((i64)r.img * L::CIN + n) * L::H + r.y) * L::W + r.x] = st(v);
     }
 };
 
@@ -475,7 +515,7 @@ struct ConvBackwardWeight {
     }
     // The row's input values at output positions k0 .. k0+SN_TILE_K-1 (the
     // transformed input under this tap), 1 for the bias row, 0 from kend.
-    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64 kend, real* dst, int ld) {
+    SN_DEVICE void load_a(const Args& a, const Row& r, i64 k0, i64 kend, real* dst, int lda) {
         int img = (int)(k0 / HWO), pix = (int)(k0 % HWO);
         SN_UNROLL_4 for (int j = 0; j < SN_TILE_K; ++j) {
             real x = (real)0;
@@ -486,15 +526,15 @@ struct ConvBackwardWeight {
                     const int iy = pix / L::WO * L::STRIDE - L::PAD + r.ky;
                     const int ix = pix % L::WO * L::STRIDE - L::PAD + r.kx;
                     if (iy >= 0 && iy < L::H && ix >= 0 && ix < L::W)
-                        x = pre_apply<L>(a, r.cg, src_plane<L>(a, r.s, img, r.c)[iy * L::W + ix]);
+                        x = pre_apply<L>(a, r.cg, ld(src_plane<L>(a, r.s, img, r.c)[iy * L::W + ix]));
                 }
             }
-            dst[j * ld] = x;
+            dst[j * lda] = x;
             if (++pix == HWO) pix = 0, ++img;
         }
     }
     SN_DEVICE real b(const Args& a, i64 k, int n) {
-        return out_grad<L>(a)[((k / HWO) * L::COUT + n) * HWO + k % HWO];
+        return ld(out_grad<L>(a)[((k / HWO) * L::COUT + n) * HWO + k % HWO]);
     }
     SN_DEVICE void store(const Args& a, const Row& r, int n, int split, real v) {
         a.partials[((i64)split * ROWS + r.m) * N + n] = v;
@@ -524,16 +564,16 @@ template <int OFF, int C, int HW>
 SN_DEVICE void batch_stats_partial(const Args& a) {
     SN_FOR_EACH(i, (i64)C * SN_CHUNKS) {
         const int c = (int)(i / SN_CHUNKS), p = (int)(i % SN_CHUNKS);
-        const real* base = a.act + (i64)OFF * a.n;
+        const stored* base = a.act + (i64)OFF * a.n;
         i64 b, e;
         chunk_range((i64)a.n * HW, SN_CHUNKS, p, b, e);
         double sum = 0.0;
-        SN_NO_UNROLL for (i64 k = b; k < e; ++k) sum += base[((k / HW) * C + c) * HW + k % HW];
+        SN_NO_UNROLL for (i64 k = b; k < e; ++k) sum += ld(base[((k / HW) * C + c) * HW + k % HW]);
         const double cnt = (double)(e - b);
         const double mean = cnt > 0 ? sum / cnt : 0.0;
         double m2 = 0.0;
         SN_NO_UNROLL for (i64 k = b; k < e; ++k) {
-            const double d = base[((k / HW) * C + c) * HW + k % HW] - mean;
+            const double d = ld(base[((k / HW) * C + c) * HW + k % HW]) - mean;
             m2 += d * d;
         }
         double* out = a.partials + 3 * i;
@@ -604,18 +644,18 @@ SN_DEVICE void avg_pool_forward(const Args& a) {
         const int ox = e.x, oy = e.y, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
-        const real* plane = src_plane<L>(a, s, img, c);
+        const stored* plane = src_plane<L>(a, s, img, c);
         real acc = (real)0;
         for (int ky = 0; ky < K; ++ky)
             for (int kx = 0; kx < K; ++kx)
-                acc += pre_apply<L>(a, cg, plane[(oy * L::STRIDE + ky) * L::W + ox * L::STRIDE + kx]);
-        a.act[L::OUT * a.n + i] = acc * ((real)1 / (K * K));
+                acc += pre_apply<L>(a, cg, ld(plane[(oy * L::STRIDE + ky) * L::W + ox * L::STRIDE + kx]));
+        a.act[L::OUT * a.n + i] = st(acc * ((real)1 / (K * K)));
     }
 }
 
 // Index (within the plane) of the first maximum of one max-pool window, or -1.
 template <class L>
-SN_DEVICE int max_pool_argmax(const Args& a, int cg, const real* plane, int oy, int ox, real& best) {
+SN_DEVICE int max_pool_argmax(const Args& a, int cg, const stored* plane, int oy, int ox, real& best) {
     best = (real)SN_NEG_INF;
     int at = -1;
     for (int ky = 0; ky < L::K; ++ky) {
@@ -624,7 +664,7 @@ SN_DEVICE int max_pool_argmax(const Args& a, int cg, const real* plane, int oy, 
         for (int kx = 0; kx < L::K; ++kx) {
             const int ix = ox * L::STRIDE - L::PAD + kx;
             if (ix < 0 || ix >= L::W) continue;
-            const real v = pre_apply<L>(a, cg, plane[iy * L::W + ix]);
+            const real v = pre_apply<L>(a, cg, ld(plane[iy * L::W + ix]));
             // A NaN is the window's maximum (as in PyTorch): never skipped.
             if (v > best || v != v) {
                 best = v;
@@ -646,7 +686,7 @@ SN_DEVICE void max_pool_forward(const Args& a) {
         locate<L>(cg, s, c);
         real best;
         max_pool_argmax<L>(a, cg, src_plane<L>(a, s, img, c), oy, ox, best);
-        a.act[L::OUT * a.n + i] = best;
+        a.act[L::OUT * a.n + i] = st(best);
     }
 }
 
@@ -659,7 +699,7 @@ SN_DEVICE void affine_forward(const Args& a) {
         const int p = e.x, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
-        a.act[L::OUT * a.n + i] = pre_apply<L>(a, cg, src_plane<L>(a, s, img, c)[p]);
+        a.act[L::OUT * a.n + i] = st(pre_apply<L>(a, cg, ld(src_plane<L>(a, s, img, c)[p])));
     }
 }
 
@@ -668,9 +708,9 @@ template <class L>
 SN_DEVICE real gap_feature(const Args& a, int img, int cg) {
     int s, c;
     locate<L>(cg, s, c);
-    const real* plane = src_plane<L>(a, s, img, c);
+    const stored* plane = src_plane<L>(a, s, img, c);
     real sum = (real)0;
-    SN_NO_UNROLL for (int p = 0; p < L::H * L::W; ++p) sum += pre_apply<L>(a, cg, plane[p]);
+    SN_NO_UNROLL for (int p = 0; p < L::H * L::W; ++p) sum += pre_apply<L>(a, cg, ld(plane[p]));
     return sum * ((real)1 / (L::H * L::W));
 }
 
@@ -696,7 +736,7 @@ template <int CLASSES>
 SN_DEVICE void softmax_cross_entropy(const Args& a) {
     SN_FOR_EACH(img, a.n) {
         const real* row = a.logits + img * CLASSES;
-        real* g = a.dlogits + img * CLASSES;
+        stored* g = a.dlogits + img * CLASSES;
         const int label = a.labels[img];
         const real eps = a.hyper[4];
         int best = 0;
@@ -706,11 +746,10 @@ SN_DEVICE void softmax_cross_entropy(const Args& a) {
                 mx = row[j];
                 best = j;
             }
+        // The exponentials are summed here and recomputed below (the same
+        // values), so that d loss / d logits may be stored narrower.
         real sum = (real)0;
-        SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
-            g[j] = exp(row[j] - mx);
-            sum += g[j];
-        }
+        SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) sum += exp(row[j] - mx);
         const real lse = mx + log(sum);
         real loss = ((real)1 - eps) * (lse - row[label]);
         const real off = eps / CLASSES;
@@ -722,8 +761,8 @@ SN_DEVICE void softmax_cross_entropy(const Args& a) {
         const real on = ((real)1 - eps) + off;
         const real inv_n = (real)1 / a.n;
         SN_NO_UNROLL for (int j = 0; j < CLASSES; ++j) {
-            const real p = g[j] / sum;
-            g[j] = (p - (j == label ? on : off)) * inv_n;
+            const real p = exp(row[j] - mx) / sum;
+            g[j] = st((p - (j == label ? on : off)) * inv_n);
         }
         a.losses[img] = loss;
         a.losses[a.n + img] = best == label ? (real)1 : (real)0;
@@ -738,7 +777,7 @@ SN_DEVICE void softmax_cross_entropy(const Args& a) {
 template <class L>
 SN_DEVICE void conv_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const real* dy = out_grad<L>(a);
+    const stored* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const Nchw e = nchw(i, L::CIN, H, W);
         const int x = e.x, y = e.y, cg = e.c, img = e.img;
@@ -754,18 +793,18 @@ SN_DEVICE void conv_backward_input(const Args& a) {
                 const int ox = tx / L::STRIDE;
                 if (ox >= WO) continue;
                 SN_NO_UNROLL for (int co = 0; co < L::COUT; ++co)
-                    acc += dy[(((i64)img * L::COUT + co) * HO + oy) * WO + ox] *
+                    acc += ld(dy[(((i64)img * L::COUT + co) * HO + oy) * WO + ox]) *
                            a.params[L::WEIGHT + (((i64)co * L::CIN + cg) * K + ky) * K + kx];
             }
         }
-        a.gact[L::DZ * a.n + i] = acc;
+        a.gact[L::DZ * a.n + i] = st(acc);
     }
 }
 
 template <class L>
 SN_DEVICE void avg_pool_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const real* dy = out_grad<L>(a);
+    const stored* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const int x = (int)(i % W);
         const int y = (int)((i / W) % H);
@@ -777,23 +816,23 @@ SN_DEVICE void avg_pool_backward_input(const Args& a) {
             for (int kx = 0; kx < K; ++kx) {
                 const int tx = x - kx;
                 if (tx < 0 || tx % L::STRIDE != 0 || tx / L::STRIDE >= WO) continue;
-                acc += dy[(plane * HO + ty / L::STRIDE) * WO + tx / L::STRIDE];
+                acc += ld(dy[(plane * HO + ty / L::STRIDE) * WO + tx / L::STRIDE]);
             }
         }
-        a.gact[L::DZ * a.n + i] = acc * ((real)1 / (K * K));
+        a.gact[L::DZ * a.n + i] = st(acc * ((real)1 / (K * K)));
     }
 }
 
 template <class L>
 SN_DEVICE void max_pool_backward_input(const Args& a) {
     constexpr int K = L::K, HO = L::HO, WO = L::WO, H = L::H, W = L::W;
-    const real* dy = out_grad<L>(a);
+    const stored* dy = out_grad<L>(a);
     SN_FOR_EACH(i, (i64)a.n * L::CIN * H * W) {
         const Nchw e = nchw(i, L::CIN, H, W);
         const int x = e.x, y = e.y, cg = e.c, img = e.img;
         int s, c;
         locate<L>(cg, s, c);
-        const real* plane = src_plane<L>(a, s, img, c);
+        const stored* plane = src_plane<L>(a, s, img, c);
         real acc = (real)0;
         for (int ky = 0; ky < K; ++ky) {
             const int ty = y + L::PAD - ky;
@@ -804,10 +843,10 @@ SN_DEVICE void max_pool_backward_input(const Args& a) {
                 const int oy = ty / L::STRIDE, ox = tx / L::STRIDE;
                 real best;
                 if (max_pool_argmax<L>(a, cg, plane, oy, ox, best) == y * W + x)
-                    acc += dy[(((i64)img * L::CIN + cg) * HO + oy) * WO + ox];
+                    acc += ld(dy[(((i64)img * L::CIN + cg) * HO + oy) * WO + ox]);
             }
         }
-        a.gact[L::DZ * a.n + i] = acc;
+        a.gact[L::DZ * a.n + i] = st(acc);
     }
 }
 
@@ -819,8 +858,8 @@ SN_DEVICE void gap_dense_backward_input(const Args& a) {
         const int cg = e.c, img = e.img;
         real acc = (real)0;
         SN_NO_UNROLL for (int k = 0; k < L::CLASSES; ++k)
-            acc += a.dlogits[img * L::CLASSES + k] * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
-        a.gact[L::DZ * a.n + i] = acc * ((real)1 / HW);
+            acc += ld(a.dlogits[img * L::CLASSES + k]) * a.params[L::WEIGHT + (i64)k * L::CIN + cg];
+        a.gact[L::DZ * a.n + i] = st(acc * ((real)1 / HW));
     }
 }
 
@@ -832,7 +871,7 @@ SN_DEVICE void gap_dense_backward_weight(const Args& a) {
         if (i >= NW) {
             const int k = (int)(i - NW);
             real sum = (real)0;
-            SN_NO_UNROLL for (int img = 0; img < a.n; ++img) sum += a.dlogits[img * L::CLASSES + k];
+            SN_NO_UNROLL for (int img = 0; img < a.n; ++img) sum += ld(a.dlogits[img * L::CLASSES + k]);
             a.grads[L::BIAS + k] = sum;
             continue;
         }
@@ -840,7 +879,7 @@ SN_DEVICE void gap_dense_backward_weight(const Args& a) {
         const int k = (int)(i / L::CIN);
         real sum = (real)0;
         SN_NO_UNROLL for (int img = 0; img < a.n; ++img)
-            sum += a.dlogits[img * L::CLASSES + k] * gap_feature<L>(a, img, cg);
+            sum += ld(a.dlogits[img * L::CLASSES + k]) * gap_feature<L>(a, img, cg);
         a.grads[L::WEIGHT + i] = sum;
     }
 }
@@ -858,7 +897,7 @@ SN_DEVICE real relu_masked(const Args& a, int cg, real x, real g) {
 template <class L>
 SN_DEVICE void bn_backward_sums_partial(const Args& a) {
     constexpr int HW = L::H * L::W;
-    const real* dz = a.gact + L::DZ * a.n;
+    const stored* dz = a.gact + L::DZ * a.n;
     SN_FOR_EACH(i, (i64)L::CIN * SN_CHUNKS) {
         const int cg = (int)(i / SN_CHUNKS), p = (int)(i % SN_CHUNKS);
         int s, c;
@@ -869,8 +908,8 @@ SN_DEVICE void bn_backward_sums_partial(const Args& a) {
         double sum_da = 0.0, sum_da_xc = 0.0;
         SN_NO_UNROLL for (i64 k = b; k < e; ++k) {
             const int img = (int)(k / HW), q = (int)(k % HW);
-            const real x = src_plane<L>(a, s, img, c)[q];
-            const real da = relu_masked<L>(a, cg, x, dz[((i64)img * L::CIN + cg) * HW + q]);
+            const real x = ld(src_plane<L>(a, s, img, c)[q]);
+            const real da = relu_masked<L>(a, cg, x, ld(dz[((i64)img * L::CIN + cg) * HW + q]));
             sum_da += da;
             sum_da_xc += (double)(da * (x - mean));
         }
@@ -902,7 +941,7 @@ SN_DEVICE void bn_backward_sums_final(const Args& a) {
 template <class L>
 SN_DEVICE void backward_to_sources(const Args& a) {
     constexpr int HW = L::H * L::W;
-    const real* dz = a.gact + L::DZ * a.n;
+    const stored* dz = a.gact + L::DZ * a.n;
     const real m = (real)a.n * HW;
     SN_FOR_EACH(i, (i64)a.n * L::CIN * HW) {
         const Nchw e = nchw(i, L::CIN, 1, HW);
@@ -910,9 +949,9 @@ SN_DEVICE void backward_to_sources(const Args& a) {
         int s, c;
         locate<L>(cg, s, c);
         if (L::grad(s) < 0) continue;
-        real d = dz[i];
+        real d = ld(dz[i]);
         if (L::PRE) {
-            const real x = src_plane<L>(a, s, img, c)[p];
+            const real x = ld(src_plane<L>(a, s, img, c)[p]);
             const real da = relu_masked<L>(a, cg, x, d);
             const real scale = a.aux[L::PRE_AUX + cg];
             if (a.train) {
@@ -925,9 +964,9 @@ SN_DEVICE void backward_to_sources(const Args& a) {
                 d = scale * da;
             }
         }
-        real* dx = a.gact + L::grad(s) * a.n + ((i64)img * L::ch(s) + c) * HW + p;
-        if (L::first(s)) *dx = d;
-        else *dx += d;
+        stored* dx = a.gact + L::grad(s) * a.n + ((i64)img * L::ch(s) + c) * HW + p;
+        if (L::first(s)) *dx = st(d);
+        else *dx = st(ld(*dx) + d);
     }
 }
 

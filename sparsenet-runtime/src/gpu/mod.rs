@@ -102,12 +102,15 @@ impl Launch {
     }
 }
 
-/// The arithmetic of the convolutions' matrix products on the device.
+/// The arithmetic of the convolutions' matrix products on the device, and
+/// how activations are stored.
 ///
-/// Storage and accumulation are f32 in both; what differs is how the
-/// tensor cores may round the products' inputs. Everything else (BatchNorm,
-/// the loss, reductions, the optimiser) is f32 with f64 partial sums
-/// either way.
+/// Accumulation is f32 in all three, parameters (the master weights), their
+/// gradients, the SGD velocity, BatchNorm statistics and the logits are f32
+/// in all three; BatchNorm, the loss, reductions and the optimiser compute in
+/// f32 with f64 partial sums. What differs is how the tensor cores round the
+/// products' inputs, and (`Bf16`) the width of the activations and their
+/// gradients in device memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// IEEE single precision: every product an f32 FMA.
@@ -118,14 +121,40 @@ pub enum Precision {
     /// for training on a GPU.
     #[default]
     Tf32,
+    /// bfloat16 activations and activation gradients in memory (half the
+    /// bytes of the arenas, which dominate a step's memory traffic): each
+    /// value rounded to bf16 (to nearest, ties to even) when a kernel stores
+    /// it and widened to f32 when one loads it. The convolutions run on the
+    /// TF32 tensor cores, which read a bf16 value exactly; everything else
+    /// is as in `Tf32`. bf16 keeps f32's exponent range, so no loss scaling
+    /// is needed.
+    Bf16,
 }
 
 impl Precision {
-    /// The name `--precision` takes: `f32` or `tf32`.
+    /// The name `--precision` takes: `f32`, `tf32` or `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Every precision, in the order `--precision` lists them.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+
+    /// Whether the convolutions run on the TF32 tensor cores.
+    pub fn tensor_cores(self) -> bool {
+        self != Precision::F32
+    }
+
+    /// Bytes of one element of the activation and gradient arenas when the
+    /// model computes in an element type of `elem_bytes` bytes.
+    pub fn stored_bytes(self, elem_bytes: usize) -> usize {
+        match self {
+            Precision::Bf16 => 2,
+            _ => elem_bytes,
         }
     }
 }
@@ -142,8 +171,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
             _ => Err(format!(
-                "unknown precision `{s}` (expected `f32` or `tf32`)"
+                "unknown precision `{s}` (expected `f32`, `tf32` or `bf16`)"
             )),
         }
     }
@@ -211,11 +241,12 @@ impl GpuProgram {
     /// that selects the matrix products' arithmetic, the templates, then
     /// the network's constants and kernels.
     pub fn full_source(&self, precision: Precision) -> String {
-        let mut s = String::with_capacity(KERNELS_CUH.len() + self.source.len() + 96);
+        let mut s = String::with_capacity(KERNELS_CUH.len() + self.source.len() + 128);
         s.push_str(&format!(
-            "// sparsenet program `{}`, precision {precision}\n#define SN_TF32 {}\n",
+            "// sparsenet program `{}`, precision {precision}\n#define SN_TF32 {}\n#define SN_BF16 {}\n",
             self.name,
-            u8::from(precision == Precision::Tf32)
+            u8::from(precision.tensor_cores()),
+            u8::from(precision == Precision::Bf16)
         ));
         s.push_str(KERNELS_CUH);
         s.push('\n');
@@ -487,7 +518,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             });
         }
         backend.compile(prog, precision)?;
-        let len = Self::buffer_lens(capacity);
+        let len = Self::buffer_lens(capacity, precision);
         let mut params = backend.alloc(len.params)?;
         backend.upload(&mut params, 0, model.params())?;
         let mut state = backend.alloc(len.state)?;
@@ -499,7 +530,7 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             grads: backend.alloc(len.params)?,
             velocity: backend.alloc(len.params)?,
             logits: backend.alloc(len.logits)?,
-            dlogits: backend.alloc(len.logits)?,
+            dlogits: backend.alloc(len.dlogits)?,
             labels: backend.alloc(len.labels)?,
             picks: backend.alloc((4 * capacity * 4).div_ceil(std::mem::size_of::<T>()))?,
             staged: None,
@@ -525,16 +556,21 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         })
     }
 
-    /// Element counts of every device buffer for batches up to `capacity`.
-    fn buffer_lens(capacity: usize) -> BufferLens {
+    /// Element counts (in `T`s) of every device buffer for batches up to
+    /// `capacity`. The arenas and d loss / d logits hold elements of
+    /// [`Precision::stored_bytes`] each, allocated as enough `T`s.
+    fn buffer_lens(capacity: usize, precision: Precision) -> BufferLens {
         let prog = &M::GPU_PROGRAM;
+        let t = std::mem::size_of::<T>();
+        let stored = |elems: usize| (elems * precision.stored_bytes(t)).div_ceil(t);
         BufferLens {
-            act: prog.act_per_image * capacity,
-            gact: prog.grad_per_image.max(1) * capacity,
+            act: stored(prog.act_per_image * capacity),
+            gact: stored(prog.grad_per_image.max(1) * capacity),
             aux: prog.aux_len.max(1),
             params: M::PARAMETERS,
             state: M::STATE_LEN.max(1),
             logits: M::CLASSES * capacity,
+            dlogits: stored(M::CLASSES * capacity),
             labels: capacity,
             losses: 2 * capacity,
             hyper: 8,
@@ -544,15 +580,17 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
     }
 
     /// Bytes of device memory this model allocates for batches up to
-    /// `capacity`: the compile-time plan, before the backend's own overhead.
-    pub fn planned_bytes(capacity: usize) -> usize {
-        let l = Self::buffer_lens(capacity);
+    /// `capacity` in `precision`: the compile-time plan, before the
+    /// backend's own overhead.
+    pub fn planned_bytes(capacity: usize, precision: Precision) -> usize {
+        let l = Self::buffer_lens(capacity, precision);
         let elems = l.act
             + l.gact
             + l.aux
             + 3 * l.params // parameters, gradients, velocity
             + l.state
-            + 2 * l.logits
+            + l.logits
+            + l.dlogits
             + l.labels
             + l.losses
             + l.hyper
@@ -616,9 +654,21 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
             });
         }
         let x = x.as_standard_layout();
+        let x = x.as_slice().expect("standard layout");
         // The input is the first buffer of the activation arena.
-        self.backend
-            .upload(&mut self.act, 0, x.as_slice().expect("standard layout"))?;
+        if self.precision == Precision::Bf16 {
+            let bytes: Vec<u8> = x
+                .iter()
+                .flat_map(|v| {
+                    half::bf16::from_f32(v.to_f32().unwrap_or(f32::NAN))
+                        .to_bits()
+                        .to_le_bytes()
+                })
+                .collect();
+            self.backend.upload_bytes(&mut self.act, &bytes)?;
+        } else {
+            self.backend.upload(&mut self.act, 0, x)?;
+        }
         Ok(n)
     }
 
@@ -928,9 +978,23 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
     /// one staged or uploaded), laid out `[n, C, H, W]`.
     pub fn input_batch(&mut self, n: usize) -> Result<Vec<T>, GpuError> {
         let [c, h, w] = M::INPUT;
-        let mut v = vec![T::zero(); n.min(self.capacity) * c * h * w];
-        self.backend.download(&self.act, &mut v)?;
-        Ok(v)
+        let len = n.min(self.capacity) * c * h * w;
+        if self.precision != Precision::Bf16 {
+            let mut v = vec![T::zero(); len];
+            self.backend.download(&self.act, &mut v)?;
+            return Ok(v);
+        }
+        let t = std::mem::size_of::<T>();
+        let mut raw = vec![T::zero(); (2 * len).div_ceil(t)];
+        self.backend.download(&self.act, &mut raw)?;
+        let bytes: &[u8] = bytemuck::cast_slice(&raw);
+        Ok(bytes[..2 * len]
+            .chunks_exact(2)
+            .map(|b| {
+                T::from(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                    .expect("f32 fits")
+            })
+            .collect())
     }
 
     /// Copies the device's parameters and running statistics into `model`.
@@ -951,6 +1015,7 @@ struct BufferLens {
     params: usize,
     state: usize,
     logits: usize,
+    dlogits: usize,
     labels: usize,
     losses: usize,
     hyper: usize,
