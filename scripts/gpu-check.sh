@@ -8,6 +8,7 @@
 #
 #   bash scripts/gpu-check.sh                 # here
 #   bash scripts/gpu-run.sh                   # there, with target/gpu-carry carried along
+#   bash scripts/gpu-train.sh                 # there: CIFAR-10 time to accuracy (also carry target/gpu-data)
 #
 # (With the device tool: run(command="bash scripts/gpu-run.sh", carry=["target/gpu-carry"]).)
 set -euo pipefail
@@ -39,7 +40,7 @@ cp "$test_bin" "$CARRY/gpu_cuda"
 strip "$CARRY"/bench_gpu "$CARRY"/train "$CARRY"/gpu_cuda
 
 # PTX and cubins for every program the run uses (NVRTC 13.0, as on the GPU
-# machine), in both precisions.
+# machine), in every precision.
 SPARSENET_PTX_CACHE="$PWD/$CACHE" "$CARRY/gpu_cuda" --ignored --exact precompile_ptx_for_sm_90 --nocapture \
   2>&1 | tee "$CARRY/precompile.log"
 # Only the files of the current sources (the cache also keeps older ones):
@@ -83,6 +84,14 @@ print(f"CIFAR-10 subset: {sum(seen.values())} images in {len(seen)} class folder
 PY
 else
   echo "no $CIFAR: the CIFAR-10 check will fail there"
+fi
+
+# The whole archive for the time-to-accuracy run (scripts/gpu-train.sh),
+# carried separately: run(..., carry=["target/gpu-carry", "target/gpu-data"]).
+if [ -f "$CIFAR" ]; then
+  mkdir -p target/gpu-data
+  cp "$CIFAR" target/gpu-data/cifar10-jpeg.tar.gz
+  du -sh target/gpu-data
 fi
 
 du -sh "$CARRY"
