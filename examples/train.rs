@@ -301,6 +301,7 @@ fn config(args: &Args, grayscale: bool, small: bool) -> Result<TrainConfig, Stri
         eval_batch_size: 256,
         progress: !args.no_progress,
         verbose: true,
+        primary: true,
     })
 }
 

@@ -52,6 +52,7 @@ fn config(out: &Path, epochs: u64) -> TrainConfig {
         eval_batch_size: 256,
         progress: false,
         verbose: false,
+        primary: true,
     }
 }
 

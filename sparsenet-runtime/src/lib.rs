@@ -24,6 +24,7 @@
 
 pub mod cpu;
 pub mod data;
+pub mod distributed;
 mod float;
 pub mod gpu;
 mod init;

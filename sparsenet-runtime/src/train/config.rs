@@ -56,6 +56,11 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Print one line per epoch to stdout.
     pub verbose: bool,
+    /// Whether this process writes the run's outputs (the folder's lock,
+    /// checkpoints, metrics) and prints its progress: true but on the ranks
+    /// other than 0 of a data-parallel run ([`crate::distributed`]), which
+    /// only read (a checkpoint to resume from).
+    pub primary: bool,
 }
 
 impl TrainConfig {
@@ -86,6 +91,7 @@ impl TrainConfig {
             eval_batch_size: 256,
             progress: false,
             verbose: false,
+            primary: true,
         }
     }
 
@@ -429,6 +435,7 @@ mod tests {
             eval_batch_size: 8,
             progress: false,
             verbose: false,
+            primary: true,
         }
     }
 

@@ -3,6 +3,8 @@
 //! [`Backend`] ([`GpuEngine`]). The loop, data, schedule, metrics and
 //! checkpoints of [`Trainer`](super::Trainer) are the same on every engine.
 
+use std::sync::Arc;
+
 use ndarray::{Array2, ArrayView4};
 
 use super::config::{TrainConfig, TrainError};
@@ -41,13 +43,13 @@ pub trait Engine<M: Model<f32>> {
     /// Given the training set and its normalisation once, before the first
     /// step: an engine that keeps the data in its own memory takes it here
     /// and then builds its batches itself ([`Engine::step_picks`]).
-    fn attach_training_data(&mut self, _: &Dataset, _: &Transform) -> Result<(), TrainError> {
+    fn attach_training_data(&mut self, _: &Arc<Dataset>, _: &Transform) -> Result<(), TrainError> {
         Ok(())
     }
 
     /// Given the test set and its normalisation once: an engine that keeps
     /// it in its own memory evaluates from picks ([`Engine::logits_picks`]).
-    fn attach_eval_data(&mut self, _: &Dataset, _: &Transform) -> Result<(), TrainError> {
+    fn attach_eval_data(&mut self, _: &Arc<Dataset>, _: &Transform) -> Result<(), TrainError> {
         Ok(())
     }
 
@@ -253,7 +255,7 @@ where
 
     fn attach_training_data(
         &mut self,
-        train: &Dataset,
+        train: &Arc<Dataset>,
         transform: &Transform,
     ) -> Result<(), TrainError> {
         if !self.host_batches {
@@ -268,7 +270,7 @@ where
 
     fn attach_eval_data(
         &mut self,
-        test: &Dataset,
+        test: &Arc<Dataset>,
         transform: &Transform,
     ) -> Result<(), TrainError> {
         if !self.host_batches {
@@ -317,7 +319,7 @@ where
 
 /// Mixes a run seed and a counter into a well-spread 64-bit seed (the
 /// dropout seed of a step, so that a resumed run draws the same masks).
-fn mix(seed: u64, n: u64) -> u64 {
+pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

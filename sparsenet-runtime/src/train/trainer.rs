@@ -114,8 +114,9 @@ pub struct Trainer<M, E> {
     partial: Option<EpochTraining>,
     /// Set (by Ctrl-C) to stop after the current step.
     interrupt: Option<&'static AtomicBool>,
-    /// The output folder's lock, held as long as the trainer lives.
-    _lock: RunLock,
+    /// The output folder's lock, held as long as the trainer lives (none on
+    /// a rank that does not write, [`TrainConfig::primary`]).
+    _lock: Option<RunLock>,
 }
 
 impl<M: Model<f32>> Trainer<M, CpuEngine> {
@@ -147,11 +148,17 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         make_engine: impl FnOnce(&M, &SgdState<f32>) -> Result<E, TrainError>,
     ) -> Result<Self, TrainError> {
         let steps_per_epoch = validate::<M>(&cfg, &train, &test)?;
-        std::fs::create_dir_all(&cfg.out_dir).map_err(|source| TrainError::OutDir {
-            path: cfg.out_dir.clone(),
-            source,
-        })?;
-        let lock = prepare_out_dir(&cfg, true)?;
+        // Only the primary process touches the folder; the other ranks of a
+        // data-parallel run read the checkpoint it wrote, if resuming.
+        let lock = if cfg.primary {
+            std::fs::create_dir_all(&cfg.out_dir).map_err(|source| TrainError::OutDir {
+                path: cfg.out_dir.clone(),
+                source,
+            })?;
+            Some(prepare_out_dir(&cfg, true)?)
+        } else {
+            None
+        };
         let start = Start::<M>::fresh(&cfg);
         let start = if cfg.resume && cfg.checkpoint_path().exists() {
             start.resume(&cfg, steps_per_epoch)?
@@ -352,7 +359,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     /// before its last step (its sums are then kept in `partial`).
     fn train_epoch(&mut self) -> Result<Option<EpochTraining>, TrainError> {
         let bar = progress_bar(
-            self.cfg.progress,
+            self.cfg.progress && self.cfg.primary,
             self.steps_per_epoch,
             self.epoch + 1,
             self.cfg.epochs,
@@ -513,6 +520,9 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     /// Writes the metrics CSV, the checkpoint (after syncing the host model
     /// with the engine) and the plot.
     fn save(&mut self) -> Result<(), TrainError> {
+        if !self.cfg.primary {
+            return Ok(());
+        }
         // Metrics first: a kill between the two writes then leaves a CSV one
         // epoch ahead of the checkpoint (resume truncates it), never a
         // checkpoint without its CSV.
@@ -529,6 +539,9 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     /// at an epoch's end, or mid-epoch with the position and running sums.
     fn save_checkpoint(&mut self) -> Result<(), TrainError> {
         self.engine.sync(&mut self.model, &mut self.opt)?;
+        if !self.cfg.primary {
+            return Ok(());
+        }
         let progress = TrainProgress {
             epoch: self.epoch,
             step: self.step,
@@ -549,7 +562,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
 
     /// The epoch's line on stdout, if `verbose`.
     fn print_epoch(&self, record: &EpochRecord) {
-        if self.cfg.verbose {
+        if self.cfg.verbose && self.cfg.primary {
             say(format_args!(
                 "epoch {:>3}/{}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  lr {:.4}  {:.0} img/s  {:.0} s",
                 record.epoch,
@@ -619,7 +632,7 @@ impl<M: Model<f32>> Start<M> {
             .iter()
             .filter(|(key, _, _)| progress.extra.contains_key(*key))
             .count();
-        if stored == 0 && cfg.verbose {
+        if stored == 0 && cfg.verbose && cfg.primary {
             // Checkpoints written before the settings were stored: refusing
             // them would strand their runs, so they resume unchecked.
             eprintln!(
@@ -655,7 +668,7 @@ impl<M: Model<f32>> Start<M> {
             self.metrics.truncate_after_epoch(self.epoch);
         }
         self.elapsed_before = self.metrics.records().last().map_or(0.0, |r| r.elapsed_sec);
-        if cfg.verbose {
+        if cfg.verbose && cfg.primary {
             say(format_args!(
                 "resumed from {} at epoch {}, step {}{}",
                 ckpt.display(),

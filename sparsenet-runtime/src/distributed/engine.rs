@@ -1,0 +1,273 @@
+//! [`DataParallel`]: the CPU path's training steps shared by the ranks of a
+//! [`Collective`].
+
+use std::sync::Arc;
+
+use ndarray::{Array2, Array4, ArrayView4};
+
+use super::collective::Collective;
+use crate::data::{Augment, Dataset, Transform};
+use crate::train::engine::mix;
+use crate::train::{softmax_cross_entropy, Engine, SgdState, TrainConfig, TrainError};
+use crate::{Float, Mode, Model, NetworkSpec};
+
+/// A training [`Engine`] for the CPU path whose steps are shared by the
+/// ranks of `C` (see the [module documentation](super) for what a step
+/// computes). Give it to [`Trainer::new`](crate::train::Trainer::new) on
+/// every rank, with [`TrainConfig::primary`] true on rank 0 only.
+///
+/// It keeps the datasets the trainer attaches and builds its share of each
+/// batch from the picks the trainer hands it (the host loader's order and
+/// augmentation), so every rank sees the one-process run's global batches.
+/// Evaluation is shared too: each rank computes the logits of its share of
+/// every evaluation batch and the ranks gather them.
+pub struct DataParallel<C: Collective> {
+    comm: C,
+    grads: Vec<f32>,
+    train: Option<(Arc<Dataset>, Transform)>,
+    test: Option<(Arc<Dataset>, Transform)>,
+    /// This rank's contribution to a step: count, loss, correct, gradients.
+    local: Vec<f64>,
+    /// Every rank's, rank after rank.
+    gathered: Vec<f64>,
+}
+
+/// Values before the gradients in a step's contribution: images, mean
+/// loss, correct predictions.
+const HEADER: usize = 3;
+
+impl<C: Collective> DataParallel<C> {
+    /// An engine for models of type `M` on the ranks of `comm`.
+    pub fn new<M: NetworkSpec>(comm: C) -> Self {
+        DataParallel {
+            comm,
+            grads: vec![0.0; M::PARAMETERS],
+            train: None,
+            test: None,
+            local: Vec::new(),
+            gathered: Vec::new(),
+        }
+    }
+
+    /// The communicator.
+    pub fn collective(&self) -> &C {
+        &self.comm
+    }
+
+    /// This rank's share `[begin, end)` of a batch of `n`.
+    pub fn share(&self, n: usize) -> (usize, usize) {
+        share(n, self.comm.rank(), self.comm.size())
+    }
+}
+
+/// Rank `rank`'s share `[begin, end)` of `n` images over `size` ranks:
+/// contiguous, in rank order, sizes differing by at most one.
+pub fn share(n: usize, rank: usize, size: usize) -> (usize, usize) {
+    (rank * n / size, (rank + 1) * n / size)
+}
+
+/// The images and labels `picks` names, built as the host loader builds
+/// them ([`Transform::apply`]).
+fn batch(
+    data: &Dataset,
+    transform: &Transform,
+    picks: &[(usize, Augment)],
+) -> (Array4<f32>, Vec<usize>) {
+    let shape = (data.channels, data.height, data.width);
+    let chw = data.image_size();
+    let mut x = Array4::<f32>::zeros((picks.len(), data.channels, data.height, data.width));
+    let flat = x.as_slice_mut().expect("fresh arrays are contiguous");
+    for (i, &(idx, aug)) in picks.iter().enumerate() {
+        transform.apply(
+            data.image(idx),
+            shape,
+            aug,
+            &mut flat[i * chw..(i + 1) * chw],
+        );
+    }
+    let labels = picks.iter().map(|&(idx, _)| data.label(idx)).collect();
+    (x, labels)
+}
+
+impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
+    fn step(
+        &mut self,
+        _: &mut M,
+        _: &mut SgdState<f32>,
+        _: &TrainConfig,
+        _: ArrayView4<'_, f32>,
+        _: &[usize],
+        _: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        Err(TrainError::Config(
+            "a data-parallel engine builds its share of each batch itself: attach the training data (step_picks)".into(),
+        ))
+    }
+
+    fn logits(
+        &mut self,
+        model: &mut M,
+        images: ArrayView4<'_, f32>,
+    ) -> Result<Array2<f32>, TrainError> {
+        Ok(model.forward(images, Mode::Eval)?)
+    }
+
+    fn sync(&mut self, _: &mut M, _: &mut SgdState<f32>) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    fn attach_training_data(
+        &mut self,
+        data: &Arc<Dataset>,
+        transform: &Transform,
+    ) -> Result<(), TrainError> {
+        self.train = Some((data.clone(), transform.clone()));
+        Ok(())
+    }
+
+    fn attach_eval_data(
+        &mut self,
+        data: &Arc<Dataset>,
+        transform: &Transform,
+    ) -> Result<(), TrainError> {
+        self.test = Some((data.clone(), transform.clone()));
+        Ok(())
+    }
+
+    fn takes_picks(&self) -> bool {
+        self.train.is_some()
+    }
+
+    fn eval_takes_picks(&self) -> bool {
+        self.test.is_some()
+    }
+
+    fn step_picks(
+        &mut self,
+        model: &mut M,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        picks: &[(usize, Augment)],
+        lr: f64,
+        global_step: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        let (rank, size) = (self.comm.rank(), self.comm.size());
+        let (begin, end) = self.share(picks.len());
+        let p = M::PARAMETERS;
+        self.local.clear();
+        self.local.resize(HEADER + p, 0.0);
+        let mut failure = None;
+        if end > begin {
+            let (data, transform) = self.train.as_ref().expect("takes_picks: data attached");
+            let (x, labels) = batch(data, transform, &picks[begin..end]);
+            // Dropout masks differ per rank (a rank's own stream).
+            model.reseed(mix(mix(cfg.seed, global_step), rank as u64));
+            let smoothing = cfg.label_smoothing;
+            let mut outcome = Ok((0.0f32, 0usize));
+            model.forward_backward(x.view(), Mode::Train, &mut self.grads, &mut |logits| {
+                match softmax_cross_entropy(logits.view(), &labels, smoothing) {
+                    Ok((l, d, c)) => {
+                        outcome = Ok((l, c));
+                        d
+                    }
+                    Err(e) => {
+                        outcome = Err(e);
+                        Array2::zeros(logits.raw_dim())
+                    }
+                }
+            })?;
+            match outcome {
+                Ok((loss, correct)) => {
+                    self.local[0] = (end - begin) as f64;
+                    self.local[1] = loss.to_f64c();
+                    self.local[2] = correct as f64;
+                    for (d, &g) in self.local[HEADER..].iter_mut().zip(&self.grads) {
+                        *d = g as f64;
+                    }
+                }
+                // Still take part in the exchange, so the others do not
+                // wait for this rank; the error is reported after it.
+                Err(e) => failure = Some(e),
+            }
+        }
+        self.gathered.resize(size * (HEADER + p), 0.0);
+        self.comm
+            .all_gather(&self.local, &mut self.gathered)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(e) = failure {
+            return Err(TrainError::Loss(e));
+        }
+        let n: f64 = (0..size).map(|r| self.gathered[r * (HEADER + p)]).sum();
+        let (mut loss, mut correct) = (0.0f64, 0.0f64);
+        for r in 0..size {
+            let c = &self.gathered[r * (HEADER + p)..(r + 1) * (HEADER + p)];
+            loss += c[0] / n * c[1];
+            correct += c[2];
+        }
+        // The global gradient, in rank order, in f64: the same on every rank.
+        for (i, g) in self.grads.iter_mut().enumerate() {
+            let mut sum = 0.0f64;
+            for r in 0..size {
+                let c = &self.gathered[r * (HEADER + p)..(r + 1) * (HEADER + p)];
+                if c[0] > 0.0 {
+                    sum += c[0] / n * c[HEADER + i];
+                }
+            }
+            *g = sum as f32;
+        }
+        let correct = correct as usize;
+        if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
+            // Every rank sees the same values: all stop before updating.
+            return Ok((if loss.is_finite() { f64::NAN } else { loss }, correct));
+        }
+        cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);
+        if size > 1 {
+            // Rank 0's running statistics on every rank (DDP's buffers).
+            let state: Vec<f64> = model.state().iter().map(|&v| v as f64).collect();
+            let mut all = vec![0.0; size * state.len()];
+            self.comm
+                .all_gather(&state, &mut all)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            for (s, &v) in model.state_mut().iter_mut().zip(&all[..state.len()]) {
+                *s = v as f32;
+            }
+        }
+        Ok((loss, correct))
+    }
+
+    fn logits_picks(
+        &mut self,
+        model: &mut M,
+        picks: &[(usize, Augment)],
+    ) -> Result<Array2<f32>, TrainError> {
+        let size = self.comm.size();
+        let (begin, end) = self.share(picks.len());
+        let k = M::CLASSES;
+        // Every rank sends as many rows as the largest share.
+        let rows = picks.len().div_ceil(size);
+        let mut local = vec![0.0f64; rows * k];
+        if end > begin {
+            let (data, transform) = self.test.as_ref().expect("eval_takes_picks: data attached");
+            let (x, _) = batch(data, transform, &picks[begin..end]);
+            let logits = model.forward(x.view(), Mode::Eval)?;
+            for (d, &v) in local.iter_mut().zip(logits.iter()) {
+                *d = v as f64;
+            }
+        }
+        let mut all = vec![0.0f64; size * rows * k];
+        self.comm
+            .all_gather(&local, &mut all)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut out = Array2::<f32>::zeros((picks.len(), k));
+        for r in 0..size {
+            let (b, e) = share(picks.len(), r, size);
+            for (i, row) in (b..e).enumerate() {
+                for j in 0..k {
+                    out[[row, j]] = all[(r * rows + i) * k + j] as f32;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

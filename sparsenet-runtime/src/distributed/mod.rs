@@ -1,0 +1,32 @@
+//! Data-parallel training: one model trained by several processes (ranks),
+//! each on its share of every global batch, equal to the one-process run
+//! up to where the two must differ (see below).
+//!
+//! * [`collective`]: what the ranks need from a communication layer
+//!   ([`Collective`]: rank, size, all-gather) and [`DistError`]. A cluster's
+//!   own engine (MPI, NCCL) implements it; [`ThreadGroup`] runs the ranks
+//!   as threads of one process (tests, and a reference for the others).
+//! * [`engine`]: [`DataParallel`], a training [`Engine`](crate::train::Engine)
+//!   for the CPU path over any [`Collective`].
+//!
+//! What a data-parallel step computes: the trainer on every rank draws the
+//! same global batch (the same order and augmentation as the one-process
+//! run with the same seed) and hands it to the engine as picks; rank `r` of
+//! `R` takes images `[r n / R, (r+1) n / R)` of the `n`, runs the forward
+//! and backward pass on them, and the ranks exchange their gradients, loss
+//! and counts. Every rank sums the gradients in rank order, in `f64`, each
+//! weighted by its share of the batch (`n_r / n`: each rank's loss is its
+//! images' mean), so every rank applies the same SGD update to the same
+//! parameters. The one thing that differs from the one-process step is
+//! BatchNorm's batch statistics: each rank normalises its images with its
+//! own images' statistics (PyTorch DDP's default), and the running
+//! statistics every rank keeps are rank 0's (DDP broadcasts rank 0's
+//! buffers). A step of R ranks is therefore, to the bit, the one-process
+//! step that splits the batch into R "ghost batches" this way
+//! (`tests/distributed.rs` checks it).
+
+pub mod collective;
+pub mod engine;
+
+pub use collective::{Collective, DistError, ThreadGroup};
+pub use engine::DataParallel;

@@ -1,0 +1,329 @@
+//! Data-parallel training (`sparsenet::runtime::distributed`): ranks as
+//! threads of this process (`ThreadGroup`) against references computed in
+//! one thread. What the ranks must equal, to the bit:
+//!
+//! * one rank: the one-process run (`CpuEngine`);
+//! * two ranks: the one-process run that splits every batch into two ghost
+//!   batches, each normalised by its own BatchNorm statistics, gradients
+//!   weighted by their share and summed in rank order in f64, the running
+//!   statistics the first half's (what the module documents as the only
+//!   difference from one process).
+
+use sparsenet::prelude::*;
+use sparsenet::runtime::data::{load_fashion_mnist, Augment, Dataset, Transform};
+use sparsenet::runtime::distributed::{engine::share, Collective, DataParallel, ThreadGroup};
+use sparsenet::runtime::train::{
+    load_checkpoint_for, softmax_cross_entropy, train, CpuEngine, Engine, SgdState, TrainConfig,
+    TrainError, Trainer,
+};
+use sparsenet::runtime::{ndarray, Model, NetworkSpec};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const FASHION: &str = "/usr/share/datasets/fashion-mnist";
+
+sparsenet! {
+    /// Small enough for a few epochs in seconds; BatchNorm everywhere.
+    struct Small { input: [1, 28, 28], classes: 10, units: [2, 2], growth: [6, 8] }
+}
+
+fn data() -> (Arc<Dataset>, Arc<Dataset>, Transform) {
+    let (tr, te) = load_fashion_mnist(Path::new(FASHION)).unwrap_or_else(|e| {
+        panic!("{e}\n(the tests need Fashion-MNIST: `bash .ci/run` installs it)")
+    });
+    let (tr, te) = (tr.take(640), te.take(200));
+    let t = Transform::from_dataset_stats(&tr);
+    (Arc::new(tr), Arc::new(te), t)
+}
+
+fn config(out: &Path) -> TrainConfig {
+    let mut cfg = TrainConfig::new(2, out);
+    cfg.batch_size = 32;
+    cfg.eval_batch_size = 90; // uneven shares: 45 + 45, and 20 left over
+    cfg.pad_crop = 2;
+    cfg.hflip = true;
+    cfg.seed = 3;
+    cfg.max_steps_per_epoch = Some(10); // 20 steps in all
+    cfg.workers = 1;
+    cfg
+}
+
+type Checkpoint = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn checkpoint(dir: &Path) -> Checkpoint {
+    let mut m = Small::<f32>::new(0);
+    let mut v = vec![0.0f32; Small::<f32>::PARAMETERS];
+    let (p, s) = m.stores_mut();
+    load_checkpoint_for(
+        &dir.join("checkpoint.safetensors"),
+        Small::<f32>::NAME,
+        Small::<f32>::tensors(),
+        p,
+        s,
+        &mut v,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (m.params().to_vec(), m.state().to_vec(), v)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Per-epoch (train loss, train accuracy, test loss, test accuracy).
+fn curve(t: &Trainer<Small, impl Engine<Small>>) -> Vec<[f64; 4]> {
+    t.metrics()
+        .records()
+        .iter()
+        .map(|r| [r.train_loss, r.train_acc, r.test_loss, r.test_acc])
+        .collect()
+}
+
+/// Trains `size` thread ranks to the end; returns rank 0's curve and what
+/// each rank's folder holds.
+fn run_ranks(size: usize, out: &Path) -> (Vec<[f64; 4]>, Vec<usize>) {
+    let (tr, te, t) = data();
+    let ranks = ThreadGroup::new(size, Duration::from_secs(120));
+    let results: Vec<(Vec<[f64; 4]>, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|comm| {
+                let (tr, te, t) = (tr.clone(), te.clone(), t.clone());
+                s.spawn(move || {
+                    let rank = comm.rank();
+                    let dir = out.join(format!("rank{rank}"));
+                    let mut cfg = config(&dir);
+                    cfg.primary = rank == 0;
+                    let mut trainer =
+                        Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
+                            Ok(DataParallel::new::<Small>(comm))
+                        })
+                        .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+                    while !trainer.is_finished() {
+                        trainer
+                            .run_epoch()
+                            .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+                    }
+                    let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+                    (curve(&trainer), files)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (results[0].0.clone(), results.iter().map(|r| r.1).collect())
+}
+
+/// The reference: one thread, every batch split into `ghosts` ghost
+/// batches, each run on a copy of the model (so that only the first one's
+/// running statistics stay), combined as the ranks combine them.
+struct GhostBatches {
+    ghosts: usize,
+    train: Option<(Arc<Dataset>, Transform)>,
+    test: Option<(Arc<Dataset>, Transform)>,
+}
+
+fn batch(
+    data: &Dataset,
+    t: &Transform,
+    picks: &[(usize, Augment)],
+) -> (ndarray::Array4<f32>, Vec<usize>) {
+    let chw = data.image_size();
+    let mut x =
+        ndarray::Array4::<f32>::zeros((picks.len(), data.channels, data.height, data.width));
+    let flat = x.as_slice_mut().unwrap();
+    for (i, &(idx, a)) in picks.iter().enumerate() {
+        t.apply(
+            data.image(idx),
+            (data.channels, data.height, data.width),
+            a,
+            &mut flat[i * chw..(i + 1) * chw],
+        );
+    }
+    (x, picks.iter().map(|&(i, _)| data.label(i)).collect())
+}
+
+impl Engine<Small> for GhostBatches {
+    fn step(
+        &mut self,
+        _: &mut Small,
+        _: &mut SgdState<f32>,
+        _: &TrainConfig,
+        _: ndarray::ArrayView4<'_, f32>,
+        _: &[usize],
+        _: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        unreachable!("takes picks")
+    }
+    fn logits(
+        &mut self,
+        m: &mut Small,
+        x: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<ndarray::Array2<f32>, TrainError> {
+        Ok(m.forward(x, Mode::Eval)?)
+    }
+    fn sync(&mut self, _: &mut Small, _: &mut SgdState<f32>) -> Result<(), TrainError> {
+        Ok(())
+    }
+    fn attach_training_data(&mut self, d: &Arc<Dataset>, t: &Transform) -> Result<(), TrainError> {
+        self.train = Some((d.clone(), t.clone()));
+        Ok(())
+    }
+    fn attach_eval_data(&mut self, d: &Arc<Dataset>, t: &Transform) -> Result<(), TrainError> {
+        self.test = Some((d.clone(), t.clone()));
+        Ok(())
+    }
+    fn takes_picks(&self) -> bool {
+        true
+    }
+    fn eval_takes_picks(&self) -> bool {
+        true
+    }
+    fn step_picks(
+        &mut self,
+        model: &mut Small,
+        opt: &mut SgdState<f32>,
+        cfg: &TrainConfig,
+        picks: &[(usize, Augment)],
+        lr: f64,
+        _: u64,
+    ) -> Result<(f64, usize), TrainError> {
+        let (data, t) = self.train.as_ref().unwrap();
+        let n = picks.len() as f64;
+        let p = Small::<f32>::PARAMETERS;
+        let mut parts = Vec::new();
+        let first = model.clone();
+        for r in 0..self.ghosts {
+            let (b, e) = share(picks.len(), r, self.ghosts);
+            let (x, labels) = batch(data, t, &picks[b..e]);
+            let mut m = if r == 0 { model.clone() } else { first.clone() };
+            let mut g = vec![0.0f32; p];
+            let mut out = (0.0f32, 0usize);
+            m.forward_backward(x.view(), Mode::Train, &mut g, &mut |logits| {
+                let (l, d, c) =
+                    softmax_cross_entropy(logits.view(), &labels, cfg.label_smoothing).unwrap();
+                out = (l, c);
+                d
+            })?;
+            if r == 0 {
+                model.state_mut().copy_from_slice(m.state());
+            }
+            parts.push(((e - b) as f64, out, g));
+        }
+        let loss: f64 = parts.iter().map(|(k, (l, _), _)| k / n * *l as f64).sum();
+        let correct: usize = parts.iter().map(|(_, (_, c), _)| c).sum();
+        let grads: Vec<f32> = (0..p)
+            .map(|i| {
+                let mut s = 0.0f64;
+                for (k, _, g) in &parts {
+                    s += k / n * g[i] as f64;
+                }
+                s as f32
+            })
+            .collect();
+        cfg.sgd.step(opt, model.params_mut(), &grads, lr);
+        Ok((loss, correct))
+    }
+    fn logits_picks(
+        &mut self,
+        m: &mut Small,
+        picks: &[(usize, Augment)],
+    ) -> Result<ndarray::Array2<f32>, TrainError> {
+        let (data, t) = self.test.as_ref().unwrap();
+        let mut rows = Vec::new();
+        for r in 0..self.ghosts {
+            let (b, e) = share(picks.len(), r, self.ghosts);
+            if e > b {
+                rows.push(m.forward(batch(data, t, &picks[b..e]).0.view(), Mode::Eval)?);
+            }
+        }
+        let views: Vec<_> = rows.iter().map(|a| a.view()).collect();
+        Ok(ndarray::concatenate(ndarray::Axis(0), &views).unwrap())
+    }
+}
+
+fn reference(ghosts: usize, out: &Path) -> Vec<[f64; 4]> {
+    let (tr, te, t) = data();
+    let mut trainer = Trainer::new(config(out), tr, te, t, |_: &Small, _: &SgdState<f32>| {
+        Ok(GhostBatches {
+            ghosts,
+            train: None,
+            test: None,
+        })
+    })
+    .unwrap();
+    while !trainer.is_finished() {
+        trainer.run_epoch().unwrap();
+    }
+    curve(&trainer)
+}
+
+#[test]
+fn two_ranks_equal_one_process_with_two_ghost_batches() {
+    let ranks = tempfile::tempdir().unwrap();
+    let (got, files) = run_ranks(2, ranks.path());
+    let one = tempfile::tempdir().unwrap();
+    let want = reference(2, one.path());
+    eprintln!("two ranks: {got:?}\nghost batches: {want:?}");
+    assert_eq!(got, want, "per-epoch losses and accuracies");
+    let (gp, gs, gv) = checkpoint(&ranks.path().join("rank0"));
+    let (wp, ws, wv) = checkpoint(one.path());
+    assert_eq!(bits(&gp), bits(&wp), "parameters");
+    assert_eq!(bits(&gs), bits(&ws), "running statistics");
+    assert_eq!(bits(&gv), bits(&wv), "velocity");
+    // Rank 0 alone writes: checkpoint, metrics.csv, metrics.png, the lock.
+    assert!(
+        files[0] >= 3,
+        "rank 0 wrote its outputs ({} files)",
+        files[0]
+    );
+    assert_eq!(files[1], 0, "rank 1 writes nothing");
+}
+
+#[test]
+fn one_rank_equals_the_one_process_run() {
+    let ranks = tempfile::tempdir().unwrap();
+    let (got, _) = run_ranks(1, ranks.path());
+    let (tr, te, t) = data();
+    let one = tempfile::tempdir().unwrap();
+    let (_, report) = train::<Small>(&config(one.path()), tr, te, t).unwrap();
+    let want: Vec<[f64; 4]> = report
+        .metrics
+        .records()
+        .iter()
+        .map(|r| [r.train_loss, r.train_acc, r.test_loss, r.test_acc])
+        .collect();
+    assert_eq!(got, want);
+    let (gp, gs, gv) = checkpoint(&ranks.path().join("rank0"));
+    let (wp, ws, wv) = checkpoint(one.path());
+    assert_eq!(bits(&gp), bits(&wp), "parameters");
+    assert_eq!(bits(&gs), bits(&ws), "running statistics");
+    assert_eq!(bits(&gv), bits(&wv), "velocity");
+    let _ = CpuEngine::new::<Small<f32>>();
+}
+
+#[test]
+fn a_rank_that_never_arrives_is_named_not_waited_for() {
+    let mut ranks = ThreadGroup::new(3, Duration::from_millis(200));
+    let mut r0 = ranks.remove(0);
+    let r2 = ranks.remove(1);
+    let t = std::thread::spawn(move || {
+        let mut r2 = r2;
+        let mut out = vec![0.0; 6];
+        r2.all_gather(&[2.0, 2.5], &mut out)
+    });
+    let mut out = vec![0.0; 6];
+    let e = r0
+        .all_gather(&[0.0, 0.5], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ranks [1] never arrived") && e.contains("rank 0"),
+        "{e}"
+    );
+    let e2 = t.join().unwrap().unwrap_err().to_string();
+    assert!(e2.contains("ranks [1] never arrived"), "{e2}");
+    drop(ranks);
+}
