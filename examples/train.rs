@@ -9,6 +9,13 @@
 //! holding another run is refused unless `--resume` or `--overwrite`; the
 //! first Ctrl-C finishes the step, writes a checkpoint and exits with 130.
 //!
+//! Data-parallel on the CPU over MPI (built with `--features mpi`):
+//!
+//!     mpirun -np 4 target/release/examples/train --model seed-v2 --dataset cifar10
+//!
+//! trains one model over the 4 processes, each on its quarter of every
+//! batch (`sparsenet::runtime::distributed`); rank 0 alone writes and prints.
+//!
 //! A command line over `sparsenet::runtime::train::Trainer`: it parses the
 //! flags, loads the dataset, picks the model and the engine, and builds the
 //! `TrainConfig`; the training itself is the runtime's.
@@ -31,11 +38,45 @@ use std::sync::Arc;
 
 /// `println!` that carries on when stdout is closed (`train ... | head -1`):
 /// `println!` panics there, which stopped the run; its results are files.
+/// Silent on the ranks but 0 of a data-parallel run.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        if !QUIET.load(Ordering::Relaxed) {
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }
     }};
+}
+
+/// Set on the ranks other than 0 of a data-parallel run.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// The communicator of a run started by an MPI launcher.
+#[cfg(feature = "mpi")]
+type Comm = sparsenet::runtime::distributed::mpi::MpiCollective;
+/// Without the `mpi` feature no communicator is ever made.
+#[cfg(not(feature = "mpi"))]
+type Comm = sparsenet::runtime::distributed::SingleProcess;
+
+/// The MPI world when `mpirun` (or `mpiexec`, `srun`) started this process.
+fn connect(args: &Args) -> Result<Option<Comm>, String> {
+    if !sparsenet::runtime::distributed::launched_by_mpi() {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        if args.collective_timeout == 0 {
+            return Err("--collective-timeout must be at least 1 second".into());
+        }
+        let timeout = std::time::Duration::from_secs(args.collective_timeout);
+        Comm::init(timeout).map(Some).map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = args;
+        Err("started by an MPI launcher, but this binary was built without MPI: build it with              `cargo build --release --features mpi --example train` (each process would              otherwise train its own copy)"
+            .into())
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -177,9 +218,14 @@ struct Args {
     /// Background threads preparing batches.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: all cores, shared by the processes of an
+    /// MPI job on the machine).
     #[arg(long)]
     threads: Option<usize>,
+    /// Seconds a data-parallel collective may wait for the other ranks
+    /// before the job is ended (a rank died or hangs) [600].
+    #[arg(long, default_value_t = 600)]
+    collective_timeout: u64,
     /// Save the final weights (safetensors) here too.
     #[arg(long)]
     save_weights: Option<PathBuf>,
@@ -352,7 +398,15 @@ where
     }
 }
 
-fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
+fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<(), String> {
+    use sparsenet::runtime::distributed::{Collective, DataParallel};
+    if comm.is_some() && !matches!(args.device, Device::Cpu) {
+        return Err(
+            "data-parallel training (mpirun) runs the CPU path; --device cuda over NCCL is not built yet"
+                .into(),
+        );
+    }
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
     let precision = match (args.device, args.precision) {
         (Device::Cpu, Some(p)) => {
             return Err(format!(
@@ -364,10 +418,20 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     // Every flag is checked before any data is loaded; the defaults that
     // depend on the images follow the model's input, which the data must match.
     let [channels, height, _] = M::INPUT;
-    let cfg = config(args, channels == 1, height <= 28)?;
+    let mut cfg = config(args, channels == 1, height <= 28)?;
+    cfg.primary = rank == 0;
     cfg.validate_for::<M>().map_err(|e| e.to_string())?;
-    check_outputs(args, &cfg)?;
-    check_out_dir(&cfg).map_err(|e| e.to_string())?;
+    if cfg.primary {
+        check_outputs(args, &cfg)?;
+        check_out_dir(&cfg).map_err(|e| e.to_string())?;
+    }
+    if let Some(c) = &comm {
+        say!(
+            "data-parallel: {} ranks, each on its share of every batch of {}",
+            c.size(),
+            cfg.batch_size
+        );
+    }
     let (train_ds, test_ds) = load(args)?;
     say!(
         "model {}: {} parameters, {:.1} M multiply-adds per image; data {}: {} train / {} test images {}x{}x{}, {} classes",
@@ -391,6 +455,14 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
     let capacity = cfg.batch_size.max(cfg.eval_batch_size);
     let run = cfg.clone();
     let (model, report) = match args.device {
+        Device::Cpu if comm.is_some() => {
+            let comm = comm.expect("checked");
+            Trainer::new(run, train_ds, test_ds, transform, |_: &M, _| {
+                Ok(DataParallel::new::<M>(comm))
+            })
+            .map(on_ctrl_c)
+            .and_then(Trainer::fit)
+        }
         Device::Cpu => Trainer::<M, _>::cpu(run, train_ds, test_ds, transform)
             .map(on_ctrl_c)
             .and_then(Trainer::fit),
@@ -402,6 +474,9 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args) -> Result<(), String> {
         Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity, precision),
     }
     .map_err(|e| e.to_string())?;
+    if !cfg.primary {
+        return Ok(());
+    }
     if let Some(path) = &args.save_weights {
         model.save(path).map_err(|e| e.to_string())?;
     }
@@ -464,7 +539,26 @@ fn cuda_run<M: Model<f32> + GpuNetwork>(
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(t) = args.threads {
+    let comm = match connect(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(c) = &comm {
+        use sparsenet::runtime::distributed::Collective;
+        QUIET.store(c.rank() != 0, Ordering::Relaxed);
+    }
+    // The processes of an MPI job on one machine share its cores.
+    let local = sparsenet::runtime::distributed::local_ranks();
+    let threads = args.threads.or_else(|| {
+        (comm.is_some() && local > 1).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / local).max(1)
+        })
+    });
+    if let Some(t) = threads {
         if t == 0 {
             eprintln!("error: --threads must be at least 1");
             return ExitCode::from(2);
@@ -483,8 +577,8 @@ fn main() -> ExitCode {
     // CIFAR-100 takes the zoo's 100-class declarations of the same networks.
     let hundred = args.dataset == DatasetName::Cifar100;
     let result = match args.model {
-        ModelName::SeedV2 if hundred => run::<SeedV2Depth40Cifar100>(&args),
-        ModelName::SparsenetBc100 if hundred => run::<SparseNetBc100Cifar100>(&args),
+        ModelName::SeedV2 if hundred => run::<SeedV2Depth40Cifar100>(&args, comm),
+        ModelName::SparsenetBc100 if hundred => run::<SparseNetBc100Cifar100>(&args, comm),
         m if hundred => Err(format!(
             "--dataset cifar100 has 100 classes and --model {} has 10 outputs: use --model \
              seed-v2 or --model sparsenet-bc100 (the zoo declares them with 100 classes too), or \
@@ -493,12 +587,12 @@ fn main() -> ExitCode {
                 .expect("no skipped variants")
                 .get_name()
         )),
-        ModelName::Fashion => run::<FashionSparseNet>(&args),
-        ModelName::SeedV2 => run::<SeedV2Depth40>(&args),
-        ModelName::SeedV1 => run::<SeedV1Notebook>(&args),
-        ModelName::Sparsenet40 => run::<SparseNet40>(&args),
-        ModelName::SparsenetBc100 => run::<SparseNetBc100>(&args),
-        ModelName::Densenet40 => run::<DenseNet40>(&args),
+        ModelName::Fashion => run::<FashionSparseNet>(&args, comm),
+        ModelName::SeedV2 => run::<SeedV2Depth40>(&args, comm),
+        ModelName::SeedV1 => run::<SeedV1Notebook>(&args, comm),
+        ModelName::Sparsenet40 => run::<SparseNet40>(&args, comm),
+        ModelName::SparsenetBc100 => run::<SparseNetBc100>(&args, comm),
+        ModelName::Densenet40 => run::<DenseNet40>(&args, comm),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,8 +67,20 @@ fn checkpoint(dir: &Path) -> Checkpoint {
     (m.params().to_vec(), m.state().to_vec(), v)
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+/// Asserts `got` equals `want` bit for bit, naming the first difference.
+fn same_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        let differ = (0..got.len())
+            .filter(|&i| got[i].to_bits() != want[i].to_bits())
+            .count();
+        panic!(
+            "{what}: {differ} of {} values differ, the first at {i}: {} against {}",
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
 }
 
 /// Per-epoch (train loss, train accuracy, test loss, test accuracy).
@@ -270,9 +282,9 @@ fn two_ranks_equal_one_process_with_two_ghost_batches() {
     assert_eq!(got, want, "per-epoch losses and accuracies");
     let (gp, gs, gv) = checkpoint(&ranks.path().join("rank0"));
     let (wp, ws, wv) = checkpoint(one.path());
-    assert_eq!(bits(&gp), bits(&wp), "parameters");
-    assert_eq!(bits(&gs), bits(&ws), "running statistics");
-    assert_eq!(bits(&gv), bits(&wv), "velocity");
+    same_bits(&gp, &wp, "parameters");
+    same_bits(&gs, &ws, "running statistics");
+    same_bits(&gv, &wv, "velocity");
     // Rank 0 alone writes: checkpoint, metrics.csv, metrics.png, the lock.
     assert!(
         files[0] >= 3,
@@ -298,9 +310,9 @@ fn one_rank_equals_the_one_process_run() {
     assert_eq!(got, want);
     let (gp, gs, gv) = checkpoint(&ranks.path().join("rank0"));
     let (wp, ws, wv) = checkpoint(one.path());
-    assert_eq!(bits(&gp), bits(&wp), "parameters");
-    assert_eq!(bits(&gs), bits(&ws), "running statistics");
-    assert_eq!(bits(&gv), bits(&wv), "velocity");
+    same_bits(&gp, &wp, "parameters");
+    same_bits(&gs, &ws, "running statistics");
+    same_bits(&gv, &wv, "velocity");
     let _ = CpuEngine::new::<Small<f32>>();
 }
 
@@ -326,4 +338,76 @@ fn a_rank_that_never_arrives_is_named_not_waited_for() {
     let e2 = t.join().unwrap().unwrap_err().to_string();
     assert!(e2.contains("ranks [1] never arrived"), "{e2}");
     drop(ranks);
+}
+
+/// Under `mpirun` (feature `mpi`): two MPI processes train exactly what two
+/// thread ranks train (checked above against ghost batches), to the bit.
+/// `.ci/run` installs Open MPI; this test launches this test binary under
+/// `mpirun -np 2`, running `mpi_rank` in each process.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_processes_equal_two_thread_ranks() {
+    let mpi = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("mpirun")
+        // Unbound, so each process computes with as many threads as this
+        // one (the CPU kernels' rounding follows the thread count).
+        .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "mpi_rank",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("SPARSENET_MPI_TEST_OUT", mpi.path())
+        // CI runs as root, which Open MPI refuses unless told.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun runs (Debian: openmpi-bin)");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "mpirun failed:\n{log}");
+    // Each process's harness ran its rank (their output interleaves).
+    assert_eq!(log.matches("1 passed; 0 failed").count(), 2, "{log}");
+    let threads = tempfile::tempdir().unwrap();
+    run_ranks(2, threads.path());
+    let (mp, ms, mv) = checkpoint(&mpi.path().join("rank0"));
+    let (tp, ts, tv) = checkpoint(&threads.path().join("rank0"));
+    same_bits(&mp, &tp, "parameters");
+    same_bits(&ms, &ts, "running statistics");
+    same_bits(&mv, &tv, "velocity");
+    assert!(!mpi.path().join("rank1").exists(), "rank 1 writes nothing");
+}
+
+/// One MPI rank of `two_mpi_processes_equal_two_thread_ranks` (run by it
+/// under mpirun; ignored otherwise).
+#[cfg(feature = "mpi")]
+#[test]
+#[ignore = "run under mpirun by two_mpi_processes_equal_two_thread_ranks"]
+fn mpi_rank() {
+    use sparsenet::runtime::distributed::mpi::MpiCollective;
+    let out = std::path::PathBuf::from(
+        std::env::var_os("SPARSENET_MPI_TEST_OUT").expect("set by the launching test"),
+    );
+    let comm = MpiCollective::init(Duration::from_secs(120)).unwrap();
+    let rank = comm.rank();
+    let (tr, te, t) = data();
+    let mut cfg = config(&out.join(format!("rank{rank}")));
+    cfg.primary = rank == 0;
+    let mut trainer = Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
+        Ok(DataParallel::new::<Small>(comm))
+    })
+    .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+    while !trainer.is_finished() {
+        trainer
+            .run_epoch()
+            .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+    }
 }

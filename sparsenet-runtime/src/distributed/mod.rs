@@ -8,6 +8,8 @@
 //!   as threads of one process (tests, and a reference for the others).
 //! * [`engine`]: [`DataParallel`], a training [`Engine`](crate::train::Engine)
 //!   for the CPU path over any [`Collective`].
+//! * `mpi` (feature `mpi`): `MpiCollective`, MPI's world communicator
+//!   (Open MPI or MPICH through the `mpi` crate), for `mpirun -np N`.
 //!
 //! What a data-parallel step computes: the trainer on every rank draws the
 //! same global batch (the same order and augmentation as the one-process
@@ -27,6 +29,32 @@
 
 pub mod collective;
 pub mod engine;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 
-pub use collective::{Collective, DistError, ThreadGroup};
+pub use collective::{Collective, DistError, SingleProcess, ThreadGroup};
 pub use engine::DataParallel;
+
+/// Whether this process was started by an MPI launcher (`mpirun`,
+/// `mpiexec`, `srun`), from the variables they set; built with or without
+/// the `mpi` feature, so that a binary without it can refuse such a start
+/// instead of training N independent copies.
+pub fn launched_by_mpi() -> bool {
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MPI_LOCALNRANKS",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Processes of this job on this machine, as the MPI launcher says (1 when
+/// it does not): how many share its cores.
+pub fn local_ranks() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(1)
+}
