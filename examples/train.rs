@@ -226,6 +226,11 @@ struct Args {
     /// before the job is ended (a rank died or hangs) [600].
     #[arg(long, default_value_t = 600)]
     collective_timeout: u64,
+    /// Data-parallel runs: synchronised BatchNorm (statistics over the whole
+    /// global batch, as one process; default: each rank its own share's,
+    /// as PyTorch DDP).
+    #[arg(long)]
+    sync_bn: bool,
     /// Save the final weights (safetensors) here too.
     #[arg(long)]
     save_weights: Option<PathBuf>,
@@ -407,6 +412,9 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
         );
     }
     let rank = comm.as_ref().map_or(0, |c| c.rank());
+    if args.sync_bn && comm.is_none() {
+        return Err("--sync-bn applies to data-parallel runs (started by mpirun); one process already normalises over the whole batch".into());
+    }
     let precision = match (args.device, args.precision) {
         (Device::Cpu, Some(p)) => {
             return Err(format!(
@@ -427,9 +435,14 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
     }
     if let Some(c) = &comm {
         say!(
-            "data-parallel: {} ranks, each on its share of every batch of {}",
+            "data-parallel: {} ranks, each on its share of every batch of {}, {} BatchNorm",
             c.size(),
-            cfg.batch_size
+            cfg.batch_size,
+            if args.sync_bn {
+                "synchronised"
+            } else {
+                "per-rank"
+            }
         );
     }
     let (train_ds, test_ds) = load(args)?;
@@ -458,7 +471,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
         Device::Cpu if comm.is_some() => {
             let comm = comm.expect("checked");
             Trainer::new(run, train_ds, test_ds, transform, |_: &M, _| {
-                Ok(DataParallel::new::<M>(comm))
+                Ok(DataParallel::new::<M>(comm).sync_batch_norm(args.sync_bn))
             })
             .map(on_ctrl_c)
             .and_then(Trainer::fit)

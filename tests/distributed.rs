@@ -94,7 +94,7 @@ fn curve(t: &Trainer<Small, impl Engine<Small>>) -> Vec<[f64; 4]> {
 
 /// Trains `size` thread ranks to the end; returns rank 0's curve and what
 /// each rank's folder holds.
-fn run_ranks(size: usize, out: &Path) -> (Vec<[f64; 4]>, Vec<usize>) {
+fn run_ranks(size: usize, sync_bn: bool, out: &Path) -> (Vec<[f64; 4]>, Vec<usize>) {
     let (tr, te, t) = data();
     let ranks = ThreadGroup::new(size, Duration::from_secs(120));
     let results: Vec<(Vec<[f64; 4]>, usize)> = std::thread::scope(|s| {
@@ -109,7 +109,7 @@ fn run_ranks(size: usize, out: &Path) -> (Vec<[f64; 4]>, Vec<usize>) {
                     cfg.primary = rank == 0;
                     let mut trainer =
                         Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
-                            Ok(DataParallel::new::<Small>(comm))
+                            Ok(DataParallel::new::<Small>(comm).sync_batch_norm(sync_bn))
                         })
                         .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
                     while !trainer.is_finished() {
@@ -275,7 +275,7 @@ fn reference(ghosts: usize, out: &Path) -> Vec<[f64; 4]> {
 #[test]
 fn two_ranks_equal_one_process_with_two_ghost_batches() {
     let ranks = tempfile::tempdir().unwrap();
-    let (got, files) = run_ranks(2, ranks.path());
+    let (got, files) = run_ranks(2, false, ranks.path());
     let one = tempfile::tempdir().unwrap();
     let want = reference(2, one.path());
     eprintln!("two ranks: {got:?}\nghost batches: {want:?}");
@@ -297,7 +297,7 @@ fn two_ranks_equal_one_process_with_two_ghost_batches() {
 #[test]
 fn one_rank_equals_the_one_process_run() {
     let ranks = tempfile::tempdir().unwrap();
-    let (got, _) = run_ranks(1, ranks.path());
+    let (got, _) = run_ranks(1, false, ranks.path());
     let (tr, te, t) = data();
     let one = tempfile::tempdir().unwrap();
     let (_, report) = train::<Small>(&config(one.path()), tr, te, t).unwrap();
@@ -341,7 +341,8 @@ fn a_rank_that_never_arrives_is_named_not_waited_for() {
 }
 
 /// Under `mpirun` (feature `mpi`): two MPI processes train exactly what two
-/// thread ranks train (checked above against ghost batches), to the bit.
+/// thread ranks train, to the bit, with synchronised BatchNorm (its
+/// exchanges are most of a step's collectives).
 /// `.ci/run` installs Open MPI; this test launches this test binary under
 /// `mpirun -np 2`, running `mpi_rank` in each process.
 #[cfg(feature = "mpi")]
@@ -377,7 +378,7 @@ fn two_mpi_processes_equal_two_thread_ranks() {
     // Each process's harness ran its rank (their output interleaves).
     assert_eq!(log.matches("1 passed; 0 failed").count(), 2, "{log}");
     let threads = tempfile::tempdir().unwrap();
-    run_ranks(2, threads.path());
+    run_ranks(2, true, threads.path());
     let (mp, ms, mv) = checkpoint(&mpi.path().join("rank0"));
     let (tp, ts, tv) = checkpoint(&threads.path().join("rank0"));
     same_bits(&mp, &tp, "parameters");
@@ -402,7 +403,7 @@ fn mpi_rank() {
     let mut cfg = config(&out.join(format!("rank{rank}")));
     cfg.primary = rank == 0;
     let mut trainer = Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
-        Ok(DataParallel::new::<Small>(comm))
+        Ok(DataParallel::new::<Small>(comm).sync_batch_norm(true))
     })
     .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
     while !trainer.is_finished() {
@@ -410,4 +411,184 @@ fn mpi_rank() {
             .run_epoch()
             .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
     }
+}
+
+/// Synchronised BatchNorm: two ranks of 16 images compute the one-process
+/// step on the 32 to rounding. After 20 steps the parameters, running
+/// statistics and losses stay within the bound below of the one-process
+/// run's; per-rank BatchNorm, for scale, moves them far more.
+#[test]
+fn two_ranks_with_synchronised_batch_norm_track_one_process() {
+    let (tr, te, t) = data();
+    let one = tempfile::tempdir().unwrap();
+    let (_, report) = train::<Small>(&config(one.path()), tr, te, t).unwrap();
+    let want: Vec<[f64; 4]> = report
+        .metrics
+        .records()
+        .iter()
+        .map(|r| [r.train_loss, r.train_acc, r.test_loss, r.test_acc])
+        .collect();
+    let (wp, ws, _) = checkpoint(one.path());
+    let rel = |a: &[f32], b: &[f32]| {
+        let d = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+        d / b.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64))
+    };
+    let mut errs = Vec::new();
+    for sync in [true, false] {
+        let ranks = tempfile::tempdir().unwrap();
+        let (got, _) = run_ranks(2, sync, ranks.path());
+        let (gp, gs, _) = checkpoint(&ranks.path().join("rank0"));
+        let loss = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| {
+                ((g[0] - w[0]) / w[0])
+                    .abs()
+                    .max(((g[2] - w[2]) / w[2]).abs())
+            })
+            .fold(0.0f64, f64::max);
+        let (p, s) = (rel(&gp, &wp), rel(&gs, &ws));
+        eprintln!(
+            "2 ranks x 16, {} BatchNorm, against 1 x 32 after 20 steps: losses {loss:.1e}, parameters {p:.1e}, running statistics {s:.1e}",
+            if sync { "synchronised" } else { "per-rank" }
+        );
+        errs.push((loss, p, s));
+    }
+    let (loss, p, s) = errs[0];
+    assert!(
+        loss < 1e-4 && p < 1e-4 && s < 1e-4,
+        "synchronised: {:?}",
+        errs[0]
+    );
+    let (_, p_u, s_u) = errs[1];
+    assert!(
+        p_u > 100.0 * p && s_u > 100.0 * s,
+        "per-rank BatchNorm should differ far more: {:?} against {:?}",
+        errs[1],
+        errs[0]
+    );
+}
+
+/// The logic of synchronised BatchNorm, free of f32 noise: in f64, two ranks
+/// of 4 images each, their gradients weighted by their share, equal the
+/// one-process pass on the 8 (loss, every gradient, running statistics) to
+/// 1e-10.
+#[test]
+fn synchronised_batch_norm_is_the_whole_batch_pass_in_f64() {
+    use rand::{Rng, SeedableRng};
+    use sparsenet::runtime::distributed::sync_bn::with_sync;
+    use sparsenet::runtime::train::softmax_cross_entropy_into;
+    let model = Small::<f64>::new(5);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let x = ndarray::Array4::<f64>::from_shape_fn((8, 1, 28, 28), |_| rng.gen_range(-1.0..1.0));
+    let labels: Vec<usize> = (0..8).map(|i| (i * 3) % 10).collect();
+    let pass = |m: &mut Small<f64>, x: ndarray::ArrayView4<'_, f64>, labels: &[usize]| {
+        let mut g = vec![0.0f64; Small::<f64>::PARAMETERS];
+        let mut loss = 0.0;
+        m.forward_backward(x, Mode::Train, &mut g, &mut |logits| {
+            let mut d = ndarray::Array2::zeros(logits.raw_dim());
+            loss = softmax_cross_entropy_into(logits.view(), labels, 0.0, d.view_mut())
+                .unwrap()
+                .0;
+            d
+        })
+        .unwrap();
+        (loss, g)
+    };
+    let mut one = model.clone();
+    let (loss, grads) = pass(&mut one, x.view(), &labels);
+    let ranks = ThreadGroup::new(2, Duration::from_secs(60));
+    let parts: Vec<(f64, Vec<f64>, Vec<f64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|mut comm| {
+                let (mut m, x, labels) = (model.clone(), &x, &labels);
+                s.spawn(move || {
+                    let r = comm.rank();
+                    let xs = x.slice(ndarray::s![4 * r..4 * r + 4, .., .., ..]);
+                    let gather = Box::new(move |l: &[f64], o: &mut [f64]| comm.all_gather(l, o));
+                    let ((l, g), err) = with_sync(gather, 2, 0.5, || {
+                        pass(&mut m, xs, &labels[4 * r..4 * r + 4])
+                    });
+                    assert!(err.is_none(), "{err:?}");
+                    (l, g, m.state().to_vec())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let loss2 = 0.5 * (parts[0].0 + parts[1].0);
+    let grads2: Vec<f64> = (0..grads.len())
+        .map(|i| 0.5 * parts[0].1[i] + 0.5 * parts[1].1[i])
+        .collect();
+    let rel = |a: &[f64], b: &[f64]| {
+        let d = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        d / b.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+    };
+    let (eg, es0, es1) = (
+        rel(&grads2, &grads),
+        rel(&parts[0].2, one.state()),
+        rel(&parts[1].2, one.state()),
+    );
+    eprintln!("f64, 2 synchronised ranks against 1: loss {:.1e}, gradients {eg:.1e}, running statistics {es0:.1e} / {es1:.1e}", (loss2 - loss).abs() / loss);
+    assert!(
+        (loss2 - loss).abs() < 1e-12 * loss,
+        "loss {loss2} against {loss}"
+    );
+    assert!(eg < 1e-10, "gradients {eg:e}");
+    assert!(
+        es0 < 1e-12 && es1 < 1e-12,
+        "running statistics {es0:e} {es1:e}"
+    );
+}
+
+/// A data-parallel run resumes with another number of ranks: two ranks
+/// train the first epoch and stop; four resume from rank 0's checkpoint and
+/// train the second (each rank then takes 8 of the 32), continuing the same
+/// schedule, data order and step count.
+#[test]
+fn a_run_resumes_with_another_rank_count() {
+    let (tr, te, t) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_path_buf();
+    let run = |size: usize, stop_after: Option<u64>| -> Vec<(u64, u64)> {
+        let ranks = ThreadGroup::new(size, Duration::from_secs(120));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranks
+                .into_iter()
+                .map(|comm| {
+                    let (tr, te, t, out) = (tr.clone(), te.clone(), t.clone(), out.clone());
+                    s.spawn(move || {
+                        let rank = comm.rank();
+                        let mut cfg = config(&out);
+                        cfg.primary = rank == 0;
+                        cfg.resume = true;
+                        cfg.stop_after_epoch = stop_after;
+                        let mut trainer =
+                            Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
+                                Ok(DataParallel::new::<Small>(comm))
+                            })
+                            .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+                        while trainer.epoch() < stop_after.unwrap_or(2) {
+                            trainer
+                                .run_epoch()
+                                .unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+                        }
+                        (trainer.epoch(), trainer.step())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    assert_eq!(run(2, Some(1)), vec![(1, 10); 2]);
+    assert_eq!(run(4, None), vec![(2, 20); 4]);
+    let log = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(log.lines().count(), 3, "a header and both epochs:\n{log}");
 }

@@ -54,10 +54,12 @@ impl<'a, T: Float> Ctx<'a, T> {
     }
 
     /// Batch statistics of a buffer that a BatchNorm reads, computed once
-    /// where the buffer is produced; `None` in eval mode.
+    /// where the buffer is produced; `None` in eval mode. Those of the whole
+    /// global batch while a data-parallel step synchronises BatchNorm
+    /// ([`crate::distributed::sync_bn`]).
     pub fn stats(&self, x: &Array4<T>) -> Option<Stats<T>> {
         match self.mode {
-            Mode::Train => Some(batch_stats(x)),
+            Mode::Train => Some(crate::distributed::sync_bn::global_stats(batch_stats(x))),
             Mode::Eval => None,
         }
     }

@@ -1,11 +1,14 @@
 //! [`DataParallel`]: the CPU path's training steps shared by the ranks of a
 //! [`Collective`].
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ndarray::{Array2, Array4, ArrayView4};
 
 use super::collective::Collective;
+use super::sync_bn::{with_sync, Gather};
 use crate::data::{Augment, Dataset, Transform};
 use crate::train::engine::mix;
 use crate::train::{softmax_cross_entropy, Engine, SgdState, TrainConfig, TrainError};
@@ -21,8 +24,13 @@ use crate::{Float, Mode, Model, NetworkSpec};
 /// augmentation), so every rank sees the one-process run's global batches.
 /// Evaluation is shared too: each rank computes the logits of its share of
 /// every evaluation batch and the ranks gather them.
+///
+/// BatchNorm is per rank by default; [`DataParallel::sync_batch_norm`]
+/// synchronises it ([`super::sync_bn`]).
 pub struct DataParallel<C: Collective> {
-    comm: C,
+    /// Shared with the synchronised BatchNorm's hook during a pass.
+    comm: Rc<RefCell<C>>,
+    sync_bn: bool,
     grads: Vec<f32>,
     train: Option<(Arc<Dataset>, Transform)>,
     test: Option<(Arc<Dataset>, Transform)>,
@@ -36,11 +44,12 @@ pub struct DataParallel<C: Collective> {
 /// loss, correct predictions.
 const HEADER: usize = 3;
 
-impl<C: Collective> DataParallel<C> {
+impl<C: Collective + 'static> DataParallel<C> {
     /// An engine for models of type `M` on the ranks of `comm`.
     pub fn new<M: NetworkSpec>(comm: C) -> Self {
         DataParallel {
-            comm,
+            comm: Rc::new(RefCell::new(comm)),
+            sync_bn: false,
             grads: vec![0.0; M::PARAMETERS],
             train: None,
             test: None,
@@ -49,14 +58,33 @@ impl<C: Collective> DataParallel<C> {
         }
     }
 
-    /// The communicator.
-    pub fn collective(&self) -> &C {
-        &self.comm
+    /// Synchronised BatchNorm (`on`): training-mode BatchNorm normalises
+    /// with the statistics of the whole global batch and its backward uses
+    /// the whole batch's sums, so that the ranks compute the one-process
+    /// step to rounding; each BatchNorm then exchanges per-channel values
+    /// twice a step. Every share of a batch must hold an image.
+    pub fn sync_batch_norm(mut self, on: bool) -> Self {
+        self.sync_bn = on;
+        self
+    }
+
+    /// This rank and the number of ranks.
+    pub fn rank_and_size(&self) -> (usize, usize) {
+        let c = self.comm.borrow();
+        (c.rank(), c.size())
     }
 
     /// This rank's share `[begin, end)` of a batch of `n`.
     pub fn share(&self, n: usize) -> (usize, usize) {
-        share(n, self.comm.rank(), self.comm.size())
+        let (rank, size) = self.rank_and_size();
+        share(n, rank, size)
+    }
+
+    fn all_gather(&self, local: &[f64], out: &mut [f64]) -> Result<(), TrainError> {
+        self.comm
+            .borrow_mut()
+            .all_gather(local, out)
+            .map_err(|e| TrainError::Config(e.to_string()))
     }
 }
 
@@ -89,7 +117,7 @@ fn batch(
     (x, labels)
 }
 
-impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
+impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
     fn step(
         &mut self,
         _: &mut M,
@@ -152,9 +180,17 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
         lr: f64,
         global_step: u64,
     ) -> Result<(f64, usize), TrainError> {
-        let (rank, size) = (self.comm.rank(), self.comm.size());
+        let (rank, size) = self.rank_and_size();
         let (begin, end) = self.share(picks.len());
         let p = M::PARAMETERS;
+        let sync = self.sync_bn && size > 1;
+        if sync && picks.len() < size {
+            // Decided alike on every rank: none enters the exchange.
+            return Err(TrainError::Config(format!(
+                "synchronised BatchNorm over {size} ranks needs at least one image per rank; the batch has {}",
+                picks.len()
+            )));
+        }
         self.local.clear();
         self.local.resize(HEADER + p, 0.0);
         let mut failure = None;
@@ -165,18 +201,34 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
             model.reseed(mix(mix(cfg.seed, global_step), rank as u64));
             let smoothing = cfg.label_smoothing;
             let mut outcome = Ok((0.0f32, 0usize));
-            model.forward_backward(x.view(), Mode::Train, &mut self.grads, &mut |logits| {
-                match softmax_cross_entropy(logits.view(), &labels, smoothing) {
-                    Ok((l, d, c)) => {
-                        outcome = Ok((l, c));
-                        d
+            let grads = &mut self.grads;
+            let mut pass = || {
+                model.forward_backward(x.view(), Mode::Train, grads, &mut |logits| {
+                    match softmax_cross_entropy(logits.view(), &labels, smoothing) {
+                        Ok((l, d, c)) => {
+                            outcome = Ok((l, c));
+                            d
+                        }
+                        Err(e) => {
+                            outcome = Err(e);
+                            Array2::zeros(logits.raw_dim())
+                        }
                     }
-                    Err(e) => {
-                        outcome = Err(e);
-                        Array2::zeros(logits.raw_dim())
-                    }
+                })
+            };
+            if sync {
+                let comm = self.comm.clone();
+                let gather: Box<Gather<'static>> =
+                    Box::new(move |l: &[f64], o: &mut [f64]| comm.borrow_mut().all_gather(l, o));
+                let weight = (end - begin) as f64 / picks.len() as f64;
+                let (result, error) = with_sync(gather, size, weight, pass);
+                if let Some(e) = error {
+                    return Err(TrainError::Config(e.to_string()));
                 }
-            })?;
+                result?;
+            } else {
+                pass()?;
+            }
             match outcome {
                 Ok((loss, correct)) => {
                     self.local[0] = (end - begin) as f64;
@@ -191,10 +243,10 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
                 Err(e) => failure = Some(e),
             }
         }
-        self.gathered.resize(size * (HEADER + p), 0.0);
-        self.comm
-            .all_gather(&self.local, &mut self.gathered)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut gathered = std::mem::take(&mut self.gathered);
+        gathered.resize(size * (HEADER + p), 0.0);
+        self.all_gather(&self.local, &mut gathered)?;
+        self.gathered = gathered;
         if let Some(e) = failure {
             return Err(TrainError::Loss(e));
         }
@@ -226,9 +278,7 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
             // Rank 0's running statistics on every rank (DDP's buffers).
             let state: Vec<f64> = model.state().iter().map(|&v| v as f64).collect();
             let mut all = vec![0.0; size * state.len()];
-            self.comm
-                .all_gather(&state, &mut all)
-                .map_err(|e| TrainError::Config(e.to_string()))?;
+            self.all_gather(&state, &mut all)?;
             for (s, &v) in model.state_mut().iter_mut().zip(&all[..state.len()]) {
                 *s = v as f32;
             }
@@ -241,7 +291,7 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
         model: &mut M,
         picks: &[(usize, Augment)],
     ) -> Result<Array2<f32>, TrainError> {
-        let size = self.comm.size();
+        let (_, size) = self.rank_and_size();
         let (begin, end) = self.share(picks.len());
         let k = M::CLASSES;
         // Every rank sends as many rows as the largest share.
@@ -256,9 +306,7 @@ impl<M: Model<f32>, C: Collective> Engine<M> for DataParallel<C> {
             }
         }
         let mut all = vec![0.0f64; size * rows * k];
-        self.comm
-            .all_gather(&local, &mut all)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.all_gather(&local, &mut all)?;
         let mut out = Array2::<f32>::zeros((picks.len(), k));
         for r in 0..size {
             let (b, e) = share(picks.len(), r, size);

@@ -31,6 +31,7 @@ pub mod collective;
 pub mod engine;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod sync_bn;
 
 pub use collective::{Collective, DistError, SingleProcess, ThreadGroup};
 pub use engine::DataParallel;

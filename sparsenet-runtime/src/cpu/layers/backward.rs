@@ -628,6 +628,13 @@ pub fn pre_backward<T: Float>(
         }
     }
     let m = (n * hw) as f64;
+    // While a data-parallel step synchronises BatchNorm, dx uses the whole
+    // global batch's means (the gamma and beta gradients above stay this
+    // rank's sums: the ranks' gradients are summed afterwards).
+    let global = match pre {
+        Some(p) if p.batch_stats => crate::distributed::sync_bn::global_means(&sums, m),
+        _ => None,
+    };
     // One image's source gradients, every channel.
     let image_dx = |b: usize, views: &mut [ndarray::ArrayViewMut3<'_, T>]| {
         for c in 0..cin {
@@ -648,7 +655,9 @@ pub fn pre_backward<T: Float>(
                 Some(p) => {
                     let (scale, shift, mean, inv_std) =
                         (p.scale[c], p.shift[c], p.mean[c], p.inv_std[c]);
-                    let (mean_da, mean_da_xhat) = if p.batch_stats {
+                    let (mean_da, mean_da_xhat) = if let Some(g) = &global {
+                        (T::from_f64c(g[c].0), T::from_f64c(g[c].1))
+                    } else if p.batch_stats {
                         (T::from_f64c(sums[c].0 / m), T::from_f64c(sums[c].1 / m))
                     } else {
                         (T::zero(), T::zero())
