@@ -95,6 +95,16 @@ fn curve(t: &Trainer<Small, impl Engine<Small>>) -> Vec<[f64; 4]> {
 /// Trains `size` thread ranks to the end; returns rank 0's curve and what
 /// each rank's folder holds.
 fn run_ranks(size: usize, sync_bn: bool, out: &Path) -> (Vec<[f64; 4]>, Vec<usize>) {
+    run_ranks_with(size, sync_bn, out, 32)
+}
+
+/// `run_ranks` with global batches of `batch`.
+fn run_ranks_with(
+    size: usize,
+    sync_bn: bool,
+    out: &Path,
+    batch: usize,
+) -> (Vec<[f64; 4]>, Vec<usize>) {
     let (tr, te, t) = data();
     let ranks = ThreadGroup::new(size, Duration::from_secs(120));
     let results: Vec<(Vec<[f64; 4]>, usize)> = std::thread::scope(|s| {
@@ -106,6 +116,7 @@ fn run_ranks(size: usize, sync_bn: bool, out: &Path) -> (Vec<[f64; 4]>, Vec<usiz
                     let rank = comm.rank();
                     let dir = out.join(format!("rank{rank}"));
                     let mut cfg = config(&dir);
+                    cfg.batch_size = batch;
                     cfg.primary = rank == 0;
                     let mut trainer =
                         Trainer::new(cfg, tr, te, t, |_: &Small, _: &SgdState<f32>| {
@@ -413,22 +424,43 @@ fn mpi_rank() {
     }
 }
 
-/// Synchronised BatchNorm: two ranks of 16 images compute the one-process
-/// step on the 32 to rounding. After 20 steps the parameters, running
-/// statistics and losses stay within the bound below of the one-process
-/// run's; per-rank BatchNorm, for scale, moves them far more.
+/// Synchronised BatchNorm (issue 22's check): two ranks of 32 images compute
+/// the one-process step on the 64 to rounding. "To rounding" is measured,
+/// not guessed: the same one-process run on one thread instead of two (the
+/// CPU kernels then sum in another order) drifts from it by some amount over
+/// 20 SGD steps; the synchronised ranks must stay within 10x that (they
+/// change more summation orders at once: statistics combined from two
+/// halves, gradients summed across ranks in f64; measured 3.5-7x on
+/// 2026-12-05; the f64 test above shows the logic itself is exact), and
+/// per-rank BatchNorm (the documented difference) lands far outside.
 #[test]
 fn two_ranks_with_synchronised_batch_norm_track_one_process() {
     let (tr, te, t) = data();
-    let one = tempfile::tempdir().unwrap();
-    let (_, report) = train::<Small>(&config(one.path()), tr, te, t).unwrap();
-    let want: Vec<[f64; 4]> = report
-        .metrics
-        .records()
-        .iter()
-        .map(|r| [r.train_loss, r.train_acc, r.test_loss, r.test_acc])
-        .collect();
-    let (wp, ws, _) = checkpoint(one.path());
+    let mut cfg = config(Path::new("unused"));
+    cfg.batch_size = 64; // 10 steps an epoch, 20 in all
+    let one_process = |threads: Option<usize>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cfg.clone();
+        cfg.out_dir = dir.path().to_path_buf();
+        let (tr, te, t) = (tr.clone(), te.clone(), t.clone());
+        let report = match threads {
+            None => train::<Small>(&cfg, tr, te, t).unwrap().1,
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+                .install(|| train::<Small>(&cfg, tr, te, t).unwrap().1),
+        };
+        let curve: Vec<[f64; 4]> = report
+            .metrics
+            .records()
+            .iter()
+            .map(|r| [r.train_loss, r.train_acc, r.test_loss, r.test_acc])
+            .collect();
+        let (p, s, _) = checkpoint(dir.path());
+        (curve, p, s)
+    };
+    let (want, wp, ws) = one_process(None);
     let rel = |a: &[f32], b: &[f32]| {
         let d = a
             .iter()
@@ -436,39 +468,55 @@ fn two_ranks_with_synchronised_batch_norm_track_one_process() {
             .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
         d / b.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64))
     };
-    let mut errs = Vec::new();
-    for sync in [true, false] {
-        let ranks = tempfile::tempdir().unwrap();
-        let (got, _) = run_ranks(2, sync, ranks.path());
-        let (gp, gs, _) = checkpoint(&ranks.path().join("rank0"));
-        let loss = got
-            .iter()
+    let losses = |got: &[[f64; 4]]| {
+        got.iter()
             .zip(&want)
             .map(|(g, w)| {
                 ((g[0] - w[0]) / w[0])
                     .abs()
                     .max(((g[2] - w[2]) / w[2]).abs())
             })
-            .fold(0.0f64, f64::max);
-        let (p, s) = (rel(&gp, &wp), rel(&gs, &ws));
-        eprintln!(
-            "2 ranks x 16, {} BatchNorm, against 1 x 32 after 20 steps: losses {loss:.1e}, parameters {p:.1e}, running statistics {s:.1e}",
-            if sync { "synchronised" } else { "per-rank" }
-        );
-        errs.push((loss, p, s));
-    }
-    let (loss, p, s) = errs[0];
-    assert!(
-        loss < 1e-4 && p < 1e-4 && s < 1e-4,
-        "synchronised: {:?}",
-        errs[0]
+            .fold(0.0f64, f64::max)
+    };
+    // Another thread count than the global pool's.
+    let other = if rayon::current_num_threads() == 1 {
+        2
+    } else {
+        1
+    };
+    let (nc, np, ns) = one_process(Some(other));
+    let noise = (losses(&nc), rel(&np, &wp), rel(&ns, &ws));
+    eprintln!(
+        "1 x 64 on {other} thread(s) against {}, after 20 steps: losses {:.1e}, parameters {:.1e}, running statistics {:.1e}",
+        rayon::current_num_threads(),
+        noise.0, noise.1, noise.2
     );
-    let (_, p_u, s_u) = errs[1];
+    assert!(noise.1 > 0.0, "the thread count changes the rounding");
+    let mut errs = Vec::new();
+    for sync in [true, false] {
+        let ranks = tempfile::tempdir().unwrap();
+        let (got, _) = run_ranks_with(2, sync, ranks.path(), 64);
+        assert_eq!(got.len(), 2);
+        let (gp, gs, _) = checkpoint(&ranks.path().join("rank0"));
+        let e = (losses(&got), rel(&gp, &wp), rel(&gs, &ws));
+        eprintln!(
+            "2 ranks x 32, {} BatchNorm, against 1 x 64 after 20 steps: losses {:.1e}, parameters {:.1e}, running statistics {:.1e}",
+            if sync { "synchronised" } else { "per-rank" },
+            e.0,
+            e.1,
+            e.2
+        );
+        errs.push(e);
+    }
+    let (s, u) = (errs[0], errs[1]);
+    let within = |e: f64, n: f64| e <= 10.0 * n.max(1e-7);
     assert!(
-        p_u > 100.0 * p && s_u > 100.0 * s,
-        "per-rank BatchNorm should differ far more: {:?} against {:?}",
-        errs[1],
-        errs[0]
+        within(s.0, noise.0) && within(s.1, noise.1) && within(s.2, noise.2),
+        "synchronised BatchNorm {s:?} is not within 10x of rounding {noise:?}"
+    );
+    assert!(
+        u.1 > 10.0 * s.1.max(noise.1) && u.2 > 10.0 * s.2.max(noise.2),
+        "per-rank BatchNorm {u:?} should differ far more than rounding {noise:?}"
     );
 }
 
