@@ -1,7 +1,7 @@
 //! What data-parallel ranks need from a communication layer, and an
 //! in-process implementation.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A failure of the communication between ranks. Messages name the rank
@@ -121,6 +121,31 @@ impl ThreadGroup {
     }
 }
 
+impl ThreadGroup {
+    /// Waits on the group's condition until `done` holds (`Ok`) or
+    /// `deadline` passes (`Err`, with the state as it was then).
+    fn wait_until<'a>(
+        &self,
+        mut state: MutexGuard<'a, GatherState>,
+        deadline: Instant,
+        done: impl Fn(&GatherState) -> bool,
+    ) -> Result<MutexGuard<'a, GatherState>, MutexGuard<'a, GatherState>> {
+        while !done(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(state);
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .expect("lock")
+                .0;
+        }
+        Ok(state)
+    }
+}
+
 impl Collective for ThreadGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -158,41 +183,25 @@ impl Collective for ThreadGroup {
                 .collect(),
             seconds: self.timeout.as_secs(),
         };
-        let mut state = self
+        let state = self
             .shared
             .state
             .lock()
             .expect("a rank panicked holding the lock");
         // Wait until the previous collective's result has been copied out by
         // every rank (its slots are then cleared).
-        while state.slots[rank].is_some() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timeout(&state, false));
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .expect("lock")
-                .0;
-        }
+        let mut state = self
+            .wait_until(state, deadline, |s| s.slots[rank].is_none())
+            .map_err(|s| timeout(&s, false))?;
         state.slots[rank] = Some(local.to_vec());
         let generation = state.generation;
         self.shared.changed.notify_all();
         // Wait for every rank's contribution.
-        while state.generation == generation && state.slots.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timeout(&state, true));
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .expect("lock")
-                .0;
-        }
+        let mut state = self
+            .wait_until(state, deadline, |s| {
+                s.generation != generation || s.slots.iter().all(Option::is_some)
+            })
+            .map_err(|s| timeout(&s, true))?;
         if state.generation == generation {
             for (r, slot) in state.slots.iter().enumerate() {
                 let v = slot.as_ref().expect("every rank contributed");

@@ -10,8 +10,8 @@ use ndarray::{Array2, Array4, ArrayView4};
 use super::collective::Collective;
 use super::sync_bn::{with_sync, Gather};
 use crate::data::{Augment, Dataset, Transform};
-use crate::train::engine::mix;
-use crate::train::{softmax_cross_entropy, Engine, SgdState, TrainConfig, TrainError};
+use crate::train::engine::{mix, train_pass};
+use crate::train::{Engine, SgdState, TrainConfig, TrainError};
 use crate::{Float, Mode, Model, NetworkSpec};
 
 /// A training [`Engine`] for the CPU path whose steps are shared by the
@@ -200,23 +200,9 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
             // Dropout masks differ per rank (a rank's own stream).
             model.reseed(mix(mix(cfg.seed, global_step), rank as u64));
             let smoothing = cfg.label_smoothing;
-            let mut outcome = Ok((0.0f32, 0usize));
             let grads = &mut self.grads;
-            let mut pass = || {
-                model.forward_backward(x.view(), Mode::Train, grads, &mut |logits| {
-                    match softmax_cross_entropy(logits.view(), &labels, smoothing) {
-                        Ok((l, d, c)) => {
-                            outcome = Ok((l, c));
-                            d
-                        }
-                        Err(e) => {
-                            outcome = Err(e);
-                            Array2::zeros(logits.raw_dim())
-                        }
-                    }
-                })
-            };
-            if sync {
+            let mut pass = || train_pass(model, x.view(), &labels, smoothing, grads);
+            let outcome = if sync {
                 let comm = self.comm.clone();
                 let gather: Box<Gather<'static>> =
                     Box::new(move |l: &[f64], o: &mut [f64]| comm.borrow_mut().all_gather(l, o));
@@ -225,10 +211,10 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                 if let Some(e) = error {
                     return Err(TrainError::Config(e.to_string()));
                 }
-                result?;
+                result
             } else {
-                pass()?;
-            }
+                pass()
+            };
             match outcome {
                 Ok((loss, correct)) => {
                     self.local[0] = (end - begin) as f64;
@@ -238,9 +224,10 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                         *d = g as f64;
                     }
                 }
-                // Still take part in the exchange, so the others do not
-                // wait for this rank; the error is reported after it.
-                Err(e) => failure = Some(e),
+                // A bad label: still take part in the exchange, so the
+                // others do not wait for this rank; reported after it.
+                Err(TrainError::Loss(e)) => failure = Some(e),
+                Err(e) => return Err(e),
             }
         }
         let mut gathered = std::mem::take(&mut self.gathered);

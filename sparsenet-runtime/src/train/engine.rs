@@ -124,21 +124,7 @@ impl<M: Model<f32>> Engine<M> for CpuEngine {
         global_step: u64,
     ) -> Result<(f64, usize), TrainError> {
         model.reseed(mix(cfg.seed, global_step));
-        let mut step_loss = Ok((0.0f32, 0usize));
-        let smoothing = cfg.label_smoothing;
-        model.forward_backward(images, Mode::Train, &mut self.grads, &mut |logits| {
-            match softmax_cross_entropy(logits.view(), labels, smoothing) {
-                Ok((l, d, c)) => {
-                    step_loss = Ok((l, c));
-                    d
-                }
-                Err(e) => {
-                    step_loss = Err(e);
-                    Array2::zeros(logits.raw_dim())
-                }
-            }
-        })?;
-        let (loss, c) = step_loss.map_err(TrainError::Loss)?;
+        let (loss, c) = train_pass(model, images, labels, cfg.label_smoothing, &mut self.grads)?;
         let loss = loss.to_f64c();
         if !loss.is_finite() {
             return Ok((loss, c));
@@ -319,6 +305,35 @@ where
 
 /// Mixes a run seed and a counter into a well-spread 64-bit seed (the
 /// dropout seed of a step, so that a resumed run draws the same masks).
+/// One training-mode forward and backward pass with the label-smoothed
+/// softmax cross-entropy: the batch's mean loss and correct predictions,
+/// the parameter gradients into `grads`.
+pub(crate) fn train_pass<M: Model<f32>>(
+    model: &mut M,
+    images: ArrayView4<'_, f32>,
+    labels: &[usize],
+    smoothing: f64,
+    grads: &mut [f32],
+) -> Result<(f32, usize), TrainError> {
+    let mut outcome = Ok((0.0f32, 0usize));
+    model.forward_backward(
+        images,
+        Mode::Train,
+        grads,
+        &mut |logits| match softmax_cross_entropy(logits.view(), labels, smoothing) {
+            Ok((l, d, c)) => {
+                outcome = Ok((l, c));
+                d
+            }
+            Err(e) => {
+                outcome = Err(e);
+                Array2::zeros(logits.raw_dim())
+            }
+        },
+    )?;
+    outcome.map_err(TrainError::Loss)
+}
+
 pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
