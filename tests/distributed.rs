@@ -640,3 +640,98 @@ fn a_run_resumes_with_another_rank_count() {
     let log = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(log.lines().count(), 3, "a header and both epochs:\n{log}");
 }
+
+/// A rank whose share cannot be trained (a label outside the classes) stops
+/// every rank with an error, none waits for it: the ranks' exchange carries
+/// the failure.
+#[test]
+fn a_bad_label_on_one_rank_stops_every_rank() {
+    let (tr, _, t) = data();
+    let mut bad = (*tr).clone();
+    bad.labels[5] = 12; // in rank 1's half of the picks below
+    let bad = Arc::new(bad);
+    let picks: Vec<(usize, Augment)> = (0..8).map(|i| (i, Augment::default())).collect();
+    let cfg = config(Path::new("unused"));
+    let ranks = ThreadGroup::new(2, Duration::from_secs(20));
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|comm| {
+                let (bad, t, picks, cfg) = (bad.clone(), t.clone(), &picks, &cfg);
+                s.spawn(move || {
+                    let mut model = Small::<f32>::new(0);
+                    let mut opt = SgdState {
+                        velocity: vec![0.0; Small::<f32>::PARAMETERS],
+                    };
+                    let mut engine = DataParallel::new::<Small>(comm);
+                    Engine::<Small>::attach_training_data(&mut engine, &bad, &t).unwrap();
+                    engine
+                        .step_picks(&mut model, &mut opt, cfg, picks, 0.1, 0)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(errors[0].contains("rank 1"), "rank 0: {}", errors[0]);
+    assert!(errors[1].contains("12"), "rank 1: {}", errors[1]);
+}
+
+/// A rank that dies mid-run ends the MPI job instead of leaving the others
+/// waiting: rank 1 aborts before its first exchange, rank 0 is then inside
+/// one; `mpirun` stops the job, names the rank, and exits non-zero, long
+/// before the collectives' timeout (120 s here).
+#[cfg(feature = "mpi")]
+#[test]
+fn a_dying_mpi_rank_ends_the_job_naming_it() {
+    let exe = std::env::current_exe().unwrap();
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new("mpirun")
+        .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "mpi_rank_that_dies",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun runs (Debian: openmpi-bin)");
+    let secs = t.elapsed().as_secs_f64();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "mpirun ended after {secs:.1} s, status {:?}",
+        out.status.code()
+    );
+    assert!(!out.status.success(), "the job failed:\n{log}");
+    assert!(
+        secs < 60.0,
+        "ended in {secs:.1} s, not at the timeout:\n{log}"
+    );
+    assert!(log.contains("rank 1"), "mpirun names the rank:\n{log}");
+}
+
+/// The two ranks of `a_dying_mpi_rank_ends_the_job_naming_it` (ignored
+/// otherwise): rank 1 aborts, rank 0 waits in an all-gather.
+#[cfg(feature = "mpi")]
+#[test]
+#[ignore = "run under mpirun by a_dying_mpi_rank_ends_the_job_naming_it"]
+fn mpi_rank_that_dies() {
+    use sparsenet::runtime::distributed::mpi::MpiCollective;
+    let mut comm = MpiCollective::init(Duration::from_secs(120)).unwrap();
+    if comm.rank() == 1 {
+        std::process::abort();
+    }
+    let mut out = vec![0.0; 2];
+    let _ = comm.all_gather(&[1.0], &mut out);
+    panic!("rank 0's all-gather returned without rank 1");
+}

@@ -34,15 +34,16 @@ pub struct DataParallel<C: Collective> {
     grads: Vec<f32>,
     train: Option<(Arc<Dataset>, Transform)>,
     test: Option<(Arc<Dataset>, Transform)>,
-    /// This rank's contribution to a step: count, loss, correct, gradients.
+    /// This rank's contribution to a step: count, loss, correct, failed,
+    /// gradients.
     local: Vec<f64>,
     /// Every rank's, rank after rank.
     gathered: Vec<f64>,
 }
 
 /// Values before the gradients in a step's contribution: images, mean
-/// loss, correct predictions.
-const HEADER: usize = 3;
+/// loss, correct predictions, and 1 if its loss could not be computed.
+const HEADER: usize = 4;
 
 impl<C: Collective + 'static> DataParallel<C> {
     /// An engine for models of type `M` on the ranks of `comm`.
@@ -225,8 +226,12 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                     }
                 }
                 // A bad label: still take part in the exchange, so the
-                // others do not wait for this rank; reported after it.
-                Err(TrainError::Loss(e)) => failure = Some(e),
+                // others do not wait for this rank, and tell them; every
+                // rank then stops with an error after it.
+                Err(TrainError::Loss(e)) => {
+                    self.local[3] = 1.0;
+                    failure = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -236,6 +241,11 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         self.gathered = gathered;
         if let Some(e) = failure {
             return Err(TrainError::Loss(e));
+        }
+        if let Some(r) = (0..size).find(|&r| self.gathered[r * (HEADER + p) + 3] != 0.0) {
+            return Err(TrainError::Config(format!(
+                "rank {r} could not compute its share's loss (it reports why); every rank stops"
+            )));
         }
         let n: f64 = (0..size).map(|r| self.gathered[r * (HEADER + p)]).sum();
         let (mut loss, mut correct) = (0.0f64, 0.0f64);
