@@ -86,6 +86,61 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
     order
 }
 
+/// Batches in an epoch of `len` samples cut as `cfg` says.
+pub fn epoch_len(len: usize, cfg: &LoaderConfig) -> usize {
+    if cfg.drop_last {
+        len / cfg.batch_size
+    } else {
+        len.div_ceil(cfg.batch_size)
+    }
+}
+
+/// What batch `b` of an epoch is made of: per image, its dataset index
+/// (from `order`, the epoch's [`epoch_order`]) and its augmentation
+/// ([`Transform::sample_augment`] when `cfg.augment`). [`epoch_batches`]
+/// builds its batches from these; an engine that keeps the data itself
+/// (the GPU's, a data-parallel rank) is handed them instead.
+pub fn batch_picks(
+    order: &[usize],
+    b: usize,
+    transform: &Transform,
+    cfg: &LoaderConfig,
+    epoch: u64,
+) -> Vec<(usize, Augment)> {
+    let bs = cfg.batch_size;
+    order[b * bs..((b + 1) * bs).min(order.len())]
+        .iter()
+        .map(|&i| {
+            let aug = if cfg.augment {
+                transform.sample_augment(cfg.seed, epoch, i)
+            } else {
+                Augment::default()
+            };
+            (i, aug)
+        })
+        .collect()
+}
+
+/// The images `picks` names, normalised through `lut` (the transform's
+/// lookup table, [`Transform::apply`]'s arithmetic) and augmented, shape
+/// `(picks.len(), C, H, W)`.
+pub(crate) fn build_images(ds: &Dataset, lut: &[f32], picks: &[(usize, Augment)]) -> Array4<f32> {
+    let shape = (ds.channels, ds.height, ds.width);
+    let chw = ds.image_size();
+    let mut buf = vec![0f32; picks.len() * chw];
+    for (j, &(i, aug)) in picks.iter().enumerate() {
+        apply_lut(
+            lut,
+            ds.image(i),
+            shape,
+            aug,
+            &mut buf[j * chw..(j + 1) * chw],
+        );
+    }
+    Array4::from_shape_vec((picks.len(), shape.0, shape.1, shape.2), buf)
+        .expect("batch buffer has the batch's shape")
+}
+
 /// Iterator over the batches of one epoch, see [`epoch_batches`].
 /// Dropping it stops and joins the workers.
 pub struct EpochBatches {
@@ -124,49 +179,25 @@ pub fn epoch_batches(
         transform.std.len(),
         ds.channels
     );
-    let bs = cfg.batch_size;
-    let len = ds.len;
-    let total = if cfg.drop_last {
-        len / bs
-    } else {
-        len.div_ceil(bs)
-    };
+    let total = epoch_len(ds.len, cfg);
     let workers = cfg.workers.max(1).min(total.max(1));
     let cap = cfg.prefetch.div_ceil(workers).max(1);
-    let order = Arc::new(epoch_order(len, cfg.seed, epoch, cfg.shuffle));
-    let (augment, seed) = (cfg.augment, cfg.seed);
+    let order = Arc::new(epoch_order(ds.len, cfg.seed, epoch, cfg.shuffle));
     let mut receivers = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     if total > 0 {
         for k in 0..workers {
             let (tx, rx) = bounded::<Batch>(cap);
             let (ds, transform, order) = (ds.clone(), transform.clone(), order.clone());
+            let cfg = cfg.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sparsenet-data-{k}"))
                 .spawn(move || {
                     let lut = transform.lut();
-                    let shape = (ds.channels, ds.height, ds.width);
-                    let chw = ds.image_size();
                     for b in (k..total).step_by(workers) {
-                        let indices = order[b * bs..((b + 1) * bs).min(len)].to_vec();
-                        let mut buf = vec![0f32; indices.len() * chw];
-                        for (j, &i) in indices.iter().enumerate() {
-                            let aug = if augment {
-                                transform.sample_augment(seed, epoch, i)
-                            } else {
-                                Augment::default()
-                            };
-                            apply_lut(
-                                &lut,
-                                ds.image(i),
-                                shape,
-                                aug,
-                                &mut buf[j * chw..(j + 1) * chw],
-                            );
-                        }
-                        let images =
-                            Array4::from_shape_vec((indices.len(), shape.0, shape.1, shape.2), buf)
-                                .expect("batch buffer has the batch's shape");
+                        let picks = batch_picks(&order, b, &transform, &cfg, epoch);
+                        let images = build_images(&ds, &lut, &picks);
+                        let indices: Vec<usize> = picks.iter().map(|&(i, _)| i).collect();
                         let labels = indices.iter().map(|&i| ds.labels[i] as usize).collect();
                         if tx
                             .send(Batch {

@@ -9,6 +9,7 @@ use ndarray::{Array2, Array4, ArrayView4};
 
 use super::collective::Collective;
 use super::sync_bn::{with_sync, Gather};
+use crate::data::build_images;
 use crate::data::{Augment, Dataset, Transform};
 use crate::train::engine::{mix, train_pass};
 use crate::train::{Engine, SgdState, TrainConfig, TrainError};
@@ -32,8 +33,8 @@ pub struct DataParallel<C: Collective> {
     comm: Rc<RefCell<C>>,
     sync_bn: bool,
     grads: Vec<f32>,
-    train: Option<(Arc<Dataset>, Transform)>,
-    test: Option<(Arc<Dataset>, Transform)>,
+    train: Option<Kept>,
+    test: Option<Kept>,
     /// This rank's contribution to a step: count, loss, correct, failed,
     /// gradients.
     local: Vec<f64>,
@@ -95,27 +96,26 @@ pub fn share(n: usize, rank: usize, size: usize) -> (usize, usize) {
     (rank * n / size, (rank + 1) * n / size)
 }
 
-/// The images and labels `picks` names, built as the host loader builds
-/// them ([`Transform::apply`]).
-fn batch(
-    data: &Dataset,
-    transform: &Transform,
-    picks: &[(usize, Augment)],
-) -> (Array4<f32>, Vec<usize>) {
-    let shape = (data.channels, data.height, data.width);
-    let chw = data.image_size();
-    let mut x = Array4::<f32>::zeros((picks.len(), data.channels, data.height, data.width));
-    let flat = x.as_slice_mut().expect("fresh arrays are contiguous");
-    for (i, &(idx, aug)) in picks.iter().enumerate() {
-        transform.apply(
-            data.image(idx),
-            shape,
-            aug,
-            &mut flat[i * chw..(i + 1) * chw],
-        );
+/// A dataset the engine keeps, with its transform's lookup table.
+struct Kept {
+    data: Arc<Dataset>,
+    lut: Vec<f32>,
+}
+
+impl Kept {
+    fn new(data: &Arc<Dataset>, transform: &Transform) -> Self {
+        Kept {
+            data: data.clone(),
+            lut: transform.lut(),
+        }
     }
-    let labels = picks.iter().map(|&(idx, _)| data.label(idx)).collect();
-    (x, labels)
+
+    /// The images and labels `picks` names, built as the host loader
+    /// builds them.
+    fn batch(&self, picks: &[(usize, Augment)]) -> (Array4<f32>, Vec<usize>) {
+        let labels = picks.iter().map(|&(i, _)| self.data.label(i)).collect();
+        (build_images(&self.data, &self.lut, picks), labels)
+    }
 }
 
 impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
@@ -151,7 +151,7 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         data: &Arc<Dataset>,
         transform: &Transform,
     ) -> Result<(), TrainError> {
-        self.train = Some((data.clone(), transform.clone()));
+        self.train = Some(Kept::new(data, transform));
         Ok(())
     }
 
@@ -160,7 +160,7 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         data: &Arc<Dataset>,
         transform: &Transform,
     ) -> Result<(), TrainError> {
-        self.test = Some((data.clone(), transform.clone()));
+        self.test = Some(Kept::new(data, transform));
         Ok(())
     }
 
@@ -196,8 +196,8 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         self.local.resize(HEADER + p, 0.0);
         let mut failure = None;
         if end > begin {
-            let (data, transform) = self.train.as_ref().expect("takes_picks: data attached");
-            let (x, labels) = batch(data, transform, &picks[begin..end]);
+            let kept = self.train.as_ref().expect("takes_picks: data attached");
+            let (x, labels) = kept.batch(&picks[begin..end]);
             // Dropout masks differ per rank (a rank's own stream).
             model.reseed(mix(mix(cfg.seed, global_step), rank as u64));
             let smoothing = cfg.label_smoothing;
@@ -271,8 +271,9 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
             return Ok((if loss.is_finite() { f64::NAN } else { loss }, correct));
         }
         cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);
-        if size > 1 {
-            // Rank 0's running statistics on every rank (DDP's buffers).
+        if size > 1 && !sync {
+            // Rank 0's running statistics on every rank (DDP's buffers);
+            // synchronised BatchNorm updated them alike on every rank.
             let state: Vec<f64> = model.state().iter().map(|&v| v as f64).collect();
             let mut all = vec![0.0; size * state.len()];
             self.all_gather(&state, &mut all)?;
@@ -295,8 +296,8 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         let rows = picks.len().div_ceil(size);
         let mut local = vec![0.0f64; rows * k];
         if end > begin {
-            let (data, transform) = self.test.as_ref().expect("eval_takes_picks: data attached");
-            let (x, _) = batch(data, transform, &picks[begin..end]);
+            let kept = self.test.as_ref().expect("eval_takes_picks: data attached");
+            let (x, _) = kept.batch(&picks[begin..end]);
             let logits = model.forward(x.view(), Mode::Eval)?;
             for (d, &v) in local.iter_mut().zip(logits.iter()) {
                 *d = v as f64;

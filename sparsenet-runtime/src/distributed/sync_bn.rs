@@ -72,7 +72,7 @@ pub fn with_sync<R>(
 /// Exchanges `local` (the same length on every rank) and returns every
 /// rank's, rank after rank; `None` when no synchronisation is active on
 /// this thread or an exchange already failed.
-fn exchange(local: &[f64]) -> Option<(Vec<f64>, f64)> {
+fn exchange(local: &[f64]) -> Option<Vec<f64>> {
     HOOK.with(|h| {
         let mut h = h.borrow_mut();
         let hook = h.as_mut()?;
@@ -81,7 +81,7 @@ fn exchange(local: &[f64]) -> Option<(Vec<f64>, f64)> {
         }
         let mut all = vec![0.0; hook.ranks * local.len()];
         match (hook.gather)(local, &mut all) {
-            Ok(()) => Some((all, hook.weight)),
+            Ok(()) => Some(all),
             Err(e) => {
                 hook.error = Some(e);
                 None
@@ -103,7 +103,7 @@ pub(crate) fn global_stats<T: Float>(local: Stats<T>) -> Stats<T> {
             local.var[i].to_f64c(),
         ]);
     }
-    let Some((all, _)) = exchange(&mine) else {
+    let Some(all) = exchange(&mine) else {
         return local;
     };
     let ranks = all.len() / mine.len();
@@ -150,7 +150,7 @@ pub(crate) fn global_means(local: &[(f64, f64)], m: f64) -> Option<Vec<(f64, f64
         .iter()
         .flat_map(|&(a, b)| [weight * a, weight * b])
         .collect();
-    let (all, _) = exchange(&mine)?;
+    let all = exchange(&mine)?;
     let ranks = all.len() / mine.len().max(1);
     Some(
         (0..local.len())

@@ -303,8 +303,6 @@ where
     }
 }
 
-/// Mixes a run seed and a counter into a well-spread 64-bit seed (the
-/// dropout seed of a step, so that a resumed run draws the same masks).
 /// One training-mode forward and backward pass with the label-smoothed
 /// softmax cross-entropy: the batch's mean loss and correct predictions,
 /// the parameter gradients into `grads`.
@@ -334,6 +332,8 @@ pub(crate) fn train_pass<M: Model<f32>>(
     outcome.map_err(TrainError::Loss)
 }
 
+/// Mixes a run seed and a counter into a well-spread 64-bit seed (the
+/// dropout seed of a step, so that a resumed run draws the same masks).
 pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -24,7 +24,10 @@ use super::metrics::{EpochRecord, MetricsLog};
 use super::optim::SgdState;
 use super::run_dir::{self, RunDirError, RunLock, RUN_FILES};
 use super::schedule::Schedule;
-use crate::data::{epoch_batches, epoch_order, Augment, Batch, Dataset, LoaderConfig, Transform};
+use crate::data::{
+    batch_picks, epoch_batches, epoch_len, epoch_order, Augment, Batch, Dataset, LoaderConfig,
+    Transform,
+};
 use crate::{Float, Model};
 
 /// What a finished (or resumed and finished) run reports.
@@ -370,43 +373,28 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
         });
         tally.start = Instant::now();
         let loader = self.cfg.train_loader();
-        let batches: Box<dyn Iterator<Item = StepBatch>> = if self.engine.takes_picks() {
-            // The engine builds the batches from the data in its memory:
-            // it gets the loader's picks (the same order and augmentation
-            // draws), not images.
-            let (len, bs) = (self.train.len, loader.batch_size);
-            let total = if loader.drop_last {
-                len / bs
+        let batches: Box<dyn Iterator<Item = StepBatch>> =
+            if self.engine.takes_picks() {
+                // The engine builds the batches from the data in its memory:
+                // it gets the loader's picks (the same order and augmentation
+                // draws), not images.
+                let total = epoch_len(self.train.len, &loader);
+                let order = epoch_order(self.train.len, loader.seed, self.epoch, loader.shuffle);
+                let (transform, epoch) = (self.train_transform.clone(), self.epoch);
+                Box::new((0..total).map(move |b| {
+                    StepBatch::Picks(batch_picks(&order, b, &transform, &loader, epoch))
+                }))
             } else {
-                len.div_ceil(bs)
-            };
-            let order = epoch_order(len, loader.seed, self.epoch, loader.shuffle);
-            let (transform, epoch) = (self.train_transform.clone(), self.epoch);
-            Box::new((0..total).map(move |b| {
-                let picks = order[b * bs..((b + 1) * bs).min(len)]
-                    .iter()
-                    .map(|&i| {
-                        let aug = if loader.augment {
-                            transform.sample_augment(loader.seed, epoch, i)
-                        } else {
-                            Augment::default()
-                        };
-                        (i, aug)
-                    })
-                    .collect();
-                StepBatch::Picks(picks)
-            }))
-        } else {
-            Box::new(
-                epoch_batches(
-                    self.train.clone(),
-                    self.train_transform.clone(),
-                    &loader,
-                    self.epoch,
+                Box::new(
+                    epoch_batches(
+                        self.train.clone(),
+                        self.train_transform.clone(),
+                        &loader,
+                        self.epoch,
+                    )
+                    .map(StepBatch::Host),
                 )
-                .map(StepBatch::Host),
-            )
-        };
+            };
         // The batches depend only on (seed, epoch, sample): skipping those
         // already trained continues the epoch exactly where it stopped.
         let batches = batches
