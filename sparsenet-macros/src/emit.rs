@@ -207,7 +207,7 @@ fn emit_forward(plan: &Plan) -> TokenStream {
     let last = plan.last_use();
     let mut body = Vec::new();
     let b0 = buf(0);
-    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    body.push(quote!(let #b0 = #rt::__private::scratch::copy4(x);));
     if need_stats[0] {
         let s0 = stat(0);
         body.push(quote!(let #s0 = ctx.stats(&#b0);));
@@ -249,7 +249,7 @@ fn emit_eval_pass(plan: &Plan) -> TokenStream {
     let last = plan.last_use();
     let mut body = Vec::new();
     let b0 = buf(0);
-    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    body.push(quote!(let #b0 = #rt::__private::scratch::copy4(x);));
     let chains = plan.eval_chains();
     let mut chain_at = chains.iter().peekable();
     let mut i = 0;
@@ -435,7 +435,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
     let need_stats = plan.needs_stats();
     let mut body = Vec::new();
     let b0 = buf(0);
-    body.push(quote!(let #b0 = x.as_standard_layout().into_owned();));
+    body.push(quote!(let #b0 = #rt::__private::scratch::copy4(x);));
     if need_stats[0] {
         let s0 = stat(0);
         body.push(quote!(let #s0 = ctx.stats(&#b0);));
@@ -538,7 +538,14 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                 has_grad[b] = true;
                 let g = format_ident!("g{}", b);
                 let bb = buf(b);
-                body.push(quote!(let mut #g = #rt::__private::stale_like(&#bb);));
+                if b == 0 {
+                    // The input's gradient is returned to the caller: a
+                    // buffer of its own, not one of the store's (which
+                    // would never come back to it).
+                    body.push(quote!(let mut #g = #rt::ndarray::Array4::<T>::zeros(#bb.raw_dim());));
+                } else {
+                    body.push(quote!(let mut #g = #rt::__private::stale_like(&#bb);));
+                }
             }
         }
         let gs: Vec<Ident> = node
@@ -566,6 +573,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             body.push(quote!(#rt::__private::scratch::recycle(#ob);));
         }
     }
+    body.push(quote!(#rt::__private::scratch::recycle(#b0);));
     let params_len = plan.params_len;
     quote! {
         fn forward_backward(

@@ -65,3 +65,10 @@ pub fn set_winograd(on: bool) {
 pub fn set_large_winograd_tiles(on: bool) {
     conv::winograd::set_large_tiles(on)
 }
+
+/// Bytes the CPU backend keeps for reuse across passes (every thread's
+/// buffer store together). Flat over a steady run once its first steps and
+/// evaluation are done: a long run's memory check.
+pub fn kept_buffer_bytes() -> usize {
+    parallel::scratch::kept_bytes()
+}

@@ -139,6 +139,73 @@ impl fmt::Debug for Dataset {
 }
 
 impl Dataset {
+    /// A dataset from images in memory, `(N, C, H, W)` bytes (any layout),
+    /// and one label per image, each below `classes`; the classes are named
+    /// `"0"`, `"1"`, ... (set [`Dataset::class_names`] to name them).
+    ///
+    /// ```
+    /// use sparsenet_runtime::data::Dataset;
+    /// use sparsenet_runtime::ndarray::Array4;
+    ///
+    /// let images = Array4::<u8>::from_shape_fn((6, 3, 8, 8), |(i, c, y, x)| (i * 40 + c + y + x) as u8);
+    /// let ds = Dataset::from_images(images.view(), &[0, 1, 2, 0, 1, 2], 3)?;
+    /// assert_eq!((ds.len, ds.channels, ds.height, ds.width), (6, 3, 8, 8));
+    /// assert_eq!(ds.class_counts(), [2, 2, 2]);
+    ///
+    /// // A label out of range is an error that names it.
+    /// let err = Dataset::from_images(images.view(), &[0, 1, 2, 0, 1, 3], 3).unwrap_err();
+    /// assert!(err.to_string().contains("label 3"), "{err}");
+    /// # Ok::<(), sparsenet_runtime::data::DataError>(())
+    /// ```
+    pub fn from_images(
+        images: ndarray::ArrayView4<'_, u8>,
+        labels: &[usize],
+        classes: usize,
+    ) -> Result<Dataset, DataError> {
+        let (n, channels, height, width) = images.dim();
+        let location = || "<memory>".to_string();
+        let problem = |problem: String| DataError::Format {
+            location: location(),
+            problem,
+        };
+        if labels.len() != n {
+            return Err(problem(format!(
+                "{n} images but {} labels (one label per image)",
+                labels.len()
+            )));
+        }
+        if !(1..=u16::MAX as usize + 1).contains(&classes) {
+            return Err(problem(format!(
+                "{classes} classes (at least 1, at most {})",
+                u16::MAX as usize + 1
+            )));
+        }
+        if channels == 0 || height == 0 || width == 0 {
+            return Err(problem(format!(
+                "images of {channels}x{height}x{width} (channels x height x width, none may be 0)"
+            )));
+        }
+        if let Some((record, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+            return Err(DataError::LabelOutOfRange {
+                location: location(),
+                record,
+                label: u32::try_from(label).unwrap_or(u32::MAX),
+                classes,
+            });
+        }
+        Ok(Dataset {
+            pixels: images.as_standard_layout().iter().copied().collect(),
+            labels: labels.iter().map(|&l| l as u16).collect(),
+            len: n,
+            channels,
+            height,
+            width,
+            classes,
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+            source: PathBuf::from("<memory>"),
+        })
+    }
+
     /// Bytes per image: `channels * height * width`.
     pub fn image_size(&self) -> usize {
         self.channels * self.height * self.width

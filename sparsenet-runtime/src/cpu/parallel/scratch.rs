@@ -8,38 +8,140 @@
 //! steady sequence of training steps stops asking the allocator for memory
 //! after the first step. The generated passes give every buffer back at its
 //! last use ([`recycle`]). What a thread keeps is at most what it held at
-//! once; [`release`] frees it.
+//! once (the longest-unused vectors go first), whatever is given back to
+//! it; [`release`] frees it.
 
 use ndarray::Array4;
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One thread's kept vectors.
+///
+/// Bounded: it never keeps more bytes than the thread once had taken and
+/// not yet given back at one time (`peak_out`), evicting the longest-unused
+/// vectors first. A vector given back on another thread than the one that
+/// took it, or one that never came from the store (a copy made with the
+/// allocator), would otherwise pile up: one such vector per image of every
+/// evaluation grew a CIFAR-10 run's store by 10,000 entries an epoch, and
+/// the linear scan over them took half of its time by epoch 8 (issue 33).
+/// Indexed by (type, capacity), so a lookup costs a logarithm of its size.
+#[derive(Default)]
+struct Store {
+    /// Kept vectors by (element type, capacity, arrival): the best fit for
+    /// a length is the first key at or after (type, length, 0).
+    kept: BTreeMap<(TypeId, usize, u64), Entry>,
+    /// Arrival -> key in `kept`, oldest first, for eviction.
+    by_arrival: BTreeMap<u64, (TypeId, usize)>,
+    arrivals: u64,
+    /// Bytes held in `kept`.
+    kept_bytes: usize,
+    /// Bytes this thread took (from `kept` or the allocator) and has not
+    /// given back, as far as it can tell.
+    out: usize,
+    /// The most `out` has been since the store was last released.
+    peak_out: usize,
+}
+
+/// A kept vector and its size in bytes.
+struct Entry {
+    vec: Box<dyn Any>,
+    bytes: usize,
+}
+
+impl Store {
+    fn take<T: 'static>(&mut self, len: usize) -> Vec<T> {
+        let ty = TypeId::of::<T>();
+        let key = self
+            .kept
+            .range((ty, len, 0)..=(ty, usize::MAX, u64::MAX))
+            .next()
+            .map(|(k, _)| *k);
+        let v = match key {
+            Some(key) => {
+                let kept = self.kept.remove(&key).expect("the key was just found");
+                self.by_arrival.remove(&key.2);
+                self.kept_bytes -= kept.bytes;
+                KEPT_BYTES.fetch_sub(kept.bytes, Ordering::Relaxed);
+                *kept.vec.downcast::<Vec<T>>().expect("kept under its own type")
+            }
+            None => Vec::with_capacity(len),
+        };
+        self.out += bytes_of(&v);
+        self.peak_out = self.peak_out.max(self.out);
+        v
+    }
+
+    fn give<T: 'static>(&mut self, v: Vec<T>) {
+        let bytes = bytes_of(&v);
+        if bytes == 0 {
+            return;
+        }
+        self.out = self.out.saturating_sub(bytes);
+        let arrival = self.arrivals;
+        self.arrivals += 1;
+        let key = (TypeId::of::<T>(), v.capacity(), arrival);
+        self.kept.insert(
+            key,
+            Entry {
+                vec: Box::new(v),
+                bytes,
+            },
+        );
+        self.by_arrival.insert(arrival, (key.0, key.1));
+        self.kept_bytes += bytes;
+        KEPT_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        while self.kept_bytes > self.peak_out {
+            let Some((arrival, (ty, cap))) = self.by_arrival.pop_first() else {
+                break;
+            };
+            let evicted = self
+                .kept
+                .remove(&(ty, cap, arrival))
+                .expect("every arrival is kept");
+            self.kept_bytes -= evicted.bytes;
+            KEPT_BYTES.fetch_sub(evicted.bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn release(&mut self) {
+        KEPT_BYTES.fetch_sub(self.kept_bytes, Ordering::Relaxed);
+        self.kept.clear();
+        self.by_arrival.clear();
+        self.kept_bytes = 0;
+        self.peak_out = self.out;
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        KEPT_BYTES.fetch_sub(self.kept_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of a vector's allocation.
+fn bytes_of<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
+/// Bytes kept by every thread's store together.
+static KEPT_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static FREE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    static STORE: RefCell<Store> = RefCell::new(Store::default());
+}
+
+/// Bytes the stores of all threads keep for reuse right now: flat over a
+/// steady sequence of passes (the soak checks watch it).
+pub fn kept_bytes() -> usize {
+    KEPT_BYTES.load(Ordering::Relaxed)
 }
 
 /// The smallest allocation this thread gave back with room for `len`
 /// elements, with the values it held, else a new empty one.
 fn take_kept<T: 'static>(len: usize) -> Vec<T> {
-    FREE.with(|free| {
-        let mut free = free.borrow_mut();
-        let mut fit: Option<(usize, usize)> = None;
-        for (i, b) in free.iter().enumerate() {
-            if let Some(v) = b.downcast_ref::<Vec<T>>() {
-                let cap = v.capacity();
-                if cap >= len && fit.is_none_or(|(_, c)| cap < c) {
-                    fit = Some((i, cap));
-                }
-            }
-        }
-        match fit {
-            Some((i, _)) => *free
-                .swap_remove(i)
-                .downcast::<Vec<T>>()
-                .expect("checked type"),
-            None => Vec::with_capacity(len),
-        }
-    })
+    STORE.with(|s| s.borrow_mut().take(len))
 }
 
 /// An empty vector with room for `len` elements: the smallest allocation this
@@ -75,10 +177,7 @@ pub fn stale4<T: Clone + num_traits::Zero + 'static>(
 /// values are kept (they are initialised memory that [`stale`] may hand
 /// out again).
 pub fn give<T: 'static>(v: Vec<T>) {
-    if v.capacity() == 0 {
-        return;
-    }
-    FREE.with(|free| free.borrow_mut().push(Box::new(v)));
+    STORE.with(|s| s.borrow_mut().give(v));
 }
 
 /// A vector of `len` zeros built on a reused allocation.
@@ -86,6 +185,14 @@ pub fn zeros<T: Clone + num_traits::Zero + 'static>(len: usize) -> Vec<T> {
     let mut v = take::<T>(len);
     v.resize(len, T::zero());
     v
+}
+
+/// A copy of `x` in standard layout on a reused allocation (the passes'
+/// copy of their input, given back to the store after its last reader).
+pub fn copy4<T: Copy + num_traits::Zero + 'static>(x: ndarray::ArrayView4<'_, T>) -> Array4<T> {
+    let mut a = stale4(x.dim());
+    a.assign(&x);
+    a
 }
 
 /// An array of zeros of the given shape on a reused allocation.
@@ -109,7 +216,7 @@ pub fn recycle<T: 'static>(a: Array4<T>) {
 /// Frees every buffer this thread keeps (for a long-lived thread that is done
 /// with a model).
 pub fn release() {
-    FREE.with(|free| free.borrow_mut().clear());
+    STORE.with(|s| s.borrow_mut().release());
 }
 
 /// A temporary vector that goes back to the store of the thread dropping it.
@@ -188,11 +295,13 @@ mod tests {
 
     #[test]
     fn reuses_the_allocation_and_keeps_types_apart() {
+        // All taken from the store at once, so that it keeps them all.
         let v: Vec<f32> = zeros(1000);
+        let (w, u): (Vec<f64>, Vec<f32>) = (zeros(10), zeros(100));
         let ptr = v.as_ptr();
         give(v);
-        give(vec![1.0f64; 10]);
-        give(vec![0.0f32; 100]);
+        give(w);
+        give(u);
         let again: Vec<f32> = take(500);
         assert!(again.is_empty() && again.capacity() >= 1000);
         assert_eq!(
@@ -207,7 +316,9 @@ mod tests {
         );
         let small: Vec<f32> = take(50);
         assert!(small.capacity() >= 100 && small.capacity() < 1000);
-        give(vec![7.0f32; 300]);
+        let mut seven: Vec<f32> = take(300);
+        seven.resize(300, 7.0);
+        give(seven);
         let s: Vec<f32> = stale(200);
         assert_eq!(s.len(), 200, "a stale vector has the asked length");
         assert!(s.iter().all(|&v| v == 7.0), "and keeps the reused values");
@@ -231,5 +342,68 @@ mod tests {
         assert_eq!(take::<f32>(0).capacity(), 0);
         let z: Vec<f32> = zeros(5);
         assert_eq!(z, vec![0.0; 5]);
+    }
+
+    /// Vectors the store never handed out (copies made with the allocator)
+    /// or that another thread took: given back one per pass, forever, they
+    /// must not pile up (the soak's slowdown, issue 33). Seen failing
+    /// before the bound: the store kept every one of them.
+    #[test]
+    fn vectors_from_elsewhere_do_not_pile_up() {
+        std::thread::spawn(|| {
+            // A thread that takes and gives back 1 MB at a time...
+            for _ in 0..3 {
+                let v: Vec<f32> = stale(250_000);
+                give(v);
+            }
+            let steady = STORE.with(|s| s.borrow().kept_bytes);
+            assert_eq!(steady, 1_000_000);
+            // ...then is given 10,000 vectors it never took.
+            for i in 0..10_000 {
+                give(vec![i as f32; 3072]);
+            }
+            STORE.with(|s| {
+                let s = s.borrow();
+                assert!(s.kept_bytes <= s.peak_out, "{} > {}", s.kept_bytes, s.peak_out);
+                assert!(s.kept.len() <= 100, "{} vectors kept", s.kept.len());
+                assert_eq!(s.kept.len(), s.by_arrival.len());
+            });
+            // A thread that only ever receives keeps nothing.
+            std::thread::spawn(|| {
+                give(vec![0u8; 1 << 20]);
+                assert_eq!(STORE.with(|s| s.borrow().kept_bytes), 0);
+            })
+            .join()
+            .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The longest-unused vector goes first when the bound is reached, and
+    /// the best fit is still found among many kept sizes.
+    #[test]
+    fn evicts_the_longest_unused_and_finds_the_best_fit() {
+        std::thread::spawn(|| {
+            let held: Vec<Vec<u64>> = (1..=100).map(|k| take(k * 10)).collect();
+            let ptrs: Vec<*const u64> = held.iter().map(|v| v.as_ptr()).collect();
+            for v in held {
+                give(v);
+            }
+            let v: Vec<u64> = take(455);
+            assert_eq!(v.capacity(), 460, "the smallest that fits");
+            assert_eq!(v.as_ptr(), ptrs[45]);
+            give(v);
+            // Over the bound by one vector of 8 bytes: the oldest (10
+            // elements, given first) is evicted.
+            give(vec![0u64; 1]);
+            STORE.with(|s| {
+                let s = s.borrow();
+                assert!(s.kept_bytes <= s.peak_out);
+                assert!(!s.kept.keys().any(|k| k.1 == 10), "the oldest went first");
+            });
+        })
+        .join()
+        .unwrap();
     }
 }
