@@ -45,7 +45,10 @@ fn rss_mib() -> Option<f64> {
 fn many_epochs_keep_the_buffer_stores_flat() {
     const EPOCHS: u64 = 10;
     let dir = tempfile::tempdir().unwrap();
-    let (train, test) = (Arc::new(random_cifar(256, 1)), Arc::new(random_cifar(200, 2)));
+    let (train, test) = (
+        Arc::new(random_cifar(256, 1)),
+        Arc::new(random_cifar(200, 2)),
+    );
     let transform = Transform::from_dataset_stats(&train);
     let cfg = TrainConfig {
         epochs: EPOCHS,

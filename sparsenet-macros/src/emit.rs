@@ -542,7 +542,9 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
                     // The input's gradient is returned to the caller: a
                     // buffer of its own, not one of the store's (which
                     // would never come back to it).
-                    body.push(quote!(let mut #g = #rt::ndarray::Array4::<T>::zeros(#bb.raw_dim());));
+                    body.push(
+                        quote!(let mut #g = #rt::ndarray::Array4::<T>::zeros(#bb.raw_dim());),
+                    );
                 } else {
                     body.push(quote!(let mut #g = #rt::__private::stale_like(&#bb);));
                 }

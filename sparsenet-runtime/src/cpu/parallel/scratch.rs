@@ -64,7 +64,10 @@ impl Store {
                 self.by_arrival.remove(&key.2);
                 self.kept_bytes -= kept.bytes;
                 KEPT_BYTES.fetch_sub(kept.bytes, Ordering::Relaxed);
-                *kept.vec.downcast::<Vec<T>>().expect("kept under its own type")
+                *kept
+                    .vec
+                    .downcast::<Vec<T>>()
+                    .expect("kept under its own type")
             }
             None => Vec::with_capacity(len),
         };
@@ -364,7 +367,12 @@ mod tests {
             }
             STORE.with(|s| {
                 let s = s.borrow();
-                assert!(s.kept_bytes <= s.peak_out, "{} > {}", s.kept_bytes, s.peak_out);
+                assert!(
+                    s.kept_bytes <= s.peak_out,
+                    "{} > {}",
+                    s.kept_bytes,
+                    s.peak_out
+                );
                 assert!(s.kept.len() <= 100, "{} vectors kept", s.kept.len());
                 assert_eq!(s.kept.len(), s.by_arrival.len());
             });
