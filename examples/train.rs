@@ -21,13 +21,16 @@
 //! `TrainConfig`; the training itself is the runtime's.
 
 use clap::{Parser, ValueEnum};
+use sparsenet::runtime::__private::install_sigint_handler;
 use sparsenet::runtime::data::{
     load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, Dataset, Transform,
 };
+use sparsenet::runtime::gpu::GpuEngine;
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
+use sparsenet::runtime::optim::Sgd;
 use sparsenet::runtime::train::{
-    check_out_dir, check_writable, install_sigint_handler, parse_schedule, GpuEngine, LrParam,
-    LrPolicy, Recipe, Sgd, TrainConfig, TrainError, TrainReport, Trainer,
+    check_out_dir, check_writable, parse_schedule, LrParam, LrPolicy, Recipe, TrainConfig,
+    TrainError, TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
@@ -395,7 +398,7 @@ static STOP: std::sync::OnceLock<&'static AtomicBool> = std::sync::OnceLock::new
 /// `trainer` stopping on Ctrl-C.
 fn on_ctrl_c<M: Model<f32>, E>(trainer: Trainer<M, E>) -> Trainer<M, E>
 where
-    E: sparsenet::runtime::train::Engine<M>,
+    E: sparsenet::runtime::engine::Engine<M>,
 {
     match STOP.get() {
         Some(flag) => trainer.stop_on(flag),

@@ -33,17 +33,25 @@ target/release/examples/train --model "$MODEL" --dataset cifar10 --data "$DATA" 
   --epochs "$EPOCHS" --train-subset "$SUBSET" --test-subset 10000 --label-smoothing 0.1 \
   --no-progress --out "$OUT/run" > "$OUT/train.log" 2>&1 &
 pid=$!
+# Each epoch's line with the resident memory read as it appears (the
+# process writes its checkpoint and plot after the line, so a poll every
+# 0.2 s sees it alive; a line that appears after the process ended gets the
+# last reading).
 seen=0
+rss=0
+report() {
+  while [ "$seen" -lt "$(grep -c '^epoch' "$OUT/train.log" || true)" ]; do
+    seen=$((seen + 1))
+    echo "$(grep '^epoch' "$OUT/train.log" | sed -n "${seen}p")  rss ${rss} MiB" | tee -a "$log"
+  done
+}
 while kill -0 "$pid" 2>/dev/null; do
-  n=$(grep -c '^epoch' "$OUT/train.log" || true)
-  if [ "$n" -gt "$seen" ]; then
-    rss=$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    line=$(grep '^epoch' "$OUT/train.log" | tail -1)
-    echo "$line  rss ${rss} MiB" | tee -a "$log"
-    seen=$n
-  fi
-  sleep 1
+  now=$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || true)
+  [ -n "$now" ] && rss=$now
+  report
+  sleep 0.2
 done
+report
 wait "$pid" || { echo "train failed:"; tail -5 "$OUT/train.log"; exit 1; }
 python3 - "$log" <<'PY'
 import re, sys

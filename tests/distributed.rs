@@ -12,10 +12,10 @@
 use sparsenet::prelude::*;
 use sparsenet::runtime::data::{load_fashion_mnist, Augment, Dataset, Transform};
 use sparsenet::runtime::distributed::{engine::share, Collective, DataParallel, ThreadGroup};
-use sparsenet::runtime::train::{
-    load_checkpoint_for, softmax_cross_entropy, train, CpuEngine, Engine, SgdState, TrainConfig,
-    TrainError, Trainer,
-};
+use sparsenet::runtime::engine::{Engine, EngineData, EngineError, StepOutcome, StepSpec};
+use sparsenet::runtime::loss::softmax_cross_entropy;
+use sparsenet::runtime::optim::SgdState;
+use sparsenet::runtime::train::{load_checkpoint_for, train, TrainConfig, Trainer};
 use sparsenet::runtime::{ndarray, Model, NetworkSpec};
 use std::path::Path;
 use std::sync::Arc;
@@ -168,51 +168,21 @@ fn batch(
 }
 
 impl Engine<Small> for GhostBatches {
+    fn attach(&mut self, d: &EngineData) -> Result<(), EngineError> {
+        self.train = Some((d.train.clone(), (*d.train_transform).clone()));
+        self.test = Some((d.test.clone(), (*d.eval_transform).clone()));
+        Ok(())
+    }
+    fn sync(&mut self, _: &mut Small, _: &mut SgdState<f32>) -> Result<(), EngineError> {
+        Ok(())
+    }
     fn step(
-        &mut self,
-        _: &mut Small,
-        _: &mut SgdState<f32>,
-        _: &TrainConfig,
-        _: ndarray::ArrayView4<'_, f32>,
-        _: &[usize],
-        _: f64,
-        _: u64,
-    ) -> Result<(f64, usize), TrainError> {
-        unreachable!("takes picks")
-    }
-    fn logits(
-        &mut self,
-        m: &mut Small,
-        x: ndarray::ArrayView4<'_, f32>,
-    ) -> Result<ndarray::Array2<f32>, TrainError> {
-        Ok(m.forward(x, Mode::Eval)?)
-    }
-    fn sync(&mut self, _: &mut Small, _: &mut SgdState<f32>) -> Result<(), TrainError> {
-        Ok(())
-    }
-    fn attach_training_data(&mut self, d: &Arc<Dataset>, t: &Transform) -> Result<(), TrainError> {
-        self.train = Some((d.clone(), t.clone()));
-        Ok(())
-    }
-    fn attach_eval_data(&mut self, d: &Arc<Dataset>, t: &Transform) -> Result<(), TrainError> {
-        self.test = Some((d.clone(), t.clone()));
-        Ok(())
-    }
-    fn takes_picks(&self) -> bool {
-        true
-    }
-    fn eval_takes_picks(&self) -> bool {
-        true
-    }
-    fn step_picks(
         &mut self,
         model: &mut Small,
         opt: &mut SgdState<f32>,
-        cfg: &TrainConfig,
+        spec: &StepSpec,
         picks: &[(usize, Augment)],
-        lr: f64,
-        _: u64,
-    ) -> Result<(f64, usize), TrainError> {
+    ) -> Result<StepOutcome, EngineError> {
         let (data, t) = self.train.as_ref().unwrap();
         let n = picks.len() as f64;
         let p = Small::<f32>::PARAMETERS;
@@ -226,7 +196,7 @@ impl Engine<Small> for GhostBatches {
             let mut out = (0.0f32, 0usize);
             m.forward_backward(x.view(), Mode::Train, &mut g, &mut |logits| {
                 let (l, d, c) =
-                    softmax_cross_entropy(logits.view(), &labels, cfg.label_smoothing).unwrap();
+                    softmax_cross_entropy(logits.view(), &labels, spec.label_smoothing).unwrap();
                 out = (l, c);
                 d
             })?;
@@ -246,14 +216,14 @@ impl Engine<Small> for GhostBatches {
                 s as f32
             })
             .collect();
-        cfg.sgd.step(opt, model.params_mut(), &grads, lr);
-        Ok((loss, correct))
+        spec.sgd.step(opt, model.params_mut(), &grads, spec.lr);
+        Ok(StepOutcome { loss, correct })
     }
-    fn logits_picks(
+    fn logits(
         &mut self,
         m: &mut Small,
         picks: &[(usize, Augment)],
-    ) -> Result<ndarray::Array2<f32>, TrainError> {
+    ) -> Result<ndarray::Array2<f32>, EngineError> {
         let (data, t) = self.test.as_ref().unwrap();
         let mut rows = Vec::new();
         for r in 0..self.ghosts {
@@ -324,7 +294,6 @@ fn one_rank_equals_the_one_process_run() {
     same_bits(&gp, &wp, "parameters");
     same_bits(&gs, &ws, "running statistics");
     same_bits(&gv, &wv, "velocity");
-    let _ = CpuEngine::new::<Small<f32>>();
 }
 
 #[test]
@@ -527,8 +496,9 @@ fn two_ranks_with_synchronised_batch_norm_track_one_process() {
 #[test]
 fn synchronised_batch_norm_is_the_whole_batch_pass_in_f64() {
     use rand::{Rng, SeedableRng};
-    use sparsenet::runtime::distributed::sync_bn::with_sync;
-    use sparsenet::runtime::train::softmax_cross_entropy_into;
+    use sparsenet::runtime::cpu::bn_hook::with_batch_norm_hook;
+    use sparsenet::runtime::distributed::sync_bn::SyncBatchNorm;
+    use sparsenet::runtime::loss::softmax_cross_entropy_into;
     let model = Small::<f64>::new(5);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let x = ndarray::Array4::<f64>::from_shape_fn((8, 1, 28, 28), |_| rng.gen_range(-1.0..1.0));
@@ -558,10 +528,11 @@ fn synchronised_batch_norm_is_the_whole_batch_pass_in_f64() {
                     let r = comm.rank();
                     let xs = x.slice(ndarray::s![4 * r..4 * r + 4, .., .., ..]);
                     let gather = Box::new(move |l: &[f64], o: &mut [f64]| comm.all_gather(l, o));
-                    let ((l, g), err) = with_sync(gather, 2, 0.5, || {
-                        pass(&mut m, xs, &labels[4 * r..4 * r + 4])
-                    });
-                    assert!(err.is_none(), "{err:?}");
+                    let ((l, g), hook) =
+                        with_batch_norm_hook(SyncBatchNorm::new(gather, 2, 0.5), || {
+                            pass(&mut m, xs, &labels[4 * r..4 * r + 4])
+                        });
+                    assert!(hook.error.is_none(), "{:?}", hook.error);
                     (l, g, m.state().to_vec())
                 })
             })
@@ -664,9 +635,23 @@ fn a_bad_label_on_one_rank_stops_every_rank() {
                         velocity: vec![0.0; Small::<f32>::PARAMETERS],
                     };
                     let mut engine = DataParallel::new::<Small>(comm);
-                    Engine::<Small>::attach_training_data(&mut engine, &bad, &t).unwrap();
+                    let t = Arc::new(t);
+                    let data = EngineData {
+                        train: bad.clone(),
+                        train_transform: t.clone(),
+                        test: bad,
+                        eval_transform: t,
+                    };
+                    Engine::<Small>::attach(&mut engine, &data).unwrap();
+                    let spec = StepSpec {
+                        lr: 0.1,
+                        step: 0,
+                        seed: cfg.seed,
+                        label_smoothing: cfg.label_smoothing,
+                        sgd: cfg.sgd,
+                    };
                     engine
-                        .step_picks(&mut model, &mut opt, cfg, picks, 0.1, 0)
+                        .step(&mut model, &mut opt, &spec, picks)
                         .unwrap_err()
                         .to_string()
                 })

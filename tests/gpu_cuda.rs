@@ -13,7 +13,7 @@ use gpu_parity::*;
 use sparsenet::prelude::*;
 use sparsenet::runtime::gpu::cuda::CudaBackend;
 use sparsenet::runtime::gpu::{GpuModel, GpuNetwork, Precision};
-use sparsenet::runtime::train::Sgd;
+use sparsenet::runtime::optim::Sgd;
 use sparsenet::runtime::Float;
 
 /// The CUDA backend whatever the element type (it implements `Backend<f32>`

@@ -15,7 +15,8 @@
 use sparsenet::runtime::cpu::kept_buffer_bytes;
 use sparsenet::runtime::data::{Dataset, Transform};
 use sparsenet::runtime::ndarray::Array4;
-use sparsenet::runtime::train::{parse_schedule, LrPolicy, Sgd, TrainConfig, Trainer};
+use sparsenet::runtime::optim::Sgd;
+use sparsenet::runtime::train::{parse_schedule, LrPolicy, TrainConfig, Trainer};
 use sparsenet::zoo::SeedV2Depth40;
 use std::sync::Arc;
 
@@ -91,10 +92,13 @@ fn many_epochs_keep_the_buffer_stores_flat() {
     }
     eprintln!("kept bytes per epoch: {kept:?}\nresident MiB per epoch: {rss:?}");
     // After two epochs (a step and an evaluation have each run on every
-    // thread) nothing more is kept.
+    // thread) the stores hold what a step and an evaluation need. Which
+    // worker runs which evaluation piece varies, so a thread's peak may
+    // still move by a buffer or two (kilobytes); the leak this test guards
+    // against kept 2.4 MB more every epoch (1.4% of the stores each time).
     let settled = kept[1];
     assert!(
-        kept[2..].iter().all(|&k| k <= settled),
+        kept[2..].iter().all(|&k| k <= settled + settled / 200),
         "the buffer stores grow epoch after epoch: {kept:?}"
     );
     if let (Some(a), Some(b)) = (rss[2], rss[EPOCHS as usize - 1]) {

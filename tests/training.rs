@@ -4,7 +4,8 @@
 //! checkpoint; a diverging run stops naming the step.
 
 use sparsenet::runtime::data::{load_fashion_mnist, Dataset, Transform};
-use sparsenet::runtime::train::{load_checkpoint_for, parse_schedule, LrPolicy, MetricsLog, Sgd};
+use sparsenet::runtime::optim::Sgd;
+use sparsenet::runtime::train::{load_checkpoint_for, parse_schedule, LrPolicy, MetricsLog};
 use sparsenet::runtime::train::{read_checkpoint_progress, train, TrainConfig, TrainError};
 use sparsenet::runtime::{Model, NetworkSpec};
 use sparsenet::zoo::FashionSparseNet;
@@ -244,8 +245,9 @@ fn kill_at_any_moment_leaves_a_loadable_checkpoint() {
 /// (it resumes on the CPU).
 #[test]
 fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
+    use sparsenet::runtime::gpu::GpuEngine;
     use sparsenet::runtime::gpu::{emulator::Emulator, Precision};
-    use sparsenet::runtime::train::{train_with, GpuEngine};
+    use sparsenet::runtime::train::train_with;
     let (tr, te, t) = data(640, 256);
     let mut cfg = config(Path::new("unused"), 2);
     cfg.max_steps_per_epoch = Some(4);
@@ -313,8 +315,9 @@ fn the_gpu_engine_trains_like_the_cpu_engine_and_checkpoints_its_state() {
 /// (`GpuEngine::host_batches`), with shuffling, crops and flips on.
 #[test]
 fn the_gpu_engine_builds_batches_on_the_device_exactly_as_the_host_loader() {
+    use sparsenet::runtime::gpu::GpuEngine;
     use sparsenet::runtime::gpu::{emulator::Emulator, Precision};
-    use sparsenet::runtime::train::{train_with, GpuEngine};
+    use sparsenet::runtime::train::train_with;
     let (tr, te, t) = data(320, 64);
     let mut cfg = config(Path::new("unused"), 2);
     cfg.max_steps_per_epoch = Some(3);

@@ -25,11 +25,14 @@
 pub mod cpu;
 pub mod data;
 pub mod distributed;
+pub mod engine;
 mod float;
 pub mod gpu;
 mod init;
+pub mod loss;
 mod model;
 pub mod onnx;
+pub mod optim;
 pub mod snapshot;
 pub mod train;
 pub mod weights;
@@ -62,6 +65,7 @@ pub mod __private {
     pub use crate::cpu::parallel::{scratch, threads};
     pub use crate::init::{init_params, init_state};
     pub use crate::model::{check_input, check_loss_gradient, Init};
+    pub use crate::train::run_dir::{install_sigint_handler, remove_stale_temp_files};
     pub use rand_chacha;
     pub use rand_chacha::rand_core::SeedableRng;
 }

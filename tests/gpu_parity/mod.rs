@@ -8,8 +8,9 @@ use super::{new_device, Dev};
 use rand::{Rng, SeedableRng};
 use sparsenet::prelude::*;
 use sparsenet::runtime::gpu::{Backend, GpuModel, GpuNetwork, Precision};
+use sparsenet::runtime::loss::softmax_cross_entropy_into;
 use sparsenet::runtime::ndarray::{Array2, Array4};
-use sparsenet::runtime::train::{softmax_cross_entropy_into, Sgd, SgdState};
+use sparsenet::runtime::optim::{Sgd, SgdState};
 use sparsenet::runtime::Float;
 
 sparsenet! {

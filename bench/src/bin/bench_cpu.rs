@@ -11,7 +11,8 @@
 //! `cargo run --release -p sparsenet-bench --bin bench_cpu -- --net seed40 --out DIR`
 use clap::{Parser, ValueEnum};
 use sparsenet::prelude::*;
-use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+use sparsenet::runtime::loss::softmax_cross_entropy;
+use sparsenet::runtime::optim::Sgd;
 use sparsenet_bench::{median_ms, write_io};
 use std::path::PathBuf;
 

@@ -61,7 +61,8 @@ mod bench {
     use sparsenet::prelude::*;
     use sparsenet::runtime::gpu::cuda::{CudaBackend, PtxOrigin};
     use sparsenet::runtime::gpu::{GpuModel, GpuNetwork};
-    use sparsenet::runtime::train::{softmax_cross_entropy, Sgd};
+    use sparsenet::runtime::loss::softmax_cross_entropy;
+    use sparsenet::runtime::optim::Sgd;
     use sparsenet_bench::{median_ms, write_io};
     use std::time::Instant;
 

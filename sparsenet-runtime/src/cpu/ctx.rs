@@ -54,12 +54,12 @@ impl<'a, T: Float> Ctx<'a, T> {
     }
 
     /// Batch statistics of a buffer that a BatchNorm reads, computed once
-    /// where the buffer is produced; `None` in eval mode. Those of the whole
-    /// global batch while a data-parallel step synchronises BatchNorm
-    /// ([`crate::distributed::sync_bn`]).
+    /// where the buffer is produced; `None` in eval mode. Those an installed
+    /// [`BatchNormHook`](crate::cpu::bn_hook::BatchNormHook) gives instead,
+    /// if any (the whole global batch's, under synchronised BatchNorm).
     pub fn stats(&self, x: &Array4<T>) -> Option<Stats<T>> {
         match self.mode {
-            Mode::Train => Some(crate::distributed::sync_bn::global_stats(batch_stats(x))),
+            Mode::Train => Some(hooked(batch_stats(x))),
             Mode::Eval => None,
         }
     }
@@ -193,5 +193,22 @@ pub fn apply_dropout_mask<T: Float>(v: &mut [T], p: f64, seed: u64) {
         } else {
             *x * keep
         };
+    }
+}
+
+/// `local`, or the statistics an installed BatchNorm hook gives for it.
+fn hooked<T: Float>(local: Stats<T>) -> Stats<T> {
+    if !crate::cpu::bn_hook::installed() {
+        return local;
+    }
+    let mean: Vec<f64> = local.mean.iter().map(|v| v.to_f64c()).collect();
+    let var: Vec<f64> = local.var.iter().map(|v| v.to_f64c()).collect();
+    match crate::cpu::bn_hook::hooked_stats(local.count, &mean, &var) {
+        Some((count, mean, var)) => Stats {
+            mean: mean.into_iter().map(T::from_f64c).collect(),
+            var: var.into_iter().map(T::from_f64c).collect(),
+            count,
+        },
+        None => local,
     }
 }

@@ -34,6 +34,7 @@
 // resolve in the contributors' documentation (`--document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod bn_hook;
 // The kernels are reached by generated code through `crate::__private`;
 // hidden here so that they are not documented as API.
 #[doc(hidden)]

@@ -95,36 +95,101 @@ pub fn epoch_len(len: usize, cfg: &LoaderConfig) -> usize {
     }
 }
 
-/// What batch `b` of an epoch is made of: per image, its dataset index
-/// (from `order`, the epoch's [`epoch_order`]) and its augmentation
-/// ([`Transform::sample_augment`] when `cfg.augment`). [`epoch_batches`]
-/// builds its batches from these; an engine that keeps the data itself
-/// (the GPU's, a data-parallel rank) is handed them instead.
-pub fn batch_picks(
-    order: &[usize],
-    b: usize,
-    transform: &Transform,
-    cfg: &LoaderConfig,
+/// One image of a batch: its index in the dataset and its augmentation.
+pub type Pick = (usize, Augment);
+
+/// The batches of one pass over a dataset (an epoch of training, or an
+/// evaluation): which images each batch holds, in which order, augmented
+/// how. Batch `b`'s picks depend only on the loader's seed, the epoch and
+/// `b`, so every engine that builds batch `b` from them (the CPU loader's
+/// threads, the GPU from the data in its memory, a data-parallel rank its
+/// share) builds the same batch, and a resumed run continues exactly.
+#[derive(Clone, Debug)]
+pub struct BatchPlan {
+    order: Arc<[usize]>,
+    transform: Arc<Transform>,
+    cfg: LoaderConfig,
     epoch: u64,
-) -> Vec<(usize, Augment)> {
-    let bs = cfg.batch_size;
-    order[b * bs..((b + 1) * bs).min(order.len())]
-        .iter()
-        .map(|&i| {
-            let aug = if cfg.augment {
-                transform.sample_augment(cfg.seed, epoch, i)
-            } else {
-                Augment::default()
-            };
-            (i, aug)
-        })
-        .collect()
+    batches: usize,
+}
+
+impl BatchPlan {
+    /// The plan of epoch `epoch` over a dataset of `len` images, cut and
+    /// augmented as `cfg` says (augmentation draws from `transform`).
+    ///
+    /// Panics if `cfg.batch_size == 0`.
+    pub fn new(len: usize, transform: Arc<Transform>, cfg: &LoaderConfig, epoch: u64) -> Self {
+        assert!(cfg.batch_size > 0, "LoaderConfig::batch_size must be > 0");
+        BatchPlan {
+            order: epoch_order(len, cfg.seed, epoch, cfg.shuffle).into(),
+            transform,
+            cfg: cfg.clone(),
+            epoch,
+            batches: epoch_len(len, cfg),
+        }
+    }
+
+    /// The same plan stopped after its first `batches` batches (a run's
+    /// `max_steps_per_epoch`).
+    pub fn truncated(mut self, batches: usize) -> Self {
+        self.batches = self.batches.min(batches);
+        self
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.batches
+    }
+
+    /// Whether the plan holds no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    /// What batch `b` is made of: per image, its dataset index (from the
+    /// epoch's [`epoch_order`]) and its augmentation
+    /// ([`Transform::sample_augment`] when the loader augments).
+    ///
+    /// Panics if `b >= self.len()`.
+    pub fn picks(&self, b: usize) -> Vec<Pick> {
+        assert!(b < self.batches, "batch {b} of a plan of {}", self.batches);
+        let bs = self.cfg.batch_size;
+        self.order[b * bs..((b + 1) * bs).min(self.order.len())]
+            .iter()
+            .map(|&i| {
+                let aug = if self.cfg.augment {
+                    self.transform.sample_augment(self.cfg.seed, self.epoch, i)
+                } else {
+                    Augment::default()
+                };
+                (i, aug)
+            })
+            .collect()
+    }
+
+    /// Builds the plan ahead on `workers` threads (0 is taken as 1) in
+    /// [`EpochBatches`]: what threads build a batch changes nothing in it.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.cfg.workers = workers.max(1);
+        self.cfg.prefetch = 2 * self.cfg.workers;
+    }
+
+    /// The loader settings the plan was cut with (its `workers` and
+    /// `prefetch` say how [`EpochBatches`] builds it).
+    pub fn loader(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
+    /// The normalisation and augmentation of its images.
+    pub fn transform(&self) -> &Arc<Transform> {
+        &self.transform
+    }
 }
 
 /// The images `picks` names, normalised through `lut` (the transform's
 /// lookup table, [`Transform::apply`]'s arithmetic) and augmented, shape
 /// `(picks.len(), C, H, W)`.
-pub(crate) fn build_images(ds: &Dataset, lut: &[f32], picks: &[(usize, Augment)]) -> Array4<f32> {
+pub(crate) fn build_images(ds: &Dataset, lut: &[f32], picks: &[Pick]) -> Array4<f32> {
     let shape = (ds.channels, ds.height, ds.width);
     let chw = ds.image_size();
     let mut buf = vec![0f32; picks.len() * chw];
@@ -141,13 +206,16 @@ pub(crate) fn build_images(ds: &Dataset, lut: &[f32], picks: &[(usize, Augment)]
         .expect("batch buffer has the batch's shape")
 }
 
-/// Iterator over the batches of one epoch, see [`epoch_batches`].
-/// Dropping it stops and joins the workers.
+/// Iterator over the batches of a [`BatchPlan`], built ahead on background
+/// threads and delivered in order (see [`epoch_batches`]). Dropping it
+/// stops and joins the workers.
 pub struct EpochBatches {
-    receivers: Vec<Receiver<Batch>>,
+    receivers: Vec<Receiver<(Vec<Pick>, Batch)>>,
     handles: Vec<Option<JoinHandle<()>>>,
+    /// The plan's batch the first worker starts at.
+    first: usize,
     next: usize,
-    total: usize,
+    end: usize,
 }
 
 /// The batches of epoch `epoch` of `ds`, in order.
@@ -171,71 +239,71 @@ pub fn epoch_batches(
     cfg: &LoaderConfig,
     epoch: u64,
 ) -> EpochBatches {
-    assert!(cfg.batch_size > 0, "LoaderConfig::batch_size must be > 0");
-    assert!(
-        transform.mean.len() == ds.channels && transform.std.len() == ds.channels,
-        "transform has {} means / {} stds but the dataset has {} channels",
-        transform.mean.len(),
-        transform.std.len(),
-        ds.channels
-    );
-    let total = epoch_len(ds.len, cfg);
-    let workers = cfg.workers.max(1).min(total.max(1));
-    let cap = cfg.prefetch.div_ceil(workers).max(1);
-    let order = Arc::new(epoch_order(ds.len, cfg.seed, epoch, cfg.shuffle));
-    let mut receivers = Vec::with_capacity(workers);
-    let mut handles = Vec::with_capacity(workers);
-    if total > 0 {
-        for k in 0..workers {
-            let (tx, rx) = bounded::<Batch>(cap);
-            let (ds, transform, order) = (ds.clone(), transform.clone(), order.clone());
-            let cfg = cfg.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("sparsenet-data-{k}"))
-                .spawn(move || {
-                    let lut = transform.lut();
-                    for b in (k..total).step_by(workers) {
-                        let picks = batch_picks(&order, b, &transform, &cfg, epoch);
-                        let images = build_images(&ds, &lut, &picks);
-                        let indices: Vec<usize> = picks.iter().map(|&(i, _)| i).collect();
-                        let labels = indices.iter().map(|&i| ds.labels[i] as usize).collect();
-                        if tx
-                            .send(Batch {
-                                images,
-                                labels,
-                                indices,
-                            })
-                            .is_err()
-                        {
-                            return; // the iterator was dropped
-                        }
-                    }
-                })
-                .expect("cannot spawn a data loader thread");
-            receivers.push(rx);
-            handles.push(Some(handle));
-        }
-    }
-    EpochBatches {
-        receivers,
-        handles,
-        next: 0,
-        total,
-    }
+    let plan = BatchPlan::new(ds.len, transform, cfg, epoch);
+    EpochBatches::new(ds, &plan, 0)
 }
 
-impl Iterator for EpochBatches {
-    type Item = Batch;
+impl EpochBatches {
+    /// The batches `first..` of `plan` over `ds`, built ahead by
+    /// `plan.loader().workers` threads (see [`epoch_batches`]).
+    ///
+    /// Panics if the plan's transform has another channel count than `ds`.
+    pub fn new(ds: Arc<Dataset>, plan: &BatchPlan, first: usize) -> Self {
+        let transform = plan.transform();
+        assert!(
+            transform.mean.len() == ds.channels && transform.std.len() == ds.channels,
+            "transform has {} means / {} stds but the dataset has {} channels",
+            transform.mean.len(),
+            transform.std.len(),
+            ds.channels
+        );
+        let end = plan.len();
+        let first = first.min(end);
+        let cfg = plan.loader();
+        let workers = cfg.workers.max(1).min((end - first).max(1));
+        let cap = cfg.prefetch.div_ceil(workers).max(1);
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        if end > first {
+            for k in 0..workers {
+                let (tx, rx) = bounded(cap);
+                let (ds, plan) = (ds.clone(), plan.clone());
+                let handle = std::thread::Builder::new()
+                    .name(format!("sparsenet-data-{k}"))
+                    .spawn(move || {
+                        let lut = plan.transform().lut();
+                        for b in (first + k..end).step_by(workers) {
+                            let picks = plan.picks(b);
+                            let batch = build_batch(&ds, &lut, &picks);
+                            if tx.send((picks, batch)).is_err() {
+                                return; // the iterator was dropped
+                            }
+                        }
+                    })
+                    .expect("cannot spawn a data loader thread");
+                receivers.push(rx);
+                handles.push(Some(handle));
+            }
+        }
+        EpochBatches {
+            receivers,
+            handles,
+            first,
+            next: first,
+            end,
+        }
+    }
 
-    fn next(&mut self) -> Option<Batch> {
-        if self.next >= self.total {
+    /// The next batch with the picks it was built from.
+    pub(crate) fn next_with_picks(&mut self) -> Option<(Vec<Pick>, Batch)> {
+        if self.next >= self.end {
             return None;
         }
-        let k = self.next % self.receivers.len();
+        let k = (self.next - self.first) % self.receivers.len();
         match self.receivers[k].recv() {
-            Ok(batch) => {
+            Ok(item) => {
                 self.next += 1;
-                Some(batch)
+                Some(item)
             }
             Err(_) => {
                 // The worker hung up before sending all its batches: it panicked.
@@ -248,9 +316,29 @@ impl Iterator for EpochBatches {
             }
         }
     }
+}
+
+/// A batch of the images `picks` names, with their labels and indices.
+pub(crate) fn build_batch(ds: &Dataset, lut: &[f32], picks: &[Pick]) -> Batch {
+    let images = build_images(ds, lut, picks);
+    let indices: Vec<usize> = picks.iter().map(|&(i, _)| i).collect();
+    let labels = indices.iter().map(|&i| ds.label(i)).collect();
+    Batch {
+        images,
+        labels,
+        indices,
+    }
+}
+
+impl Iterator for EpochBatches {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        self.next_with_picks().map(|(_, batch)| batch)
+    }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.total - self.next;
+        let n = self.end - self.next;
         (n, Some(n))
     }
 }

@@ -91,9 +91,9 @@ pub use cifar::{
 };
 pub use folder::{read_image, read_image_folder, read_image_folder_tar_gz, Image};
 pub use idx::read_idx;
-pub(crate) use loader::build_images;
+pub(crate) use loader::{build_batch, build_images};
 pub use loader::{
-    batch_picks, epoch_batches, epoch_len, epoch_order, Batch, EpochBatches, LoaderConfig,
+    epoch_batches, epoch_len, epoch_order, Batch, BatchPlan, EpochBatches, LoaderConfig, Pick,
 };
 pub use named::{
     load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, FASHION_MNIST_NAMES,

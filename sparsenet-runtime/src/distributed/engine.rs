@@ -5,20 +5,22 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array2, Array4};
 
-use super::collective::Collective;
-use super::sync_bn::{with_sync, Gather};
-use crate::data::build_images;
-use crate::data::{Augment, Dataset, Transform};
-use crate::train::engine::{mix, train_pass};
-use crate::train::{Engine, SgdState, TrainConfig, TrainError};
+use super::collective::{Collective, DistError};
+use super::sync_bn::{Gather, SyncBatchNorm};
+use crate::cpu::bn_hook::with_batch_norm_hook;
+use crate::data::{build_images, Dataset, Pick, Transform};
+use crate::engine::{stream_seed, Engine, EngineData, EngineError, Split, StepOutcome, StepSpec};
+use crate::optim::SgdState;
+use crate::train::{train_pass, update_if_finite};
 use crate::{Float, Mode, Model, NetworkSpec};
 
 /// A training [`Engine`] for the CPU path whose steps are shared by the
 /// ranks of `C` (see the [module documentation](super) for what a step
 /// computes). Give it to [`Trainer::new`](crate::train::Trainer::new) on
-/// every rank, with [`TrainConfig::primary`] true on rank 0 only.
+/// every rank, with [`TrainConfig::primary`](crate::train::TrainConfig::primary)
+/// true on rank 0 only.
 ///
 /// It keeps the datasets the trainer attaches and builds its share of each
 /// batch from the picks the trainer hands it (the host loader's order and
@@ -82,11 +84,20 @@ impl<C: Collective + 'static> DataParallel<C> {
         share(n, rank, size)
     }
 
-    fn all_gather(&self, local: &[f64], out: &mut [f64]) -> Result<(), TrainError> {
+    fn all_gather(&self, local: &[f64], out: &mut [f64]) -> Result<(), EngineError> {
         self.comm
             .borrow_mut()
             .all_gather(local, out)
-            .map_err(|e| TrainError::Config(e.to_string()))
+            .map_err(EngineError::backend)
+    }
+
+    /// The attached data of `split`.
+    fn kept(&self, split: Split) -> Result<&Kept, EngineError> {
+        match split {
+            Split::Train => self.train.as_ref(),
+            Split::Test => self.test.as_ref(),
+        }
+        .ok_or(EngineError::NotAttached(split))
     }
 }
 
@@ -112,82 +123,43 @@ impl Kept {
 
     /// The images and labels `picks` names, built as the host loader
     /// builds them.
-    fn batch(&self, picks: &[(usize, Augment)]) -> (Array4<f32>, Vec<usize>) {
+    fn batch(&self, picks: &[Pick]) -> Result<(Array4<f32>, Vec<usize>), EngineError> {
+        if let Some(&(i, _)) = picks.iter().find(|&&(i, _)| i >= self.data.len) {
+            return Err(EngineError::Unsupported(format!(
+                "image {i} picked from a set of {} images",
+                self.data.len
+            )));
+        }
         let labels = picks.iter().map(|&(i, _)| self.data.label(i)).collect();
-        (build_images(&self.data, &self.lut, picks), labels)
+        Ok((build_images(&self.data, &self.lut, picks), labels))
     }
 }
 
 impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
+    fn attach(&mut self, data: &EngineData) -> Result<(), EngineError> {
+        self.train = Some(Kept::new(&data.train, &data.train_transform));
+        self.test = Some(Kept::new(&data.test, &data.eval_transform));
+        Ok(())
+    }
+
+    fn sync(&mut self, _: &mut M, _: &mut SgdState<f32>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn step(
-        &mut self,
-        _: &mut M,
-        _: &mut SgdState<f32>,
-        _: &TrainConfig,
-        _: ArrayView4<'_, f32>,
-        _: &[usize],
-        _: f64,
-        _: u64,
-    ) -> Result<(f64, usize), TrainError> {
-        Err(TrainError::Config(
-            "a data-parallel engine builds its share of each batch itself: attach the training data (step_picks)".into(),
-        ))
-    }
-
-    fn logits(
-        &mut self,
-        model: &mut M,
-        images: ArrayView4<'_, f32>,
-    ) -> Result<Array2<f32>, TrainError> {
-        Ok(model.forward(images, Mode::Eval)?)
-    }
-
-    fn sync(&mut self, _: &mut M, _: &mut SgdState<f32>) -> Result<(), TrainError> {
-        Ok(())
-    }
-
-    fn attach_training_data(
-        &mut self,
-        data: &Arc<Dataset>,
-        transform: &Transform,
-    ) -> Result<(), TrainError> {
-        self.train = Some(Kept::new(data, transform));
-        Ok(())
-    }
-
-    fn attach_eval_data(
-        &mut self,
-        data: &Arc<Dataset>,
-        transform: &Transform,
-    ) -> Result<(), TrainError> {
-        self.test = Some(Kept::new(data, transform));
-        Ok(())
-    }
-
-    fn takes_picks(&self) -> bool {
-        self.train.is_some()
-    }
-
-    fn eval_takes_picks(&self) -> bool {
-        self.test.is_some()
-    }
-
-    fn step_picks(
         &mut self,
         model: &mut M,
         opt: &mut SgdState<f32>,
-        cfg: &TrainConfig,
-        picks: &[(usize, Augment)],
-        lr: f64,
-        global_step: u64,
-    ) -> Result<(f64, usize), TrainError> {
+        spec: &StepSpec,
+        picks: &[Pick],
+    ) -> Result<StepOutcome, EngineError> {
         let (rank, size) = self.rank_and_size();
         let (begin, end) = self.share(picks.len());
         let p = M::PARAMETERS;
         let sync = self.sync_bn && size > 1;
         if sync && picks.len() < size {
             // Decided alike on every rank: none enters the exchange.
-            return Err(TrainError::Config(format!(
+            return Err(EngineError::Unsupported(format!(
                 "synchronised BatchNorm over {size} ranks needs at least one image per rank; the batch has {}",
                 picks.len()
             )));
@@ -196,11 +168,10 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         self.local.resize(HEADER + p, 0.0);
         let mut failure = None;
         if end > begin {
-            let kept = self.train.as_ref().expect("takes_picks: data attached");
-            let (x, labels) = kept.batch(&picks[begin..end]);
+            let (x, labels) = self.kept(Split::Train)?.batch(&picks[begin..end])?;
             // Dropout masks differ per rank (a rank's own stream).
-            model.reseed(mix(mix(cfg.seed, global_step), rank as u64));
-            let smoothing = cfg.label_smoothing;
+            model.reseed(stream_seed(spec.dropout_seed(), rank as u64));
+            let smoothing = spec.label_smoothing;
             let grads = &mut self.grads;
             let mut pass = || train_pass(model, x.view(), &labels, smoothing, grads);
             let outcome = if sync {
@@ -208,9 +179,10 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                 let gather: Box<Gather<'static>> =
                     Box::new(move |l: &[f64], o: &mut [f64]| comm.borrow_mut().all_gather(l, o));
                 let weight = (end - begin) as f64 / picks.len() as f64;
-                let (result, error) = with_sync(gather, size, weight, pass);
-                if let Some(e) = error {
-                    return Err(TrainError::Config(e.to_string()));
+                let hook = SyncBatchNorm::new(gather, size, weight);
+                let (result, hook) = with_batch_norm_hook(hook, pass);
+                if let Some(e) = hook.error {
+                    return Err(EngineError::backend(e));
                 }
                 result
             } else {
@@ -228,7 +200,7 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                 // A bad label: still take part in the exchange, so the
                 // others do not wait for this rank, and tell them; every
                 // rank then stops with an error after it.
-                Err(TrainError::Loss(e)) => {
+                Err(EngineError::Loss(e)) => {
                     self.local[3] = 1.0;
                     failure = Some(e);
                 }
@@ -240,12 +212,15 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         self.all_gather(&self.local, &mut gathered)?;
         self.gathered = gathered;
         if let Some(e) = failure {
-            return Err(TrainError::Loss(e));
+            return Err(EngineError::Loss(e));
         }
         if let Some(r) = (0..size).find(|&r| self.gathered[r * (HEADER + p) + 3] != 0.0) {
-            return Err(TrainError::Config(format!(
-                "rank {r} could not compute its share's loss (it reports why); every rank stops"
-            )));
+            return Err(EngineError::backend(DistError::Backend {
+                rank,
+                message: format!(
+                    "rank {r} could not compute its share's loss (it reports why); every rank stops"
+                ),
+            }));
         }
         let n: f64 = (0..size).map(|r| self.gathered[r * (HEADER + p)]).sum();
         let (mut loss, mut correct) = (0.0f64, 0.0f64);
@@ -266,11 +241,18 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
             *g = sum as f32;
         }
         let correct = correct as usize;
-        if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
-            // Every rank sees the same values: all stop before updating.
-            return Ok((if loss.is_finite() { f64::NAN } else { loss }, correct));
+        // Every rank sees the same values: all update, or all stop before.
+        let loss = update_if_finite(
+            &spec.sgd,
+            opt,
+            model.params_mut(),
+            &self.grads,
+            spec.lr,
+            loss,
+        );
+        if !loss.is_finite() {
+            return Ok(StepOutcome { loss, correct });
         }
-        cfg.sgd.step(opt, model.params_mut(), &self.grads, lr);
         if size > 1 && !sync {
             // Rank 0's running statistics on every rank (DDP's buffers);
             // synchronised BatchNorm updated them alike on every rank.
@@ -281,14 +263,10 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
                 *s = v as f32;
             }
         }
-        Ok((loss, correct))
+        Ok(StepOutcome { loss, correct })
     }
 
-    fn logits_picks(
-        &mut self,
-        model: &mut M,
-        picks: &[(usize, Augment)],
-    ) -> Result<Array2<f32>, TrainError> {
+    fn logits(&mut self, model: &mut M, picks: &[Pick]) -> Result<Array2<f32>, EngineError> {
         let (_, size) = self.rank_and_size();
         let (begin, end) = self.share(picks.len());
         let k = M::CLASSES;
@@ -296,8 +274,7 @@ impl<M: Model<f32>, C: Collective + 'static> Engine<M> for DataParallel<C> {
         let rows = picks.len().div_ceil(size);
         let mut local = vec![0.0f64; rows * k];
         if end > begin {
-            let kept = self.test.as_ref().expect("eval_takes_picks: data attached");
-            let (x, _) = kept.batch(&picks[begin..end]);
+            let (x, _) = self.kept(Split::Test)?.batch(&picks[begin..end])?;
             let logits = model.forward(x.view(), Mode::Eval)?;
             for (d, &v) in local.iter_mut().zip(logits.iter()) {
                 *d = v as f64;

@@ -28,7 +28,7 @@
 //! ```
 //! use sparsenet_runtime::gpu::{emulator::Emulator, GpuError, GpuModel, GpuNetwork, Precision};
 //! use sparsenet_runtime::ndarray::Array4;
-//! use sparsenet_runtime::train::Sgd;
+//! use sparsenet_runtime::optim::Sgd;
 //! use sparsenet_runtime::{Mode, Model};
 //!
 //! fn one_step<M: GpuNetwork + Model<f32>>() -> Result<(), GpuError> {
@@ -50,14 +50,16 @@
 //! ```
 
 pub mod emulator;
+mod engine;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
 use crate::data::{Augment, Dataset, Transform};
 use crate::model::{check_input, InputError, Model, NetworkSpec};
-use crate::train::Sgd;
+use crate::optim::Sgd;
 use crate::{Float, Mode};
+pub use engine::GpuEngine;
 use ndarray::{Array2, ArrayView4};
 use std::marker::PhantomData;
 

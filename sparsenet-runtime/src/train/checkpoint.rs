@@ -407,6 +407,21 @@ fn velocity_name(name: &str) -> &'static str {
     full
 }
 
+/// Loads a model's weights file saved by [`Model::save`](crate::Model::save)
+/// or a checkpoint of [`crate::train::Trainer`].
+pub fn load_weights_any<M: crate::Model<f32>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    if model.load(path).is_ok() {
+        return Ok(());
+    }
+    let mut velocity = vec![0.0f32; M::PARAMETERS];
+    let (p, s) = model.stores_mut();
+    load_checkpoint_for(path, M::NAME, M::tensors(), p, s, &mut velocity)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use super::checkpoint::CheckpointError;
 use super::metrics::MetricsError;
-use super::optim::Sgd;
 use super::run_dir::RunDirError;
 use super::schedule::{LrPolicy, Recipe};
 use crate::data::{Dataset, LoaderConfig};
-use crate::gpu::GpuError;
-use crate::{InputError, NetworkSpec};
+use crate::engine::{EngineError, StepSpec};
+use crate::loss::LossError;
+use crate::optim::Sgd;
+use crate::NetworkSpec;
 
 /// Everything a training run needs besides the model and the data.
 #[derive(Clone, Debug)]
@@ -203,6 +204,32 @@ impl TrainConfig {
             .map_or(self.epochs, |e| e.min(self.epochs))
     }
 
+    /// What a step at learning rate `lr` after `step` steps of the run
+    /// needs besides its batch.
+    pub(crate) fn step_spec(&self, lr: f64, step: u64) -> StepSpec {
+        StepSpec {
+            lr,
+            step,
+            seed: self.seed,
+            label_smoothing: self.label_smoothing,
+            sgd: self.sgd,
+        }
+    }
+
+    /// How the test set is cut for evaluation: in order, no augmentation,
+    /// every image.
+    pub(crate) fn eval_loader(&self) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.eval_batch_size,
+            shuffle: false,
+            augment: false,
+            drop_last: false,
+            seed: 0,
+            workers: self.workers,
+            prefetch: 2 * self.workers.max(1),
+        }
+    }
+
     /// How an epoch's training batches are drawn: shuffled, augmented when
     /// the transform is, whole batches only.
     pub(crate) fn train_loader(&self) -> LoaderConfig {
@@ -230,12 +257,13 @@ pub enum TrainError {
     /// Reading, writing or plotting the metrics.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    /// A batch the model does not accept.
+    /// The engine could not run a step or an evaluation (a batch the model
+    /// does not accept, a device or a rank that failed, ...).
     #[error(transparent)]
-    Input(#[from] InputError),
-    /// The loss could not be computed (labels out of range, ...).
+    Engine(#[from] EngineError),
+    /// The evaluation's loss could not be computed (labels out of range, ...).
     #[error(transparent)]
-    Loss(#[from] super::loss::LossError),
+    Loss(#[from] LossError),
     /// A step's loss (or gradient) was not finite: the run diverged. The
     /// checkpoint on disk is the last good one.
     #[error(
@@ -255,9 +283,6 @@ pub enum TrainError {
         /// The last good checkpoint.
         checkpoint: PathBuf,
     },
-    /// The GPU engine's device.
-    #[error(transparent)]
-    Gpu(#[from] GpuError),
     /// The output folder could not be created.
     #[error("creating output folder {}: {source}", path.display())]
     OutDir {

@@ -542,6 +542,29 @@ fn padded_range(
     (a, b)
 }
 
+/// A short name for a dataset's origin, for plot captions: the folder that
+/// holds a dataset's files (`fashion-mnist` for
+/// `/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz`), or an
+/// archive's or folder's own name without extensions.
+pub(crate) fn dataset_label(source: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let own = name(source).unwrap_or_default();
+    let archive = [".tar.gz", ".tgz", ".tar", ".zip"]
+        .iter()
+        .find_map(|ext| own.strip_suffix(ext));
+    if let Some(stem) = archive {
+        return stem.to_string();
+    }
+    if source.is_dir() {
+        return own;
+    }
+    source.parent().and_then(name).unwrap_or(own)
+}
+
+/// Trains `M` on `train`, evaluating on `test` after every epoch. Writes
+/// `checkpoint.safetensors` (weights, running statistics, optimiser state,
+/// progress), `metrics.csv` and `metrics.png` into `cfg.out_dir` each epoch.
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,5 +813,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains('\u{1b}') && e.contains("\\u{1b}[2J"), "{e}");
+    }
+
+    #[test]
+    fn plots_name_the_folder_of_a_file_or_an_archive_without_extension() {
+        let label = |p: &str| super::dataset_label(Path::new(p));
+        assert_eq!(
+            label("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
+            "fashion-mnist"
+        );
+        assert_eq!(label("shared/data/cifar10-jpeg.tar.gz"), "cifar10-jpeg");
+        assert_eq!(label("in-memory"), "in-memory");
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            label(dir.to_str().unwrap()),
+            dir.file_name().unwrap().to_string_lossy()
+        );
     }
 }

@@ -6,6 +6,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::config::{TrainConfig, TrainError};
+use super::say;
+
 /// The files a run writes into its output folder.
 pub const RUN_FILES: [&str; 3] = ["checkpoint.safetensors", "metrics.csv", "metrics.png"];
 
@@ -191,6 +194,74 @@ pub fn install_sigint_handler() -> std::io::Result<&'static AtomicBool> {
 /// Whether `flag` is set (a relaxed read suffices: it is only ever set).
 pub(crate) fn is_set(flag: Option<&AtomicBool>) -> bool {
     flag.is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// The checks [`Trainer::new`](super::Trainer::new) makes of the run's output folder, made
+/// before anything else so that a program can fail fast, before it loads
+/// its data: another run holds the folder, it cannot be written, or it
+/// holds another run's files (without `resume` or `overwrite`). Takes the
+/// folder's lock and lets it go; removes temporary files a killed run left;
+/// deletes nothing else. A folder that does not exist yet passes (the
+/// trainer creates it).
+pub fn check_out_dir(cfg: &TrainConfig) -> Result<(), TrainError> {
+    if !cfg.out_dir.is_dir() {
+        return Ok(());
+    }
+    prepare_out_dir(cfg, false).map(drop)
+}
+
+/// Makes the output folder (which exists) ready for the run: takes its
+/// lock (held by the trainer), checks that files can be written there,
+/// removes the temporary files a killed run left, and refuses to start a
+/// new run over another run's files unless `cfg.overwrite` (which deletes
+/// them when `delete`) or `cfg.resume`.
+pub(crate) fn prepare_out_dir(cfg: &TrainConfig, delete: bool) -> Result<RunLock, TrainError> {
+    let dir = &cfg.out_dir;
+    let lock = RunLock::acquire(dir)?;
+    check_writable(dir)?;
+    let not_writable = |what: String| {
+        move |source| {
+            TrainError::RunDir(RunDirError::NotWritable {
+                dir: dir.clone(),
+                what,
+                source,
+            })
+        }
+    };
+    let removed = remove_stale_temp_files(dir)
+        .map_err(not_writable("removing stale temporary files".into()))?;
+    if cfg.verbose && !removed.is_empty() {
+        say(format_args!(
+            "removed {} temporary file(s) left by an interrupted write: {}",
+            removed.len(),
+            removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let existing: Vec<String> = [cfg.checkpoint_path(), cfg.metrics_csv_path()]
+        .iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if !cfg.resume && !existing.is_empty() {
+        if !cfg.overwrite {
+            return Err(TrainError::RunExists {
+                dir: dir.clone(),
+                files: existing,
+            });
+        }
+        for name in RUN_FILES.iter().filter(|_| delete) {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(not_writable(format!("removing {}", path.display())))?;
+            }
+        }
+    }
+    Ok(lock)
 }
 
 #[cfg(test)]

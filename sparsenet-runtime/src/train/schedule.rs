@@ -11,7 +11,7 @@
 //! * [`Schedule::Cosine`] gives cosine annealing from `base_lr` to `min_lr` over the
 //!   epochs after the warm-up, `[warmup_epochs, total_epochs]`.
 
-use super::optim::Sgd;
+use crate::optim::Sgd;
 
 /// The shape of the learning rate over training (after warm-up).
 #[derive(Clone, Debug, PartialEq)]

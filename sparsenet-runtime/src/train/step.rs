@@ -5,7 +5,7 @@
 //! The README's "Your own training loop" runs one (it is a doctest of the
 //! `sparsenet` crate).
 
-use super::loss::{check_batch, softmax_cross_entropy_into, LossError};
+use crate::loss::{check_batch, softmax_cross_entropy_into, LossError};
 use crate::model::{InputError, Mode, Model, NetworkSpec};
 use crate::weights::{Store, TensorSpec};
 use crate::Float;

@@ -628,11 +628,11 @@ pub fn pre_backward<T: Float>(
         }
     }
     let m = (n * hw) as f64;
-    // While a data-parallel step synchronises BatchNorm, dx uses the whole
-    // global batch's means (the gamma and beta gradients above stay this
-    // rank's sums: the ranks' gradients are summed afterwards).
+    // An installed BatchNorm hook may give other means (under synchronised
+    // BatchNorm the whole global batch's; the gamma and beta gradients above
+    // stay this pass's sums: the ranks' gradients are summed afterwards).
     let global = match pre {
-        Some(p) if p.batch_stats => crate::distributed::sync_bn::global_means(&sums, m),
+        Some(p) if p.batch_stats => crate::cpu::bn_hook::hooked_backward_means(&sums, m),
         _ => None,
     };
     // One image's source gradients, every channel.
