@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod data;
 pub mod distributed;
 pub mod engine;
+mod files;
 mod float;
 pub mod gpu;
 mod init;

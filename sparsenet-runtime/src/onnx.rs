@@ -10,8 +10,9 @@
 //! The protobuf messages are the subset of `onnx.proto` the export writes,
 //! with its field numbers, encoded by `prost`.
 
+use crate::files::write_atomically;
 use crate::model::{GraphOp, Model};
-use crate::weights::{write_atomically, Store};
+use crate::weights::Store;
 use prost::Message;
 use std::path::{Path, PathBuf};
 

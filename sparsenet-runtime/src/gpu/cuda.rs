@@ -195,7 +195,7 @@ fn write_cache(path: &std::path::Path, bytes: &[u8]) -> Result<(), GpuError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| GpuError::Backend(format!("creating {}: {e}", dir.display())))?;
     }
-    crate::weights::write_atomically(path, bytes)
+    crate::files::write_atomically(path, bytes)
         .map_err(|e| GpuError::Backend(format!("writing {}: {e}", path.display())))
 }
 

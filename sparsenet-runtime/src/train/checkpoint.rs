@@ -23,10 +23,10 @@ use std::sync::{Mutex, OnceLock};
 
 use safetensors::SafeTensors;
 
+use crate::files::{excerpt, write_atomically};
 use crate::float::Float;
 use crate::weights::{
-    excerpt, weights_from_bytes, weights_from_bytes_exact, weights_to_bytes, write_atomically,
-    Store, TensorSpec, WeightsError,
+    weights_from_bytes, weights_from_bytes_exact, weights_to_bytes, Store, TensorSpec, WeightsError,
 };
 
 /// Value of the `format` metadata entry.

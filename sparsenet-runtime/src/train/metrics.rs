@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::weights::{excerpt, write_atomically};
+use crate::files::{excerpt, write_atomically};
 
 /// Size of the PNG written by [`MetricsLog::plot_png`].
 pub const PLOT_SIZE: (u32, u32) = (1000, 400);
