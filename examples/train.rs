@@ -434,7 +434,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
     cfg.validate_for::<M>().map_err(|e| e.to_string())?;
     if cfg.primary {
         check_outputs(args, &cfg)?;
-        check_out_dir(&cfg).map_err(|e| e.to_string())?;
+        check_out_dir(&cfg).map_err(|e| in_flags(&e))?;
     }
     if let Some(c) = &comm {
         say!(
@@ -489,7 +489,7 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
         .and_then(Trainer::fit),
         Device::Cuda => cuda_run::<M>(run, train_ds, test_ds, transform, capacity, precision),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| in_flags(&e))?;
     if !cfg.primary {
         return Ok(());
     }
@@ -512,6 +512,62 @@ fn run<M: Model<f32> + GpuNetwork>(args: &Args, comm: Option<Comm>) -> Result<()
         None => say!("nothing to do: the checkpoint in {} already has {} epochs", cfg.out_dir.display(), cfg.epochs),
     }
     Ok(())
+}
+
+/// The command line's flag for a [`TrainConfig`] setting the library names.
+fn flag_of(setting: &str) -> String {
+    match setting {
+        "batch_size" => "--batch-size".into(),
+        "warmup_epochs" => "--warmup".into(),
+        "weight_decay" => "--weight-decay".into(),
+        "label_smoothing" => "--label-smoothing".into(),
+        "pad_crop" => "--pad-crop".into(),
+        "max_steps_per_epoch" => "--steps-per-epoch".into(),
+        "nesterov" => "nesterov (--no-nesterov)".into(),
+        other => format!("--{other}"),
+    }
+}
+
+/// A training error as this command line says it: what the library calls
+/// a setting (`resume`, `overwrite`, the output folder) named by its flag.
+fn in_flags(e: &TrainError) -> String {
+    use sparsenet::runtime::train::RunDirError;
+    match e {
+        TrainError::RunExists { dir, files } => format!(
+            "{} already holds a run ({}): continue it with --resume, replace it with \
+             --overwrite, or choose another --out",
+            dir.display(),
+            files.join(", ")
+        ),
+        TrainError::SettingsChanged {
+            checkpoint,
+            changes,
+        } => format!(
+            "{} was written with other settings: {}; resume with the same flags, or pass \
+             --resume-with-changes to continue with the new ones",
+            checkpoint.display(),
+            changes
+                .iter()
+                .map(|(k, old, new)| format!("{} {old} -> {new}", flag_of(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        TrainError::Interrupted {
+            epoch,
+            step,
+            checkpoint,
+        } => format!(
+            "interrupted at epoch {epoch}, global step {step}; wrote {}: continue with --resume",
+            checkpoint.display()
+        ),
+        TrainError::RunDir(RunDirError::Busy { dir }) => format!(
+            "{} is in use by another training run (it holds {}); wait for it to finish or \
+             choose another --out",
+            dir.display(),
+            sparsenet::runtime::train::LOCK_FILE
+        ),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(feature = "cuda")]

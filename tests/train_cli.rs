@@ -588,7 +588,7 @@ fn an_older_checkpoint_without_settings_resumes_with_a_warning() {
     assert!(
         stderr(&output).contains(&format!(
             "warning: {} stores no run settings (an older checkpoint): only the model and \
-             --seed are checked against this run's",
+             the seed are checked against this run's",
             ckpt.display()
         )),
         "{}",

@@ -23,14 +23,14 @@ pub const FASHION_MNIST_NAMES: [&str; 10] = [
 ];
 
 const FASHION_HINT: &str =
-    "install with `apt-get install dataset-fashion-mnist` or pass --data DIR";
+    "install it with `apt-get install dataset-fashion-mnist`, or give the folder that holds its files";
 
-const CIFAR10_HINT: &str = "pass --data with a .tar.gz of image folders (train/<class>/*.jpg, test/<class>/*.jpg), \
+const CIFAR10_HINT: &str = "give a .tar.gz of image folders (train/<class>/*.jpg, test/<class>/*.jpg), \
      a directory holding train/ and test/ image folders, or the directory of the official binary version \
      (data_batch_1..5.bin, test_batch.bin)";
 
 const CIFAR100_HINT: &str =
-    "pass --data with the directory of the official CIFAR-100 binary version \
+    "give the directory of the official CIFAR-100 binary version \
      (train.bin, test.bin, possibly inside cifar-100-binary/) or cifar-100-binary.tar.gz";
 
 /// Checks every label is `< classes`, naming the first bad record.

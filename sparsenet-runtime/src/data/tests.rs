@@ -422,7 +422,7 @@ fn fashion_mnist_missing_dir_and_file() {
         &[
             "nope",
             "cannot find",
-            "install with `apt-get install dataset-fashion-mnist` or pass --data DIR",
+            "install it with `apt-get install dataset-fashion-mnist`, or give the folder that holds its files",
         ],
     );
     write_idx_pair(d.path(), "train", 28, 28, &[0, 1], false);

@@ -298,8 +298,8 @@ pub enum TrainError {
     /// The output folder holds another run's files, and neither `resume`
     /// nor `overwrite` is set.
     #[error(
-        "{} already holds a run ({}): continue it with --resume, replace it with --overwrite, \
-         or choose another --out",
+        "{} already holds a run ({}): set `resume` to continue it or `overwrite` to replace it, \
+         or choose another output folder",
         .dir.display(),
         .files.join(", ")
     )]
@@ -309,23 +309,33 @@ pub enum TrainError {
         /// The run's files found there.
         files: Vec<String>,
     },
+    /// The checkpoint cannot be continued by this run (its record of an
+    /// interrupted epoch is malformed, or does not fit this run's epochs).
+    #[error("cannot resume from {}: {problem}", .checkpoint.display())]
+    Resume {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// Why.
+        problem: String,
+    },
     /// The checkpoint was written with other settings than this run's, and
     /// `resume_with_changes` is not set.
     #[error(
-        "{} was written with other settings: {}; resume with the same flags, or pass \
-         --resume-with-changes to continue with the new ones",
+        "{} was written with other settings: {}; resume with the same settings, or set \
+         `resume_with_changes` to continue with the new ones",
         .checkpoint.display(),
         .changes.iter().map(|(k, old, new)| format!("{k} {old} -> {new}")).collect::<Vec<_>>().join(", ")
     )]
     SettingsChanged {
         /// The checkpoint.
         checkpoint: PathBuf,
-        /// Each changed setting: its flag, the checkpoint's value, this run's.
+        /// Each changed setting: its name (a [`TrainConfig`] field), the
+        /// checkpoint's value, this run's.
         changes: Vec<(String, String, String)>,
     },
     /// The run was stopped (Ctrl-C) after a step; its checkpoint is written.
     #[error(
-        "interrupted at epoch {epoch}, global step {step}; wrote {}: continue with --resume",
+        "interrupted at epoch {epoch}, global step {step}; wrote {}: resume to continue",
         .checkpoint.display()
     )]
     Interrupted {

@@ -78,7 +78,7 @@ impl<M: Model<f32>> Start<M> {
             // them would strand their runs, so they resume unchecked.
             eprintln!(
                 "warning: {} stores no run settings (an older checkpoint): only the model and \
-                 --seed are checked against this run's",
+                 the seed are checked against this run's",
                 ckpt.display()
             );
         }
@@ -88,11 +88,13 @@ impl<M: Model<f32>> Start<M> {
         if self.epoch_step > 0 {
             let meta = |key: &str| progress.extra.get(key).map(String::as_str).unwrap_or("");
             let bad = |key: &str| {
-                TrainError::Config(format!(
-                    "{}: metadata `{key}` of the interrupted epoch is missing or malformed: `{}`",
-                    ckpt.display(),
-                    meta(key)
-                ))
+                TrainError::Resume {
+                    checkpoint: ckpt.clone(),
+                    problem: format!(
+                        "metadata `{key}` of the interrupted epoch is missing or malformed: `{}`",
+                        crate::files::excerpt(meta(key))
+                    ),
+                }
             };
             let float = |key: &str| meta(key).parse::<f64>().map_err(|_| bad(key));
             let count = |key: &str| meta(key).parse::<usize>().map_err(|_| bad(key));
@@ -146,19 +148,23 @@ fn mid_epoch(
     };
     match text.parse::<u64>() {
         Ok(k) if k < steps_per_epoch => Ok(k),
-        _ => Err(TrainError::Config(format!(
-            "{} was written {text} steps into epoch {}, but this run's epochs have {} steps: \
-             a run interrupted mid-epoch resumes only with the same batch size and steps per \
-             epoch",
-            ckpt.display(),
-            progress.epoch + 1,
-            steps_per_epoch
-        ))),
+        _ => Err(TrainError::Resume {
+            checkpoint: ckpt.to_path_buf(),
+            problem: format!(
+                "it was written {} steps into epoch {}, but this run's epochs have {} steps: a \
+                 run interrupted mid-epoch resumes only with the same batch size and steps per \
+                 epoch",
+                crate::files::excerpt(text),
+                progress.epoch.saturating_add(1),
+                steps_per_epoch
+            ),
+        }),
     }
 }
 
 /// The settings a checkpoint stores to refuse a resume that changes them:
-/// (metadata key, flag, value). Floats print so that they parse back to
+/// (metadata key, setting name, value); the names are [`TrainConfig`]'s
+/// (the command line maps them to its flags). Floats print so that they parse back to
 /// the same value. The model and the seed are stored by the checkpoint
 /// itself.
 fn run_settings(cfg: &TrainConfig) -> Vec<(&'static str, &'static str, String)> {
@@ -175,47 +181,47 @@ fn run_settings(cfg: &TrainConfig) -> Vec<(&'static str, &'static str, String)> 
         Schedule::Cosine { min_lr } => format!("cosine:{min_lr:?}"),
     };
     vec![
-        ("run.epochs", "--epochs", cfg.epochs.to_string()),
-        ("run.batch_size", "--batch-size", cfg.batch_size.to_string()),
-        ("run.lr", "--lr", format!("{:?}", cfg.lr.base_lr)),
-        ("run.schedule", "--schedule", schedule),
+        ("run.epochs", "epochs", cfg.epochs.to_string()),
+        ("run.batch_size", "batch_size", cfg.batch_size.to_string()),
+        ("run.lr", "lr", format!("{:?}", cfg.lr.base_lr)),
+        ("run.schedule", "schedule", schedule),
         (
             "run.warmup",
-            "--warmup",
+            "warmup_epochs",
             format!("{:?}", cfg.lr.warmup_epochs),
         ),
         (
             "run.momentum",
-            "--momentum",
+            "momentum",
             format!("{:?}", cfg.sgd.momentum),
         ),
         (
             "run.nesterov",
-            "nesterov (--no-nesterov)",
+            "nesterov",
             cfg.sgd.nesterov.to_string(),
         ),
         (
             "run.weight_decay",
-            "--weight-decay",
+            "weight_decay",
             format!("{:?}", cfg.sgd.weight_decay),
         ),
         (
             "run.label_smoothing",
-            "--label-smoothing",
+            "label_smoothing",
             format!("{:?}", cfg.label_smoothing),
         ),
-        ("run.pad_crop", "--pad-crop", cfg.pad_crop.to_string()),
-        ("run.hflip", "--hflip", cfg.hflip.to_string()),
+        ("run.pad_crop", "pad_crop", cfg.pad_crop.to_string()),
+        ("run.hflip", "hflip", cfg.hflip.to_string()),
         (
             "run.steps_per_epoch",
-            "--steps-per-epoch",
+            "max_steps_per_epoch",
             cfg.max_steps_per_epoch
                 .map_or("all".into(), |n| n.to_string()),
         ),
     ]
 }
 
-/// Each setting of `cfg` that differs from the checkpoint's: (flag, the
+/// Each setting of `cfg` that differs from the checkpoint's: (setting, the
 /// checkpoint's value, this run's). Settings the checkpoint does not store
 /// (older checkpoints) are not compared; the seed always is.
 fn changed_settings(cfg: &TrainConfig, progress: &TrainProgress) -> Vec<(String, String, String)> {
@@ -229,7 +235,7 @@ fn changed_settings(cfg: &TrainConfig, progress: &TrainProgress) -> Vec<(String,
     }
     if progress.seed != cfg.seed {
         changes.push((
-            "--seed".into(),
+            "seed".into(),
             progress.seed.to_string(),
             cfg.seed.to_string(),
         ));

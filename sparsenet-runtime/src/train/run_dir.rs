@@ -33,7 +33,7 @@ pub enum RunDirError {
     /// Another run holds the folder's lock.
     #[error(
         "{} is in use by another training run (it holds {}); wait for it to finish or \
-         choose another --out",
+         choose another output folder",
         .dir.display(),
         LOCK_FILE
     )]
