@@ -393,7 +393,7 @@ fn resume_with_changed_settings_is_refused_naming_each() {
     let output = run_ok(&mut tiny_run(&data, &out, &with));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("with a changed setting: --lr 0.1 -> 0.05"),
+        stdout.contains("with a changed setting: lr 0.1 -> 0.05"),
         "{stdout}"
     );
     // The checkpoint now stores the new settings: they resume unrefused.
