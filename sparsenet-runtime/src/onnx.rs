@@ -11,7 +11,7 @@
 //! with its field numbers, encoded by `prost`.
 
 use crate::files::write_atomically;
-use crate::model::{GraphOp, Model};
+use crate::model::{GraphNode, GraphOp, Model};
 use crate::weights::Store;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -61,135 +61,15 @@ pub fn save_onnx<M: Model<f32>>(model: &M, path: &Path) -> Result<(), OnnxError>
     })
 }
 
+/// The ONNX model of `model`: its tensors as initializers, its graph as
+/// nodes, a batch of any size in and logits out.
 fn build<M: Model<f32>>(model: &M) -> Result<ModelProto, OnnxError> {
-    let mut initializer = Vec::new();
-    for t in M::tensors() {
-        let store = match t.store {
-            Store::Param => model.params(),
-            Store::State => model.state(),
-        };
-        let data = &store[t.offset..t.offset + t.len()];
-        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
-            return Err(OnnxError::NonFinite {
-                name: t.name,
-                index,
-            });
-        }
-        initializer.push(TensorProto {
-            dims: t.shape.iter().map(|&d| d as i64).collect(),
-            data_type: FLOAT,
-            name: t.name.to_string(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-    }
-
+    let initializer = initializers(model)?;
     let mut node = Vec::new();
     for g in M::graph() {
-        let out = g.output;
-        let mut x = match g.inputs {
-            [one] => one.to_string(),
-            many => {
-                let name = format!("{out}/concat");
-                node.push(node_proto(
-                    "Concat",
-                    many.iter().map(|s| s.to_string()).collect(),
-                    &name,
-                    vec![int("axis", 1)],
-                ));
-                name
-            }
-        };
-        if let Some(bn) = g.pre {
-            let p = bn.prefix;
-            let name = format!("{out}/bn");
-            node.push(node_proto(
-                "BatchNormalization",
-                vec![
-                    x,
-                    format!("{p}.weight"),
-                    format!("{p}.bias"),
-                    format!("{p}.running_mean"),
-                    format!("{p}.running_var"),
-                ],
-                &name,
-                vec![float("epsilon", bn.eps as f32)],
-            ));
-            x = name;
-            if bn.relu {
-                let name = format!("{out}/relu");
-                node.push(node_proto("Relu", vec![x], &name, vec![]));
-                x = name;
-            }
-        }
-        match g.op {
-            GraphOp::Conv {
-                weight,
-                bias,
-                kernel,
-                stride,
-                pad,
-            } => {
-                let mut inputs = vec![x, weight.to_string()];
-                inputs.extend(bias.map(str::to_string));
-                let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
-                node.push(node_proto(
-                    "Conv",
-                    inputs,
-                    out,
-                    vec![
-                        ints("kernel_shape", &[k, k]),
-                        ints("strides", &[s, s]),
-                        ints("pads", &[p, p, p, p]),
-                    ],
-                ));
-            }
-            GraphOp::AvgPool { kernel, stride } => {
-                let (k, s) = (kernel as i64, stride as i64);
-                node.push(node_proto(
-                    "AveragePool",
-                    vec![x],
-                    out,
-                    vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])],
-                ));
-            }
-            GraphOp::MaxPool {
-                kernel,
-                stride,
-                pad,
-            } => {
-                let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
-                node.push(node_proto(
-                    "MaxPool",
-                    vec![x],
-                    out,
-                    vec![
-                        ints("kernel_shape", &[k, k]),
-                        ints("strides", &[s, s]),
-                        ints("pads", &[p, p, p, p]),
-                    ],
-                ));
-            }
-            GraphOp::Identity => node.push(node_proto("Identity", vec![x], out, vec![])),
-            GraphOp::GapDense { weight, bias } => {
-                let gap = format!("{out}/global_avg_pool");
-                node.push(node_proto("GlobalAveragePool", vec![x], &gap, vec![]));
-                let flat = format!("{out}/flatten");
-                node.push(node_proto(
-                    "Flatten",
-                    vec![gap],
-                    &flat,
-                    vec![int("axis", 1)],
-                ));
-                node.push(node_proto(
-                    "Gemm",
-                    vec![flat, weight.to_string(), bias.to_string()],
-                    out,
-                    vec![int("transB", 1)],
-                ));
-            }
-        }
+        let x = node_input(g, &mut node);
+        op_nodes(g, x, &mut node);
     }
-
     let [c, h, w] = M::INPUT;
     let batch = || Dimension {
         value: Some(dimension::Value::DimParam("batch".into())),
@@ -223,6 +103,147 @@ fn build<M: Model<f32>>(model: &M) -> Result<ModelProto, OnnxError> {
             output: vec![value("logits", vec![batch(), fixed(M::CLASSES)])],
         }),
     })
+}
+
+/// Every parameter and running statistic of `model` as an initializer
+/// under its PyTorch-style name; an error at the first non-finite value.
+fn initializers<M: Model<f32>>(model: &M) -> Result<Vec<TensorProto>, OnnxError> {
+    let mut initializer = Vec::new();
+    for t in M::tensors() {
+        let store = match t.store {
+            Store::Param => model.params(),
+            Store::State => model.state(),
+        };
+        let data = &store[t.offset..t.offset + t.len()];
+        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+            return Err(OnnxError::NonFinite {
+                name: t.name,
+                index,
+            });
+        }
+        initializer.push(TensorProto {
+            dims: t.shape.iter().map(|&d| d as i64).collect(),
+            data_type: FLOAT,
+            name: t.name.to_string(),
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+
+    Ok(initializer)
+}
+
+/// The nodes that build a graph node's input (the concatenation of its
+/// sources, then its BatchNorm and ReLU); returns the input's name.
+fn node_input(g: &GraphNode, node: &mut Vec<NodeProto>) -> String {
+    let out = g.output;
+    let mut x = match g.inputs {
+        [one] => one.to_string(),
+        many => {
+            let name = format!("{out}/concat");
+            node.push(node_proto(
+                "Concat",
+                many.iter().map(|s| s.to_string()).collect(),
+                &name,
+                vec![int("axis", 1)],
+            ));
+            name
+        }
+    };
+    if let Some(bn) = g.pre {
+        let p = bn.prefix;
+        let name = format!("{out}/bn");
+        node.push(node_proto(
+            "BatchNormalization",
+            vec![
+                x,
+                format!("{p}.weight"),
+                format!("{p}.bias"),
+                format!("{p}.running_mean"),
+                format!("{p}.running_var"),
+            ],
+            &name,
+            vec![float("epsilon", bn.eps as f32)],
+        ));
+        x = name;
+        if bn.relu {
+            let name = format!("{out}/relu");
+            node.push(node_proto("Relu", vec![x], &name, vec![]));
+            x = name;
+        }
+    }
+    x
+}
+
+/// The nodes of a graph node's own operation on its input `x`.
+fn op_nodes(g: &GraphNode, x: String, node: &mut Vec<NodeProto>) {
+    let out = g.output;
+    match g.op {
+        GraphOp::Conv {
+            weight,
+            bias,
+            kernel,
+            stride,
+            pad,
+        } => {
+            let mut inputs = vec![x, weight.to_string()];
+            inputs.extend(bias.map(str::to_string));
+            let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
+            node.push(node_proto(
+                "Conv",
+                inputs,
+                out,
+                vec![
+                    ints("kernel_shape", &[k, k]),
+                    ints("strides", &[s, s]),
+                    ints("pads", &[p, p, p, p]),
+                ],
+            ));
+        }
+        GraphOp::AvgPool { kernel, stride } => {
+            let (k, s) = (kernel as i64, stride as i64);
+            node.push(node_proto(
+                "AveragePool",
+                vec![x],
+                out,
+                vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])],
+            ));
+        }
+        GraphOp::MaxPool {
+            kernel,
+            stride,
+            pad,
+        } => {
+            let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
+            node.push(node_proto(
+                "MaxPool",
+                vec![x],
+                out,
+                vec![
+                    ints("kernel_shape", &[k, k]),
+                    ints("strides", &[s, s]),
+                    ints("pads", &[p, p, p, p]),
+                ],
+            ));
+        }
+        GraphOp::Identity => node.push(node_proto("Identity", vec![x], out, vec![])),
+        GraphOp::GapDense { weight, bias } => {
+            let gap = format!("{out}/global_avg_pool");
+            node.push(node_proto("GlobalAveragePool", vec![x], &gap, vec![]));
+            let flat = format!("{out}/flatten");
+            node.push(node_proto(
+                "Flatten",
+                vec![gap],
+                &flat,
+                vec![int("axis", 1)],
+            ));
+            node.push(node_proto(
+                "Gemm",
+                vec![flat, weight.to_string(), bias.to_string()],
+                out,
+                vec![int("transB", 1)],
+            ));
+        }
+    }
 }
 
 fn node_proto(
