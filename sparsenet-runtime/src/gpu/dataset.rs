@@ -3,7 +3,7 @@
 //! only its picks (image index, crop shift, flip), and the generated
 //! staging kernel makes the batch exactly as the CPU pipeline does.
 
-use super::{Backend, GpuError, GpuModel, GpuNetwork, Launch};
+use super::{Backend, GpuError, GpuModel, GpuNetwork};
 use crate::data::{Augment, Dataset, Transform};
 use crate::model::Model;
 use crate::{Float, Mode};
@@ -130,17 +130,11 @@ impl<T: Float, M: GpuNetwork + Model<T>, B: Backend<T>> GpuModel<M, B, T> {
         args.images = self.backend.address(&data.images);
         args.dataset_labels = self.backend.address(&data.labels);
         args.lut = self.backend.address(&data.lut);
-        let kernel = self.augment_kernel;
-        let [c, h, w] = M::INPUT;
-        let launch = Launch {
-            kernel,
-            per_image: c * h * w,
-            fixed: 0,
-            block: 256,
-            per_block: 256,
-        };
-        self.backend
-            .launch(kernel, launch.blocks(n), launch.block, &args)?;
+        // The program's own launch (GpuProgram::stage_input, checked in
+        // GpuModel::new): its kernel, block and item count as the emitter
+        // chose them.
+        let l = self.stage_input;
+        self.backend.launch(l.kernel, l.blocks(n), l.block, &args)?;
         self.staged = Some(n);
         Ok(())
     }

@@ -76,7 +76,7 @@ mod train_step;
 pub use backend::{Backend, GpuError, KernelArgs};
 pub use dataset::DeviceDataset;
 pub use model::GpuModel;
-pub use program::{GpuNetwork, GpuProgram, KernelCost, Launch, Precision, AUGMENT_KERNEL, BLOCK};
+pub use program::{GpuNetwork, GpuProgram, KernelCost, Launch, Precision};
 pub use train_step::StepOutcome;
 
 pub(crate) use backend::cache_key;
