@@ -13,7 +13,9 @@ mod gpu_parity;
 
 use gpu_parity::*;
 use sparsenet::prelude::*;
-use sparsenet::runtime::gpu::{emulator::Emulator, Backend, GpuModel, GpuNetwork, Precision};
+use sparsenet::runtime::gpu::{
+    emulator::Emulator, Backend, GpuModel, GpuNetwork, GpuProgram, Precision,
+};
 use sparsenet::runtime::Float;
 
 type Dev<T> = Emulator<T>;
@@ -166,7 +168,6 @@ fn fifty_training_steps_track_the_cpu_losses() {
 /// forward pass.
 #[test]
 fn kernel_costs_add_up_to_the_networks_multiply_adds() {
-    use sparsenet::runtime::gpu::GpuProgram;
     fn check(p: &GpuProgram, macs: u64) {
         assert_eq!(
             p.costs.len(),
@@ -209,6 +210,88 @@ fn kernel_costs_add_up_to_the_networks_multiply_adds() {
     type B = sparsenet::zoo::SparseNetBc100;
     check(&<S as GpuNetwork>::GPU_PROGRAM, S::MACS_PER_IMAGE as u64);
     check(&<B as GpuNetwork>::GPU_PROGRAM, B::MACS_PER_IMAGE as u64);
+}
+
+/// The runtime and the program agree on how a batch is staged on the device
+/// because the runtime copies nothing from the emitter: no kernel name, no
+/// block size. A backend that only records launches (nothing compiled, no
+/// memory) sees `stage_batch` launch the program's `augment` kernel, with
+/// the block of the program's element-wise launches (its SGD step), over
+/// every element of the input batch. (A program that does not fit the
+/// runtime is refused by `GpuModel::new`, naming the launch: the unit
+/// tests of `gpu/program.rs`.)
+#[test]
+fn batches_are_staged_with_the_programs_own_launch() {
+    use sparsenet::runtime::data::{Augment, Dataset, Transform};
+    use sparsenet::runtime::gpu::{GpuError, KernelArgs};
+    use sparsenet::runtime::ndarray::Array4;
+
+    /// Records each launch as (kernel name, blocks, threads per block).
+    #[derive(Default)]
+    struct Recorder {
+        kernels: &'static [&'static str],
+        launched: Vec<(&'static str, u32, u32)>,
+    }
+    impl Backend<f32> for Recorder {
+        type Buffer = usize;
+        fn compile(&mut self, program: &GpuProgram, _: Precision) -> Result<(), GpuError> {
+            self.kernels = program.kernels;
+            Ok(())
+        }
+        fn alloc(&mut self, len: usize) -> Result<usize, GpuError> {
+            Ok(len)
+        }
+        fn upload(&mut self, _: &mut usize, _: usize, _: &[f32]) -> Result<(), GpuError> {
+            Ok(())
+        }
+        fn upload_i32(&mut self, _: &mut usize, _: &[i32]) -> Result<(), GpuError> {
+            Ok(())
+        }
+        fn upload_bytes(&mut self, _: &mut usize, _: &[u8]) -> Result<(), GpuError> {
+            Ok(())
+        }
+        fn download(&mut self, _: &usize, dst: &mut [f32]) -> Result<(), GpuError> {
+            dst.fill(0.0);
+            Ok(())
+        }
+        fn address(&self, _: &usize) -> u64 {
+            0
+        }
+        fn launch(
+            &mut self,
+            k: usize,
+            blocks: u32,
+            threads: u32,
+            _: &KernelArgs,
+        ) -> Result<(), GpuError> {
+            self.launched.push((self.kernels[k], blocks, threads));
+            Ok(())
+        }
+    }
+
+    fn check<M: GpuNetwork + Model<f32>>() {
+        let p = &M::GPU_PROGRAM;
+        let mut dev = GpuModel::new(Recorder::default(), &M::new(0), 8, Precision::Tf32)
+            .unwrap_or_else(|e| panic!("{}: {e}", M::NAME));
+        let [c, h, w] = M::INPUT;
+        let images = Array4::<u8>::zeros((2, c, h, w));
+        let ds = Dataset::from_images(images.view(), &[0, 1], M::CLASSES).unwrap();
+        let data = dev.upload_dataset(&ds, &Transform::identity(c)).unwrap();
+        let n = 5;
+        dev.stage_batch(&data, &vec![(1, Augment::default()); n])
+            .unwrap();
+        let block = p.optimizer[0].block;
+        let blocks = (n * c * h * w).div_ceil(block as usize) as u32;
+        assert_eq!(
+            dev.backend().launched,
+            [("augment", blocks, block)],
+            "{}",
+            M::NAME
+        );
+    }
+    check::<sparsenet::zoo::FashionSparseNet>(); // 1x28x28
+    check::<sparsenet::zoo::SeedV2Depth40>(); // 3x32x32
+    check::<TinySparse<f32>>(); // 1x10x10
 }
 
 /// `Precision::Bf16` stores the activation and gradient arenas (and d loss /

@@ -100,6 +100,7 @@ fn a_kernel_that_does_not_compile_is_an_error_naming_the_network() {
         forward_train: &[],
         backward: &[],
         optimizer: &[],
+        stage_input: None,
         unsupported: None,
     };
     for err in [

@@ -13,7 +13,7 @@ use std::fmt::Write;
 
 /// A kernel launch: kernel index, work items `per_image * n + fixed`, and
 /// the block shape (threads, items per block).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Launch {
     kernel: usize,
     per_image: usize,
@@ -22,7 +22,8 @@ struct Launch {
     per_block: usize,
 }
 
-/// Threads of an element-wise launch's block (`gpu::BLOCK`).
+/// Threads of an element-wise launch's block; the runtime reads it from the
+/// launches (`GpuProgram`'s tables and `stage_input`), never copies it.
 const BLOCK: u32 = 256;
 /// Rows of a tiled GEMM's block tile and its threads (`SN_TILE_M`,
 /// `SN_TILE_THREADS`).
@@ -83,6 +84,8 @@ struct Program {
     forward_train: Vec<Launch>,
     backward: Vec<Launch>,
     optimizer: Vec<Launch>,
+    /// The launch of the kernel that builds the input batch on the device.
+    stage_input: Launch,
 }
 
 impl Program {
@@ -444,15 +447,16 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
     p.optimizer.push(launch(k, 0, plan.params_len));
     // The input batch from u8 images on the device (GpuModel::stage_batch).
     let [c, h, w] = plan.input;
-    p.kernel(
+    let k = p.kernel(
         AUGMENT_KERNEL.to_string(),
         format!("augment_input<{c}, {h}, {w}>(a);"),
     );
+    p.stage_input = elementwise(k, c * h * w, 0);
     p
 }
 
-/// The kernel that builds the input batch on the device; the runtime finds
-/// it by this name (`gpu::AUGMENT_KERNEL`).
+/// The kernel that builds the input batch on the device; the runtime
+/// launches it through `GpuProgram::stage_input`, not by this name.
 const AUGMENT_KERNEL: &str = "augment";
 
 /// A convolution pass's multiply-add FLOPs per image (2 per product; the
@@ -492,17 +496,19 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
         let (f, b) = (f as u64, b as u64);
         quote!(#rt::gpu::KernelCost::new(#f, #b))
     });
+    let launch_tokens = |l: &Launch| {
+        let (k, pi, f, b, pb) = (l.kernel, l.per_image, l.fixed, l.block, l.per_block);
+        quote!(#rt::gpu::Launch { kernel: #k, per_image: #pi, fixed: #f, block: #b, per_block: #pb })
+    };
     let table = |ls: &[Launch]| {
-        let items = ls.iter().map(|l| {
-            let (k, pi, f, b, pb) = (l.kernel, l.per_image, l.fixed, l.block, l.per_block);
-            quote!(#rt::gpu::Launch { kernel: #k, per_image: #pi, fixed: #f, block: #b, per_block: #pb })
-        });
+        let items = ls.iter().map(launch_tokens);
         quote!(&[#(#items),*])
     };
     let fe = table(&prog.forward_eval);
     let ft = table(&prog.forward_train);
     let bw = table(&prog.backward);
     let op = table(&prog.optimizer);
+    let stage = launch_tokens(&prog.stage_input);
     let (act, grad, aux) = (lay.act_per_image, lay.grad_per_image, lay.aux_len);
     let partials = prog.partials;
     let unsupported = match unsupported(plan) {
@@ -523,6 +529,7 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
             forward_train: #ft,
             backward: #bw,
             optimizer: #op,
+            stage_input: ::std::option::Option::Some(#stage),
             unsupported: #unsupported,
         };
     }

@@ -9,10 +9,14 @@
 //! (their program: `block_checks.rs` beside it).
 
 use sparsenet_runtime::gpu::emulator::{Emulator, HostBuffer};
-use sparsenet_runtime::gpu::{Backend, GpuProgram, KernelArgs, Precision, BLOCK};
+use sparsenet_runtime::gpu::{Backend, GpuProgram, KernelArgs, Precision};
 use sparsenet_runtime::Float;
 
 include!("kernels/block_checks.rs");
+
+/// Threads per block of every check: `block_checks.cu`'s shared arrays hold
+/// 256 values, one per thread.
+const BLOCK: u32 = 256;
 
 fn kernel(name: &str) -> usize {
     BLOCK_CHECKS

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-// SAFETY: KernelArgs is repr(C) plain data laid out as kernels.cuh's Args.
+// SAFETY: KernelArgs is repr(C) plain data laid out as `Args` in
+// kernels/common.cuh.
 unsafe impl DeviceRepr for KernelArgs {}
 
 fn backend_err(what: &str, e: impl std::fmt::Display) -> GpuError {

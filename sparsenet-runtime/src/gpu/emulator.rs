@@ -35,8 +35,8 @@ fn unique_suffix() -> String {
     format!("{}-{n}", std::process::id())
 }
 
-/// The cooperative threads' machinery, included by kernels.cuh in the
-/// emulator's build.
+/// The cooperative threads' machinery, included by kernels/emulate.cuh in
+/// the emulator's build.
 const EMULATOR_BLOCK_H: &str = include_str!("emulator_block.h");
 
 /// Host memory standing in for device memory, held as a raw allocation
@@ -223,8 +223,8 @@ impl<T: Float> Backend<T> for Emulator<T> {
         let mut kernels = Vec::with_capacity(program.kernels.len());
         for name in program.kernels {
             let sym = format!("emu_{name}");
-            // SAFETY: SN_EMU in kernels.cuh defines every emu_ entry point
-            // with exactly this signature.
+            // SAFETY: SN_EMU in kernels/emulate.cuh defines every emu_ entry
+            // point with exactly this signature.
             let f: libloading::Symbol<'_, BlockFn> =
                 unsafe { lib.get(sym.as_bytes()) }.map_err(|e| {
                     GpuError::Backend(format!(

@@ -1,7 +1,7 @@
 // The GPU emulator's thread blocks: what lets kernels that cooperate within
 // a block (shared memory, __syncthreads, warp shuffles and votes, mma.sync)
-// run on the CPU. Included by kernels.cuh in the emulator's C++ build only
-// (`-DSPARSENET_EMULATE`); NVRTC never sees it. Needs `real` and the
+// run on the CPU. Included by kernels/emulate.cuh in the emulator's C++
+// build only (`-DSPARSENET_EMULATE`); NVRTC never sees it. Needs `real` and the
 // thread-local `threadIdx`, `blockIdx`, `blockDim`, `gridDim` declared first.
 //
 // Each thread of a block runs as a fiber on the host thread that runs the

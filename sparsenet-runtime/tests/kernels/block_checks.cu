@@ -3,8 +3,8 @@
 // shuffles and votes, and mma.sync's fragment layouts. Two of them are
 // deliberately wrong (a missing barrier, a mis-mapped fragment): the tests
 // require that their results come out wrong, so that the checks are known to
-// catch such mistakes. Compiled after kernels.cuh, by the emulator (C++) and
-// by NVRTC (tests/gpu_nvrtc.rs in the root crate).
+// catch such mistakes. Compiled after the kernel headers (src/gpu/kernels/),
+// by the emulator (C++) and by NVRTC (tests/gpu_nvrtc.rs in the root crate).
 //
 // Buffers: inputs in `act`, `params` and `aux`, outputs in `logits`.
 

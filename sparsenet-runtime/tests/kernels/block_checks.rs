@@ -23,5 +23,6 @@ const BLOCK_CHECKS: GpuProgram = GpuProgram {
     forward_train: &[],
     backward: &[],
     optimizer: &[],
+    stage_input: None,
     unsupported: None,
 };
