@@ -339,3 +339,38 @@ fn generated_code_size_stays_lean() {
         );
     }
 }
+
+/// The key table of `docs/declaring.md` (the macro's reference) names
+/// exactly the keys the macro reads, and the keys' expectations name every
+/// style and stem.
+#[test]
+fn the_documented_keys_are_the_keys() {
+    let doc = include_str!("../../docs/declaring.md");
+    let table = doc
+        .split("| key | value | default |")
+        .nth(1)
+        .expect("declaring.md has a key table");
+    let mut documented: Vec<&str> = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let first_cell = row.split('|').nth(1).expect("a table row has cells");
+        documented.extend(first_cell.split('`').skip(1).step_by(2));
+    }
+    let keys: Vec<&str> = config::keys::ALL.iter().map(|k| k.name).collect();
+    let (mut a, mut b) = (documented.clone(), keys.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(
+        a, b,
+        "docs/declaring.md's key table against config::keys::ALL"
+    );
+    for style in config::Style::ALL {
+        assert!(config::keys::STYLE
+            .expects
+            .contains(&format!("`{}`", style.name())));
+    }
+    for stem in config::StemKind::ALL {
+        assert!(config::keys::STEM
+            .expects
+            .contains(&format!("`{}(C)`", stem.name())));
+    }
+}

@@ -1,0 +1,71 @@
+//! `input` and `classes`: what the network reads and what it tells apart.
+
+use super::keys;
+use super::Resolver;
+use crate::ast::Value;
+
+impl Resolver<'_> {
+    /// `input` as `[channels, height, width]`, `[3, 32, 32]` by default.
+    pub(super) fn input(&mut self) -> Option<[usize; 3]> {
+        match self.value(keys::INPUT) {
+            None => Some([3, 32, 32]),
+            Some(Value::List(_, items)) if items.len() == 3 => {
+                let mut dims = [0usize; 3];
+                let mut ok = true;
+                for (d, item) in dims.iter_mut().zip(items) {
+                    match self.positive_as(keys::INPUT, "every `input` dimension", item) {
+                        Some(n) => *d = n,
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(dims)
+            }
+            Some(Value::List(span, items)) => {
+                let hint = match items.as_slice() {
+                    [Value::Int(h), Value::Int(w)] => {
+                        format!(" (a one-channel {h}x{w} image is `[1, {h}, {w}]`, an RGB one `[3, {h}, {w}]`)")
+                    }
+                    _ => String::new(),
+                };
+                self.push(
+                    *span,
+                    format!(
+                        "`input` expects three dimensions `[channels, height, width]`, found {}{hint}",
+                        items.len()
+                    ),
+                );
+                None
+            }
+            Some(v) => {
+                self.type_error(keys::INPUT, v);
+                None
+            }
+        }
+    }
+
+    /// `classes`, which has no default.
+    pub(super) fn classes(&mut self) -> Option<usize> {
+        match self.value(keys::CLASSES) {
+            None if self.fields.named_in_pytorch(keys::CLASSES) => None,
+            None => {
+                self.push(
+                    self.ident.span(),
+                    format!("missing setting `classes` in `{}`: expected the number of output classes, e.g. `classes: 10`", self.ident),
+                );
+                None
+            }
+            Some(v) => match self.positive(keys::CLASSES, v) {
+                // One class: softmax gives it probability 1 whatever the input,
+                // so the loss and every gradient are zero and nothing trains.
+                Some(1) => {
+                    self.at(
+                        v,
+                        "`classes` must be at least 2, found `1`: with one class the softmax is 1 for every input, so the loss and every gradient are zero and the network learns nothing",
+                    );
+                    None
+                }
+                c => c,
+            },
+        }
+    }
+}
