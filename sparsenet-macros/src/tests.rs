@@ -140,7 +140,7 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
                 .iter()
                 .find(|l| l.name == format!("stages.{s}.units.{u}"))
                 .unwrap();
-            let offsets = cfg.aggregation.offsets(u + 1);
+            let offsets = plan::topology::offsets(&cfg.aggregation, u + 1);
             assert_eq!(l.sources.len(), offsets.len());
             for (src, o) in l.sources.iter().zip(&offsets) {
                 if u + 1 - o > 0 {
@@ -277,7 +277,7 @@ fn exponential_offsets_are_powers_of_the_base() {
     for c in 2..5usize {
         let agg = config::Aggregation::Exponential(c);
         for j in 1..100usize {
-            let offs = agg.offsets(j);
+            let offs = plan::topology::offsets(&agg, j);
             let mut want = Vec::new();
             let mut p = 1;
             while p <= j {
@@ -287,7 +287,10 @@ fn exponential_offsets_are_powers_of_the_base() {
             assert_eq!(offs, want);
         }
     }
-    assert_eq!(config::Aggregation::Dense.offsets(4), [1, 2, 3, 4]);
+    assert_eq!(
+        plan::topology::offsets(&config::Aggregation::Dense, 4),
+        [1, 2, 3, 4]
+    );
 }
 
 #[test]

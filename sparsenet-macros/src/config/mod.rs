@@ -113,24 +113,6 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
-    /// Offsets that a layer at index `j` of its block reads (index 0 is the
-    /// block input), smallest first: newest source first.
-    pub fn offsets(&self, j: usize) -> Vec<usize> {
-        match self {
-            Aggregation::Exponential(c) => {
-                let mut out = Vec::new();
-                let mut i = 1;
-                while i <= j {
-                    out.push(i);
-                    i *= c;
-                }
-                out
-            }
-            Aggregation::Dense => (1..=j).collect(),
-            Aggregation::Offsets(list) => list.iter().copied().filter(|&o| o <= j).collect(),
-        }
-    }
-
     pub fn describe(&self) -> String {
         match self {
             Aggregation::Exponential(c) => format!("exponential({c})"),
