@@ -1,8 +1,11 @@
 //! The macro's core on `proc_macro2` streams: parse, validate, plan, emit.
+//! It calls the two emitters side by side on the same plan, [`emit`] for the
+//! CPU model and [`emit_gpu`] for the GPU program, and assembles their items;
+//! neither emitter knows the other.
 
 use crate::ast::Invocation;
 use crate::errors::Errors;
-use crate::{config, emit, plan, summary};
+use crate::{config, emit, emit_gpu, plan, summary};
 use proc_macro2::TokenStream;
 
 pub fn expand(input: TokenStream) -> TokenStream {
@@ -47,7 +50,12 @@ pub fn try_expand_with(input: TokenStream, with_expansion: bool) -> syn::Result<
     for cfg in &configs {
         let plan = plan::build(cfg);
         let table = summary::render(cfg, &plan);
-        let code = emit::emit(cfg, &plan, &table);
+        // The CPU model and the GPU program, from the same plan; the GPU
+        // program's impl sits between the type's and the model's items.
+        let cpu = emit::emit(cfg, &plan, &table);
+        let gpu = emit_gpu::emit_gpu(&cfg.ident, &plan);
+        let (type_and_spec, model) = (cpu.type_and_spec, cpu.model);
+        let code = quote::quote!(#type_and_spec #gpu #model);
         if with_expansion {
             #[cfg(feature = "expansion")]
             out.extend(expansion_const(&cfg.ident, &code));

@@ -6,7 +6,9 @@
 //! (buffers, layers, parameters, shapes, MACs), and [`emit`] writes Rust code
 //! from the plan alone. [`summary`] renders the plan as a table.
 //! For the GPU path, [`gpu_plan`] places every buffer in device memory and
-//! [`emit_gpu`] writes the CUDA C kernels and their launch sequences.
+//! [`emit_gpu`] writes the CUDA C kernels and their launch sequences;
+//! [`expand`] calls both emitters and assembles what they write, and
+//! [`tokens`] holds the token helpers they share.
 //! (These modules are private: `cargo doc --document-private-items` shows
 //! them to contributors; users see the macro's reference below.)
 #![allow(rustdoc::private_intra_doc_links)]
@@ -20,6 +22,7 @@ mod expand;
 mod gpu_plan;
 mod plan;
 mod summary;
+mod tokens;
 
 /// Declares one or more SparseNet-family networks; see the crate README for
 /// the full reference.
