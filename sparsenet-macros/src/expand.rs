@@ -5,7 +5,7 @@
 
 use crate::ast::Invocation;
 use crate::errors::Errors;
-use crate::{config, emit, emit_gpu, plan, summary};
+use crate::{config, cost_check, emit, emit_gpu, plan, summary};
 use proc_macro2::TokenStream;
 
 pub fn expand(input: TokenStream) -> TokenStream {
@@ -45,15 +45,24 @@ pub fn try_expand_with(input: TokenStream, with_expansion: bool) -> syn::Result<
         .into_iter()
         .filter_map(|decl| config::resolve(decl, &mut errors))
         .collect();
+    // Each valid declaration's plan, and what only its cost can show: all
+    // errors are reported before any code is emitted.
+    let plans: Vec<_> = configs
+        .iter()
+        .map(|cfg| {
+            let plan = plan::build(cfg);
+            cost_check::check(cfg, &plan, &mut errors);
+            plan
+        })
+        .collect();
     errors.finish()?;
     let mut out = TokenStream::new();
-    for cfg in &configs {
-        let plan = plan::build(cfg);
-        let table = summary::render(cfg, &plan);
+    for (cfg, plan) in configs.iter().zip(&plans) {
+        let table = summary::render(cfg, plan);
         // The CPU model and the GPU program, from the same plan; the GPU
         // program's impl sits between the type's and the model's items.
-        let cpu = emit::emit(cfg, &plan, &table);
-        let gpu = emit_gpu::emit_gpu(&cfg.ident, &plan);
+        let cpu = emit::emit(cfg, plan, &table);
+        let gpu = emit_gpu::emit_gpu(&cfg.ident, plan);
         let (type_and_spec, model) = (cpu.type_and_spec, cpu.model);
         let code = quote::quote!(#type_and_spec #gpu #model);
         if with_expansion {

@@ -15,6 +15,7 @@
 
 mod ast;
 mod config;
+mod cost_check;
 mod emit;
 mod emit_gpu;
 mod errors;

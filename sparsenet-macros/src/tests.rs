@@ -377,3 +377,26 @@ fn the_documented_keys_are_the_keys() {
             .contains(&format!("`{}(C)`", stem.name())));
     }
 }
+
+/// A side over 64 with a stride-1 stem is refused unless the declaration
+/// says `large_input: allow`; 64 itself and the ImageNet stem need nothing.
+#[test]
+fn a_large_input_with_a_stride_1_stem_needs_large_input_allow() {
+    let expand = |ts: TokenStream| expand::try_expand_with(ts, false);
+    let refused = expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22 }))
+        .expect_err("a 96x96 input with the conv3x3 stem");
+    assert!(
+        refused.to_string().contains("`large_input: allow`"),
+        "{refused}"
+    );
+    expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22, large_input: allow }))
+        .expect("allowed");
+    expand(quote!(struct N { input: [3, 64, 64], classes: 10, depth: 22 })).expect("64x64");
+    expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22, stem: imagenet(24) }))
+        .expect("the ImageNet stem");
+    // The key's description says the same bound.
+    let side = crate::cost_check::LARGE_SIDE;
+    assert!(config::keys::LARGE_INPUT
+        .expects
+        .contains(&format!("{side}x{side}")));
+}

@@ -14,22 +14,31 @@ fn after_imagenet_stem(d: usize) -> Option<usize> {
     (d >= 7).then(|| ((d - 1) / 2) / 2 + 1)
 }
 
-/// Whether a side of `d` pixels halves evenly `pools` times after the stem.
-fn side_fits(d: usize, imagenet: bool, pools: usize) -> bool {
-    let Some(mut x) = (if imagenet {
-        after_imagenet_stem(d)
-    } else {
-        Some(d)
-    }) else {
-        return false;
-    };
+/// A side of `d` pixels in the last stage, if it halves evenly `pools`
+/// times after the stem.
+fn last_stage_side(d: usize, imagenet: bool, pools: usize) -> Option<usize> {
+    let mut x = if imagenet { after_imagenet_stem(d)? } else { d };
     for _ in 0..pools {
         if x < 2 || x % 2 != 0 {
-            return false;
+            return None;
         }
         x /= 2;
     }
-    true
+    Some(x)
+}
+
+/// Whether a side of `d` pixels halves evenly `pools` times after the stem.
+fn side_fits(d: usize, imagenet: bool, pools: usize) -> bool {
+    last_stage_side(d, imagenet, pools).is_some()
+}
+
+/// Whether an input passes [`Resolver::check_geometry`] with `n_stages`
+/// stages and the `imagenet` stem or a stride-1 one: for suggesting a stem
+/// that is known to fit.
+pub fn fits(input: [usize; 3], n_stages: usize, imagenet: bool) -> bool {
+    [input[1], input[2]]
+        .into_iter()
+        .all(|d| last_stage_side(d, imagenet, n_stages - 1).is_some_and(|x| x >= 2))
 }
 
 impl Resolver<'_> {

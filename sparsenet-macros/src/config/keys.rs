@@ -30,7 +30,7 @@ pub const INPUT: Key = Key {
 };
 pub const CLASSES: Key = Key {
     name: "classes",
-    expects: "a positive integer",
+    expects: "the number of output classes, an integer of at least 2",
 };
 pub const DEPTH: Key = Key {
     name: "depth",
@@ -90,6 +90,11 @@ pub const BN_MOMENTUM: Key = Key {
     expects: "a number in [0, 1): the fraction of the running statistics kept at each update",
 };
 
+pub const LARGE_INPUT: Key = Key {
+    name: "large_input",
+    expects: "`allow` (keeps an input larger than 64x64 with a stride-1 stem)",
+};
+
 /// Every key, in the order messages list them.
 pub const ALL: &[Key] = &[
     STYLE,
@@ -109,7 +114,11 @@ pub const ALL: &[Key] = &[
     DROPOUT,
     BN_EPS,
     BN_MOMENTUM,
+    LARGE_INPUT,
 ];
+
+/// The keys whose value may be a list `[...]`.
+pub const TAKE_LISTS: &[Key] = &[INPUT, UNITS, GROWTH];
 
 /// The key called `name`, if there is one.
 pub fn named(name: &str) -> Option<Key> {

@@ -13,7 +13,7 @@
 mod aggregation;
 mod bottleneck;
 mod fields;
-mod geometry;
+pub mod geometry;
 pub mod keys;
 mod layer_options;
 mod reader;
@@ -129,6 +129,7 @@ impl Aggregation {
 }
 
 /// A network, every choice made.
+#[derive(Clone)]
 pub struct Config {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
@@ -157,6 +158,10 @@ pub struct Config {
     pub dropout: f64,
     /// Whether dropout follows unit convolutions too, not only transitions.
     pub dropout_in_units: bool,
+    /// Where `input` is written, if it is (for the checks after planning).
+    pub input_span: Option<Span>,
+    /// `large_input: allow`, at its key, if the declaration says so.
+    pub large_input: Option<Span>,
 }
 
 /// What every key group reads and where it reports: the declaration's
@@ -209,6 +214,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     let aggregation = r.aggregation();
     let stem = r.stem(style, growth0);
     let options = r.layer_options(style);
+    let large_input = r.large_input();
     if let (Some(input), Some(stages), Some(stem)) = (input, &stages, &stem) {
         r.check_geometry(input, stages, stem, start);
     }
@@ -241,5 +247,7 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         unbiased_running_var: style == Style::Paper,
         dropout: options.dropout,
         dropout_in_units: style != Style::Seed20180220,
+        input_span: fields.value_span(keys::INPUT),
+        large_input,
     })
 }

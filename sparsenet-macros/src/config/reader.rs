@@ -1,7 +1,7 @@
 //! Typed reads of untyped values, each reporting a precise error at the
 //! value and returning `None` when it is wrong.
 
-use super::keys::Key;
+use super::keys::{self, Key};
 use super::Resolver;
 use crate::ast::Value;
 use proc_macro2::Span;
@@ -18,9 +18,21 @@ impl Resolver<'_> {
     }
 
     pub(super) fn type_error(&mut self, key: Key, v: &Value) {
+        // A tuple where a list fits: the brackets are the only mistake.
+        let fix = match v {
+            Value::Tuple(_, items) if keys::TAKE_LISTS.contains(&key) => format!(
+                ": a list is written in square brackets, `{key}: [{}]`",
+                Value::texts(items)
+            ),
+            _ => String::new(),
+        };
         self.at(
             v,
-            format!("`{key}` expects {}, found {}", key.expects, v.describe()),
+            format!(
+                "`{key}` expects {}, found {}{fix}",
+                key.expects,
+                v.describe()
+            ),
         );
     }
 

@@ -1,8 +1,13 @@
-//! `input` and `classes`: what the network reads and what it tells apart.
+//! `input` and `classes`: what the network reads and what it tells apart;
+//! `large_input`, which keeps a large input with a stride-1 stem.
 
 use super::keys;
 use super::Resolver;
 use crate::ast::Value;
+use proc_macro2::Span;
+
+/// The fewest classes a network can learn to tell apart.
+const MIN_CLASSES: usize = 2;
 
 impl Resolver<'_> {
     /// `input` as `[channels, height, width]`, `[3, 32, 32]` by default.
@@ -54,18 +59,34 @@ impl Resolver<'_> {
                 );
                 None
             }
-            Some(v) => match self.positive(keys::CLASSES, v) {
+            Some(v) => match self.usize(keys::CLASSES, v) {
                 // One class: softmax gives it probability 1 whatever the input,
                 // so the loss and every gradient are zero and nothing trains.
-                Some(1) => {
+                // One bound for 0 and 1, so that fixing one message never
+                // leads to the other.
+                Some(n) if n < MIN_CLASSES => {
                     self.at(
                         v,
-                        "`classes` must be at least 2, found `1`: with one class the softmax is 1 for every input, so the loss and every gradient are zero and the network learns nothing",
+                        format!("`classes` must be at least {MIN_CLASSES}, found `{n}`: with fewer than two classes there is nothing to tell apart (with one, the softmax is 1 for every input, so the loss and every gradient are zero and the network learns nothing)"),
                     );
                     None
                 }
                 c => c,
             },
+        }
+    }
+
+    /// `large_input: allow`, the only value, at its key: whether it is
+    /// needed is checked once the network's cost is known
+    /// ([`crate::cost_check`]).
+    pub(super) fn large_input(&mut self) -> Option<Span> {
+        let (k, v) = self.get(keys::LARGE_INPUT)?;
+        match v {
+            Value::Ident(i) if i == "allow" => Some(k.span()),
+            _ => {
+                self.type_error(keys::LARGE_INPUT, v);
+                None
+            }
         }
     }
 }
