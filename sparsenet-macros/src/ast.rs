@@ -18,6 +18,18 @@ pub struct NetDecl {
     /// Span of the `{ ... }` body, for "missing key" errors.
     pub body_span: Span,
     pub fields: Vec<Field>,
+    /// A hash of the declaration as written (attributes, visibility, name
+    /// and settings), which tells two declarations of one name apart (see
+    /// `wrap`).
+    pub fingerprint: u64,
+}
+
+/// FNV-1a over `text`: stable across Rust versions and platforms, unlike
+/// std's `DefaultHasher`, so the names built from it are too.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub struct Field {
@@ -190,6 +202,8 @@ impl Parse for NetDecl {
         }
         let content;
         let brace = braced!(content in input);
+        let body: TokenStream = content.fork().parse()?;
+        let fingerprint = fnv1a(&quote::quote!(#(#attrs)* #vis #ident { #body }).to_string());
         let fields = comma_separated(&content, Field::parse, |f: &Field| {
             format!("the `{}` setting", f.key)
         })?;
@@ -199,6 +213,7 @@ impl Parse for NetDecl {
             ident,
             body_span: brace.span.join(),
             fields,
+            fingerprint,
         })
     }
 }

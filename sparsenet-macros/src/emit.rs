@@ -26,8 +26,8 @@ fn stat(b: usize) -> Ident {
 /// The CPU model of one network, in two parts that `expand` places around
 /// the GPU program's impl.
 pub struct CpuItems {
-    /// The struct (with the declaration's attributes and visibility), its
-    /// `Debug` and its `NetworkSpec`.
+    /// The struct (with the declaration's doc comments), its `Debug` and
+    /// its `NetworkSpec`.
     pub type_and_spec: TokenStream,
     /// Its inherent items (the description without the element type, the
     /// inference pass) and its `Model`.
@@ -45,7 +45,6 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> CpuItems {
 fn type_and_spec(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     let rt = rt();
     let attrs = &cfg.attrs;
-    let vis = &cfg.vis;
     let name = &cfg.ident;
     let name_str = name.to_string();
     let summary_lit = raw_str(summary);
@@ -62,7 +61,9 @@ fn type_and_spec(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     quote! {
         #(#attrs)*
         #[derive(Clone)]
-        #vis struct #name<T: #rt::Float = f32> {
+        // `pub` in the module `wrap` puts it in; the declaration's
+        // visibility is the re-export's.
+        pub struct #name<T: #rt::Float = f32> {
             params: ::std::vec::Vec<T>,
             state: ::std::vec::Vec<T>,
             rng: #rt::__private::rand_chacha::ChaCha8Rng,

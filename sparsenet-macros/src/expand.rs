@@ -5,7 +5,7 @@
 
 use crate::ast::Invocation;
 use crate::errors::Errors;
-use crate::{config, cost_check, emit, emit_gpu, plan, summary};
+use crate::{config, cost_check, emit, emit_gpu, plan, summary, wrap};
 use proc_macro2::TokenStream;
 
 pub fn expand(input: TokenStream) -> TokenStream {
@@ -65,19 +65,27 @@ pub fn try_expand_with(input: TokenStream, with_expansion: bool) -> syn::Result<
         let gpu = emit_gpu::emit_gpu(&cfg.ident, plan);
         let (type_and_spec, model) = (cpu.type_and_spec, cpu.model);
         let code = quote::quote!(#type_and_spec #gpu #model);
-        if with_expansion {
-            #[cfg(feature = "expansion")]
-            out.extend(expansion_const(&cfg.ident, &code));
-        }
-        out.extend(code);
+        let expansion = if with_expansion {
+            expansion_const(&cfg.ident, &code)
+        } else {
+            TokenStream::new()
+        };
+        out.extend(wrap::wrap(cfg, quote::quote!(#code #expansion)));
     }
     Ok(out)
 }
 
+/// Without the `expansion` feature, no `Name::EXPANSION`.
+#[cfg(not(feature = "expansion"))]
+fn expansion_const(_: &syn::Ident, _: &TokenStream) -> TokenStream {
+    TokenStream::new()
+}
+
 /// With the `expansion` feature: `Name::EXPANSION`, the network's generated
-/// code (all of it but this constant) formatted by prettyplease, so that a
-/// user's test can snapshot it (insta) and see any change of the expansion
-/// as a diff of readable Rust.
+/// items (all of them but this constant, without the module `wrap` puts
+/// them in, whose name changes with every change of the declaration)
+/// formatted by prettyplease, so that a user's test can snapshot it (insta)
+/// and see any change of the expansion as a diff of readable Rust.
 #[cfg(feature = "expansion")]
 fn expansion_const(name: &syn::Ident, code: &TokenStream) -> TokenStream {
     let text = match syn::parse2::<syn::File>(code.clone()) {
@@ -89,7 +97,9 @@ fn expansion_const(name: &syn::Ident, code: &TokenStream) -> TokenStream {
     quote::quote! {
         impl #name<f32> {
             /// The Rust code `sparsenet!` generated for this network (all of
-            /// it but this constant), formatted by prettyplease: snapshot it
+            /// it but this constant and the private module that holds it,
+            /// re-exported under the declared name), formatted by
+            /// prettyplease: snapshot it
             /// (`insta::assert_snapshot!(Name::EXPANSION)`) to see any change
             /// of the expansion. Present with sparsenet's `expansion` feature.
             pub const EXPANSION: &'static str = #text;

@@ -24,6 +24,7 @@ mod gpu_plan;
 mod plan;
 mod summary;
 mod tokens;
+mod wrap;
 
 /// Declares one or more SparseNet-family networks; see the crate README for
 /// the full reference.

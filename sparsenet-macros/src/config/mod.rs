@@ -8,9 +8,11 @@
 //! [`stem`], [`layer_options`] (biases, dropout, BatchNorm), then
 //! [`geometry`] checks that the input survives the network's poolings. The
 //! keys themselves are named constants in [`keys`]; [`fields`] sorts a
-//! declaration's settings by key and [`reader`] reads typed values.
+//! declaration's settings by key and [`reader`] reads typed values;
+//! [`attrs`] sorts its attributes.
 
 mod aggregation;
+mod attrs;
 mod bottleneck;
 mod fields;
 pub mod geometry;
@@ -131,9 +133,14 @@ impl Aggregation {
 /// A network, every choice made.
 #[derive(Clone)]
 pub struct Config {
+    /// Doc comments, for the struct.
     pub attrs: Vec<Attribute>,
+    /// `#[cfg]` and lint levels, for every item generated for the network.
+    pub item_attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub ident: Ident,
+    /// The declaration's [`NetDecl::fingerprint`].
+    pub fingerprint: u64,
     pub style: Style,
     /// [channels, height, width]
     pub input: [usize; 3],
@@ -190,6 +197,7 @@ impl<'a> Resolver<'a> {
 /// groups are read in a fixed order, which is the order of their messages.
 pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
     let start = errors.len();
+    let attrs = attrs::sort(decl.attrs, &decl.ident, errors);
     let fields = Fields::collect(decl.fields, errors);
     if fields.contains(keys::COMPRESSION) {
         if let Some((k, _)) = fields.get(keys::REDUCTION) {
@@ -227,9 +235,11 @@ pub fn resolve(decl: NetDecl, errors: &mut Errors) -> Option<Config> {
         relu: style != Style::Seed20180220,
     });
     Some(Config {
-        attrs: decl.attrs,
+        attrs: attrs.docs,
+        item_attrs: attrs.items,
         vis: decl.vis,
         ident: decl.ident,
+        fingerprint: decl.fingerprint,
         style,
         input: input?,
         classes: classes?,
