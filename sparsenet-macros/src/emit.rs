@@ -29,8 +29,7 @@ pub struct CpuItems {
     /// The struct (with the declaration's doc comments), its `Debug` and
     /// its `NetworkSpec`.
     pub type_and_spec: TokenStream,
-    /// Its inherent items (the description without the element type, the
-    /// inference pass) and its `Model`.
+    /// Its inference pass and its `Model`.
     pub model: TokenStream,
 }
 
@@ -163,7 +162,7 @@ fn inits(plan: &Plan, rt: &TokenStream) -> Vec<TokenStream> {
         .collect()
 }
 
-/// The inherent items and `Model`: construction, the stores and the three
+/// The inference pass and `Model`: construction, the stores and the three
 /// straight-line passes.
 fn model(cfg: &Config, plan: &Plan) -> TokenStream {
     let rt = rt();
@@ -179,23 +178,6 @@ fn model(cfg: &Config, plan: &Plan) -> TokenStream {
     let eval_pass = emit_eval_pass(plan);
     let forward_backward = emit_forward_backward(plan);
     quote! {
-        /// The network's description without naming the element type
-        /// (`Net::summary()`; the same for every element type).
-        impl #name<f32> {
-            /// The layer table (`NetworkSpec::summary`).
-            pub fn summary() -> &'static str {
-                <Self as #rt::NetworkSpec>::summary()
-            }
-            /// Every parameter and statistic tensor (`NetworkSpec::tensors`).
-            pub fn tensors() -> &'static [#rt::TensorSpec] {
-                <Self as #rt::NetworkSpec>::tensors()
-            }
-            /// Every layer (`NetworkSpec::layers`).
-            pub fn layers() -> &'static [#rt::LayerInfo] {
-                <Self as #rt::NetworkSpec>::layers()
-            }
-        }
-
         impl<T: #rt::Float> #name<T> {
             #eval_pass
         }

@@ -5,7 +5,7 @@
 
 use crate::ast::Invocation;
 use crate::errors::Errors;
-use crate::{config, cost_check, emit, emit_gpu, plan, summary, wrap};
+use crate::{config, cost_check, emit, emit_gpu, facade, plan, summary, wrap};
 use proc_macro2::TokenStream;
 
 pub fn expand(input: TokenStream) -> TokenStream {
@@ -59,12 +59,13 @@ pub fn try_expand_with(input: TokenStream, with_expansion: bool) -> syn::Result<
     let mut out = TokenStream::new();
     for (cfg, plan) in configs.iter().zip(&plans) {
         let table = summary::render(cfg, plan);
-        // The CPU model and the GPU program, from the same plan; the GPU
-        // program's impl sits between the type's and the model's items.
+        // The CPU model and the GPU program, from the same plan, and the
+        // items that reach both without naming the element type.
         let cpu = emit::emit(cfg, plan, &table);
         let gpu = emit_gpu::emit_gpu(&cfg.ident, plan);
+        let facade = facade::emit_facade(&cfg.ident);
         let (type_and_spec, model) = (cpu.type_and_spec, cpu.model);
-        let code = quote::quote!(#type_and_spec #gpu #model);
+        let code = quote::quote!(#type_and_spec #gpu #facade #model);
         let expansion = if with_expansion {
             expansion_const(&cfg.ident, &code)
         } else {

@@ -7,8 +7,11 @@
 //! from the plan alone. [`summary`] renders the plan as a table.
 //! For the GPU path, [`gpu_plan`] places every buffer in device memory and
 //! [`emit_gpu`] writes the CUDA C kernels and their launch sequences;
-//! [`expand`] calls both emitters and assembles what they write, and
-//! [`tokens`] holds the token helpers they share.
+//! [`expand`] calls both emitters and assembles what they write, with
+//! [`facade`]'s items (the traits' constants without naming the element
+//! type) and [`wrap`]'s module around them; [`tokens`] holds the token
+//! helpers the emitters share. [`cost_check`] refuses what only the
+//! planned cost shows (a large input with a stride-1 stem).
 //! (These modules are private: `cargo doc --document-private-items` shows
 //! them to contributors; users see the macro's reference below.)
 #![allow(rustdoc::private_intra_doc_links)]
@@ -20,6 +23,7 @@ mod emit;
 mod emit_gpu;
 mod errors;
 mod expand;
+mod facade;
 mod gpu_plan;
 mod plan;
 mod summary;
