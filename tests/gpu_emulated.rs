@@ -208,8 +208,8 @@ fn kernel_costs_add_up_to_the_networks_multiply_adds() {
     }
     type S = sparsenet::zoo::SeedV2Depth40;
     type B = sparsenet::zoo::SparseNetBc100;
-    check(&<S as GpuNetwork>::GPU_PROGRAM, S::MACS_PER_IMAGE as u64);
-    check(&<B as GpuNetwork>::GPU_PROGRAM, B::MACS_PER_IMAGE as u64);
+    check(&<S as GpuNetwork>::GPU_PROGRAM, S::MACS_PER_IMAGE);
+    check(&<B as GpuNetwork>::GPU_PROGRAM, B::MACS_PER_IMAGE);
 }
 
 /// The runtime and the program agree on how a batch is staged on the device

@@ -7,7 +7,7 @@ use sparsenet::runtime::data::{load_fashion_mnist, Dataset, Transform};
 use sparsenet::runtime::optim::Sgd;
 use sparsenet::runtime::train::{load_checkpoint_for, parse_schedule, LrPolicy, MetricsLog};
 use sparsenet::runtime::train::{read_checkpoint_progress, train, TrainConfig, TrainError};
-use sparsenet::runtime::{Model, NetworkSpec};
+use sparsenet::runtime::Model;
 use sparsenet::zoo::FashionSparseNet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

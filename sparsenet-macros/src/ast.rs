@@ -18,6 +18,18 @@ pub struct NetDecl {
     /// Span of the `{ ... }` body, for "missing key" errors.
     pub body_span: Span,
     pub fields: Vec<Field>,
+    /// A hash of the declaration as written (attributes, visibility, name
+    /// and settings), which tells two declarations of one name apart (see
+    /// `wrap`).
+    pub fingerprint: u64,
+}
+
+/// FNV-1a over `text`: stable across Rust versions and platforms, unlike
+/// std's `DefaultHasher`, so the names built from it are too.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub struct Field {
@@ -34,6 +46,9 @@ pub enum Value {
     OtherLit(Lit),
     Ident(Ident),
     List(Span, Vec<Value>),
+    /// `(a, b, ...)`: never valid, but parsed so that the error can name
+    /// the list it probably means (`input: (3, 32, 32)`).
+    Tuple(Span, Vec<Value>),
     Call(Ident, Span, Vec<Value>),
     /// `-` (its span) before a number literal: never valid, but parsed so
     /// that the error can say so at the whole `-1e-5` and the other
@@ -85,7 +100,7 @@ impl Value {
             Value::Bool(l) => l.span,
             Value::OtherLit(l) => l.span(),
             Value::Ident(i) => i.span(),
-            Value::List(s, _) => *s,
+            Value::List(s, _) | Value::Tuple(s, _) => *s,
             Value::Call(i, s, _) => i.span().join(*s).unwrap_or(i.span()),
             Value::Neg(minus, _) => *minus,
         }
@@ -117,6 +132,22 @@ impl Value {
         }
     }
 
+    /// Items as written, comma-separated (`3, 32, 32`); other than
+    /// numbers and names as `...`.
+    pub fn texts(items: &[Value]) -> String {
+        items
+            .iter()
+            .map(|v| match v {
+                Value::Int(_) | Value::Float(_) | Value::Neg(..) => {
+                    v.text().trim_matches('`').to_string()
+                }
+                Value::Ident(i) => i.to_string(),
+                _ => "...".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// How the value reads in an error message ("a list", "the string ...").
     pub fn describe(&self) -> String {
         match self {
@@ -127,6 +158,7 @@ impl Value {
             Value::OtherLit(_) => "a literal".to_string(),
             Value::Ident(i) => format!("`{i}`"),
             Value::List(..) => "a list".to_string(),
+            Value::Tuple(_, items) => format!("the tuple `({})`", Value::texts(items)),
             Value::Call(i, ..) => format!("`{i}(...)`"),
             Value::Neg(..) => format!("the negative number {}", self.text()),
         }
@@ -170,6 +202,8 @@ impl Parse for NetDecl {
         }
         let content;
         let brace = braced!(content in input);
+        let body: TokenStream = content.fork().parse()?;
+        let fingerprint = fnv1a(&quote::quote!(#(#attrs)* #vis #ident { #body }).to_string());
         let fields = comma_separated(&content, Field::parse, |f: &Field| {
             format!("the `{}` setting", f.key)
         })?;
@@ -179,6 +213,7 @@ impl Parse for NetDecl {
             ident,
             body_span: brace.span.join(),
             fields,
+            fingerprint,
         })
     }
 }
@@ -207,6 +242,12 @@ impl Parse for Value {
             let bracket = bracketed!(content in input);
             let items = comma_separated(&content, Value::parse, |_| "a list item".to_string())?;
             return Ok(Value::List(bracket.span.join(), items));
+        }
+        if input.peek(syn::token::Paren) {
+            let content;
+            let paren = parenthesized!(content in input);
+            let items = comma_separated(&content, Value::parse, |_| "a tuple item".to_string())?;
+            return Ok(Value::Tuple(paren.span.join(), items));
         }
         if input.peek(Token![-]) {
             let minus: Token![-] = input.parse()?;

@@ -2,10 +2,12 @@
 //! type, its tables (tensors, layers, init), and a straight-line forward pass
 //! with one statement per node and no loop over layers. Each buffer is dropped
 //! right after its last reader, so the emitted code itself is the memory plan
-//! of an inference pass.
+//! of an inference pass. The GPU program is [`crate::emit_gpu`]'s, placed
+//! beside these items by [`crate::expand`].
 
 use crate::config::Config;
 use crate::plan::{EvalChain, InitKind, Op, Plan, Store};
+use crate::tokens::{raw_str, rt};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote};
 
@@ -21,31 +23,27 @@ fn stat(b: usize) -> Ident {
     format_ident!("s{}", b)
 }
 
-/// The runtime crate as generated code reaches it.
-fn rt() -> TokenStream {
-    quote!(::sparsenet::runtime)
+/// The CPU model of one network, in two parts that `expand` places around
+/// the GPU program's impl.
+pub struct CpuItems {
+    /// The struct (with the declaration's doc comments), its `Debug` and
+    /// its `NetworkSpec`.
+    pub type_and_spec: TokenStream,
+    /// Its inference pass and its `Model`.
+    pub model: TokenStream,
 }
 
-/// `text` as a raw string literal (`r#"..."#`, enough `#`s), so that its
-/// lines stay lines in the formatted expansion (`Name::EXPANSION`): a
-/// change in a multi-line text then diffs line by line, not as one
-/// escaped line. The same `&str` as a plain literal.
-pub(crate) fn raw_str(text: &str) -> TokenStream {
-    let mut hashes = 1;
-    while text.contains(&format!("\"{}", "#".repeat(hashes))) {
-        hashes += 1;
+pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> CpuItems {
+    CpuItems {
+        type_and_spec: type_and_spec(cfg, plan, summary),
+        model: model(cfg, plan),
     }
-    let h = "#".repeat(hashes);
-    let lit: proc_macro2::Literal = format!("r{h}\"{text}\"{h}")
-        .parse()
-        .expect("a raw string literal parses");
-    quote!(#lit)
 }
 
-pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
+/// The struct, `Debug` and `NetworkSpec` (the constants and tables).
+fn type_and_spec(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     let rt = rt();
     let attrs = &cfg.attrs;
-    let vis = &cfg.vis;
     let name = &cfg.ident;
     let name_str = name.to_string();
     let summary_lit = raw_str(summary);
@@ -56,58 +54,15 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
     let macs = plan.macs();
     let acts = plan.activations_per_image();
     let peak = plan.peak_inference_per_image();
-
-    let tensors = plan.tensors.iter().map(|t| {
-        let n = &t.name;
-        let shape = &t.shape;
-        let off = t.offset;
-        let store = match t.store {
-            Store::Param => quote!(#rt::Store::Param),
-            Store::State => quote!(#rt::Store::State),
-        };
-        quote!(#rt::TensorSpec { name: #n, shape: &[#(#shape),*], store: #store, offset: #off })
-    });
-    let inits = plan.tensors.iter().filter_map(|t| {
-        let off = t.offset;
-        let len = t.len();
-        let init = match t.init? {
-            InitKind::KaimingNormal { fan_in } => {
-                quote!(#rt::__private::Init::KaimingNormal { fan_in: #fan_in })
-            }
-            InitKind::Normal { std } => {
-                let std = lit_f64(std);
-                quote!(#rt::__private::Init::Normal { std: #std })
-            }
-            InitKind::Zeros => quote!(#rt::__private::Init::Zeros),
-            InitKind::Ones => quote!(#rt::__private::Init::Ones),
-        };
-        Some(quote!((#off, #len, #init)))
-    });
-    let bn_state = plan.bns.iter().map(|b| {
-        let (o, c) = (b.running, b.channels);
-        quote!((#o, #c))
-    });
+    let tensors = tensor_specs(plan, &rt);
     let graph = emit_graph(plan, &rt);
-    let layers = plan.layers.iter().map(|l| {
-        let n = &l.name;
-        let op = &l.op;
-        let srcs = &l.sources;
-        let (ci, co, p, m) = (l.in_channels, l.out_channels, l.params, l.macs);
-        let (ih, iw) = l.in_size;
-        let (oh, ow) = l.out_size;
-        quote!(#rt::LayerInfo { name: #n, op: #op, sources: &[#(#srcs),*], in_channels: #ci, out_channels: #co,
-            in_size: (#ih, #iw), out_size: (#oh, #ow), params: #p, macs: #m })
-    });
-
-    let forward = emit_forward(plan);
-    let eval_pass = emit_eval_pass(plan);
-    let forward_backward = emit_forward_backward(plan);
-    let gpu = crate::emit_gpu::emit_gpu(plan);
-
+    let layers = layer_infos(plan, &rt);
     quote! {
         #(#attrs)*
         #[derive(Clone)]
-        #vis struct #name<T: #rt::Float = f32> {
+        // `pub` in the module `wrap` puts it in; the declaration's
+        // visibility is the re-export's.
+        pub struct #name<T: #rt::Float = f32> {
             params: ::std::vec::Vec<T>,
             state: ::std::vec::Vec<T>,
             rng: #rt::__private::rand_chacha::ChaCha8Rng,
@@ -147,28 +102,82 @@ pub fn emit(cfg: &Config, plan: &Plan, summary: &str) -> TokenStream {
                 GRAPH
             }
         }
+    }
+}
 
-        impl<T: #rt::Float> #rt::gpu::GpuNetwork for #name<T> {
-            #gpu
-        }
+/// The `NetworkSpec::tensors` table: every parameter and statistic.
+fn tensor_specs(plan: &Plan, rt: &TokenStream) -> Vec<TokenStream> {
+    plan.tensors
+        .iter()
+        .map(|t| {
+            let n = &t.name;
+            let shape = &t.shape;
+            let off = t.offset;
+            let store = match t.store {
+                Store::Param => quote!(#rt::Store::Param),
+                Store::State => quote!(#rt::Store::State),
+            };
+            quote!(#rt::TensorSpec { name: #n, shape: &[#(#shape),*], store: #store, offset: #off })
+        })
+        .collect()
+}
 
-        /// The network's description without naming the element type
-        /// (`Net::summary()`; the same for every element type).
-        impl #name<f32> {
-            /// The layer table (`NetworkSpec::summary`).
-            pub fn summary() -> &'static str {
-                <Self as #rt::NetworkSpec>::summary()
-            }
-            /// Every parameter and statistic tensor (`NetworkSpec::tensors`).
-            pub fn tensors() -> &'static [#rt::TensorSpec] {
-                <Self as #rt::NetworkSpec>::tensors()
-            }
-            /// Every layer (`NetworkSpec::layers`).
-            pub fn layers() -> &'static [#rt::LayerInfo] {
-                <Self as #rt::NetworkSpec>::layers()
-            }
-        }
+/// The `NetworkSpec::layers` table.
+fn layer_infos(plan: &Plan, rt: &TokenStream) -> Vec<TokenStream> {
+    plan.layers
+        .iter()
+        .map(|l| {
+            let n = &l.name;
+            let op = &l.op;
+            let srcs = &l.sources;
+            let (ci, co, p, m) = (l.in_channels, l.out_channels, l.params, l.macs);
+            let (ih, iw) = l.in_size;
+            let (oh, ow) = l.out_size;
+            quote!(#rt::LayerInfo { name: #n, op: #op, sources: &[#(#srcs),*], in_channels: #ci, out_channels: #co,
+                in_size: (#ih, #iw), out_size: (#oh, #ow), params: #p, macs: #m })
+        })
+        .collect()
+}
 
+/// How `new` initialises each parameter: (offset, length, init).
+fn inits(plan: &Plan, rt: &TokenStream) -> Vec<TokenStream> {
+    plan.tensors
+        .iter()
+        .filter_map(|t| {
+            let off = t.offset;
+            let len = t.len();
+            let init = match t.init? {
+                InitKind::KaimingNormal { fan_in } => {
+                    quote!(#rt::__private::Init::KaimingNormal { fan_in: #fan_in })
+                }
+                InitKind::Normal { std } => {
+                    let std = lit_f64(std);
+                    quote!(#rt::__private::Init::Normal { std: #std })
+                }
+                InitKind::Zeros => quote!(#rt::__private::Init::Zeros),
+                InitKind::Ones => quote!(#rt::__private::Init::Ones),
+            };
+            Some(quote!((#off, #len, #init)))
+        })
+        .collect()
+}
+
+/// The inference pass and `Model`: construction, the stores and the three
+/// straight-line passes.
+fn model(cfg: &Config, plan: &Plan) -> TokenStream {
+    let rt = rt();
+    let name = &cfg.ident;
+    let params_len = plan.params_len;
+    let state_len = plan.state_len;
+    let inits = inits(plan, &rt);
+    let bn_state = plan.bns.iter().map(|b| {
+        let (o, c) = (b.running, b.channels);
+        quote!((#o, #c))
+    });
+    let forward = emit_forward(plan);
+    let eval_pass = emit_eval_pass(plan);
+    let forward_backward = emit_forward_backward(plan);
+    quote! {
         impl<T: #rt::Float> #name<T> {
             #eval_pass
         }
@@ -428,7 +437,7 @@ fn chain_call(plan: &Plan, c: &EvalChain) -> TokenStream {
 /// backward statement group per node in reverse order. A buffer's gradient
 /// is created at its last reader (the first one backward meets), receives
 /// every reader's contribution, and is consumed by its producer; buffers and
-/// gradients go back to the thread's buffer store ([`scratch::recycle`]) as soon as
+/// gradients go back to the thread's buffer store (`scratch::recycle`) as soon as
 /// backward is done with them, to be reused by the next allocation that fits.
 fn emit_forward_backward(plan: &Plan) -> TokenStream {
     let rt = rt();
@@ -478,56 +487,7 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             }
             None => quote!(dlogits),
         };
-        let dz = match &node.op {
-            Op::Conv {
-                kernel,
-                stride,
-                pad,
-                out_channels,
-                weight,
-                bias,
-            } => {
-                let (wo, wl) = (weight.offset, weight.len);
-                let geom = quote!(#rt::__private::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
-                match bias {
-                    Some(b) => {
-                        // The plan places a bias right after its weight.
-                        assert_eq!(b.offset, wo + wl, "bias follows its weight");
-                        let end = b.offset + b.len;
-                        quote!({
-                            let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
-                            #rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, dw, Some(db))
-                        })
-                    }
-                    None => {
-                        let end = wo + wl;
-                        quote!(#rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, &mut grads[#wo..#end], None))
-                    }
-                }
-            }
-            Op::AvgPool { kernel, stride } => {
-                let ib = &plan.buffers[node.inputs[0]];
-                let (h, w) = (ib.h, ib.w);
-                quote!(#rt::__private::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
-            }
-            Op::MaxPool {
-                kernel,
-                stride,
-                pad,
-            } => {
-                quote!(#rt::__private::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
-            }
-            Op::Affine => quote!(#dy),
-            Op::GapDense { weight, bias, .. } => {
-                let (wo, wl) = (weight.offset, weight.len);
-                assert_eq!(bias.offset, wo + wl, "bias follows its weight");
-                let end = bias.offset + bias.len;
-                quote!({
-                    let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
-                    #rt::__private::gap_dense_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, dw, db)
-                })
-            }
-        };
+        let dz = backward_call(plan, node, &srcs, &pre_arg, &dy);
         body.push(quote!(let dz = #dz;));
         // The first node (in backward order) to write a source's gradient
         // stores into a fresh buffer; later ones add.
@@ -594,6 +554,69 @@ fn emit_forward_backward(plan: &Plan) -> TokenStream {
             let mut ctx = #rt::__private::Ctx::new(&self.params, &mut self.state, mode, &mut self.rng);
             #(#body)*
             ::std::result::Result::Ok(g0)
+        }
+    }
+}
+
+/// The backward call of one node: its parameters' gradients into `grads`
+/// and the gradient with respect to its (virtual, transformed) input,
+/// from `dy`, the gradient of its output.
+fn backward_call(
+    plan: &Plan,
+    node: &crate::plan::Node,
+    srcs: &[Ident],
+    pre_arg: &TokenStream,
+    dy: &TokenStream,
+) -> TokenStream {
+    let rt = rt();
+    match &node.op {
+        Op::Conv {
+            kernel,
+            stride,
+            pad,
+            out_channels,
+            weight,
+            bias,
+        } => {
+            let (wo, wl) = (weight.offset, weight.len);
+            let geom = quote!(#rt::__private::ConvGeom { out_channels: #out_channels, kernel: #kernel, stride: #stride, pad: #pad });
+            match bias {
+                Some(b) => {
+                    // The plan places a bias right after its weight.
+                    assert_eq!(b.offset, wo + wl, "bias follows its weight");
+                    let end = b.offset + b.len;
+                    quote!({
+                        let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
+                        #rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, dw, Some(db))
+                    })
+                }
+                None => {
+                    let end = wo + wl;
+                    quote!(#rt::__private::conv2d_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, #geom, &mut grads[#wo..#end], None))
+                }
+            }
+        }
+        Op::AvgPool { kernel, stride } => {
+            let ib = &plan.buffers[node.inputs[0]];
+            let (h, w) = (ib.h, ib.w);
+            quote!(#rt::__private::avg_pool_backward(&#dy, #kernel, #stride, (#h, #w)))
+        }
+        Op::MaxPool {
+            kernel,
+            stride,
+            pad,
+        } => {
+            quote!(#rt::__private::max_pool_backward(&[#(&#srcs),*], #pre_arg, &#dy, #kernel, #stride, #pad))
+        }
+        Op::Affine => quote!(#dy),
+        Op::GapDense { weight, bias, .. } => {
+            let (wo, wl) = (weight.offset, weight.len);
+            assert_eq!(bias.offset, wo + wl, "bias follows its weight");
+            let end = bias.offset + bias.len;
+            quote!({
+                let (dw, db) = grads[#wo..#end].split_at_mut(#wl);
+                #rt::__private::gap_dense_backward(&[#(&#srcs),*], #pre_arg, ctx.p(#wo, #wl), &#dy, dw, db)
+            })
         }
     }
 }

@@ -7,7 +7,8 @@
 
 use crate::gpu_plan::{layout, GpuLayout};
 use crate::plan::{Node, Op, Plan};
-use proc_macro2::TokenStream;
+use crate::tokens::{raw_str, rt};
+use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 use std::fmt::Write;
 
@@ -256,6 +257,7 @@ fn node_struct(plan: &Plan, lay: &GpuLayout, i: usize, node: &Node) -> String {
     s
 }
 
+/// The program: every kernel's source and the four launch sequences.
 fn build(plan: &Plan, lay: &GpuLayout) -> Program {
     let mut p = Program::default();
     p.source
@@ -264,8 +266,41 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
         p.source,
         "static_assert(SN_CHUNKS == {CHUNKS} && SN_TILE_M == {TILE_M} && SN_TILE_THREADS == {TILE_THREADS}, \"kernels.cuh and the emitter agree on chunks and tiles\");"
     );
+    let stats = stats_kernels(&mut p, plan, lay);
+    forward(&mut p, plan, lay, &stats);
+    // Loss.
+    let k = p.kernel(
+        "loss".to_string(),
+        format!("softmax_cross_entropy<{}>(a);", plan.classes),
+    );
+    p.backward.push(elementwise(k, 1, 0));
+    // Backward, node by node in reverse.
+    for (i, node) in plan.nodes.iter().enumerate().rev() {
+        backward_node(&mut p, plan, lay, i, node);
+    }
+    let k = p.kernel(
+        "sgd".to_string(),
+        format!("sgd_step<{}>(a);", plan.params_len),
+    );
+    p.optimizer.push(elementwise(k, 0, plan.params_len));
+    // The input batch from u8 images on the device (GpuModel::stage_batch).
+    let [c, h, w] = plan.input;
+    let k = p.kernel(
+        AUGMENT_KERNEL.to_string(),
+        format!("augment_input<{c}, {h}, {w}>(a);"),
+    );
+    p.stage_input = elementwise(k, c * h * w, 0);
+    p
+}
+
+/// The batch-statistics kernels of a buffer read through a BatchNorm:
+/// (partial sums, final, channels).
+type StatsKernels = Option<(usize, usize, usize)>;
+
+/// Adds the batch-statistics kernels of every buffer that needs them (run
+/// right after the buffer is produced); per buffer.
+fn stats_kernels(p: &mut Program, plan: &Plan, lay: &GpuLayout) -> Vec<StatsKernels> {
     let need = plan.needs_stats();
-    // Batch statistics of a buffer, right after it is produced.
     let mut stats_kernel = vec![None; plan.buffers.len()];
     for (b, buf) in plan.buffers.iter().enumerate() {
         if need[b] {
@@ -287,12 +322,22 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             stats_kernel[b] = Some((kp, kf, c));
         }
     }
-    let launch = elementwise;
-    if let Some((kp, kf, c)) = stats_kernel[0] {
-        p.forward_train.push(launch(kp, 0, c * CHUNKS));
-        p.forward_train.push(launch(kf, 0, c));
+    stats_kernel
+}
+
+/// Launches a buffer's batch statistics in the training forward pass.
+fn push_stats(p: &mut Program, stats: StatsKernels) {
+    if let Some((kp, kf, c)) = stats {
+        p.forward_train.push(elementwise(kp, 0, c * CHUNKS));
+        p.forward_train.push(elementwise(kf, 0, c));
     }
-    // Forward.
+}
+
+/// The forward kernels of every node and the inference and training
+/// forward sequences (training adds the batch statistics).
+fn forward(p: &mut Program, plan: &Plan, lay: &GpuLayout, stats: &[StatsKernels]) {
+    let launch = elementwise;
+    push_stats(p, stats[0]);
     for (i, node) in plan.nodes.iter().enumerate() {
         let st = node_struct(plan, lay, i, node);
         p.source.push_str(&st);
@@ -316,10 +361,7 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
             p.cost(k, flops, bytes);
             p.forward_eval.push(l);
             p.forward_train.push(l);
-            if let Some((kp, kf, c)) = stats_kernel[o] {
-                p.forward_train.push(launch(kp, 0, c * CHUNKS));
-                p.forward_train.push(launch(kf, 0, c));
-            }
+            push_stats(p, stats[o]);
             continue;
         }
         let (template, per_image) = match (&node.op, node.output) {
@@ -333,126 +375,114 @@ fn build(plan: &Plan, lay: &GpuLayout) -> Program {
         p.forward_eval.push(launch(k, per_image, 0));
         p.forward_train.push(launch(k, per_image, 0));
         if let Some(o) = node.output {
-            if let Some((kp, kf, c)) = stats_kernel[o] {
-                p.forward_train.push(launch(kp, 0, c * CHUNKS));
-                p.forward_train.push(launch(kf, 0, c));
-            }
+            push_stats(p, stats[o]);
         }
     }
-    // Loss.
-    let k = p.kernel(
-        "loss".to_string(),
-        format!("softmax_cross_entropy<{}>(a);", plan.classes),
-    );
-    p.backward.push(launch(k, 1, 0));
-    // Backward, node by node in reverse.
-    for (i, node) in plan.nodes.iter().enumerate().rev() {
-        let b0 = &plan.buffers[node.inputs[0]];
-        let cin: usize = node.inputs.iter().map(|&b| plan.buffers[b].channels).sum();
-        let in_per_image = cin * b0.h * b0.w;
-        let needs_dz = lay.dz_off[i].is_some();
-        let input_template = match node.op {
-            Op::Conv { .. } => Some("conv_backward_input"),
-            Op::AvgPool { .. } => Some("avg_pool_backward_input"),
-            Op::MaxPool { .. } => Some("max_pool_backward_input"),
-            Op::GapDense { .. } => Some("gap_dense_backward_input"),
-            Op::Affine => None,
-        };
-        if let (true, Op::Conv { stride: 1, .. }) = (needs_dz, &node.op) {
-            // The tiled data gradient: rows are input positions, columns
-            // input channels.
-            let (nt, tiles) = column_tiles(cin);
-            let k = p.coop_kernel(
-                format!("bin_n{i}"),
-                format!("tiled_gemm<ConvBackwardData<N{i}>, {nt}>(a);"),
-            );
-            p.backward.push(tiled(k, b0.h * b0.w, tiles));
-            let o = &plan.buffers[node.output.expect("a convolution has an output")];
-            let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
-            p.cost(k, flops, bytes);
-        } else if let (true, Some(t)) = (needs_dz, input_template) {
-            let k = p.kernel(format!("bin_n{i}"), format!("{t}<N{i}>(a);"));
-            p.backward.push(launch(k, in_per_image, 0));
-        }
-        match &node.op {
-            Op::Conv {
-                kernel,
-                out_channels,
-                bias,
-                ..
-            } => {
-                // A tiled GEMM over the batch's positions, split-K into a
-                // fixed number of chunks (enough blocks to fill a GPU; the
-                // same for every batch size, so results are deterministic),
-                // then the chunks summed in order.
-                let rows = cin * kernel * kernel + usize::from(bias.is_some());
-                let (nt, tiles) = column_tiles(*out_channels);
-                let blocks = rows.div_ceil(TILE_M) * tiles;
-                let splits = WGRAD_BLOCKS.div_ceil(blocks).clamp(1, WGRAD_MAX_SPLITS);
-                let kp = p.coop_kernel(
-                    format!("bwp_n{i}"),
-                    format!("tiled_gemm<ConvBackwardWeight<N{i}, {splits}>, {nt}>(a);"),
-                );
-                let kf = p.kernel(
-                    format!("bw_n{i}"),
-                    format!("conv_weight_grad_final<N{i}, {splits}>(a);"),
-                );
-                p.partials = p.partials.max(splits * rows * out_channels);
-                let o = &plan.buffers[node.output.expect("a convolution has an output")];
-                let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
-                p.cost(kp, flops, bytes);
-                p.backward.push(Launch {
-                    kernel: kp,
-                    per_image: 0,
-                    fixed: blocks * splits * TILE_M,
-                    block: TILE_THREADS,
-                    per_block: TILE_M,
-                });
-                p.backward.push(launch(kf, 0, rows * out_channels));
-            }
-            Op::GapDense { classes, .. } => {
-                let k = p.kernel(
-                    format!("bw_n{i}"),
-                    format!("gap_dense_backward_weight<N{i}>(a);"),
-                );
-                p.backward.push(launch(k, 0, classes * cin + classes));
-            }
-            _ => {}
-        }
-        if node.pre.is_some() {
-            let kp = p.kernel(
-                format!("bbnp_n{i}"),
-                format!("bn_backward_sums_partial<N{i}>(a);"),
-            );
-            let kf = p.kernel(
-                format!("bbn_n{i}"),
-                format!("bn_backward_sums_final<N{i}>(a);"),
-            );
-            p.partials = p.partials.max(2 * cin * CHUNKS);
-            p.backward.push(launch(kp, 0, cin * CHUNKS));
-            p.backward.push(launch(kf, 0, cin));
-        }
-        if node.inputs.iter().any(|&b| lay.grad_off[b].is_some()) {
+}
+
+/// The backward kernels of node `i`: its input gradient, its weights'
+/// gradient, its BatchNorm's sums and the gradient into its sources.
+fn backward_node(p: &mut Program, plan: &Plan, lay: &GpuLayout, i: usize, node: &Node) {
+    let launch = elementwise;
+    let b0 = &plan.buffers[node.inputs[0]];
+    let cin: usize = node.inputs.iter().map(|&b| plan.buffers[b].channels).sum();
+    let in_per_image = cin * b0.h * b0.w;
+    let needs_dz = lay.dz_off[i].is_some();
+    let input_template = match node.op {
+        Op::Conv { .. } => Some("conv_backward_input"),
+        Op::AvgPool { .. } => Some("avg_pool_backward_input"),
+        Op::MaxPool { .. } => Some("max_pool_backward_input"),
+        Op::GapDense { .. } => Some("gap_dense_backward_input"),
+        Op::Affine => None,
+    };
+    if let (true, Op::Conv { stride: 1, .. }) = (needs_dz, &node.op) {
+        // The tiled data gradient: rows are input positions, columns
+        // input channels.
+        let (nt, tiles) = column_tiles(cin);
+        let k = p.coop_kernel(
+            format!("bin_n{i}"),
+            format!("tiled_gemm<ConvBackwardData<N{i}>, {nt}>(a);"),
+        );
+        p.backward.push(tiled(k, b0.h * b0.w, tiles));
+        let o = &plan.buffers[node.output.expect("a convolution has an output")];
+        let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
+        p.cost(k, flops, bytes);
+    } else if let (true, Some(t)) = (needs_dz, input_template) {
+        let k = p.kernel(format!("bin_n{i}"), format!("{t}<N{i}>(a);"));
+        p.backward.push(launch(k, in_per_image, 0));
+    }
+    match &node.op {
+        Op::Conv { .. } => conv_weight_grad(p, plan, i, node, cin),
+        Op::GapDense { classes, .. } => {
             let k = p.kernel(
-                format!("bdx_n{i}"),
-                format!("backward_to_sources<N{i}>(a);"),
+                format!("bw_n{i}"),
+                format!("gap_dense_backward_weight<N{i}>(a);"),
             );
-            p.backward.push(launch(k, in_per_image, 0));
+            p.backward.push(launch(k, 0, classes * cin + classes));
         }
+        _ => {}
     }
-    let k = p.kernel(
-        "sgd".to_string(),
-        format!("sgd_step<{}>(a);", plan.params_len),
+    if node.pre.is_some() {
+        let kp = p.kernel(
+            format!("bbnp_n{i}"),
+            format!("bn_backward_sums_partial<N{i}>(a);"),
+        );
+        let kf = p.kernel(
+            format!("bbn_n{i}"),
+            format!("bn_backward_sums_final<N{i}>(a);"),
+        );
+        p.partials = p.partials.max(2 * cin * CHUNKS);
+        p.backward.push(launch(kp, 0, cin * CHUNKS));
+        p.backward.push(launch(kf, 0, cin));
+    }
+    if node.inputs.iter().any(|&b| lay.grad_off[b].is_some()) {
+        let k = p.kernel(
+            format!("bdx_n{i}"),
+            format!("backward_to_sources<N{i}>(a);"),
+        );
+        p.backward.push(launch(k, in_per_image, 0));
+    }
+}
+
+/// A convolution's weight gradient (node `i`, `cin` input channels): a
+/// tiled GEMM over the batch's positions, split-K into a fixed number of
+/// chunks (enough blocks to fill a GPU; the same for every batch size, so
+/// results are deterministic), then the chunks summed in order.
+fn conv_weight_grad(p: &mut Program, plan: &Plan, i: usize, node: &Node, cin: usize) {
+    let Op::Conv {
+        kernel,
+        out_channels,
+        bias,
+        ..
+    } = &node.op
+    else {
+        unreachable!("only convolutions have a weight gradient here")
+    };
+    let b0 = &plan.buffers[node.inputs[0]];
+    let rows = cin * kernel * kernel + usize::from(bias.is_some());
+    let (nt, tiles) = column_tiles(*out_channels);
+    let blocks = rows.div_ceil(TILE_M) * tiles;
+    let splits = WGRAD_BLOCKS.div_ceil(blocks).clamp(1, WGRAD_MAX_SPLITS);
+    let kp = p.coop_kernel(
+        format!("bwp_n{i}"),
+        format!("tiled_gemm<ConvBackwardWeight<N{i}, {splits}>, {nt}>(a);"),
     );
-    p.optimizer.push(launch(k, 0, plan.params_len));
-    // The input batch from u8 images on the device (GpuModel::stage_batch).
-    let [c, h, w] = plan.input;
-    let k = p.kernel(
-        AUGMENT_KERNEL.to_string(),
-        format!("augment_input<{c}, {h}, {w}>(a);"),
+    let kf = p.kernel(
+        format!("bw_n{i}"),
+        format!("conv_weight_grad_final<N{i}, {splits}>(a);"),
     );
-    p.stage_input = elementwise(k, c * h * w, 0);
-    p
+    p.partials = p.partials.max(splits * rows * out_channels);
+    let o = &plan.buffers[node.output.expect("a convolution has an output")];
+    let (flops, bytes) = conv_cost(node, cin, b0.h * b0.w, o.h * o.w);
+    p.cost(kp, flops, bytes);
+    p.backward.push(Launch {
+        kernel: kp,
+        per_image: 0,
+        fixed: blocks * splits * TILE_M,
+        block: TILE_THREADS,
+        per_block: TILE_M,
+    });
+    p.backward.push(elementwise(kf, 0, rows * out_channels));
 }
 
 /// The kernel that builds the input batch on the device; the runtime
@@ -484,13 +514,13 @@ fn unsupported(plan: &Plan) -> Option<String> {
     })
 }
 
-/// The `GPU_PROGRAM` constant of the generated type.
-pub fn emit_gpu(plan: &Plan) -> TokenStream {
-    let rt = quote!(::sparsenet::runtime);
+/// The `GpuNetwork` impl of the generated type `name`: its `GPU_PROGRAM`.
+pub fn emit_gpu(name: &Ident, plan: &Plan) -> TokenStream {
+    let rt = rt();
     let lay = layout(plan);
     assert_eq!(lay.act_off[0], 0, "the input is the first activation");
     let prog = build(plan, &lay);
-    let source = crate::emit::raw_str(&prog.source);
+    let source = raw_str(&prog.source);
     let kernels = &prog.kernels;
     let costs = prog.costs.iter().map(|&(f, b)| {
         let (f, b) = (f as u64, b as u64);
@@ -516,6 +546,7 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
         None => quote!(::std::option::Option::None),
     };
     quote! {
+        impl<T: #rt::Float> #rt::gpu::GpuNetwork for #name<T> {
         const GPU_PROGRAM: #rt::gpu::GpuProgram = #rt::gpu::GpuProgram {
             name: <Self as #rt::NetworkSpec>::NAME,
             source: #source,
@@ -532,6 +563,7 @@ pub fn emit_gpu(plan: &Plan) -> TokenStream {
             stage_input: ::std::option::Option::Some(#stage),
             unsupported: #unsupported,
         };
+        }
     }
 }
 

@@ -140,7 +140,7 @@ fn check_plan(cfg: &config::Config, p: &plan::Plan) {
                 .iter()
                 .find(|l| l.name == format!("stages.{s}.units.{u}"))
                 .unwrap();
-            let offsets = cfg.aggregation.offsets(u + 1);
+            let offsets = plan::topology::offsets(&cfg.aggregation, u + 1);
             assert_eq!(l.sources.len(), offsets.len());
             for (src, o) in l.sources.iter().zip(&offsets) {
                 if u + 1 - o > 0 {
@@ -277,7 +277,7 @@ fn exponential_offsets_are_powers_of_the_base() {
     for c in 2..5usize {
         let agg = config::Aggregation::Exponential(c);
         for j in 1..100usize {
-            let offs = agg.offsets(j);
+            let offs = plan::topology::offsets(&agg, j);
             let mut want = Vec::new();
             let mut p = 1;
             while p <= j {
@@ -287,7 +287,10 @@ fn exponential_offsets_are_powers_of_the_base() {
             assert_eq!(offs, want);
         }
     }
-    assert_eq!(config::Aggregation::Dense.offsets(4), [1, 2, 3, 4]);
+    assert_eq!(
+        plan::topology::offsets(&config::Aggregation::Dense, 4),
+        [1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -338,4 +341,62 @@ fn generated_code_size_stays_lean() {
             code.len()
         );
     }
+}
+
+/// The key table of `docs/declaring.md` (the macro's reference) names
+/// exactly the keys the macro reads, and the keys' expectations name every
+/// style and stem.
+#[test]
+fn the_documented_keys_are_the_keys() {
+    let doc = include_str!("../../docs/declaring.md");
+    let table = doc
+        .split("| key | value | default |")
+        .nth(1)
+        .expect("declaring.md has a key table");
+    let mut documented: Vec<&str> = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let first_cell = row.split('|').nth(1).expect("a table row has cells");
+        documented.extend(first_cell.split('`').skip(1).step_by(2));
+    }
+    let keys: Vec<&str> = config::keys::ALL.iter().map(|k| k.name).collect();
+    let (mut a, mut b) = (documented.clone(), keys.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(
+        a, b,
+        "docs/declaring.md's key table against config::keys::ALL"
+    );
+    for style in config::Style::ALL {
+        assert!(config::keys::STYLE
+            .expects
+            .contains(&format!("`{}`", style.name())));
+    }
+    for stem in config::StemKind::ALL {
+        assert!(config::keys::STEM
+            .expects
+            .contains(&format!("`{}(C)`", stem.name())));
+    }
+}
+
+/// A side over 64 with a stride-1 stem is refused unless the declaration
+/// says `large_input: allow`; 64 itself and the ImageNet stem need nothing.
+#[test]
+fn a_large_input_with_a_stride_1_stem_needs_large_input_allow() {
+    let expand = |ts: TokenStream| expand::try_expand_with(ts, false);
+    let refused = expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22 }))
+        .expect_err("a 96x96 input with the conv3x3 stem");
+    assert!(
+        refused.to_string().contains("`large_input: allow`"),
+        "{refused}"
+    );
+    expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22, large_input: allow }))
+        .expect("allowed");
+    expand(quote!(struct N { input: [3, 64, 64], classes: 10, depth: 22 })).expect("64x64");
+    expand(quote!(struct N { input: [3, 96, 96], classes: 10, depth: 22, stem: imagenet(24) }))
+        .expect("the ImageNet stem");
+    // The key's description says the same bound.
+    let side = crate::cost_check::LARGE_SIDE;
+    assert!(config::keys::LARGE_INPUT
+        .expects
+        .contains(&format!("{side}x{side}")));
 }
