@@ -357,7 +357,8 @@ const MEMORY_ORIGIN: &str = "<memory>";
 const MAX_HEADER_SIZE: u64 = 100_000_000;
 
 /// Saves `params` and `state` as described by `specs` to a safetensors file at
-/// `path`, atomically (see [`write_atomically`](crate::files::write_atomically)).
+/// `path`, atomically: written to a temporary file beside it, synced, then renamed
+/// over `path`, so a crash leaves the old file or the new one, never a torn one.
 pub fn save_weights<T: WeightElem>(
     path: &Path,
     specs: &[TensorSpec],

@@ -6,7 +6,7 @@
 //!   ([`Collective`]: rank, size, all-gather) and [`DistError`]. A cluster's
 //!   own engine (MPI, NCCL) implements it; [`ThreadGroup`] runs the ranks
 //!   as threads of one process (tests, and a reference for the others).
-//! * [`engine`]: [`DataParallel`], a training [`Engine`](crate::train::Engine)
+//! * [`engine`]: [`DataParallel`], a training [`Engine`](crate::engine::Engine)
 //!   for the CPU path over any [`Collective`].
 //! * `mpi` (feature `mpi`): `MpiCollective`, MPI's world communicator
 //!   (Open MPI or MPICH through the `mpi` crate), for `mpirun -np N`.

@@ -138,7 +138,7 @@ impl MetricsLog {
         self.records.retain(|r| r.epoch <= epoch);
     }
 
-    /// The CSV text: [`CSV_HEADER`] and one row per record. Numbers are written
+    /// The CSV text: a header line and one row per record. Numbers are written
     /// so that [`MetricsLog::read_csv`] reads them back exactly.
     pub fn to_csv(&self) -> String {
         let mut s = String::with_capacity(100 * (self.records.len() + 1));
@@ -255,7 +255,7 @@ impl MetricsLog {
         Ok(MetricsLog { records })
     }
 
-    /// Plots the log to a [`PLOT_SIZE`] PNG at `path`, atomically: train and test
+    /// Plots the log to a 1000x400 PNG at `path`, atomically: train and test
     /// loss against epoch on the left, train and test accuracy (in %) on the
     /// right, with `title` in the panel captions. Text needs a font (see the
     /// module documentation); without one the plot has curves and axes only.

@@ -35,7 +35,7 @@ mod trainer;
 
 pub use checkpoint::{
     load_checkpoint, load_checkpoint_for, load_weights_any, read_checkpoint_progress,
-    save_checkpoint, CheckpointError, TrainProgress,
+    save_checkpoint, CheckpointError, TrainProgress, RESERVED_KEYS,
 };
 pub use config::{TrainConfig, TrainError};
 pub use cpu_engine::CpuEngine;

@@ -29,7 +29,7 @@ impl<T: Float> Gradients<T> {
     }
 
     /// All of them, laid out as [`Model::params`] (what
-    /// [`Sgd::step`](super::Sgd::step) takes).
+    /// [`Sgd::step`](crate::optim::Sgd::step) takes).
     pub fn as_slice(&self) -> &[T] {
         &self.flat
     }
@@ -96,7 +96,7 @@ pub enum StepError {
 /// (as `torch.nn.CrossEntropyLoss`, mean over the batch, optional label
 /// smoothing) and the backward pass: `grads` receives d(loss)/d(parameters).
 /// The running statistics are updated once; the parameters are not touched
-/// (apply an optimiser, e.g. [`Sgd::step`](super::Sgd::step)).
+/// (apply an optimiser, e.g. [`Sgd::step`](crate::optim::Sgd::step)).
 ///
 /// The labels and smoothing are checked before the pass runs, so that a
 /// bad label is an error with the model unchanged.

@@ -41,7 +41,7 @@ pub struct TrainReport {
 }
 
 /// A training run of model `M` on engine `E` (a [`CpuEngine`] or a
-/// [`GpuEngine`](super::GpuEngine)), driven epoch by epoch.
+/// [`GpuEngine`](crate::gpu::GpuEngine)), driven epoch by epoch.
 ///
 /// [`Trainer::new`] checks the data and the [`TrainConfig`], creates the
 /// output folder, and builds the model: freshly initialised from the seed,
@@ -199,7 +199,7 @@ impl<M: Model<f32>, E: Engine<M>> Trainer<M, E> {
     }
 
     /// Stops the run after the step during which `flag` becomes set (e.g.
-    /// by [`install_sigint_handler`](super::install_sigint_handler)): the
+    /// by the program's own SIGINT handler, as `train` installs one): the
     /// trainer writes a checkpoint from which `resume` continues exactly,
     /// mid-epoch if need be, and returns [`TrainError::Interrupted`].
     pub fn stop_on(mut self, flag: &'static AtomicBool) -> Self {
