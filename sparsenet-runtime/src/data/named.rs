@@ -29,8 +29,7 @@ const CIFAR10_HINT: &str = "give a .tar.gz of image folders (train/<class>/*.jpg
      a directory holding train/ and test/ image folders, or the directory of the official binary version \
      (data_batch_1..5.bin, test_batch.bin)";
 
-const CIFAR100_HINT: &str =
-    "give the directory of the official CIFAR-100 binary version \
+const CIFAR100_HINT: &str = "give the directory of the official CIFAR-100 binary version \
      (train.bin, test.bin, possibly inside cifar-100-binary/) or cifar-100-binary.tar.gz";
 
 /// Checks every label is `< classes`, naming the first bad record.

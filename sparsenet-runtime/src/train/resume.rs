@@ -87,14 +87,12 @@ impl<M: Model<f32>> Start<M> {
         self.epoch_step = mid_epoch(&ckpt, &progress, steps_per_epoch)?;
         if self.epoch_step > 0 {
             let meta = |key: &str| progress.extra.get(key).map(String::as_str).unwrap_or("");
-            let bad = |key: &str| {
-                TrainError::Resume {
-                    checkpoint: ckpt.clone(),
-                    problem: format!(
-                        "metadata `{key}` of the interrupted epoch is missing or malformed: `{}`",
-                        crate::files::excerpt(meta(key))
-                    ),
-                }
+            let bad = |key: &str| TrainError::Resume {
+                checkpoint: ckpt.clone(),
+                problem: format!(
+                    "metadata `{key}` of the interrupted epoch is missing or malformed: `{}`",
+                    crate::files::excerpt(meta(key))
+                ),
             };
             let float = |key: &str| meta(key).parse::<f64>().map_err(|_| bad(key));
             let count = |key: &str| meta(key).parse::<usize>().map_err(|_| bad(key));
@@ -195,11 +193,7 @@ fn run_settings(cfg: &TrainConfig) -> Vec<(&'static str, &'static str, String)> 
             "momentum",
             format!("{:?}", cfg.sgd.momentum),
         ),
-        (
-            "run.nesterov",
-            "nesterov",
-            cfg.sgd.nesterov.to_string(),
-        ),
+        ("run.nesterov", "nesterov", cfg.sgd.nesterov.to_string()),
         (
             "run.weight_decay",
             "weight_decay",

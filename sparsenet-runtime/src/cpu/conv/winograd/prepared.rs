@@ -260,27 +260,88 @@ pub(super) unsafe fn image_blocks(
     let (rows, strip) = rest.split_at_mut(r_len);
     // What the last vector of tiles reads past the padded row is zero.
     rows.fill(0.0);
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
-    #[cfg(target_arch = "x86_64")]
-    for ty0 in blocks.map(|b| b * tl.rows) {
-        // SAFETY: AVX2 and FMA are present (`PreparedConv::new` checked);
-        // the buffers were sized above for this tiling.
-        let layout = VLayout::XiRows;
-        unsafe { transform_block(d, &tl, input, cin, ty0, v, rows, strip, layout) };
-        for x in 0..xi {
-            let u = &t.u.as_slice()[(x * cout + c0) * cin..(x * cout + c0 + cn) * cin];
-            let vx = &v[x * xs..];
-            let mx = &mut m[x * tl.nt..];
-            direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
-        }
-        // SAFETY: as above; stores stay in planes < cn, in this block's
-        // rows (the caller's).
-        unsafe {
-            match tl.m {
-                2 => transform_output(d, &tl, m, cn, ty0, out, ep),
-                _ => f4::transform_output(d, &tl, m, cn, ty0, out, ep),
+    simd::dispatch(Blocks {
+        d,
+        t,
+        input,
+        cin,
+        cout,
+        c0,
+        cn,
+        out,
+        v,
+        m,
+        rows,
+        strip,
+        ep,
+        blocks,
+    })
+}
+
+/// [`image_blocks`]' arguments and buffers as a [`Kernel`]: the transforms
+/// and products of each block in one body per instruction set.
+struct Blocks<'a> {
+    d: &'a Direct,
+    t: &'a Transformed,
+    input: Input<'a>,
+    cin: usize,
+    cout: usize,
+    c0: usize,
+    cn: usize,
+    out: *mut f32,
+    v: &'a mut [f32],
+    m: &'a mut [f32],
+    rows: &'a mut [f32],
+    strip: &'a mut [f32],
+    ep: Option<Epilogue<'a>>,
+    blocks: Range<usize>,
+}
+
+impl Kernel for Blocks<'_> {
+    type Output = ();
+    // SAFETY: the buffers were sized by `image_blocks` for this tiling;
+    // stores stay in planes < cn, in these blocks' rows (the caller's).
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Blocks {
+            d,
+            t,
+            input,
+            cin,
+            cout,
+            c0,
+            cn,
+            out,
+            v,
+            m,
+            rows,
+            strip,
+            ep,
+            blocks,
+        } = self;
+        let tl = t.tiling;
+        let (xs, xi) = (xi_stride(cin, tl.nt), tl.positions());
+        for ty0 in blocks.map(|b| b * tl.rows) {
+            let layout = VLayout::XiRows;
+            transform_block::<S>(d, &tl, input, cin, ty0, v, rows, strip, layout);
+            for x in 0..xi {
+                let u = &t.u.as_slice()[(x * cout + c0) * cin..(x * cout + c0 + cn) * cin];
+                let product = direct::Forward {
+                    d: &t.product,
+                    x: &v[x * xs..],
+                    cin,
+                    weight: u,
+                    cout: cn,
+                    out: &mut m[x * tl.nt..],
+                    ep: None,
+                };
+                product.check();
+                direct::forward_in::<S>(product);
             }
-        };
+            match tl.m {
+                2 => transform_output::<S>(d, &tl, m, cn, ty0, out, ep),
+                _ => f4::transform_output::<S>(d, &tl, m, cn, ty0, out, ep),
+            }
+        }
     }
 }
