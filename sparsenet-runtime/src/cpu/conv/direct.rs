@@ -676,26 +676,47 @@ struct Tile<'a> {
 impl Tile<'_> {
     /// Runs `fwd_tile` with the register type and count of `p` and, where
     /// they are 1 or 9, the tap count known at compile time (which unrolls
-    /// the tap loop; a 1x1 kernel has none left).
+    /// the tap loop; a 1x1 kernel has none left), in a function of its own
+    /// ([`Simd::outlined`]).
     #[inline(always)]
     unsafe fn run<S: Simd>(&self, kk: usize, p: PositionTile) {
         macro_rules! taps {
-            ($v:ty, $r:literal, $regs:expr) => {{
+            ($wide:literal, $r:literal, $regs:expr) => {{
                 let regs: [(usize, usize); $r] = std::array::from_fn(|i| $regs[i]);
                 match kk {
-                    1 => fwd_tile::<$v, $r, 1>(self, regs),
-                    9 => fwd_tile::<$v, $r, 9>(self, regs),
-                    _ => fwd_tile::<$v, $r, 0>(self, regs),
+                    1 => S::outlined(FwdTile::<$wide, $r, 1> { t: self, regs }),
+                    9 => S::outlined(FwdTile::<$wide, $r, 9> { t: self, regs }),
+                    _ => S::outlined(FwdTile::<$wide, $r, 0> { t: self, regs }),
                 }
             }};
         }
         match p {
-            PositionTile::Eight(1, r) => taps!(S::W8, 1, r),
-            PositionTile::Eight(_, r) => taps!(S::W8, 2, r),
-            PositionTile::Sixteen(1, r) => taps!(S::Wide, 1, r),
-            PositionTile::Sixteen(_, r) => taps!(S::Wide, 2, r),
-            PositionTile::Four(2, r) => taps!(S::Wide, 2, r),
-            PositionTile::Four(_, r) => taps!(S::Wide, 4, r),
+            PositionTile::Eight(1, r) => taps!(false, 1, r),
+            PositionTile::Eight(_, r) => taps!(false, 2, r),
+            PositionTile::Sixteen(1, r) => taps!(true, 1, r),
+            PositionTile::Sixteen(_, r) => taps!(true, 2, r),
+            PositionTile::Four(2, r) => taps!(true, 2, r),
+            PositionTile::Four(_, r) => taps!(true, 4, r),
+        }
+    }
+}
+
+/// One call of [`fwd_tile`] as a [`Kernel`]: on the set's widest vectors
+/// (`WIDE`) or its 8-lane ones, `R` of them, `KK` taps (0: not known at
+/// compile time).
+struct FwdTile<'t, 'a, const WIDE: bool, const R: usize, const KK: usize> {
+    t: &'t Tile<'a>,
+    regs: [(usize, usize); R],
+}
+
+impl<const WIDE: bool, const R: usize, const KK: usize> Kernel for FwdTile<'_, '_, WIDE, R, KK> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        if WIDE {
+            fwd_tile::<S::Wide, R, KK>(self.t, self.regs)
+        } else {
+            fwd_tile::<S::W8, R, KK>(self.t, self.regs)
         }
     }
 }

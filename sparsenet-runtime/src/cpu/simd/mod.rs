@@ -118,6 +118,11 @@ pub(crate) trait Simd: Copy + 'static {
     unsafe fn prefetch_read(p: *const f32);
     /// Asks for the cache line holding `p`, to be written.
     unsafe fn prefetch_write(p: *const f32);
+    /// Runs `k` compiled for this set in a function of its own, never
+    /// inlined into the caller: a register tile's accumulators then own the
+    /// registers (inlined into a kernel's loops, the forward tile ran at
+    /// 40-70% of its speed).
+    unsafe fn outlined<K: Kernel>(k: K) -> K::Output;
 }
 
 /// A kernel written once over [`Simd`]: [`dispatch`] runs it on the active

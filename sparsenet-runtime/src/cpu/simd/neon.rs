@@ -181,6 +181,10 @@ impl F32x8 for F32x4x2 {
 pub(crate) struct Neon;
 
 impl Simd for Neon {
+    #[inline(always)]
+    unsafe fn outlined<K: Kernel>(k: K) -> K::Output {
+        outline(k)
+    }
     type Wide = float32x4_t;
     type W8 = F32x4x2;
     #[inline(always)]
@@ -199,5 +203,12 @@ impl Simd for Neon {
 /// The CPU has NEON (every AArch64 CPU that runs Linux does).
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn run<K: Kernel>(k: K) -> K::Output {
+    k.run::<Neon>()
+}
+
+/// `k` compiled for NEON in a function of its own.
+#[target_feature(enable = "neon")]
+#[inline(never)]
+unsafe fn outline<K: Kernel>(k: K) -> K::Output {
     k.run::<Neon>()
 }

@@ -151,6 +151,12 @@ impl<const N: usize> Simd for Portable<N> {
     unsafe fn prefetch_read(_: *const f32) {}
     #[inline(always)]
     unsafe fn prefetch_write(_: *const f32) {}
+    /// Inlined: these sets check the generic code, their speed is no concern
+    /// (and a function of its own would lose the caller's FMA).
+    #[inline(always)]
+    unsafe fn outlined<K: Kernel>(k: K) -> K::Output {
+        k.run::<Self>()
+    }
 }
 
 /// Runs `k` on `Portable<N>`; on x86-64 with FMA compiled with it, so that

@@ -158,6 +158,10 @@ pub(crate) struct V3;
 pub(crate) struct V4;
 
 impl Simd for V3 {
+    #[inline(always)]
+    unsafe fn outlined<K: Kernel>(k: K) -> K::Output {
+        outline_v3(k)
+    }
     type Wide = __m256;
     type W8 = __m256;
     #[inline(always)]
@@ -171,6 +175,10 @@ impl Simd for V3 {
 }
 
 impl Simd for V4 {
+    #[inline(always)]
+    unsafe fn outlined<K: Kernel>(k: K) -> K::Output {
+        outline_v4(k)
+    }
     type Wide = __m512;
     type W8 = __m256;
     #[inline(always)]
@@ -198,5 +206,19 @@ pub(super) unsafe fn run_v3<K: Kernel>(k: K) -> K::Output {
 /// The CPU has AVX-512 F, VL and BW, AVX2 and FMA.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
 pub(super) unsafe fn run_v4<K: Kernel>(k: K) -> K::Output {
+    k.run::<V4>()
+}
+
+/// `k` compiled for V3 in a function of its own.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn outline_v3<K: Kernel>(k: K) -> K::Output {
+    k.run::<V3>()
+}
+
+/// `k` compiled for V4 in a function of its own.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+#[inline(never)]
+unsafe fn outline_v4<K: Kernel>(k: K) -> K::Output {
     k.run::<V4>()
 }
