@@ -142,10 +142,17 @@ impl std::str::FromStr for Isa {
 /// Why an instruction set cannot be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IsaError {
+    /// A name that is no instruction set's.
     #[error("unknown instruction set {0:?} (expected one of scalar, portable4, portable8, portable16, avx2, avx512, neon)")]
     Unknown(String),
+    /// A set this CPU cannot run.
     #[error("instruction set {isa} cannot run here: {why}")]
-    Unavailable { isa: Isa, why: &'static str },
+    Unavailable {
+        /// The set asked for.
+        isa: Isa,
+        /// What the CPU lacks.
+        why: &'static str,
+    },
 }
 
 /// What the CPU has, detected once.

@@ -46,7 +46,7 @@ impl Affine<'_> {
     /// (so the values equal a gather's to the bit; Rust does not fuse the
     /// multiply and add into an FMA).
     #[inline(always)]
-    pub(super) fn row(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+    pub fn row(&self, c: usize, src: &[f32], dst: &mut [f32]) {
         let (s, t) = (self.scale[c], self.shift[c]);
         if self.relu {
             for (d, &v) in dst.iter_mut().zip(src) {

@@ -56,7 +56,7 @@ impl<'a> PreparedConv<'a> {
 
     /// [`PreparedConv::new`] with F(4x4, 3x3) allowed or not (`large`),
     /// whatever [`large_tiles`] says.
-    pub(super) fn with_tiles(
+    pub fn with_tiles(
         d: &'a Direct,
         weight: &'a [f32],
         cin: usize,
@@ -111,6 +111,12 @@ impl<'a> PreparedConv<'a> {
     /// Whether the Winograd path runs.
     pub fn is_winograd(&self) -> bool {
         self.winograd.is_some()
+    }
+
+    /// The side of the Winograd output tiles (2 or 4), `None` on the
+    /// direct kernel.
+    pub fn tile_size(&self) -> Option<usize> {
+        self.winograd.as_ref().map(|t| t.tiling.m)
     }
 
     /// Every output channel of one image, split over the threads (a

@@ -29,7 +29,7 @@ impl WeightGrad {
     }
 
     /// [`WeightGrad::new`] with 4x4 tiles allowed or not (`large`).
-    pub(super) fn with_tiles(
+    pub fn with_tiles(
         d: &Direct,
         cin: usize,
         cout: usize,
@@ -52,6 +52,11 @@ impl WeightGrad {
             cin,
             cout,
         })
+    }
+
+    /// The side of the output tiles (2 or 4).
+    pub fn tile_size(&self) -> usize {
+        self.tiling.m
     }
 
     /// Floats of the accumulator [`WeightGrad::image`] sums into: one of
