@@ -199,3 +199,36 @@ pub fn layers_equal_portable8() {
             .0
     });
 }
+
+pub fn batch1_splits_equal_one_image_per_thread() {
+    // A batch of one splits each layer over the threads (output positions
+    // for few output channels, channels or Winograd blocks for more); a
+    // batch of two runs each image whole on a thread. The same sums either
+    // way: equal to the bit.
+    for (cin, oc, h, w) in [
+        (30, 12, 32, 32),
+        (20, 12, 8, 8),
+        (40, 24, 16, 16),
+        (33, 12, 16, 8),
+    ] {
+        let one = Array4::from_shape_vec((1, cin, h, w), values(cin * h * w, 0.1)).unwrap();
+        let two = ndarray::concatenate(ndarray::Axis(0), &[one.view(), one.view()]).unwrap();
+        let wt = values(oc * cin * 9, 0.4);
+        let pre = Pre::affine(values(cin, 1.2), values(cin, 2.2), true);
+        let g = ConvGeom {
+            out_channels: oc,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let a = conv2d(&[&one], Some(&pre), &wt, None, g);
+        let b = conv2d(&[&two], Some(&pre), &wt, None, g);
+        let bits = |v: ndarray::ArrayView3<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(a.index_axis(ndarray::Axis(0), 0)),
+            bits(b.index_axis(ndarray::Axis(0), 1)),
+            "{:?}: batch 1 split against a whole image",
+            (cin, oc, h, w)
+        );
+    }
+}

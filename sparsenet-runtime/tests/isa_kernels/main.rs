@@ -99,6 +99,11 @@ const CHECKS: &[Check] = &[
         true,
         bitwise::layers_equal_portable8,
     ),
+    (
+        "bitwise::batch1_splits_equal_one_image_per_thread",
+        true,
+        bitwise::batch1_splits_equal_one_image_per_thread,
+    ),
 ];
 
 /// The sets, widest hardware first.

@@ -40,6 +40,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::cpu::simd::{self, F32s, Kernel, Simd};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Output channels per forward tile and vectors (of 8 outputs) per tile:
@@ -470,25 +471,84 @@ pub fn forward_ep(
         cin,
         weight,
         cout,
-        out,
+        out: out.as_mut_ptr(),
+        out_len: out.len(),
         ep,
+        groups: 0..d.offs.len(),
     };
     f.check();
     simd::dispatch(f)
 }
 
-/// [`forward_ep`]'s arguments, checked, as a [`Kernel`].
-pub(crate) struct Forward<'a, 'o> {
+/// [`forward_ep`] for one image of a batch-1 pass, split over the threads
+/// by output positions: for a layer of few output channels (the seed's
+/// growth of 12 is two channel tiles, one part), where a split by output
+/// channels leaves threads idle. Each part computes every channel of its
+/// groups of 8 outputs, in the same order as one call does, so the numbers
+/// are the same. The rows mapping only (the flat one stores into a grid).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_split_positions(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    out: &mut [f32],
+    ep: Option<Epilogue>,
+) {
+    assert!(d.rows, "outputs stored straight into NCHW planes");
+    let all = Forward {
+        d,
+        x,
+        cin,
+        weight,
+        cout,
+        out: out.as_mut_ptr(),
+        out_len: out.len(),
+        ep,
+        groups: 0..d.offs.len(),
+    };
+    all.check();
+    let groups = d.offs.len();
+    // Whole position tiles of the widest set (4 groups) per part.
+    let per = groups
+        .div_ceil(crate::cpu::parallel::threads::available())
+        .next_multiple_of(4);
+    let (base, len) = (crate::cpu::parallel::SharedMut(out.as_mut_ptr()), out.len());
+    crate::cpu::parallel::team::for_each_part(groups.div_ceil(per), &|i| {
+        let part = Forward {
+            d,
+            x,
+            cin,
+            weight,
+            cout,
+            out: base.at(0),
+            out_len: len,
+            ep,
+            groups: i * per..groups.min((i + 1) * per),
+        };
+        // SAFETY: checked above for all groups; the parts store to disjoint
+        // outputs (their own groups), and `out` outlives the call.
+        simd::dispatch(part)
+    });
+}
+
+/// [`forward_ep`]'s arguments, checked, as a [`Kernel`]: the outputs of
+/// position groups `groups` (of 8) of `out_len` floats at `out`, which the
+/// call may write while no one else touches those groups' outputs.
+pub(crate) struct Forward<'a> {
     pub(crate) d: &'a Direct,
     pub(crate) x: &'a [f32],
     pub(crate) cin: usize,
     pub(crate) weight: &'a [f32],
     pub(crate) cout: usize,
-    pub(crate) out: &'o mut [f32],
+    pub(crate) out: *mut f32,
+    pub(crate) out_len: usize,
     pub(crate) ep: Option<Epilogue<'a>>,
+    pub(crate) groups: Range<usize>,
 }
 
-impl Forward<'_, '_> {
+impl Forward<'_> {
     /// The checks that make [`forward_in`]'s accesses safe.
     pub(crate) fn check(&self) {
         let (d, cin, cout) = (self.d, self.cin, self.cout);
@@ -505,14 +565,15 @@ impl Forward<'_, '_> {
             "weight is cout x cin x k x k"
         );
         assert!(
-            self.out.len() >= cout * d.out_plane,
+            self.out_len >= cout * d.out_plane,
             "output holds cout planes"
         );
+        assert!(self.groups.end <= d.offs.len(), "groups of the output");
         assert!(cpu_supported(), "an instruction set with vector kernels");
     }
 }
 
-impl Kernel for Forward<'_, '_> {
+impl Kernel for Forward<'_> {
     type Output = ();
     #[inline(always)]
     unsafe fn run<S: Simd>(self) {
@@ -535,6 +596,8 @@ pub(crate) unsafe fn forward_in<S: Simd>(f: Forward) {
         cout,
         out,
         ep,
+        groups,
+        ..
     } = f;
     let kk = d.k * d.k;
     // SAFETY (every access below): input reads stay below `cin * plane` by
@@ -553,7 +616,7 @@ pub(crate) unsafe fn forward_in<S: Simd>(f: Forward) {
     // 18 + 6 (each block after the first reads and writes the output
     // again).
     let cb = cin.div_ceil(cin.div_ceil(cb));
-    let offs = &d.offs[..];
+    let offs = &d.offs[groups];
     for c0 in (0..cin).step_by(cb) {
         let cn = cb.min(cin - c0);
         let xb = x.as_ptr().add(c0 * d.plane);
@@ -569,7 +632,7 @@ pub(crate) unsafe fn forward_in<S: Simd>(f: Forward) {
                 for tile_q in g0..tiles.min(g0 + FG) {
                     let qn = FQ.min(cout - tile_q * FQ);
                     if let Some(at) = ahead {
-                        let o = out.as_ptr().wrapping_add(tile_q * FQ * d.out_plane + at);
+                        let o = out.wrapping_add(tile_q * FQ * d.out_plane + at);
                         for q in 0..qn {
                             S::prefetch_write(o.wrapping_add(q * d.out_plane));
                             S::prefetch_write(o.wrapping_add(q * d.out_plane + 8));
@@ -585,7 +648,7 @@ pub(crate) unsafe fn forward_in<S: Simd>(f: Forward) {
                         d,
                         cin: cn,
                         w,
-                        out: out.as_mut_ptr().add(tile_q * FQ * d.out_plane),
+                        out: out.add(tile_q * FQ * d.out_plane),
                         qn,
                         accumulate: c0 > 0,
                         // The epilogue goes with the last block's store.
@@ -1000,10 +1063,7 @@ pub(crate) fn split_out_channels(
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let channels = out.len() / plane;
-    let per = channels
-        .div_ceil(crate::cpu::parallel::threads::available())
-        .next_multiple_of(OUT_TILE)
-        .max(2 * OUT_TILE);
+    let per = out_channels_per_part(channels);
     let (len, parts) = (out.len(), channels.div_ceil(per));
     let base = crate::cpu::parallel::SharedMut(out.as_mut_ptr());
     crate::cpu::parallel::team::for_each_part(parts, &|i| {
@@ -1014,4 +1074,18 @@ pub(crate) fn split_out_channels(
         let part = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
         f(i * per, (end - start) / plane, part)
     });
+}
+
+/// Output channels per part of [`split_out_channels`]: whole forward tiles,
+/// at least two.
+fn out_channels_per_part(channels: usize) -> usize {
+    channels
+        .div_ceil(crate::cpu::parallel::threads::available())
+        .next_multiple_of(OUT_TILE)
+        .max(2 * OUT_TILE)
+}
+
+/// The parts [`split_out_channels`] makes of `channels` output channels.
+pub(crate) fn out_channel_parts(channels: usize) -> usize {
+    channels.div_ceil(out_channels_per_part(channels))
 }

@@ -108,6 +108,20 @@ impl<'a> PreparedConv<'a> {
         }
     }
 
+    /// Whether [`PreparedConv::run_split`] splits the direct kernel's
+    /// positions rather than its output channels: where the channels make
+    /// fewer parts than there are threads (`SPARSENET_SPLIT=channels` keeps
+    /// the channel split, to measure what this gains).
+    fn by_positions(&self) -> bool {
+        static CHANNELS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off = *CHANNELS
+            .get_or_init(|| std::env::var("SPARSENET_SPLIT").is_ok_and(|v| v == "channels"));
+        let threads = crate::cpu::parallel::threads::available();
+        !off && self.d.rows
+            && direct::out_channel_parts(self.cout) < threads
+            && self.d.offs_len() >= 4 * threads
+    }
+
     /// Whether the Winograd path runs.
     pub fn is_winograd(&self) -> bool {
         self.winograd.is_some()
@@ -127,6 +141,18 @@ impl<'a> PreparedConv<'a> {
     pub fn run_split(&self, input: Input, out: &mut [f32], ep: Option<Epilogue>) {
         let Some(t) = &self.winograd else {
             let hw = self.d.ho * self.d.wo;
+            if let (Input::Padded(x), true) = (input, self.by_positions()) {
+                // Too few output channels to split: split the positions.
+                return direct::forward_split_positions(
+                    self.d,
+                    x,
+                    self.cin,
+                    self.weight,
+                    self.cout,
+                    out,
+                    ep,
+                );
+            }
             crate::cpu::conv::direct::split_out_channels(out, hw, |c0, cn, part| {
                 let mut grid = Scratch::<f32>::stale(self.scratch_len(cn));
                 let e = ep.map(|e| e.channels(c0, cn));
@@ -332,14 +358,17 @@ impl Kernel for Blocks<'_> {
             transform_block::<S>(d, &tl, input, cin, ty0, v, rows, strip, layout);
             for x in 0..xi {
                 let u = &t.u.as_slice()[(x * cout + c0) * cin..(x * cout + c0 + cn) * cin];
+                let mx = &mut m[x * tl.nt..];
                 let product = direct::Forward {
                     d: &t.product,
                     x: &v[x * xs..],
                     cin,
                     weight: u,
                     cout: cn,
-                    out: &mut m[x * tl.nt..],
+                    out: mx.as_mut_ptr(),
+                    out_len: mx.len(),
                     ep: None,
+                    groups: 0..t.product.offs_len(),
                 };
                 product.check();
                 direct::forward_in::<S>(product);
