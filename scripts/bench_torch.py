@@ -234,6 +234,7 @@ def main():
     lat_ms = median_ms(lambda: infer(one), args.latency_reps, 5)
     print(json.dumps({
         "side": "pytorch", "memory_format": args.memory_format, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "batch": x.shape[0], "logits_max_rel_err": rel, "train_step_ms": round(train_ms, 3),
         "eval_ms": round(eval_ms, 3), "latency1_ms": round(lat_ms, 4),
         "peak_rss_train_mib": round(peak_train, 1), "peak_rss_mib": round(peak_rss_mib(), 1),

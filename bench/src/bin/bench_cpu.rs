@@ -2,11 +2,14 @@
 //! runs both halves and prints the comparison).
 //!
 //! For one network it writes its weights (safetensors, PyTorch names and
-//! layouts), a random input and our eval-mode logits for it, so that the
-//! PyTorch script can check it computes the same function; then it times
+//! layouts), their ONNX export (`model.onnx`, as `train --export-onnx`
+//! writes it), a random input and our eval-mode logits for it, so that the
+//! PyTorch and onnxruntime scripts can check they compute the same
+//! function; then it times
 //! training steps (forward, backward, SGD update), eval-mode inference and
-//! batch-1 latency, and prints one JSON line with medians and the process's
-//! peak resident memory after the training steps.
+//! batch-1 latency, and prints one JSON line with medians, the process's
+//! peak resident memory after the training steps and the instruction set
+//! the kernels ran on (`SPARSENET_ISA` forces one).
 //!
 //! `cargo run --release -p sparsenet-bench --bin bench_cpu -- --net seed40 --out DIR`
 use clap::{Parser, ValueEnum};
@@ -94,6 +97,8 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
     model
         .save(&args.out.join("weights.safetensors"))
         .map_err(|e| e.to_string())?;
+    sparsenet::runtime::onnx::save_onnx(&model, &args.out.join("model.onnx"))
+        .map_err(|e| e.to_string())?;
     let (x, labels) = input(args.batch, M::INPUT, 7);
     let logits = model
         .forward(x.view(), Mode::Eval)
@@ -137,7 +142,7 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
     println!(
         "{{\"side\": \"sparsenet\", \"net\": \"{}\", \"params\": {}, \"macs_per_image\": {}, \"batch\": {}, \
          \"threads\": {}, \"train_step_ms\": {:.3}, \"eval_ms\": {:.3}, \"latency1_ms\": {:.4}, \
-         \"peak_rss_train_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"last_loss\": {}}}",
+         \"peak_rss_train_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"last_loss\": {}, \"isa\": \"{}\"}}",
         M::NAME,
         M::PARAMETERS,
         M::MACS_PER_IMAGE,
@@ -148,7 +153,8 @@ fn run<M: Model<f32>>(args: &Args) -> Result<(), String> {
         latency_ms,
         peak_train,
         peak_rss_mib(),
-        loss
+        loss,
+        sparsenet::runtime::cpu::isa()
     );
     Ok(())
 }

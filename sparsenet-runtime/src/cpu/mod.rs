@@ -1,6 +1,7 @@
 //! The CPU backend: what the code `sparsenet!` generates calls to run a
-//! network on the CPU, in `f32` (the fast path, AVX2 + FMA where the CPU has
-//! them) or `f64` (the reference the tests compare against).
+//! network on the CPU, in `f32` (the fast path: vector kernels for AVX-512,
+//! AVX2 + FMA or NEON, whichever the CPU has, see [`Isa`]) or `f64` (the
+//! reference the tests compare against).
 //!
 //! The generated code knows the network; this backend knows none. Each
 //! generated statement calls one kernel with the layer's constants, and
@@ -13,20 +14,23 @@
 //!   ctx.rs        the context a pass threads through its layers (stores,
 //!                 mode, BatchNorm folding, dropout)
 //!   layers/       forward.rs, backward.rs: one kernel per layer kind
-//!   conv/         the convolutions behind them: direct.rs (AVX2 direct
+//!   conv/         the convolutions behind them: direct.rs (direct
 //!                 convolution), winograd/ (F(2x2,3x3), F(4x4,3x3)),
 //!                 pointwise_wgrad.rs (1x1 weight gradient), matmul.rs
 //!                 (gemm for f64 and strided convolutions)
 //!   chain.rs      a unit's convolutions fused for inference
 //!   parallel/     threads.rs (inference image by image), team.rs (batch-1
 //!                 passes), scratch.rs (per-thread buffer reuse)
-//!   simd.rs       AVX2 copies of element-wise loops
+//!   simd/         the width-generic core: vector traits, the instruction
+//!                 sets (x86.rs, neon.rs, portable.rs), run-time dispatch
 //! ```
 //!
 //! Dependencies point one way: `layers` and `chain` call `conv`, everything
-//! calls `parallel`. What users may want to switch is public here: the
-//! Winograd convolutions ([`set_winograd`], [`set_large_winograd_tiles`]),
-//! for measuring what they gain; everything else is reached by generated
+//! calls `parallel`, the kernels run through `simd`. What users may want to
+//! switch is public here: the instruction set ([`set_isa`], or
+//! `SPARSENET_ISA`) and the Winograd convolutions ([`set_winograd`],
+//! [`set_large_winograd_tiles`]), for measuring what they gain and for
+//! testing every path on one machine; everything else is reached by generated
 //! code only, through the crate's hidden `__private` module.
 //! `cargo doc --document-private-items` documents it all for contributors.
 
@@ -47,7 +51,26 @@ pub(crate) mod ctx;
 pub(crate) mod layers;
 #[doc(hidden)]
 pub(crate) mod parallel;
+#[doc(hidden)]
 pub(crate) mod simd;
+
+pub use simd::{Isa, IsaError};
+
+/// The instruction set the CPU kernels run on: the widest this CPU has
+/// ([`Isa::best`]), or the one `SPARSENET_ISA` names (`scalar`, `avx2`,
+/// `avx512`, `neon`, or `portable4`/`portable8`/`portable16`, the generic
+/// kernels over plain arrays), or the last [`set_isa`].
+pub fn isa() -> Isa {
+    simd::active()
+}
+
+/// Runs the CPU kernels on `isa` from the next kernel call on, for the whole
+/// process: to measure or test a narrower set than the CPU's widest. Fails
+/// when this CPU cannot run it. Results differ between sets by rounding at
+/// most (the data layouts are the same for all).
+pub fn set_isa(isa: Isa) -> Result<(), IsaError> {
+    simd::set_active(isa)
+}
 
 /// Whether the 3x3 convolutions may take the Winograd path (default on;
 /// the environment variable `SPARSENET_WINOGRAD=0` switches it off).

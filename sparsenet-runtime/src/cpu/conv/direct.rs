@@ -39,8 +39,8 @@
 // loops are unrolled over constant bounds and the arrays live in registers.
 #![allow(clippy::needless_range_loop)]
 
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+use crate::cpu::simd::{self, F32s, Kernel, Simd};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Output channels per forward tile and vectors (of 8 outputs) per tile:
@@ -66,13 +66,6 @@ const WR: usize = 4;
 const WG_DY_BYTES: usize = 128 * 1024;
 const WG_MIN_BLOCK: usize = 32;
 
-/// Asks for the cache line holding `p`, to be written.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn prefetch_write(p: *const f32) {
-    _mm_prefetch::<_MM_HINT_ET0>(p as *const i8);
-}
-
 /// What [`forward_ep`] applies to every output value before storing it, per
 /// output channel `o`: `y = scale[o] * sum + shift[o]`, then `max(y, 0)` when
 /// `relu`. A convolution's bias, and in inference the BatchNorm (and ReLU)
@@ -96,18 +89,20 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// Whether the direct kernels run on this machine (AVX2 + FMA) and are not
+/// Whether the direct kernels run: the active instruction set has vector
+/// kernels ([`crate::cpu::simd::Isa::has_kernels`]) and they are not
 /// switched off with `SPARSENET_CONV=gemm` (to measure what they gain).
 pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let requested = std::env::var("SPARSENET_CONV").map_or(true, |v| v != "gemm");
-        requested && cpu_supported()
-    })
+    static REQUESTED: OnceLock<bool> = OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var("SPARSENET_CONV").map_or(true, |v| v != "gemm"))
+        && cpu_supported()
 }
 
-/// Whether this CPU has AVX2 and FMA (the direct kernels' instructions).
-pub(crate) use crate::cpu::simd::has_avx2 as cpu_supported;
+/// Whether the active instruction set runs the vector kernels (every set
+/// but `scalar`).
+pub(crate) fn cpu_supported() -> bool {
+    simd::active().has_kernels()
+}
 
 /// Geometry of one stride-1 convolution over padded planes.
 #[derive(Clone, Debug)]
@@ -470,120 +465,351 @@ pub fn forward_ep(
     out: &mut [f32],
     ep: Option<Epilogue>,
 ) {
-    let kk = d.k * d.k;
-    if let Some(e) = &ep {
+    let f = Forward {
+        d,
+        x,
+        cin,
+        weight,
+        cout,
+        out: out.as_mut_ptr(),
+        out_len: out.len(),
+        ep,
+        groups: 0..d.offs.len(),
+    };
+    f.check();
+    simd::dispatch(f)
+}
+
+/// [`forward_ep`] for one image of a batch-1 pass, split over the threads
+/// by output positions: for a layer of few output channels (the seed's
+/// growth of 12 is two channel tiles, one part), where a split by output
+/// channels leaves threads idle. Each part computes every channel of its
+/// groups of 8 outputs, in the same order as one call does, so the numbers
+/// are the same. The rows mapping only (the flat one stores into a grid).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_split_positions(
+    d: &Direct,
+    x: &[f32],
+    cin: usize,
+    weight: &[f32],
+    cout: usize,
+    out: &mut [f32],
+    ep: Option<Epilogue>,
+) {
+    assert!(d.rows, "outputs stored straight into NCHW planes");
+    let all = Forward {
+        d,
+        x,
+        cin,
+        weight,
+        cout,
+        out: out.as_mut_ptr(),
+        out_len: out.len(),
+        ep,
+        groups: 0..d.offs.len(),
+    };
+    all.check();
+    let groups = d.offs.len();
+    // Whole position tiles of the widest set (4 groups) per part.
+    let per = groups
+        .div_ceil(crate::cpu::parallel::threads::available())
+        .next_multiple_of(4);
+    let (base, len) = (crate::cpu::parallel::SharedMut(out.as_mut_ptr()), out.len());
+    crate::cpu::parallel::team::for_each_part(groups.div_ceil(per), &|i| {
+        let part = Forward {
+            d,
+            x,
+            cin,
+            weight,
+            cout,
+            out: base.at(0),
+            out_len: len,
+            ep,
+            groups: i * per..groups.min((i + 1) * per),
+        };
+        // SAFETY: checked above for all groups; the parts store to disjoint
+        // outputs (their own groups), and `out` outlives the call.
+        simd::dispatch(part)
+    });
+}
+
+/// [`forward_ep`]'s arguments, checked, as a [`Kernel`]: the outputs of
+/// position groups `groups` (of 8) of `out_len` floats at `out`, which the
+/// call may write while no one else touches those groups' outputs.
+pub(crate) struct Forward<'a> {
+    pub(crate) d: &'a Direct,
+    pub(crate) x: &'a [f32],
+    pub(crate) cin: usize,
+    pub(crate) weight: &'a [f32],
+    pub(crate) cout: usize,
+    pub(crate) out: *mut f32,
+    pub(crate) out_len: usize,
+    pub(crate) ep: Option<Epilogue<'a>>,
+    pub(crate) groups: Range<usize>,
+}
+
+impl Forward<'_> {
+    /// The checks that make [`forward_in`]'s accesses safe.
+    pub(crate) fn check(&self) {
+        let (d, cin, cout) = (self.d, self.cin, self.cout);
+        let kk = d.k * d.k;
+        if let Some(e) = &self.ep {
+            assert!(
+                e.scale.len() >= cout && e.shift.len() >= cout,
+                "epilogue covers cout channels"
+            );
+        }
+        assert!(self.x.len() >= d.input_len(cin), "input holds cin channels");
         assert!(
-            e.scale.len() >= cout && e.shift.len() >= cout,
-            "epilogue covers cout channels"
+            self.weight.len() >= cout * cin * kk,
+            "weight is cout x cin x k x k"
         );
+        assert!(
+            self.out_len >= cout * d.out_plane,
+            "output holds cout planes"
+        );
+        assert!(self.groups.end <= d.offs.len(), "groups of the output");
+        assert!(cpu_supported(), "an instruction set with vector kernels");
     }
-    assert!(x.len() >= d.input_len(cin), "input holds cin channels");
-    assert!(
-        weight.len() >= cout * cin * kk,
-        "weight is cout x cin x k x k"
-    );
-    assert!(out.len() >= cout * d.out_plane, "output holds cout planes");
-    assert!(cpu_supported(), "AVX2 and FMA are available");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (checked above). The asserts bound
-    // every access: input reads stay below `cin * plane` by construction of
-    // `offs`/`taps` in `Direct::new`; weight reads stay in rows `< cout`
-    // (rows past `cout` in a partial tile read a valid row again and are not
-    // stored); stores go to planes `q < cout` at offsets below `out_plane`;
-    // epilogue reads stay below `cout` (asserted above).
-    unsafe {
-        let tiles = cout.div_ceil(FQ);
-        // Cache blocking: a block of input channels and a group of channel
-        // tiles whose weights (at most FW_BYTES) stay in L1 while every
-        // position tile passes; within a position tile the group reuses
-        // the input windows from L1. Blocks after the first add to the
-        // output.
-        let cb = (FW_BYTES / (FG * kk * FQ * 4)).clamp(1, cin);
-        // Blocks of even size: 24 channels as one block of 24 rather than
-        // 18 + 6 (each block after the first reads and writes the output
-        // again).
-        let cb = cin.div_ceil(cin.div_ceil(cb));
-        for c0 in (0..cin).step_by(cb) {
-            let cn = cb.min(cin - c0);
-            let xb = x.as_ptr().add(c0 * d.plane);
-            for g0 in (0..tiles).step_by(FG) {
-                let mut v = 0;
-                while v < d.offs.len() {
-                    let pn = if v + FP <= d.offs.len() { FP } else { 1 };
-                    let offs = &d.offs[v..v + pn];
-                    // The output lines a few position tiles ahead, asked
-                    // for now: a freshly allocated output is in no cache,
-                    // and the hardware's stream prefetch does not follow
-                    // FQ * FG planes written at once.
-                    let ahead = d.offs.get(v + PF_AHEAD * FP).map(|o| o.1 as usize);
-                    for tile in g0..tiles.min(g0 + FG) {
-                        let qn = FQ.min(cout - tile * FQ);
-                        if let Some(at) = ahead {
-                            let o = out.as_ptr().wrapping_add(tile * FQ * d.out_plane + at);
-                            for q in 0..qn {
-                                prefetch_write(o.wrapping_add(q * d.out_plane));
-                                prefetch_write(o.wrapping_add(q * d.out_plane + 8));
-                            }
+}
+
+impl Kernel for Forward<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        forward_in::<S>(self)
+    }
+}
+
+/// [`forward_ep`]'s body for set `S` (callers inside a kernel of `S` call it
+/// directly).
+///
+/// # Safety
+/// The CPU has `S`; the arguments passed [`Forward::check`].
+#[inline(always)]
+pub(crate) unsafe fn forward_in<S: Simd>(f: Forward) {
+    let Forward {
+        d,
+        x,
+        cin,
+        weight,
+        cout,
+        out,
+        ep,
+        groups,
+        ..
+    } = f;
+    let kk = d.k * d.k;
+    // SAFETY (every access below): input reads stay below `cin * plane` by
+    // construction of `offs`/`taps` in `Direct::new`; weight reads stay in
+    // rows `< cout` (rows past `cout` in a partial tile read a valid row
+    // again and are not stored); stores go to planes `q < cout` at offsets
+    // below `out_plane`; epilogue reads stay below `cout`.
+    let tiles = cout.div_ceil(FQ);
+    // Cache blocking: a block of input channels and a group of channel
+    // tiles whose weights (at most FW_BYTES) stay in L1 while every
+    // position tile passes; within a position tile the group reuses
+    // the input windows from L1. Blocks after the first add to the
+    // output (which leaves every output's sum in the same order).
+    let cb = (FW_BYTES / (FG * kk * FQ * 4)).clamp(1, cin);
+    // Blocks of even size: 24 channels as one block of 24 rather than
+    // 18 + 6 (each block after the first reads and writes the output
+    // again).
+    let cb = cin.div_ceil(cin.div_ceil(cb));
+    let offs = &d.offs[groups];
+    for c0 in (0..cin).step_by(cb) {
+        let cn = cb.min(cin - c0);
+        let xb = x.as_ptr().add(c0 * d.plane);
+        for g0 in (0..tiles).step_by(FG) {
+            let mut v = 0;
+            while v < offs.len() {
+                let tile = PositionTile::at(offs, v, <S::Wide as F32s>::LANES);
+                // The output lines a few position tiles ahead, asked
+                // for now: a freshly allocated output is in no cache,
+                // and the hardware's stream prefetch does not follow
+                // FQ * FG planes written at once.
+                let ahead = offs.get(v + PF_AHEAD * FP).map(|o| o.1 as usize);
+                for tile_q in g0..tiles.min(g0 + FG) {
+                    let qn = FQ.min(cout - tile_q * FQ);
+                    if let Some(at) = ahead {
+                        let o = out.wrapping_add(tile_q * FQ * d.out_plane + at);
+                        for q in 0..qn {
+                            S::prefetch_write(o.wrapping_add(q * d.out_plane));
+                            S::prefetch_write(o.wrapping_add(q * d.out_plane + 8));
                         }
-                        let mut w = [weight.as_ptr(); FQ];
-                        for (q, p) in w.iter_mut().enumerate() {
-                            let o = tile * FQ + q.min(qn - 1);
-                            *p = weight.as_ptr().add((o * cin + c0) * kk);
-                        }
-                        let o = out.as_mut_ptr().add(tile * FQ * d.out_plane);
-                        let acc = c0 > 0;
+                    }
+                    let mut w = [weight.as_ptr(); FQ];
+                    for (q, p) in w.iter_mut().enumerate() {
+                        let o = tile_q * FQ + q.min(qn - 1);
+                        *p = weight.as_ptr().add((o * cin + c0) * kk);
+                    }
+                    let t = Tile {
+                        x: xb,
+                        d,
+                        cin: cn,
+                        w,
+                        out: out.add(tile_q * FQ * d.out_plane),
+                        qn,
+                        accumulate: c0 > 0,
                         // The epilogue goes with the last block's store.
-                        let e = match &ep {
+                        ep: match &ep {
                             Some(e) if c0 + cn == cin => Some((
-                                e.scale.as_ptr().add(tile * FQ),
-                                e.shift.as_ptr().add(tile * FQ),
+                                e.scale.as_ptr().add(tile_q * FQ),
+                                e.shift.as_ptr().add(tile_q * FQ),
                                 e.relu,
                             )),
                             _ => None,
-                        };
-                        // Tap counts known at compile time unroll the tap
-                        // loop (a 1x1 kernel has none left).
-                        match (pn == FP, kk) {
-                            (true, 1) => fwd_tile::<FP, 1>(xb, d, cn, w, offs, o, qn, acc, e),
-                            (true, 9) => fwd_tile::<FP, 9>(xb, d, cn, w, offs, o, qn, acc, e),
-                            (true, _) => fwd_tile::<FP, 0>(xb, d, cn, w, offs, o, qn, acc, e),
-                            (false, 1) => fwd_tile::<1, 1>(xb, d, cn, w, offs, o, qn, acc, e),
-                            (false, 9) => fwd_tile::<1, 9>(xb, d, cn, w, offs, o, qn, acc, e),
-                            (false, _) => fwd_tile::<1, 0>(xb, d, cn, w, offs, o, qn, acc, e),
-                        }
-                    }
-                    v += pn;
+                        },
+                    };
+                    t.run::<S>(kk, tile);
                 }
+                v += tile.groups();
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile<const P: usize, const KK: usize>(
+/// The registers of one position tile of [`forward_in`], starting at group
+/// `v` (of 8 outputs): which vector type covers it and where each register
+/// reads and writes. The layouts are in groups of 8 for every set; a
+/// register of 16 lanes covers two groups that lie side by side (in input
+/// and output), one of 4 lanes half a group.
+#[derive(Clone, Copy)]
+enum PositionTile {
+    /// `R` registers of 8 lanes, one group each (`R` = 1 or 2).
+    Eight(usize, [(usize, usize); 2]),
+    /// 1 or 2 registers of 16 lanes, two groups each.
+    Sixteen(usize, [(usize, usize); 2]),
+    /// 2 or 4 registers of 4 lanes, half a group each.
+    Four(usize, [(usize, usize); 4]),
+}
+
+impl PositionTile {
+    /// The tile at group `v` for a set whose widest vector has `lanes`.
+    #[inline(always)]
+    fn at(offs: &[(u32, u32)], v: usize, lanes: usize) -> Self {
+        let left = offs.len() - v;
+        let o = |i: usize| (offs[v + i].0 as usize, offs[v + i].1 as usize);
+        // Whether groups v + i and v + i + 1 lie side by side in the input
+        // and in the output.
+        let pair = |i: usize| {
+            let (a, b) = (o(i), o(i + 1));
+            b.0 == a.0 + 8 && b.1 == a.1 + 8
+        };
+        match lanes {
+            16 if left >= 4 && pair(0) && pair(2) => PositionTile::Sixteen(2, [o(0), o(2)]),
+            16 if left >= 2 && pair(0) => PositionTile::Sixteen(1, [o(0), o(0)]),
+            4 if left >= 2 => {
+                let (a, b) = (o(0), o(1));
+                PositionTile::Four(4, [a, (a.0 + 4, a.1 + 4), b, (b.0 + 4, b.1 + 4)])
+            }
+            4 => {
+                let a = o(0);
+                PositionTile::Four(2, [a, (a.0 + 4, a.1 + 4), a, a])
+            }
+            _ if left >= 2 => PositionTile::Eight(2, [o(0), o(1)]),
+            _ => PositionTile::Eight(1, [o(0), o(0)]),
+        }
+    }
+
+    /// Groups of 8 outputs the tile covers.
+    #[inline(always)]
+    fn groups(&self) -> usize {
+        match *self {
+            PositionTile::Eight(r, _) => r,
+            PositionTile::Sixteen(r, _) => 2 * r,
+            PositionTile::Four(r, _) => r / 2,
+        }
+    }
+}
+
+/// One tile's operands in [`forward_in`]: FQ output channels (`qn` of them
+/// real) over a position tile.
+struct Tile<'a> {
     x: *const f32,
-    d: &Direct,
+    d: &'a Direct,
     cin: usize,
     w: [*const f32; FQ],
-    offs: &[(u32, u32)],
     out: *mut f32,
     qn: usize,
     accumulate: bool,
     ep: Option<(*const f32, *const f32, bool)>,
-) {
-    let mut acc = [[_mm256_setzero_ps(); P]; FQ];
+}
+
+impl Tile<'_> {
+    /// Runs `fwd_tile` with the register type and count of `p` and, where
+    /// they are 1 or 9, the tap count known at compile time (which unrolls
+    /// the tap loop; a 1x1 kernel has none left), in a function of its own
+    /// ([`Simd::outlined`]).
+    #[inline(always)]
+    unsafe fn run<S: Simd>(&self, kk: usize, p: PositionTile) {
+        macro_rules! taps {
+            ($wide:literal, $r:literal, $regs:expr) => {{
+                let regs: [(usize, usize); $r] = std::array::from_fn(|i| $regs[i]);
+                match kk {
+                    1 => S::outlined(FwdTile::<$wide, $r, 1> { t: self, regs }),
+                    9 => S::outlined(FwdTile::<$wide, $r, 9> { t: self, regs }),
+                    _ => S::outlined(FwdTile::<$wide, $r, 0> { t: self, regs }),
+                }
+            }};
+        }
+        match p {
+            PositionTile::Eight(1, r) => taps!(false, 1, r),
+            PositionTile::Eight(_, r) => taps!(false, 2, r),
+            PositionTile::Sixteen(1, r) => taps!(true, 1, r),
+            PositionTile::Sixteen(_, r) => taps!(true, 2, r),
+            PositionTile::Four(2, r) => taps!(true, 2, r),
+            PositionTile::Four(_, r) => taps!(true, 4, r),
+        }
+    }
+}
+
+/// One call of [`fwd_tile`] as a [`Kernel`]: on the set's widest vectors
+/// (`WIDE`) or its 8-lane ones, `R` of them, `KK` taps (0: not known at
+/// compile time).
+struct FwdTile<'t, 'a, const WIDE: bool, const R: usize, const KK: usize> {
+    t: &'t Tile<'a>,
+    regs: [(usize, usize); R],
+}
+
+impl<const WIDE: bool, const R: usize, const KK: usize> Kernel for FwdTile<'_, '_, WIDE, R, KK> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        if WIDE {
+            fwd_tile::<S::Wide, R, KK>(self.t, self.regs)
+        } else {
+            fwd_tile::<S::W8, R, KK>(self.t, self.regs)
+        }
+    }
+}
+
+/// `FQ x R` accumulators of `V`: register `r` reads the input at offset
+/// `regs[r].0` (plus the tap's) of each channel plane and stores at
+/// `regs[r].1` of each output plane.
+#[inline(always)]
+unsafe fn fwd_tile<V: F32s, const R: usize, const KK: usize>(t: &Tile, regs: [(usize, usize); R]) {
+    let Tile {
+        x,
+        d,
+        cin,
+        w,
+        out,
+        qn,
+        accumulate,
+        ep,
+    } = *t;
+    let mut acc = [[V::zero(); R]; FQ];
     if accumulate {
         for q in 0..qn {
-            for p in 0..P {
-                acc[q][p] = _mm256_loadu_ps(out.add(q * d.out_plane + offs[p].1 as usize));
+            for r in 0..R {
+                acc[q][r] = V::load(out.add(q * d.out_plane + regs[r].1));
             }
         }
     }
-    let mut base = [x; P];
-    for p in 0..P {
-        base[p] = x.add(offs[p].0 as usize);
+    let mut base = [x; R];
+    for r in 0..R {
+        base[r] = x.add(regs[r].0);
     }
     // KK: the number of taps when known at compile time, 0 when not.
     let taps: &[u32] = match KK {
@@ -595,16 +821,16 @@ unsafe fn fwd_tile<const P: usize, const KK: usize>(
     let mut i = 0;
     for c in 0..cin {
         let plane = c * d.plane;
-        for &t in taps {
-            let at = plane + t as usize;
-            let mut xv = [_mm256_setzero_ps(); P];
-            for p in 0..P {
-                xv[p] = _mm256_loadu_ps(base[p].add(at));
+        for &tap in taps {
+            let at = plane + tap as usize;
+            let mut xv = [V::zero(); R];
+            for r in 0..R {
+                xv[r] = V::load(base[r].add(at));
             }
             for q in 0..FQ {
-                let wv = _mm256_broadcast_ss(&*w[q].add(i));
-                for p in 0..P {
-                    acc[q][p] = _mm256_fmadd_ps(xv[p], wv, acc[q][p]);
+                let wv = V::broadcast(w[q].add(i));
+                for r in 0..R {
+                    acc[q][r] = xv[r].mul_add(wv, acc[q][r]);
                 }
             }
             i += 1;
@@ -612,19 +838,19 @@ unsafe fn fwd_tile<const P: usize, const KK: usize>(
     }
     if let Some((scale, shift, relu)) = ep {
         for q in 0..qn {
-            let s = _mm256_broadcast_ss(&*scale.add(q));
-            let t = _mm256_broadcast_ss(&*shift.add(q));
-            for p in 0..P {
-                acc[q][p] = _mm256_fmadd_ps(acc[q][p], s, t);
+            let s = V::broadcast(scale.add(q));
+            let t = V::broadcast(shift.add(q));
+            for r in 0..R {
+                acc[q][r] = acc[q][r].mul_add(s, t);
                 if relu {
-                    acc[q][p] = crate::cpu::simd::relu_keep_nan(acc[q][p]);
+                    acc[q][r] = acc[q][r].relu_keep_nan();
                 }
             }
         }
     }
     for q in 0..qn {
-        for p in 0..P {
-            _mm256_storeu_ps(out.add(q * d.out_plane + offs[p].1 as usize), acc[q][p]);
+        for r in 0..R {
+            acc[q][r].store(out.add(q * d.out_plane + regs[r].1));
         }
     }
 }
@@ -654,8 +880,6 @@ pub fn weight_grad(
     images: usize,
 ) {
     let kk = d.k * d.k;
-    let j_all = cin * kk;
-    let otiles = cout.div_ceil(WQ);
     let (x_img, dy_img) = (d.input_len(cin), cout * d.out_plane);
     assert!(
         x.len() >= images * x_img,
@@ -669,14 +893,51 @@ pub fn weight_grad(
         lanes.len() >= lanes_len(cout, cin, kk),
         "lane accumulator size"
     );
-    assert!(cpu_supported(), "AVX2 and FMA are available");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present; reads of `x` stay below
-    // `images * x_img` and of `dy` below `images * dy_img` (offsets from
-    // `Direct::new`/`pointwise` stay inside one image's buffers); rows past
-    // `cout` or `j_all` read a valid row again into lanes that `fold_lanes`
-    // ignores; each tile's lanes lie inside `lanes_len`.
-    unsafe {
+    assert!(cpu_supported(), "an instruction set with vector kernels");
+    simd::dispatch(WeightGradLanes {
+        d,
+        x,
+        cin,
+        dy,
+        cout,
+        lanes,
+        images,
+    })
+}
+
+/// [`weight_grad`]'s arguments, checked, as a [`Kernel`].
+struct WeightGradLanes<'a> {
+    d: &'a Direct,
+    x: &'a [f32],
+    cin: usize,
+    dy: &'a [f32],
+    cout: usize,
+    lanes: &'a mut [f32],
+    images: usize,
+}
+
+impl Kernel for WeightGradLanes<'_> {
+    type Output = ();
+    // SAFETY (every access): reads of `x` stay below `images * x_img` and
+    // of `dy` below `images * dy_img` (offsets from `Direct::new`/
+    // `pointwise` stay inside one image's buffers); rows past `cout` or
+    // `j_all` read a valid row again into lanes that `fold_lanes` ignores;
+    // each tile's lanes lie inside `lanes_len`.
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let WeightGradLanes {
+            d,
+            x,
+            cin,
+            dy,
+            cout,
+            lanes,
+            images,
+        } = self;
+        let kk = d.k * d.k;
+        let j_all = cin * kk;
+        let otiles = cout.div_ceil(WQ);
+        let (x_img, dy_img) = (d.input_len(cin), cout * d.out_plane);
         // Positions in blocks whose output gradient (all `cout` planes)
         // stays in L2 while every input row passes (a 1x1 layer's 96
         // planes of 32x32 would not; calls over several images are small
@@ -703,7 +964,9 @@ pub fn weight_grad(
                         *p = dy.as_ptr().add((o0 + q.min(qn - 1)) * d.out_plane);
                     }
                     let tile = lanes.as_mut_ptr().add((jt * otiles + ot) * WQ * WR * 8);
-                    wgrad_tile(&dyp, &xp, offs, tile, images, x_img, dy_img);
+                    // Lanes of 8 on every set: the accumulators' layout
+                    // (one group's 8 partial sums per weight) is the same.
+                    wgrad_tile::<S::W8>(&dyp, &xp, offs, tile, images, x_img, dy_img);
                 }
             }
         }
@@ -724,9 +987,8 @@ pub fn fold_lanes(lanes: &[f32], cout: usize, cin: usize, kk: usize, dw: &mut [f
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn wgrad_tile(
+#[inline(always)]
+unsafe fn wgrad_tile<V: F32s>(
     dy: &[*const f32; WQ],
     x: &[*const f32; WR],
     offs: &[(u32, u32)],
@@ -735,31 +997,32 @@ unsafe fn wgrad_tile(
     x_img: usize,
     dy_img: usize,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); WR]; WQ];
+    debug_assert_eq!(V::LANES, 8, "one group of 8 positions per vector");
+    let mut acc = [[V::zero(); WR]; WQ];
     for q in 0..WQ {
         for r in 0..WR {
-            acc[q][r] = _mm256_loadu_ps(lanes.add((q * WR + r) * 8));
+            acc[q][r] = V::load(lanes.add((q * WR + r) * 8));
         }
     }
     for img in 0..images {
         let (x0, y0) = (img * x_img, img * dy_img);
         for &(xi, yi) in offs {
             let (xi, yi) = (x0 + xi as usize, y0 + yi as usize);
-            let mut g = [_mm256_setzero_ps(); WQ];
+            let mut g = [V::zero(); WQ];
             for q in 0..WQ {
-                g[q] = _mm256_loadu_ps(dy[q].add(yi));
+                g[q] = V::load(dy[q].add(yi));
             }
             for r in 0..WR {
-                let xv = _mm256_loadu_ps(x[r].add(xi));
+                let xv = V::load(x[r].add(xi));
                 for q in 0..WQ {
-                    acc[q][r] = _mm256_fmadd_ps(g[q], xv, acc[q][r]);
+                    acc[q][r] = g[q].mul_add(xv, acc[q][r]);
                 }
             }
         }
     }
     for q in 0..WQ {
         for r in 0..WR {
-            _mm256_storeu_ps(lanes.add((q * WR + r) * 8), acc[q][r]);
+            acc[q][r].store(lanes.add((q * WR + r) * 8));
         }
     }
 }
@@ -768,7 +1031,7 @@ unsafe fn wgrad_tile(
 /// (OIHW, cout x cin x k x k): a convolution from `cout` channels to `cin`
 /// with the taps flipped, in OIHW (cin x cout x k x k):
 /// `flipped[c][o][t] = weight[o][c][kk - 1 - t]`.
-pub(crate) fn flipped_kernel<T: Copy + num_traits::Zero>(
+pub fn flipped_kernel<T: Copy + num_traits::Zero>(
     weight: &[T],
     cout: usize,
     cin: usize,
@@ -800,10 +1063,7 @@ pub(crate) fn split_out_channels(
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let channels = out.len() / plane;
-    let per = channels
-        .div_ceil(crate::cpu::parallel::threads::available())
-        .next_multiple_of(OUT_TILE)
-        .max(2 * OUT_TILE);
+    let per = out_channels_per_part(channels);
     let (len, parts) = (out.len(), channels.div_ceil(per));
     let base = crate::cpu::parallel::SharedMut(out.as_mut_ptr());
     crate::cpu::parallel::team::for_each_part(parts, &|i| {
@@ -816,231 +1076,16 @@ pub(crate) fn split_out_channels(
     });
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Output channels per part of [`split_out_channels`]: whole forward tiles,
+/// at least two.
+fn out_channels_per_part(channels: usize) -> usize {
+    channels
+        .div_ceil(crate::cpu::parallel::threads::available())
+        .next_multiple_of(OUT_TILE)
+        .max(2 * OUT_TILE)
+}
 
-    /// Plain stride-1 convolution from its definition, in f64.
-    pub(crate) fn reference(
-        x: &[f32],
-        cin: usize,
-        h: usize,
-        w: usize,
-        wt: &[f32],
-        cout: usize,
-        k: usize,
-        pad: usize,
-    ) -> (Vec<f64>, usize, usize) {
-        let (ho, wo) = (h + 2 * pad - k + 1, w + 2 * pad - k + 1);
-        let mut out = vec![0.0; cout * ho * wo];
-        for o in 0..cout {
-            for y in 0..ho {
-                for xo in 0..wo {
-                    let mut s = 0.0f64;
-                    for c in 0..cin {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let (iy, ix) = (y + ky, xo + kx);
-                                if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
-                                    continue;
-                                }
-                                s += wt[((o * cin + c) * k + ky) * k + kx] as f64
-                                    * x[(c * h + iy - pad) * w + ix - pad] as f64;
-                            }
-                        }
-                    }
-                    out[(o * ho + y) * wo + xo] = s;
-                }
-            }
-        }
-        (out, ho, wo)
-    }
-
-    /// Both layouts where a 1x1 kernel allows the pointwise one.
-    fn layouts(h: usize, w: usize, k: usize, pad: usize, chans: usize) -> Vec<Direct> {
-        let mut v = vec![Direct::new(h, w, k, pad)];
-        if k == 1 && pad == 0 {
-            v.push(Direct::pointwise(h, w, chans));
-        }
-        v
-    }
-
-    pub(crate) fn values(n: usize, seed: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (i as f32 * 0.731 + seed).sin() * 1.3)
-            .collect()
-    }
-
-    pub(crate) fn padded(d: &Direct, x: &[f32], cin: usize) -> Vec<f32> {
-        let mut xp = vec![f32::NAN; d.input_len(cin)];
-        for c in 0..cin {
-            d.fill(
-                c,
-                &x[c * d.h * d.w..(c + 1) * d.h * d.w],
-                &mut xp,
-                |s, t| t.copy_from_slice(s),
-            );
-        }
-        xp
-    }
-
-    fn nchw(d: &Direct, out: &[f32], cout: usize) -> Vec<f32> {
-        if d.rows {
-            return out[..cout * d.ho * d.wo].to_vec();
-        }
-        let mut dst = vec![0.0; cout * d.ho * d.wo];
-        for o in 0..cout {
-            d.compact(
-                &out[o * d.out_plane..(o + 1) * d.out_plane],
-                &mut dst[o * d.ho * d.wo..(o + 1) * d.ho * d.wo],
-            );
-        }
-        dst
-    }
-
-    // (cin, cout, h, w, k, pad): both mappings, tile remainders in channels
-    // and vectors, 1x1, 3x3 and 5x5 kernels, valid and same padding.
-    const CASES: [(usize, usize, usize, usize, usize, usize); 12] = [
-        (70, 30, 4, 8, 3, 1),
-        (300, 26, 3, 5, 1, 0),
-        (5, 12, 8, 16, 3, 1),
-        (7, 13, 7, 5, 3, 1),
-        (3, 4, 4, 8, 3, 1),
-        (9, 24, 3, 3, 3, 1),
-        (6, 7, 6, 6, 1, 0),
-        (5, 7, 3, 5, 1, 0),
-        (40, 14, 4, 6, 1, 0),
-        (4, 9, 8, 8, 1, 0),
-        (2, 5, 9, 11, 5, 2),
-        (3, 2, 10, 10, 3, 0),
-    ];
-
-    #[test]
-    fn forward_matches_the_definition() {
-        if !cpu_supported() {
-            return;
-        }
-        for (cin, cout, h, w, k, pad) in CASES {
-            for d in layouts(h, w, k, pad, cin) {
-                let x = values(cin * h * w, 0.3);
-                let wt = values(cout * cin * k * k, 1.7);
-                let (want, _, _) = reference(&x, cin, h, w, &wt, cout, k, pad);
-                let mut out = vec![f32::NAN; cout * d.out_plane];
-                forward(&d, &padded(&d, &x, cin), cin, &wt, cout, &mut out);
-                let got = nchw(&d, &out, cout);
-                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
-                        "case {:?} (pointwise layout: {}) element {i}: {g} vs {r}",
-                        (cin, cout, h, w, k, pad),
-                        d.chans > 0
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn input_gradient_is_the_adjoint_of_forward() {
-        // <conv(x), dy> == <x, conv_T(dy)> for random x and dy.
-        if !cpu_supported() {
-            return;
-        }
-        for (cin, cout, h, w, k, pad) in CASES {
-            if pad >= k {
-                continue;
-            }
-            let x = values(cin * h * w, 0.1);
-            let wt = values(cout * cin * k * k, 2.9);
-            let (y, ho, wo) = reference(&x, cin, h, w, &wt, cout, k, pad);
-            let dy = values(cout * ho * wo, 4.2);
-            let lhs: f64 = y.iter().zip(&dy).map(|(&a, &b)| a * b as f64).sum();
-            for dt in layouts(ho, wo, k, k - 1 - pad, cout) {
-                assert_eq!((dt.ho, dt.wo), (h, w));
-                let mut dx = vec![f32::NAN; cin * dt.out_plane];
-                forward(
-                    &dt,
-                    &padded(&dt, &dy, cout),
-                    cout,
-                    &flipped_kernel(&wt, cout, cin, k * k),
-                    cin,
-                    &mut dx,
-                );
-                let dx = nchw(&dt, &dx, cin);
-                let rhs: f64 = dx.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-                assert!(
-                    (lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()),
-                    "case {:?} (pointwise layout: {}): {lhs} vs {rhs}",
-                    (cin, cout, h, w, k, pad),
-                    dt.chans > 0
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn weight_gradient_matches_the_definition() {
-        if !cpu_supported() {
-            return;
-        }
-        for (cin, cout, h, w, k, pad) in CASES {
-            for d in layouts(h, w, k, pad, cin) {
-                let x = values(cin * h * w, 0.5);
-                let dy = values(cout * d.ho * d.wo, 3.3);
-                // dW[o][c][t] = sum_p dy[o][p] * x_padded[c][p + tap]
-                let kk = k * k;
-                let mut want = vec![0.0f64; cout * cin * kk];
-                for o in 0..cout {
-                    for c in 0..cin {
-                        for t in 0..kk {
-                            let (ky, kx) = (t / k, t % k);
-                            let mut s = 0.0;
-                            for y in 0..d.ho {
-                                for xo in 0..d.wo {
-                                    let (iy, ix) = (y + ky, xo + kx);
-                                    if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
-                                        continue;
-                                    }
-                                    s += dy[(o * d.ho + y) * d.wo + xo] as f64
-                                        * x[(c * h + iy - pad) * w + ix - pad] as f64;
-                                }
-                            }
-                            want[(o * cin + c) * kk + t] = s;
-                        }
-                    }
-                }
-                let dyk = if d.rows {
-                    dy.clone()
-                } else {
-                    let mut g = vec![f32::NAN; cout * d.out_plane];
-                    for o in 0..cout {
-                        d.expand(
-                            &dy[o * d.ho * d.wo..(o + 1) * d.ho * d.wo],
-                            &mut g[o * d.out_plane..(o + 1) * d.out_plane],
-                        );
-                    }
-                    g
-                };
-                let mut dw = vec![1.0f32; cout * cin * kk];
-                let mut lanes = vec![0.0; lanes_len(cout, cin, kk)];
-                let xp = padded(&d, &x, cin);
-                // One image, then the same image once more and twice more as a
-                // batch of two, into the same lanes: four times the sums.
-                weight_grad(&d, &xp, cin, &dyk, cout, &mut lanes, 1);
-                let two_x = [xp.clone(), xp].concat();
-                let two_dy = [dyk.clone(), dyk].concat();
-                weight_grad(&d, &two_x, cin, &two_dy, cout, &mut lanes, 1);
-                weight_grad(&d, &two_x, cin, &two_dy, cout, &mut lanes, 2);
-                fold_lanes(&lanes, cout, cin, kk, &mut dw);
-                for (i, (&g, &r)) in dw.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g as f64 - 1.0 - 4.0 * r).abs() <= 1e-4 * (1.0 + r.abs()),
-                        "case {:?} (pointwise layout: {}) element {i}: {g} vs 1 + 4 * {r}",
-                        (cin, cout, h, w, k, pad),
-                        d.chans > 0
-                    );
-                }
-            }
-        }
-    }
+/// The parts [`split_out_channels`] makes of `channels` output channels.
+pub(crate) fn out_channel_parts(channels: usize) -> usize {
+    channels.div_ceil(out_channels_per_part(channels))
 }

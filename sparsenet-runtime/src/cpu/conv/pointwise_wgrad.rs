@@ -1,4 +1,4 @@
-//! The weight gradient of a 1x1 convolution (`f32`, AVX2 + FMA) as a small
+//! The weight gradient of a 1x1 convolution (`f32`, vector kernels) as a small
 //! matrix product with the reduction over positions inside registers.
 //!
 //! Why not [`direct::weight_grad`]: that kernel keeps 8 partial sums per
@@ -19,8 +19,7 @@
 //!
 //! [`direct::weight_grad`]: crate::cpu::conv::direct::weight_grad
 use crate::cpu::conv::direct::{self, Direct};
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+use crate::cpu::simd::{self, F32s, Kernel, Simd};
 
 /// Input channels per tile (broadcasts) and output channels per tile (two
 /// vectors): 12 accumulators, 8 loads per 12 products.
@@ -71,21 +70,42 @@ pub fn transpose(dt: &Direct, dyp: &[f32], cout: usize, dyt: &mut [f32]) {
         dyt.len() >= np * wd,
         "transposed gradient holds dyt_len floats"
     );
-    let o8 = cout / 8 * 8;
-    for b in 0..np / BLOCK {
-        // Block b: `cout` rows of 16 positions.
-        let src = &dyp[b * cout * BLOCK..(b + 1) * cout * BLOCK];
-        let dst = &mut dyt[b * BLOCK * wd..(b + 1) * BLOCK * wd];
-        #[cfg(target_arch = "x86_64")]
-        if direct::cpu_supported() {
-            // SAFETY: AVX2 is present; each 8 x 8 block reads rows
-            // `o..o + 8 <= cout` at columns `i..i + 8 <= 16` of `src` and
-            // writes rows `i..i + 8 <= 16` at columns `o..o + 8 <= wd` of
-            // `dst`.
-            unsafe {
+    let o8 = if direct::cpu_supported() {
+        cout / 8 * 8
+    } else {
+        0
+    };
+    struct Transpose<'a> {
+        dyp: &'a [f32],
+        cout: usize,
+        dyt: &'a mut [f32],
+        wd: usize,
+        blocks: usize,
+        o8: usize,
+    }
+    impl Kernel for Transpose<'_> {
+        type Output = ();
+        // SAFETY: each 8 x 8 block reads rows `o..o + 8 <= cout` at columns
+        // `i..i + 8 <= 16` of a block of `dyp` and writes rows `i..i + 8 <=
+        // 16` at columns `o..o + 8 <= wd` of a block of `dyt` (both checked
+        // by `transpose`).
+        #[inline(always)]
+        unsafe fn run<S: Simd>(self) {
+            let Transpose {
+                dyp,
+                cout,
+                dyt,
+                wd,
+                blocks,
+                o8,
+            } = self;
+            for b in 0..blocks {
+                // Block b: `cout` rows of 16 positions.
+                let src = &dyp[b * cout * BLOCK..(b + 1) * cout * BLOCK];
+                let dst = &mut dyt[b * BLOCK * wd..(b + 1) * BLOCK * wd];
                 for o in (0..o8).step_by(8) {
                     for i in [0, 8] {
-                        transpose8(
+                        simd::transpose8::<S::W8>(
                             src.as_ptr().add(o * BLOCK + i),
                             BLOCK,
                             dst.as_mut_ptr().add(i * wd + o),
@@ -93,17 +113,21 @@ pub fn transpose(dt: &Direct, dyp: &[f32], cout: usize, dyt: &mut [f32]) {
                         );
                     }
                 }
+                scalar(src, o8..cout, dst, wd);
+                for row in dst.chunks_exact_mut(wd) {
+                    row[cout..].fill(0.0);
+                }
             }
-        } else {
-            scalar(src, 0..o8, dst, wd);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scalar(src, 0..o8, dst, wd);
-        scalar(src, o8..cout, dst, wd);
-        for row in dst.chunks_exact_mut(wd) {
-            row[cout..].fill(0.0);
         }
     }
+    simd::dispatch(Transpose {
+        dyp,
+        cout,
+        dyt,
+        wd,
+        blocks: np / BLOCK,
+        o8,
+    })
 }
 
 /// `dst[i][o] = src[o][i]` for the rows `os` of one block.
@@ -112,43 +136,6 @@ fn scalar(src: &[f32], os: std::ops::Range<usize>, dst: &mut [f32], wd: usize) {
         for i in 0..BLOCK {
             dst[i * wd + o] = src[o * BLOCK + i];
         }
-    }
-}
-
-/// One 8 x 8 block: 8 rows of `src` (`ss` floats apart) into 8 rows of
-/// `dst` (`ds` apart), transposed.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    let out = [
-        _mm256_permute2f128_ps::<0x20>(u0, u4),
-        _mm256_permute2f128_ps::<0x20>(u1, u5),
-        _mm256_permute2f128_ps::<0x20>(u2, u6),
-        _mm256_permute2f128_ps::<0x20>(u3, u7),
-        _mm256_permute2f128_ps::<0x31>(u0, u4),
-        _mm256_permute2f128_ps::<0x31>(u1, u5),
-        _mm256_permute2f128_ps::<0x31>(u2, u6),
-        _mm256_permute2f128_ps::<0x31>(u3, u7),
-    ];
-    for (i, v) in out.into_iter().enumerate() {
-        _mm256_storeu_ps(dst.add(i * ds), v);
     }
 }
 
@@ -174,14 +161,45 @@ pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dyt: &[f32], cout: usize, 
         acc.len() >= acc_len(cin, cout),
         "accumulator holds acc_len floats"
     );
-    assert!(direct::cpu_supported(), "AVX2 and FMA are available");
-    let nblocks = np / BLOCK;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present; input rows are clamped to `cin - 1`
-    // and blocks to `nblocks`, so reads stay in `x` (`np * cin` floats);
-    // `dyt` rows stay below `np`, columns below `wd`; accumulator tiles lie
-    // in `acc_len`.
-    unsafe {
+    assert!(
+        direct::cpu_supported(),
+        "an instruction set with vector kernels"
+    );
+    simd::dispatch(Products {
+        x,
+        cin,
+        dyt,
+        acc,
+        wd,
+        nblocks: np / BLOCK,
+    })
+}
+
+/// [`weight_grad`]'s arguments, checked, as a [`Kernel`].
+struct Products<'a> {
+    x: &'a [f32],
+    cin: usize,
+    dyt: &'a [f32],
+    acc: &'a mut [f32],
+    wd: usize,
+    nblocks: usize,
+}
+
+impl Kernel for Products<'_> {
+    type Output = ();
+    // SAFETY: input rows are clamped to `cin - 1` and blocks to `nblocks`,
+    // so reads stay in `x` (`np * cin` floats); `dyt` rows stay below `np`,
+    // columns below `wd`; accumulator tiles lie in `acc_len`.
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Products {
+            x,
+            cin,
+            dyt,
+            acc,
+            wd,
+            nblocks,
+        } = self;
         for b0 in (0..nblocks).step_by(PB) {
             let nb = PB.min(nblocks - b0);
             for c0 in (0..cin).step_by(CT) {
@@ -189,14 +207,16 @@ pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dyt: &[f32], cout: usize, 
                     x.as_ptr().add((b0 * cin + (c0 + r).min(cin - 1)) * BLOCK)
                 });
                 for o0 in (0..wd).step_by(OT) {
-                    tile(
-                        &rows,
-                        cin * BLOCK,
-                        nb,
+                    let (g, a) = (
                         dyt.as_ptr().add(b0 * BLOCK * wd + o0),
-                        wd,
                         acc.as_mut_ptr().add(c0 * wd + o0),
                     );
+                    // OT output channels in registers of the set's width.
+                    match <S::Wide as F32s>::LANES {
+                        16 => tile::<S::Wide, 1>(&rows, cin * BLOCK, nb, g, wd, a),
+                        4 => tile::<S::Wide, 4>(&rows, cin * BLOCK, nb, g, wd, a),
+                        _ => tile::<S::W8, 2>(&rows, cin * BLOCK, nb, g, wd, a),
+                    }
                 }
             }
         }
@@ -206,10 +226,11 @@ pub fn weight_grad(d: &Direct, x: &[f32], cin: usize, dyt: &[f32], cout: usize, 
 /// `nb` blocks of 16 positions of one tile: `rows[r]` points at input
 /// channel `c0 + r` in the first block (blocks `bs` floats apart), `dyt` at
 /// the first position's columns `o0..o0 + 16` (rows `wd` apart), `acc` at
-/// the tile's accumulator (rows `wd` apart).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile(
+/// the tile's accumulator (rows `wd` apart). `R` registers of `V` cover the
+/// 16 columns; each sum runs over the positions in order whatever the
+/// width, so every set gives the same numbers.
+#[inline(always)]
+unsafe fn tile<V: F32s, const R: usize>(
     rows: &[*const f32; CT],
     bs: usize,
     nb: usize,
@@ -217,25 +238,30 @@ unsafe fn tile(
     wd: usize,
     acc: *mut f32,
 ) {
-    let mut a = [[_mm256_setzero_ps(); 2]; CT];
+    debug_assert_eq!(V::LANES * R, OT, "the registers cover a tile's columns");
+    let l = V::LANES;
+    let mut a = [[V::zero(); R]; CT];
     for (r, ar) in a.iter_mut().enumerate() {
-        ar[0] = _mm256_loadu_ps(acc.add(r * wd));
-        ar[1] = _mm256_loadu_ps(acc.add(r * wd + 8));
+        for (k, v) in ar.iter_mut().enumerate() {
+            *v = V::load(acc.add(r * wd + k * l));
+        }
     }
     for b in 0..nb {
         for i in 0..BLOCK {
             let g = dyt.add((b * BLOCK + i) * wd);
-            let (g0, g1) = (_mm256_loadu_ps(g), _mm256_loadu_ps(g.add(8)));
+            let gv: [V; R] = std::array::from_fn(|k| V::load(g.add(k * l)));
             for r in 0..CT {
-                let xv = _mm256_broadcast_ss(&*rows[r].add(b * bs + i));
-                a[r][0] = _mm256_fmadd_ps(xv, g0, a[r][0]);
-                a[r][1] = _mm256_fmadd_ps(xv, g1, a[r][1]);
+                let xv = V::broadcast(rows[r].add(b * bs + i));
+                for k in 0..R {
+                    a[r][k] = xv.mul_add(gv[k], a[r][k]);
+                }
             }
         }
     }
     for (r, ar) in a.iter().enumerate() {
-        _mm256_storeu_ps(acc.add(r * wd), ar[0]);
-        _mm256_storeu_ps(acc.add(r * wd + 8), ar[1]);
+        for (k, v) in ar.iter().enumerate() {
+            v.store(acc.add(r * wd + k * l));
+        }
     }
 }
 
@@ -250,106 +276,4 @@ pub fn fold(acc: &mut [f32], cin: usize, cout: usize, dw: &mut [f32]) {
         }
     }
     acc[..acc_len(cin, cout)].fill(0.0);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7 + seed * 13) % 23) as f32 - 11.0) * 0.07)
-            .collect()
-    }
-
-    /// Shapes with position counts that are not whole blocks (7x7, 5x3,
-    /// 1x1), output widths that are not whole vectors or tiles, and input
-    /// counts that are not whole tiles.
-    const SHAPES: [(usize, usize, usize, usize); 8] = [
-        (24, 96, 32, 32),
-        (13, 12, 8, 8),
-        (7, 60, 16, 16),
-        (6, 5, 7, 7),
-        (1, 1, 5, 3),
-        (9, 17, 1, 1),
-        (20, 33, 4, 12),
-        (156, 96, 4, 4),
-    ];
-
-    #[test]
-    fn transpose_matches_its_definition() {
-        if !direct::cpu_supported() {
-            return;
-        }
-        for (_, cout, h, w) in SHAPES {
-            let hw = h * w;
-            let dt = Direct::pointwise(h, w, cout);
-            let dy = values(cout * hw, 1);
-            let mut dyp = vec![f32::NAN; dt.input_len(cout)];
-            dt.fill_planes(&dy, &mut dyp);
-            let mut dyt = vec![f32::NAN; dyt_len(&dt, cout)];
-            transpose(&dt, &dyp, cout, &mut dyt);
-            let wd = width(cout);
-            for (p, row) in dyt.chunks_exact(wd).enumerate() {
-                for (o, &v) in row.iter().enumerate() {
-                    let want = if p < hw && o < cout {
-                        dy[o * hw + p]
-                    } else {
-                        0.0
-                    };
-                    assert_eq!(v, want, "position {p} channel {o} of {cout} on {h}x{w}");
-                }
-            }
-        }
-    }
-
-    /// The weight gradient over two images against the f64 sum from its
-    /// definition, starting from stale contents in `acc` that `fold` must
-    /// then clear.
-    #[test]
-    fn weight_gradient_matches_the_definition() {
-        if !direct::cpu_supported() {
-            return;
-        }
-        for (cin, cout, h, w) in SHAPES {
-            let hw = h * w;
-            let d = Direct::pointwise(h, w, cin);
-            let dt = Direct::pointwise(h, w, cout);
-            let mut acc = vec![0.0f32; acc_len(cin, cout)];
-            let mut want = vec![0.0f64; cout * cin];
-            for img in 0..2 {
-                let x = values(cin * hw, 3 + img);
-                let dy = values(cout * hw, 5 + img);
-                for o in 0..cout {
-                    for c in 0..cin {
-                        want[o * cin + c] += (0..hw)
-                            .map(|p| dy[o * hw + p] as f64 * x[c * hw + p] as f64)
-                            .sum::<f64>();
-                    }
-                }
-                let mut xp = vec![f32::NAN; d.input_len(cin)];
-                d.fill_planes(&x, &mut xp);
-                let mut dyp = vec![f32::NAN; dt.input_len(cout)];
-                dt.fill_planes(&dy, &mut dyp);
-                let mut dyt = vec![f32::NAN; dyt_len(&dt, cout)];
-                transpose(&dt, &dyp, cout, &mut dyt);
-                weight_grad(&d, &xp, cin, &dyt, cout, &mut acc);
-            }
-            let mut dw = vec![0.5f32; cout * cin];
-            fold(&mut acc, cin, cout, &mut dw);
-            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            for (i, (&got, &w)) in dw.iter().zip(&want).enumerate() {
-                let err = (got as f64 - 0.5 - w).abs() / scale;
-                assert!(
-                    err < 1e-5,
-                    "weight {i} of {cout}x{cin} on {h}x{w}: {got} against {}",
-                    w + 0.5
-                );
-            }
-            assert!(
-                acc.iter().all(|&v| v == 0.0),
-                "fold leaves the accumulator zeroed"
-            );
-        }
-    }
 }

@@ -508,16 +508,14 @@ pub fn gap_dense_backward<T: Float>(
 /// plane in `T` over LANES independent partial sums (vectorised; see
 /// `lane_sum`), returned in f64 for summing across planes.
 fn bn_plane_sums<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd::has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<T: Float>(p: &Pre<T>, c: usize, xs: &[T], gs: &[T]) -> (f64, f64) {
-            bn_plane_sums_loop(p, c, xs, gs)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { wide(p, c, xs, gs) };
-    }
-    bn_plane_sums_loop(p, c, xs, gs)
+    crate::cpu::simd::vectorized!(<T: Float> (
+        p: &'k Pre<T> = p,
+        c: usize = c,
+        xs: &'k [T] = xs,
+        gs: &'k [T] = gs,
+    ) -> (f64, f64) {
+        bn_plane_sums_loop(p, c, xs, gs)
+    })
 }
 
 #[inline(always)]
@@ -702,22 +700,15 @@ impl<T: Float> BnBackward<T> {
     /// with `da` the output gradient `g` where the ReLU passed it; stored
     /// into `dx` or added to it.
     fn plane(&self, dx: &mut [T], xv: &[T], gv: &[T], store: bool) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::simd::has_avx2() {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide<T: Float>(
-                k: &BnBackward<T>,
-                dx: &mut [T],
-                xv: &[T],
-                gv: &[T],
-                store: bool,
-            ) {
-                k.plane_loop(dx, xv, gv, store)
-            }
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { wide(self, dx, xv, gv, store) };
-        }
-        self.plane_loop(dx, xv, gv, store)
+        crate::cpu::simd::vectorized!(<T: Float> (
+            k: &'k BnBackward<T> = self,
+            dx: &'k mut [T] = dx,
+            xv: &'k [T] = xv,
+            gv: &'k [T] = gv,
+            store: bool = store,
+        ) -> () {
+            k.plane_loop(dx, xv, gv, store)
+        })
     }
 
     #[inline(always)]

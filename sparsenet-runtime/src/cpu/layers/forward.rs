@@ -730,19 +730,12 @@ pub fn batch_stats<T: Float>(x: &Array4<T>) -> Stats<T> {
     }
 }
 
-/// `(sum (v - shift), sum (v - shift)^2)` over one plane, with the CPU's
-/// 256-bit vectors where it has them (see [`crate::cpu::simd`]).
+/// `(sum (v - shift), sum (v - shift)^2)` over one plane, vectorised for
+/// the active instruction set (see [`crate::cpu::simd::vectorized`]).
 fn shifted_sums<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::simd::has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<T: Float>(xs: &[T], shift: T) -> (f64, f64) {
-            shifted_sums_loop(xs, shift)
-        }
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { wide(xs, shift) };
-    }
-    shifted_sums_loop(xs, shift)
+    crate::cpu::simd::vectorized!(<T: Float> (xs: &'k [T] = xs, shift: T = shift) -> (f64, f64) {
+        shifted_sums_loop(xs, shift)
+    })
 }
 
 #[inline(always)]

@@ -1,37 +1,7 @@
-//! The F(2x2, 3x3) input and output transforms in AVX2 registers.
+//! The F(2x2, 3x3) input and output transforms, 8 tiles per vector of the
+//! set's 8-lane type ([`F32x8`]).
 
 use super::*;
-
-/// The 8 even-indexed values of `a` then `b` (16 consecutive floats) in
-/// slot order (see [`slot`]): `a0 a2 b0 b2 a4 a6 b4 b6`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn even_slots(a: __m256, b: __m256) -> __m256 {
-    _mm256_shuffle_ps::<0b10_00_10_00>(a, b)
-}
-
-/// The 8 odd-indexed values of `a` then `b` in slot order.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn odd_slots(a: __m256, b: __m256) -> __m256 {
-    _mm256_shuffle_ps::<0b11_01_11_01>(a, b)
-}
-
-/// The 8 even-indexed values of `a` then `b` (16 consecutive floats).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn even(a: __m256, b: __m256) -> __m256 {
-    let s = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(s)))
-}
-
-/// The 8 odd-indexed values of `a` then `b` (16 consecutive floats).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn odd(a: __m256, b: __m256) -> __m256 {
-    let s = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(s)))
-}
 
 /// `V[xi][c][t] = (B^T d B)[xi]` for the tiles `t` of tile rows `ty0 ..
 /// ty0 + rows` of every input channel, with
@@ -40,10 +10,12 @@ pub(super) unsafe fn odd(a: __m256, b: __m256) -> __m256 {
 /// along each of the four results, 8 tiles at a time (the even and odd
 /// columns of a tile pair split apart by shuffles). In registers, except
 /// for rows of 4 tiles, which go through the row buffers `rows`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+///
+/// # Safety
+/// The CPU has `S`.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn transform_input(
+pub(super) unsafe fn transform_input<S: Simd>(
     src: PaddedRows,
     tl: &Tiling,
     channels: Range<usize>,
@@ -52,6 +24,7 @@ pub(super) unsafe fn transform_input(
     rows: &mut [f32],
     layout: VLayout,
 ) {
+    type V<S> = <S as Simd>::W8;
     let PaddedRows { x, plane, wp, row0 } = src;
     let (rl, nt, tw) = (tl.row_len(), tl.nt, tl.tw);
     assert!(channels.end <= cin, "channels of the convolution");
@@ -80,9 +53,9 @@ pub(super) unsafe fn transform_input(
             if ahead + 4 * wp <= x.len() {
                 let q = x.as_ptr().add(ahead);
                 for line in (0..4 * wp).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+                    S::prefetch_read(q.add(line));
                 }
-                _mm_prefetch::<_MM_HINT_T0>(q.add(4 * wp - 1) as *const i8);
+                S::prefetch_read(q.add(4 * wp - 1));
             }
             if tw % 8 == 0 {
                 // Straight from the padded rows: per 8 tiles, columns
@@ -93,23 +66,18 @@ pub(super) unsafe fn transform_input(
                     let col = |off: usize| {
                         let q = p.add(2 * t0 + off);
                         let (d0, d1, d2, d3) = (
-                            _mm256_loadu_ps(q),
-                            _mm256_loadu_ps(q.add(wp)),
-                            _mm256_loadu_ps(q.add(2 * wp)),
-                            _mm256_loadu_ps(q.add(3 * wp)),
+                            V::<S>::load(q),
+                            V::<S>::load(q.add(wp)),
+                            V::<S>::load(q.add(2 * wp)),
+                            V::<S>::load(q.add(3 * wp)),
                         );
-                        [
-                            _mm256_sub_ps(d0, d2),
-                            _mm256_add_ps(d1, d2),
-                            _mm256_sub_ps(d2, d1),
-                            _mm256_sub_ps(d1, d3),
-                        ]
+                        [d0.sub(d2), d1.add(d2), d2.sub(d1), d1.sub(d3)]
                     };
                     let (a, b, a2, b2) = (col(0), col(8), col(2), col(10));
                     let mut q = at(0, t0);
                     for i in 0..4 {
                         for val in row_transform_slots(a[i], b[i], a2[i], b2[i]) {
-                            _mm256_storeu_ps(q, val);
+                            val.store(q);
                             q = q.add(xs);
                         }
                     }
@@ -138,17 +106,17 @@ pub(super) unsafe fn transform_input(
                 let rb = rows.as_ptr().add(i * rl);
                 for t0 in (0..tw).step_by(8) {
                     let vals = row_transform(
-                        _mm256_loadu_ps(rb.add(2 * t0)),
-                        _mm256_loadu_ps(rb.add(2 * t0 + 8)),
-                        _mm256_loadu_ps(rb.add(2 * t0 + 2)),
-                        _mm256_loadu_ps(rb.add(2 * t0 + 10)),
+                        V::<S>::load(rb.add(2 * t0)),
+                        V::<S>::load(rb.add(2 * t0 + 8)),
+                        V::<S>::load(rb.add(2 * t0 + 2)),
+                        V::<S>::load(rb.add(2 * t0 + 10)),
                     );
                     for (j, val) in vals.into_iter().enumerate() {
                         if tw - t0 >= 8 {
-                            _mm256_storeu_ps(at(4 * i + j, t0), val);
+                            val.store(at(4 * i + j, t0));
                         } else {
                             // The last 4 tiles of the row.
-                            _mm_storeu_ps(at(4 * i + j, t0), _mm256_castps256_ps128(val));
+                            val.store_lo4(at(4 * i + j, t0));
                         }
                     }
                 }
@@ -160,47 +128,37 @@ pub(super) unsafe fn transform_input(
 /// `B^T r` along a row for 8 tiles, from the row's 16 values at the tiles'
 /// first column (`a`, `b`) and the 16 two columns on (`a2`, `b2`): tile t's
 /// columns 2t .. 2t + 3 are the even and odd values of each pair.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn row_transform(a: __m256, b: __m256, a2: __m256, b2: __m256) -> [__m256; 4] {
-    let (e, o, e2, o2) = (even(a, b), odd(a, b), even(a2, b2), odd(a2, b2));
+pub(super) unsafe fn row_transform<V: F32x8>(a: V, b: V, a2: V, b2: V) -> [V; 4] {
+    let (e, o, e2, o2) = (V::even(a, b), V::odd(a, b), V::even(a2, b2), V::odd(a2, b2));
     row_combine(e, o, e2, o2)
 }
 
 /// [`row_transform`] with the 8 tiles in slot order (see [`slot`]).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn row_transform_slots(
-    a: __m256,
-    b: __m256,
-    a2: __m256,
-    b2: __m256,
-) -> [__m256; 4] {
-    let (e, o) = (even_slots(a, b), odd_slots(a, b));
-    let (e2, o2) = (even_slots(a2, b2), odd_slots(a2, b2));
+pub(super) unsafe fn row_transform_slots<V: F32x8>(a: V, b: V, a2: V, b2: V) -> [V; 4] {
+    let (e, o) = (V::even_slots(a, b), V::odd_slots(a, b));
+    let (e2, o2) = (V::even_slots(a2, b2), V::odd_slots(a2, b2));
     row_combine(e, o, e2, o2)
 }
 
 /// `B^T r` from each tile's columns 0 and 1 (`e`, `o`) and 2 and 3 (`e2`,
 /// `o2`).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn row_combine(e: __m256, o: __m256, e2: __m256, o2: __m256) -> [__m256; 4] {
-    [
-        _mm256_sub_ps(e, e2),
-        _mm256_add_ps(o, e2),
-        _mm256_sub_ps(e2, o),
-        _mm256_sub_ps(o, o2),
-    ]
+pub(super) unsafe fn row_combine<V: F32x8>(e: V, o: V, e2: V, o2: V) -> [V; 4] {
+    [e.sub(e2), o.add(e2), e2.sub(o), o.sub(o2)]
 }
 
 /// `Y = A^T M A` for every tile of the block at tile row `ty0` and output
 /// channel, with `A^T` = [[1, 1, 1, 0], [0, 1, -1, -1]], 8 tiles at a time,
 /// the epilogue applied, and the 2x2 blocks of 8 tiles interleaved back into
 /// two output rows of 16 (or of two tile rows of 4 tiles each).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_output(
+///
+/// # Safety
+/// The CPU has `S`; `op` points at `cn` planes of h x w whose rows of this
+/// block nothing else touches meanwhile.
+#[inline(always)]
+pub(super) unsafe fn transform_output<S: Simd>(
     d: &Direct,
     tl: &Tiling,
     m: &[f32],
@@ -209,34 +167,38 @@ pub(super) unsafe fn transform_output(
     op: *mut f32,
     ep: Option<Epilogue>,
 ) {
+    type V<S> = <S as Simd>::W8;
     let (nt, tw, w, hw) = (tl.nt, tl.tw, d.w, d.h * d.w);
     let mp = m.as_ptr();
     let block_rows = 2 * ty0..2 * (ty0 + tl.rows);
     let slots = tl.slots();
     for o in 0..cn {
         if o + PF_AHEAD < cn {
-            prefetch_lines(op.add((o + PF_AHEAD) * hw), block_rows.clone(), w);
+            prefetch_lines::<S>(op.add((o + PF_AHEAD) * hw), block_rows.clone(), w);
         }
-        let finish = Finish::of(&ep, o);
+        let finish = Finish::<V<S>>::of(&ep, o);
         let finish = |y| finish.apply(y);
         for t0 in (0..nt).step_by(8) {
-            let at = |xi: usize| _mm256_loadu_ps(mp.add((o * XI + xi) * nt + t0));
+            let at = |xi: usize| V::<S>::load(mp.add((o * XI + xi) * nt + t0));
             // Down the columns: output row 0 (s) and row 1 (t) of each of
             // the 4 columns j.
-            let mut s = [_mm256_setzero_ps(); 4];
-            let mut t = [_mm256_setzero_ps(); 4];
+            let mut s = [V::<S>::zero(); 4];
+            let mut t = [V::<S>::zero(); 4];
             for j in 0..4 {
                 let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                s[j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-                t[j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+                s[j] = m0.add(m1).add(m2);
+                t[j] = m1.sub(m2).sub(m3);
             }
-            let y00 = finish(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), s[2]));
-            let y01 = finish(_mm256_sub_ps(_mm256_sub_ps(s[1], s[2]), s[3]));
-            let y10 = finish(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), t[2]));
-            let y11 = finish(_mm256_sub_ps(_mm256_sub_ps(t[1], t[2]), t[3]));
+            let y00 = finish(s[0].add(s[1]).add(s[2]));
+            let y01 = finish(s[1].sub(s[2]).sub(s[3]));
+            let y10 = finish(t[0].add(t[1]).add(t[2]));
+            let y11 = finish(t[1].sub(t[2]).sub(t[3]));
             // Tiles t0..t0 + 4 then t0 + 4..t0 + 8, each 4 in one tile row.
             let (rows0, rows1) = if slots {
-                (interleave_slots(y00, y01), interleave_slots(y10, y11))
+                (
+                    (V::<S>::unpack_lo(y00, y01), V::<S>::unpack_hi(y00, y01)),
+                    (V::<S>::unpack_lo(y10, y11), V::<S>::unpack_hi(y10, y11)),
+                )
             } else {
                 (interleave(y00, y01), interleave(y10, y11))
             };
@@ -244,8 +206,8 @@ pub(super) unsafe fn transform_output(
                 let tile = t0 + 4 * half;
                 let (ty, tx) = (ty0 + tile / tw, tile % tw);
                 let at = op.add(o * hw + 2 * ty * w + 2 * tx);
-                _mm256_storeu_ps(at, if half == 0 { rows0.0 } else { rows0.1 });
-                _mm256_storeu_ps(at.add(w), if half == 0 { rows1.0 } else { rows1.1 });
+                (if half == 0 { rows0.0 } else { rows0.1 }).store(at);
+                (if half == 0 { rows1.0 } else { rows1.1 }).store(at.add(w));
             }
         }
     }
@@ -255,71 +217,48 @@ pub(super) unsafe fn transform_output(
 /// to be written: the output transforms ask for the next channel's lines of
 /// their block, as a fresh output is in no cache and `PF_AHEAD` planes
 /// apart is not a stream the hardware follows.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn prefetch_lines(p: *mut f32, rows: Range<usize>, w: usize) {
+pub(super) unsafe fn prefetch_lines<S: Simd>(p: *mut f32, rows: Range<usize>, w: usize) {
     for y in rows {
         let row = p.add(y * w);
         for x in (0..w).step_by(16) {
-            _mm_prefetch::<_MM_HINT_ET0>(row.add(x) as *const i8);
+            S::prefetch_write(row.add(x));
         }
     }
 }
 
 /// An output channel's epilogue as vectors (the identity without one).
-#[cfg(target_arch = "x86_64")]
-pub(super) struct Finish {
-    pub(super) scale: __m256,
-    pub(super) shift: __m256,
+pub(super) struct Finish<V> {
+    pub(super) scale: V,
+    pub(super) shift: V,
     pub(super) relu: bool,
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Finish {
+impl<V: F32s> Finish<V> {
     /// Channel `o`'s of `ep`.
     #[inline(always)]
-    pub(super) unsafe fn of(ep: &Option<Epilogue>, o: usize) -> Finish {
+    pub(super) unsafe fn of(ep: &Option<Epilogue>, o: usize) -> Finish<V> {
         match ep {
             Some(e) => Finish {
-                scale: _mm256_set1_ps(e.scale[o]),
-                shift: _mm256_set1_ps(e.shift[o]),
+                scale: V::splat(e.scale[o]),
+                shift: V::splat(e.shift[o]),
                 relu: e.relu,
             },
             None => Finish {
-                scale: _mm256_set1_ps(1.0),
-                shift: _mm256_setzero_ps(),
+                scale: V::splat(1.0),
+                shift: V::zero(),
                 relu: false,
             },
         }
     }
 
     #[inline(always)]
-    pub(super) unsafe fn apply(&self, y: __m256) -> __m256 {
-        let y = _mm256_fmadd_ps(y, self.scale, self.shift);
+    pub(super) unsafe fn apply(&self, y: V) -> V {
+        let y = y.mul_add(self.scale, self.shift);
         if self.relu {
-            crate::cpu::simd::relu_keep_nan(y)
+            y.relu_keep_nan()
         } else {
             y
         }
     }
-}
-
-/// `a0 b0 a1 b1 a2 b2 a3 b3` and `a4 b4 .. a7 b7`: the two columns of 8
-/// tiles' output rows side by side again.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
-    let lo = _mm256_unpacklo_ps(a, b);
-    let hi = _mm256_unpackhi_ps(a, b);
-    (
-        _mm256_permute2f128_ps::<0x20>(lo, hi),
-        _mm256_permute2f128_ps::<0x31>(lo, hi),
-    )
-}
-
-/// [`interleave`] of 8 tiles in slot order (see [`slot`]): in-lane only.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(super) unsafe fn interleave_slots(a: __m256, b: __m256) -> (__m256, __m256) {
-    (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
 }

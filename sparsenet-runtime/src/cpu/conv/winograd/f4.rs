@@ -36,13 +36,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::Tiling;
-#[cfg(target_arch = "x86_64")]
 use super::{prefetch_lines, xi_stride, Finish, PaddedRows, VLayout, PF_AHEAD, PF_CHANNELS};
-#[cfg(target_arch = "x86_64")]
 use crate::cpu::conv::direct::{Direct, Epilogue};
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-#[cfg(target_arch = "x86_64")]
+use crate::cpu::simd::{transpose4_halves, F32s, F32x8, Simd};
 use std::ops::Range;
 
 /// Positions of a transformed tile (6 x 6).
@@ -88,21 +84,6 @@ pub(super) fn transform_weights_into(weight: &[f32], cout: usize, cin: usize, u:
     }
 }
 
-/// The 4x4 transpose within each 128-bit half of four vectors: value `j`
-/// of each half of result `j'` is value `j'` of that half of input `j`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn transpose4(a: __m256, b: __m256, c: __m256, d: __m256) -> [__m256; 4] {
-    let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-    let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
-    [
-        _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2),
-        _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2),
-        _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3),
-        _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3),
-    ]
-}
-
 /// Columns 0..6 of 8 tiles of one padded row (tile `t`'s columns are `4 t
 /// .. 4 t + 6` from its first), 4 whose first column is at `qa` and 4 at
 /// `qb` (`qa + 16` within a row; the same row of the next tile row where
@@ -110,20 +91,24 @@ unsafe fn transpose4(a: __m256, b: __m256, c: __m256, d: __m256) -> [__m256; 4] 
 /// the 8 values from `qa` are tile 0's columns 0..4 and tile 1's, so an
 /// in-lane transpose of four such vectors gives columns 0..4; the same 4
 /// floats on gives columns 4 and 5. Reads `qa .. qa + 20`, `qb .. qb + 20`.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn columns(qa: *const f32, qb: *const f32) -> [__m256; 6] {
-    let l = |k: usize, off: usize| {
-        let q = if k < 2 { qa } else { qb };
-        _mm256_loadu_ps(q.add(8 * (k % 2) + off))
-    };
-    let [c0, c1, c2, c3] = transpose4(l(0, 0), l(1, 0), l(2, 0), l(3, 0));
-    let (t0, t2) = (
-        _mm256_unpacklo_ps(l(0, 4), l(1, 4)),
-        _mm256_unpacklo_ps(l(2, 4), l(3, 4)),
+unsafe fn columns<V: F32x8>(qa: *const f32, qb: *const f32) -> [V; 6] {
+    let (a0, a1, b0, b1) = (
+        V::load(qa),
+        V::load(qa.add(8)),
+        V::load(qb),
+        V::load(qb.add(8)),
     );
-    let c4 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
-    let c5 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+    let [c0, c1, c2, c3] = transpose4_halves(a0, a1, b0, b1);
+    let (a4, a5, b4, b5) = (
+        V::load(qa.add(4)),
+        V::load(qa.add(12)),
+        V::load(qb.add(4)),
+        V::load(qb.add(12)),
+    );
+    let (t0, t2) = (V::unpack_lo(a4, a5), V::unpack_lo(b4, b5));
+    let c4 = V::pairs_lo(t0, t2);
+    let c5 = V::pairs_hi(t0, t2);
     [c0, c1, c2, c3, c4, c5]
 }
 
@@ -134,40 +119,34 @@ fn halves(tl: &Tiling, t0: usize) -> [(usize, usize); 2] {
 }
 
 /// `B^T d` for 6 values (of 8 tiles each).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
-    let (four, five, two) = (
-        _mm256_set1_ps(4.0),
-        _mm256_set1_ps(5.0),
-        _mm256_set1_ps(2.0),
-    );
+unsafe fn bt<V: F32s>(d: [V; 6]) -> [V; 6] {
+    let (four, five, two) = (V::splat(4.0), V::splat(5.0), V::splat(2.0));
     // d4 - 4 d2, d3 - 4 d1, d4 - d2, 2 (d3 - d1).
-    let t0 = _mm256_fnmadd_ps(four, d[2], d[4]);
-    let t1 = _mm256_fnmadd_ps(four, d[1], d[3]);
-    let t2 = _mm256_sub_ps(d[4], d[2]);
-    let t3 = _mm256_mul_ps(two, _mm256_sub_ps(d[3], d[1]));
+    let t0 = four.neg_mul_add(d[2], d[4]);
+    let t1 = four.neg_mul_add(d[1], d[3]);
+    let t2 = d[4].sub(d[2]);
+    let t3 = two.mul(d[3].sub(d[1]));
     [
-        _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4])),
-        _mm256_add_ps(t0, t1),
-        _mm256_sub_ps(t0, t1),
-        _mm256_add_ps(t2, t3),
-        _mm256_sub_ps(t2, t3),
-        _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5])),
+        four.mul_add(d[0], five.neg_mul_add(d[2], d[4])),
+        t0.add(t1),
+        t0.sub(t1),
+        t2.add(t3),
+        t2.sub(t3),
+        four.mul_add(d[1], five.neg_mul_add(d[3], d[5])),
     ]
 }
 
 /// `A^T m` for 6 values (of 8 tiles each).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
-    let (s12, d12) = (_mm256_add_ps(m[1], m[2]), _mm256_sub_ps(m[1], m[2]));
-    let (s34, d34) = (_mm256_add_ps(m[3], m[4]), _mm256_sub_ps(m[3], m[4]));
+unsafe fn at<V: F32s>(m: [V; 6]) -> [V; 4] {
+    let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
+    let (s34, d34) = (m[3].add(m[4]), m[3].sub(m[4]));
     [
-        _mm256_add_ps(_mm256_add_ps(m[0], s12), s34),
-        _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
-        _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
-        _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), m[5]),
+        m[0].add(s12).add(s34),
+        V::splat(2.0).mul_add(d34, d12),
+        V::splat(4.0).mul_add(s34, s12),
+        V::splat(8.0).mul_add(d34, d12).add(m[5]),
     ]
 }
 
@@ -179,10 +158,9 @@ unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
 /// ([`rows_len`] floats).
 ///
 /// # Safety
-/// AVX2 and FMA present; `v` holds `36` matrices [`xi_stride`] apart.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_input(
+/// The CPU has `S`; `v` holds `36` matrices [`xi_stride`] apart.
+#[inline(always)]
+pub(super) unsafe fn transform_input<S: Simd>(
     src: PaddedRows,
     tl: &Tiling,
     channels: Range<usize>,
@@ -220,9 +198,9 @@ pub(super) unsafe fn transform_input(
         if ahead + span <= x.len() {
             let q = x.as_ptr().add(ahead);
             for line in (0..span).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+                S::prefetch_read(q.add(line));
             }
-            _mm_prefetch::<_MM_HINT_T0>(q.add(span - 1) as *const i8);
+            S::prefetch_read(q.add(span - 1));
         }
         // The last vector reads 2 floats past the last padded row.
         let p = if top + span + 2 <= x.len() {
@@ -240,16 +218,16 @@ pub(super) unsafe fn transform_input(
             let [(ra, xa), (rb, xb)] = halves(tl, t0);
             let (pa, pb) = (p.add(4 * ra * wp + 4 * xa), p.add(4 * rb * wp + 4 * xb));
             // Along each padded row: hr[i][j], column j of row i.
-            let mut hr = [[_mm256_setzero_ps(); 6]; 6];
+            let mut hr = [[S::W8::zero(); 6]; 6];
             for (i, h) in hr.iter_mut().enumerate() {
-                *h = bt(columns(pa.add(i * wp), pb.add(i * wp)));
+                *h = bt(columns::<S::W8>(pa.add(i * wp), pb.add(i * wp)));
             }
             // Down each column: positions 6 j .. 6 j + 6.
             let mut at = q;
             for j in 0..6 {
                 let col = bt([hr[0][j], hr[1][j], hr[2][j], hr[3][j], hr[4][j], hr[5][j]]);
                 for val in col {
-                    _mm256_storeu_ps(at, val);
+                    val.store(at);
                     at = at.add(xs);
                 }
             }
@@ -263,11 +241,10 @@ pub(super) unsafe fn transform_input(
 /// rows of 16 per half (see [`halves`]).
 ///
 /// # Safety
-/// AVX2 and FMA present; `op` points at `cn` planes of h x w whose rows of
+/// The CPU has `S`; `op` points at `cn` planes of h x w whose rows of
 /// this block nothing else touches meanwhile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_output(
+#[inline(always)]
+pub(super) unsafe fn transform_output<S: Simd>(
     d: &Direct,
     tl: &Tiling,
     m: &[f32],
@@ -290,14 +267,14 @@ pub(super) unsafe fn transform_output(
     let block_rows = 4 * ty0..4 * (ty0 + tl.rows);
     for o in 0..cn {
         if o + PF_AHEAD < cn {
-            prefetch_lines(op.add((o + PF_AHEAD) * hw), block_rows.clone(), w);
+            prefetch_lines::<S>(op.add((o + PF_AHEAD) * hw), block_rows.clone(), w);
         }
-        let finish = Finish::of(&ep, o);
+        let finish = Finish::<S::W8>::of(&ep, o);
         let finish = |y| finish.apply(y);
         for t0 in (0..nt).step_by(8) {
-            let load = |xi: usize| _mm256_loadu_ps(mp.add((o * XI + xi) * nt + t0));
+            let load = |xi: usize| S::W8::load(mp.add((o * XI + xi) * nt + t0));
             // Down each column j: sr[j][i], output row i of column j.
-            let mut sr = [[_mm256_setzero_ps(); 4]; 6];
+            let mut sr = [[S::W8::zero(); 4]; 6];
             for (j, s) in sr.iter_mut().enumerate() {
                 let x = 6 * j;
                 *s = at([
@@ -319,37 +296,25 @@ pub(super) unsafe fn transform_output(
                     at([sr[0][i], sr[1][i], sr[2][i], sr[3][i], sr[4][i], sr[5][i]]);
                 let (y0, y1, y2, y3) = (finish(y0), finish(y1), finish(y2), finish(y3));
                 // Back to tiles 2k, 2k + 1 side by side in vector k.
-                let [v0, v1, v2, v3] = transpose4(y0, y1, y2, y3);
+                let [v0, v1, v2, v3] = transpose4_halves(y0, y1, y2, y3);
                 let (ya, yb) = (a.add(i * w), b.add(i * w));
-                _mm256_storeu_ps(ya, v0);
-                _mm256_storeu_ps(ya.add(8), v1);
-                _mm256_storeu_ps(yb, v2);
-                _mm256_storeu_ps(yb.add(8), v3);
+                v0.store(ya);
+                v1.store(ya.add(8));
+                v2.store(yb);
+                v3.store(yb.add(8));
             }
         }
     }
 }
 
 /// `A` applied to 4 values (of 8 channels each): the adjoint of [`at`].
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn a6(y: [__m256; 4]) -> [__m256; 6] {
-    let (e, o) = (_mm256_add_ps(y[0], y[2]), _mm256_add_ps(y[1], y[3]));
+unsafe fn a6<V: F32s>(y: [V; 4]) -> [V; 6] {
+    let (e, o) = (y[0].add(y[2]), y[1].add(y[3]));
     // y0 + 4 y2, 2 y1 + 8 y3.
-    let e2 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), y[2], y[0]);
-    let o2 = _mm256_fmadd_ps(
-        _mm256_set1_ps(8.0),
-        y[3],
-        _mm256_mul_ps(_mm256_set1_ps(2.0), y[1]),
-    );
-    [
-        y[0],
-        _mm256_add_ps(e, o),
-        _mm256_sub_ps(e, o),
-        _mm256_add_ps(e2, o2),
-        _mm256_sub_ps(e2, o2),
-        y[3],
-    ]
+    let e2 = V::splat(4.0).mul_add(y[2], y[0]);
+    let o2 = V::splat(8.0).mul_add(y[3], V::splat(2.0).mul(y[1]));
+    [y[0], e.add(o), e.sub(o), e2.add(o2), e2.sub(o2), y[3]]
 }
 
 /// `D[xi][t][o] = (A dY A^T)[xi]` for the tiles `t` of a block (rows of
@@ -359,10 +324,9 @@ unsafe fn a6(y: [__m256; 4]) -> [__m256; 6] {
 /// the tiles where [`transform_input`] puts them.
 ///
 /// # Safety
-/// AVX2 and FMA present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_output_grad(
+/// The CPU has `S`.
+#[inline(always)]
+pub(super) unsafe fn transform_output_grad<S: Simd>(
     tl: &Tiling,
     g: &[f32],
     wd: usize,
@@ -384,9 +348,9 @@ pub(super) unsafe fn transform_output_grad(
             // [`columns`]).
             let t = t0 + if u % 2 == 0 { u / 2 } else { 4 + u / 2 };
             for o in (0..wd).step_by(8) {
-                let at = |p: usize| _mm256_loadu_ps(gp.add(p * wd + o));
+                let at = |p: usize| S::W8::load(gp.add(p * wd + o));
                 // Down each column s, then along each of the 6 rows i.
-                let mut cols = [[_mm256_setzero_ps(); 6]; 4];
+                let mut cols = [[S::W8::zero(); 6]; 4];
                 for (s, col) in cols.iter_mut().enumerate() {
                     let p = p00 + s;
                     *col = a6([at(p), at(p + w), at(p + 2 * w), at(p + 3 * w)]);
@@ -394,7 +358,7 @@ pub(super) unsafe fn transform_output_grad(
                 for i in 0..6 {
                     let z = a6([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
                     for (j, val) in z.into_iter().enumerate() {
-                        _mm256_storeu_ps(dp.add(((6 * j + i) * nt + t) * wd + o), val);
+                        val.store(dp.add(((6 * j + i) * nt + t) * wd + o));
                     }
                 }
             }

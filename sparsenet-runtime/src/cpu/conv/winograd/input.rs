@@ -46,7 +46,7 @@ impl Affine<'_> {
     /// (so the values equal a gather's to the bit; Rust does not fuse the
     /// multiply and add into an FMA).
     #[inline(always)]
-    pub(super) fn row(&self, c: usize, src: &[f32], dst: &mut [f32]) {
+    pub fn row(&self, c: usize, src: &[f32], dst: &mut [f32]) {
         let (s, t) = (self.scale[c], self.shift[c]);
         if self.relu {
             for (d, &v) in dst.iter_mut().zip(src) {
@@ -66,10 +66,10 @@ impl Affine<'_> {
 /// through `strip` for [`Input::Planes`].
 ///
 /// # Safety
-/// AVX2 and FMA present; `v`, `rows` and `strip` sized for `tl` and `cin`.
-#[cfg(target_arch = "x86_64")]
+/// The CPU has `S`; `v`, `rows` and `strip` sized for `tl` and `cin`.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn transform_block(
+pub(super) unsafe fn transform_block<S: Simd>(
     d: &Direct,
     tl: &Tiling,
     input: Input,
@@ -89,7 +89,7 @@ pub(super) unsafe fn transform_block(
                 wp: d.wp,
                 row0: tl.m * ty0,
             };
-            transform_rows(src, tl, 0..cin, cin, v, rows, layout)
+            transform_rows::<S>(src, tl, 0..cin, cin, v, rows, layout)
         }
         Input::Planes { planes, pre } => {
             assert_eq!(planes.len(), cin, "one plane per input channel");
@@ -101,7 +101,7 @@ pub(super) unsafe fn transform_block(
             );
             for c0 in (0..cin).step_by(STRIP_CHANNELS) {
                 let cs = c0..cin.min(c0 + STRIP_CHANNELS);
-                fill_strip(d, tl, planes, pre, cs.clone(), ty0, sp, strip);
+                fill_strip::<S>(d, tl, planes, pre, cs.clone(), ty0, sp, strip);
                 let src = PaddedRows {
                     // With the slack after the last channel's rows.
                     x: &strip[..(cs.len() * sp + 8).min(strip.len())],
@@ -109,7 +109,7 @@ pub(super) unsafe fn transform_block(
                     wp: d.wp,
                     row0: 0,
                 };
-                transform_rows(src, tl, cs, cin, v, rows, layout)
+                transform_rows::<S>(src, tl, cs, cin, v, rows, layout)
             }
         }
     }
@@ -118,9 +118,9 @@ pub(super) unsafe fn transform_block(
 /// The input transform of `tl`'s tile size.
 ///
 /// # Safety
-/// AVX2 and FMA present; `v` and `rows` sized for `tl` and `cin`.
-#[cfg(target_arch = "x86_64")]
-pub(super) unsafe fn transform_rows(
+/// The CPU has `S`; `v` and `rows` sized for `tl` and `cin`.
+#[inline(always)]
+pub(super) unsafe fn transform_rows<S: Simd>(
     src: PaddedRows,
     tl: &Tiling,
     channels: Range<usize>,
@@ -130,8 +130,8 @@ pub(super) unsafe fn transform_rows(
     layout: VLayout,
 ) {
     match tl.m {
-        2 => transform_input(src, tl, channels, cin, v, rows, layout),
-        _ => f4::transform_input(src, tl, channels, cin, v, rows, layout),
+        2 => transform_input::<S>(src, tl, channels, cin, v, rows, layout),
+        _ => f4::transform_input::<S>(src, tl, channels, cin, v, rows, layout),
     }
 }
 
@@ -139,11 +139,10 @@ pub(super) unsafe fn transform_rows(
 /// channels `cs` into `strip`, `sp` floats per channel, through `pre`.
 ///
 /// # Safety
-/// AVX2 and FMA present (the row loops are compiled for them).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+/// The CPU has `S` (the row loops are compiled for it).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn fill_strip(
+pub(super) unsafe fn fill_strip<S: Simd>(
     d: &Direct,
     tl: &Tiling,
     planes: &[&[f32]],
@@ -170,7 +169,7 @@ pub(super) unsafe fn fill_strip(
         if let Some(next) = planes.get(c + PF_CHANNELS) {
             let q = next[first * w..end * w].as_ptr();
             for line in (0..(end - first) * w).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(q.add(line) as *const i8);
+                S::prefetch_read(q.add(line));
             }
         }
         let dst = &mut strip[i * sp..(i + 1) * sp];

@@ -42,8 +42,7 @@
 use crate::cpu::conv::direct::{self, cpu_supported, Direct, Epilogue};
 use crate::cpu::conv::pointwise_wgrad;
 use crate::cpu::parallel::scratch::Scratch;
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+use crate::cpu::simd::{self, interleave, F32s, F32x8, Kernel, Simd};
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -56,7 +56,7 @@ impl<'a> PreparedConv<'a> {
 
     /// [`PreparedConv::new`] with F(4x4, 3x3) allowed or not (`large`),
     /// whatever [`large_tiles`] says.
-    pub(super) fn with_tiles(
+    pub fn with_tiles(
         d: &'a Direct,
         weight: &'a [f32],
         cin: usize,
@@ -108,9 +108,29 @@ impl<'a> PreparedConv<'a> {
         }
     }
 
+    /// Whether [`PreparedConv::run_split`] splits the direct kernel's
+    /// positions rather than its output channels: where the channels make
+    /// fewer parts than there are threads (`SPARSENET_SPLIT=channels` keeps
+    /// the channel split, to measure what this gains).
+    fn by_positions(&self) -> bool {
+        static CHANNELS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off = *CHANNELS
+            .get_or_init(|| std::env::var("SPARSENET_SPLIT").is_ok_and(|v| v == "channels"));
+        let threads = crate::cpu::parallel::threads::available();
+        !off && self.d.rows
+            && direct::out_channel_parts(self.cout) < threads
+            && self.d.offs_len() >= 4 * threads
+    }
+
     /// Whether the Winograd path runs.
     pub fn is_winograd(&self) -> bool {
         self.winograd.is_some()
+    }
+
+    /// The side of the Winograd output tiles (2 or 4), `None` on the
+    /// direct kernel.
+    pub fn tile_size(&self) -> Option<usize> {
+        self.winograd.as_ref().map(|t| t.tiling.m)
     }
 
     /// Every output channel of one image, split over the threads (a
@@ -121,6 +141,18 @@ impl<'a> PreparedConv<'a> {
     pub fn run_split(&self, input: Input, out: &mut [f32], ep: Option<Epilogue>) {
         let Some(t) = &self.winograd else {
             let hw = self.d.ho * self.d.wo;
+            if let (Input::Padded(x), true) = (input, self.by_positions()) {
+                // Too few output channels to split: split the positions.
+                return direct::forward_split_positions(
+                    self.d,
+                    x,
+                    self.cin,
+                    self.weight,
+                    self.cout,
+                    out,
+                    ep,
+                );
+            }
             crate::cpu::conv::direct::split_out_channels(out, hw, |c0, cn, part| {
                 let mut grid = Scratch::<f32>::stale(self.scratch_len(cn));
                 let e = ep.map(|e| e.channels(c0, cn));
@@ -260,27 +292,91 @@ pub(super) unsafe fn image_blocks(
     let (rows, strip) = rest.split_at_mut(r_len);
     // What the last vector of tiles reads past the padded row is zero.
     rows.fill(0.0);
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
-    #[cfg(target_arch = "x86_64")]
-    for ty0 in blocks.map(|b| b * tl.rows) {
-        // SAFETY: AVX2 and FMA are present (`PreparedConv::new` checked);
-        // the buffers were sized above for this tiling.
-        let layout = VLayout::XiRows;
-        unsafe { transform_block(d, &tl, input, cin, ty0, v, rows, strip, layout) };
-        for x in 0..xi {
-            let u = &t.u.as_slice()[(x * cout + c0) * cin..(x * cout + c0 + cn) * cin];
-            let vx = &v[x * xs..];
-            let mx = &mut m[x * tl.nt..];
-            direct::forward_ep(&t.product, vx, cin, u, cn, mx, None);
-        }
-        // SAFETY: as above; stores stay in planes < cn, in this block's
-        // rows (the caller's).
-        unsafe {
-            match tl.m {
-                2 => transform_output(d, &tl, m, cn, ty0, out, ep),
-                _ => f4::transform_output(d, &tl, m, cn, ty0, out, ep),
+    simd::dispatch(Blocks {
+        d,
+        t,
+        input,
+        cin,
+        cout,
+        c0,
+        cn,
+        out,
+        v,
+        m,
+        rows,
+        strip,
+        ep,
+        blocks,
+    })
+}
+
+/// [`image_blocks`]' arguments and buffers as a [`Kernel`]: the transforms
+/// and products of each block in one body per instruction set.
+struct Blocks<'a> {
+    d: &'a Direct,
+    t: &'a Transformed,
+    input: Input<'a>,
+    cin: usize,
+    cout: usize,
+    c0: usize,
+    cn: usize,
+    out: *mut f32,
+    v: &'a mut [f32],
+    m: &'a mut [f32],
+    rows: &'a mut [f32],
+    strip: &'a mut [f32],
+    ep: Option<Epilogue<'a>>,
+    blocks: Range<usize>,
+}
+
+impl Kernel for Blocks<'_> {
+    type Output = ();
+    // SAFETY: the buffers were sized by `image_blocks` for this tiling;
+    // stores stay in planes < cn, in these blocks' rows (the caller's).
+    #[inline(always)]
+    unsafe fn run<S: Simd>(self) {
+        let Blocks {
+            d,
+            t,
+            input,
+            cin,
+            cout,
+            c0,
+            cn,
+            out,
+            v,
+            m,
+            rows,
+            strip,
+            ep,
+            blocks,
+        } = self;
+        let tl = t.tiling;
+        let (xs, xi) = (xi_stride(cin, tl.nt), tl.positions());
+        for ty0 in blocks.map(|b| b * tl.rows) {
+            let layout = VLayout::XiRows;
+            transform_block::<S>(d, &tl, input, cin, ty0, v, rows, strip, layout);
+            for x in 0..xi {
+                let u = &t.u.as_slice()[(x * cout + c0) * cin..(x * cout + c0 + cn) * cin];
+                let mx = &mut m[x * tl.nt..];
+                let product = direct::Forward {
+                    d: &t.product,
+                    x: &v[x * xs..],
+                    cin,
+                    weight: u,
+                    cout: cn,
+                    out: mx.as_mut_ptr(),
+                    out_len: mx.len(),
+                    ep: None,
+                    groups: 0..t.product.offs_len(),
+                };
+                product.check();
+                direct::forward_in::<S>(product);
             }
-        };
+            match tl.m {
+                2 => transform_output::<S>(d, &tl, m, cn, ty0, out, ep),
+                _ => f4::transform_output::<S>(d, &tl, m, cn, ty0, out, ep),
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ impl WeightGrad {
     }
 
     /// [`WeightGrad::new`] with 4x4 tiles allowed or not (`large`).
-    pub(super) fn with_tiles(
+    pub fn with_tiles(
         d: &Direct,
         cin: usize,
         cout: usize,
@@ -52,6 +52,11 @@ impl WeightGrad {
             cin,
             cout,
         })
+    }
+
+    /// The side of the output tiles (2 or 4).
+    pub fn tile_size(&self) -> usize {
+        self.tiling.m
     }
 
     /// Floats of the accumulator [`WeightGrad::image`] sums into: one of
@@ -102,22 +107,67 @@ impl WeightGrad {
         let (g, rest) = rest.split_at_mut(block_len * wd);
         let (rows, strip) = rest.split_at_mut(tl.rows_len());
         rows.fill(0.0);
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the Winograd path is only prepared on x86-64 with AVX2 and FMA");
-        #[cfg(target_arch = "x86_64")]
         for ty0 in (0..tl.th).step_by(tl.rows) {
-            // SAFETY: AVX2 and FMA are present (`new` checked); buffers
-            // sized above; reads of `dy` within output rows m ty0 ..
-            // m (ty0 + rows) of each plane.
-            unsafe {
-                let layout = VLayout::PointwiseBlocks;
-                transform_block(d, &tl, input, cin, ty0, v, rows, strip, layout);
-                transpose_block(&tl, dy, cout, hw, w, ty0, g);
-                match tl.m {
-                    2 => transform_output_grad(&tl, g, wd, w, dt),
-                    _ => f4::transform_output_grad(&tl, g, wd, w, dt),
+            /// One block's transforms (`V`, `dY` transposed, `D`) as a
+            /// [`Kernel`].
+            struct Transforms<'a> {
+                d: &'a Direct,
+                tl: Tiling,
+                input: Input<'a>,
+                cin: usize,
+                cout: usize,
+                ty0: usize,
+                dy: &'a [f32],
+                v: &'a mut [f32],
+                rows: &'a mut [f32],
+                strip: &'a mut [f32],
+                g: &'a mut [f32],
+                dt: &'a mut [f32],
+            }
+            impl Kernel for Transforms<'_> {
+                type Output = ();
+                // SAFETY: buffers sized by `image`; reads of `dy` within
+                // output rows m ty0 .. m (ty0 + rows) of each plane.
+                #[inline(always)]
+                unsafe fn run<S: Simd>(self) {
+                    let Transforms {
+                        d,
+                        tl,
+                        input,
+                        cin,
+                        cout,
+                        ty0,
+                        dy,
+                        v,
+                        rows,
+                        strip,
+                        g,
+                        dt,
+                    } = self;
+                    let (wd, hw, w) = (pointwise_wgrad::width(cout), d.h * d.w, d.w);
+                    let layout = VLayout::PointwiseBlocks;
+                    transform_block::<S>(d, &tl, input, cin, ty0, v, rows, strip, layout);
+                    transpose_block::<S>(&tl, dy, cout, hw, w, ty0, g);
+                    match tl.m {
+                        2 => transform_output_grad::<S>(&tl, g, wd, w, dt),
+                        _ => f4::transform_output_grad::<S>(&tl, g, wd, w, dt),
+                    }
                 }
             }
+            simd::dispatch(Transforms {
+                d,
+                tl,
+                input,
+                cin,
+                cout,
+                ty0,
+                dy,
+                v: &mut *v,
+                rows: &mut *rows,
+                strip: &mut *strip,
+                g: &mut *g,
+                dt: &mut *dt,
+            });
             for x in 0..xi {
                 pointwise_wgrad::weight_grad(
                     &self.block,
@@ -178,10 +228,9 @@ impl WeightGrad {
 /// of each of the `cout` planes of `dy`) transposed into `g`: positions x
 /// channels, rows of `wd` (columns past `cout` zero), which the transforms
 /// of the output gradient read a vector of 8 channels at a time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn transpose_block(
+pub(super) unsafe fn transpose_block<S: Simd>(
     tl: &Tiling,
     dy: &[f32],
     cout: usize,
@@ -198,7 +247,7 @@ pub(super) unsafe fn transpose_block(
     let o8 = cout / 8 * 8;
     for o in (0..o8).step_by(8) {
         for p in (0..np).step_by(8) {
-            pointwise_wgrad::transpose8(
+            simd::transpose8::<S::W8>(
                 dy.as_ptr().add(o * hw + base + p),
                 hw,
                 g.as_mut_ptr().add(p * wd + o),
@@ -217,9 +266,8 @@ pub(super) unsafe fn transpose_block(
 /// from `g` (see [`transpose_block`]), with
 /// `A` = [[1, 0], [1, 1], [1, -1], [0, -1]]: each tile's four positions
 /// combined a vector of 8 channels at a time.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn transform_output_grad(
+#[inline(always)]
+pub(super) unsafe fn transform_output_grad<S: Simd>(
     tl: &Tiling,
     g: &[f32],
     wd: usize,
@@ -241,25 +289,20 @@ pub(super) unsafe fn transform_output_grad(
         // Where V has tile t.
         let t_slot = slot(t);
         for o in (0..wd).step_by(8) {
-            let at = |p: usize| _mm256_loadu_ps(gp.add(p * wd + o));
+            let at = |p: usize| S::W8::load(gp.add(p * wd + o));
             let (a, b, c, d) = (at(p00), at(p00 + 1), at(p00 + w), at(p00 + w + 1));
             // Down: rows A (a, b; c, d); then along each.
-            let zero = _mm256_setzero_ps();
+            let zero = S::W8::zero();
             let h = [
                 (a, b),
-                (_mm256_add_ps(a, c), _mm256_add_ps(b, d)),
-                (_mm256_sub_ps(a, c), _mm256_sub_ps(b, d)),
-                (_mm256_sub_ps(zero, c), _mm256_sub_ps(zero, d)),
+                (a.add(c), b.add(d)),
+                (a.sub(c), b.sub(d)),
+                (zero.sub(c), zero.sub(d)),
             ];
             for (i, (u, v)) in h.into_iter().enumerate() {
-                let vals = [
-                    u,
-                    _mm256_add_ps(u, v),
-                    _mm256_sub_ps(u, v),
-                    _mm256_sub_ps(zero, v),
-                ];
+                let vals = [u, u.add(v), u.sub(v), zero.sub(v)];
                 for (j, val) in vals.into_iter().enumerate() {
-                    _mm256_storeu_ps(dp.add(((4 * i + j) * nt + t_slot) * wd + o), val);
+                    val.store(dp.add(((4 * i + j) * nt + t_slot) * wd + o));
                 }
             }
         }
