@@ -21,7 +21,7 @@
 //! `TrainConfig`; the training itself is the runtime's.
 
 use clap::{Parser, ValueEnum};
-use sparsenet::runtime::__private::install_sigint_handler;
+use sparsenet::runtime::__private::{check_out_dir, check_writable, install_sigint_handler};
 use sparsenet::runtime::data::{
     load_cifar10, load_cifar100, load_fashion_mnist, load_image_folders, Dataset, Transform,
 };
@@ -29,8 +29,7 @@ use sparsenet::runtime::gpu::GpuEngine;
 use sparsenet::runtime::gpu::{emulator::Emulator, GpuNetwork, Precision};
 use sparsenet::runtime::optim::Sgd;
 use sparsenet::runtime::train::{
-    check_out_dir, check_writable, parse_schedule, LrParam, LrPolicy, Recipe, TrainConfig,
-    TrainError, TrainReport, Trainer,
+    parse_schedule, LrParam, LrPolicy, Recipe, TrainConfig, TrainError, TrainReport, Trainer,
 };
 use sparsenet::runtime::Model;
 use sparsenet::zoo::*;
@@ -56,7 +55,7 @@ static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// The communicator of a run started by an MPI launcher.
 #[cfg(feature = "mpi")]
-type Comm = sparsenet::runtime::distributed::mpi::MpiCollective;
+type Comm = sparsenet::runtime::distributed::MpiCollective;
 /// Without the `mpi` feature no communicator is ever made.
 #[cfg(not(feature = "mpi"))]
 type Comm = sparsenet::runtime::distributed::SingleProcess;
@@ -564,7 +563,7 @@ fn in_flags(e: &TrainError) -> String {
             "{} is in use by another training run (it holds {}); wait for it to finish or \
              choose another --out",
             dir.display(),
-            sparsenet::runtime::train::LOCK_FILE
+            sparsenet::runtime::__private::LOCK_FILE
         ),
         other => other.to_string(),
     }

@@ -23,10 +23,14 @@ for dirpath, _, files in os.walk(root):
         continue
     for f in files:
         m = re.match(r"(struct|enum|trait|fn|constant|type|macro|static|union|traitalias)\.(.+)\.html$", f)
+        # rustdoc leaves a redirect page at an item's private module path;
+        # only the page at the public path is an item of the API.
+        if m and "http-equiv=\"refresh\"" in open(os.path.join(dirpath, f), encoding="utf-8").read(2000):
+            continue
         if m:
             kinds[m.group(1)] += 1
             items.append(os.path.relpath(os.path.join(dirpath, f), root))
-        elif f == "index.html" and dirpath != root:
+        elif f == "index.html" and dirpath != root and "http-equiv=\"refresh\"" not in open(os.path.join(dirpath, f), encoding="utf-8").read(2000):
             kinds["mod"] += 1
 reexports = 0
 for dirpath, _, files in os.walk(root):
@@ -37,5 +41,7 @@ for dirpath, _, files in os.walk(root):
     if sec:
         reexports += len(re.findall(r'<dt', sec.group(0)))
 total = sum(kinds.values())
+if os.environ.get("LIST"):
+    print("\n".join(sorted(items)))
 print(f"{total} items ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}); {reexports} re-export lines")
 PY

@@ -11,7 +11,7 @@
 
 use sparsenet::prelude::*;
 use sparsenet::runtime::data::{load_fashion_mnist, Augment, Dataset, Transform};
-use sparsenet::runtime::distributed::{engine::share, Collective, DataParallel, ThreadGroup};
+use sparsenet::runtime::distributed::{share, Collective, DataParallel, ThreadGroup};
 use sparsenet::runtime::engine::{Engine, EngineData, EngineError, StepOutcome, StepSpec};
 use sparsenet::runtime::loss::softmax_cross_entropy;
 use sparsenet::runtime::optim::SgdState;
@@ -373,7 +373,7 @@ fn two_mpi_processes_equal_two_thread_ranks() {
 #[test]
 #[ignore = "run under mpirun by two_mpi_processes_equal_two_thread_ranks"]
 fn mpi_rank() {
-    use sparsenet::runtime::distributed::mpi::MpiCollective;
+    use sparsenet::runtime::distributed::MpiCollective;
     let out = std::path::PathBuf::from(
         std::env::var_os("SPARSENET_MPI_TEST_OUT").expect("set by the launching test"),
     );
@@ -497,7 +497,7 @@ fn two_ranks_with_synchronised_batch_norm_track_one_process() {
 fn synchronised_batch_norm_is_the_whole_batch_pass_in_f64() {
     use rand::{Rng, SeedableRng};
     use sparsenet::runtime::cpu::bn_hook::with_batch_norm_hook;
-    use sparsenet::runtime::distributed::sync_bn::SyncBatchNorm;
+    use sparsenet::runtime::distributed::SyncBatchNorm;
     use sparsenet::runtime::loss::softmax_cross_entropy_into;
     let model = Small::<f64>::new(5);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
@@ -711,7 +711,7 @@ fn a_dying_mpi_rank_ends_the_job_naming_it() {
 #[test]
 #[ignore = "run under mpirun by a_dying_mpi_rank_ends_the_job_naming_it"]
 fn mpi_rank_that_dies() {
-    use sparsenet::runtime::distributed::mpi::MpiCollective;
+    use sparsenet::runtime::distributed::MpiCollective;
     let mut comm = MpiCollective::init(Duration::from_secs(120)).unwrap();
     if comm.rank() == 1 {
         std::process::abort();

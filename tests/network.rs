@@ -486,9 +486,9 @@ fn winograd_f32_matches_f64_in_inference_and_training() {
     // 1.6e-6 through 4x4 tiles, 2.4e-6 with 2x2 weight gradients), and close in absolute
     // terms. Switching the path is process-wide; other tests running
     // meanwhile only see the other (equally checked) kernels.
-    sparsenet::runtime::cpu::set_winograd(false);
+    sparsenet::runtime::__private::set_winograd(false);
     let direct = f32_gradient_error::<SeedV2SmallBcK16<f32>, SeedV2SmallBcK16<f64>>(16);
-    sparsenet::runtime::cpu::set_winograd(true);
+    sparsenet::runtime::__private::set_winograd(true);
     let winograd = f32_gradient_error::<SeedV2SmallBcK16<f32>, SeedV2SmallBcK16<f64>>(16);
     eprintln!("f32 gradient error against f64: direct {direct:.2e}, Winograd {winograd:.2e}");
     assert!(

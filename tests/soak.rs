@@ -12,7 +12,7 @@
 //! Its own test binary: the stores' byte count is process-wide, and the
 //! tests of another binary would change it while this one measures.
 
-use sparsenet::runtime::cpu::kept_buffer_bytes;
+use sparsenet::runtime::__private::kept_buffer_bytes;
 use sparsenet::runtime::data::{Dataset, Transform};
 use sparsenet::runtime::ndarray::Array4;
 use sparsenet::runtime::optim::Sgd;

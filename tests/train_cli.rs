@@ -319,7 +319,7 @@ fn a_folder_in_use_by_another_run_is_refused() {
     let (dir, data) = tiny_setup(64, 32);
     let out = dir.path().join("run");
     std::fs::create_dir(&out).unwrap();
-    let lock = sparsenet::runtime::train::RunLock::acquire(&out).unwrap();
+    let lock = sparsenet::runtime::__private::RunLock::acquire(&out).unwrap();
     // Refused before the data is read: no data needed to see it.
     let err = run_err(&mut tiny_run(&dir.path().join("no-data"), &out, &[]));
     assert!(

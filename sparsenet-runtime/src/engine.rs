@@ -155,7 +155,7 @@ impl EngineError {
 
 /// The seed of stream `n` of a run seed (SplitMix64's finaliser over their
 /// combination): a step's dropout masks, a rank's.
-pub fn stream_seed(seed: u64, n: u64) -> u64 {
+pub(crate) fn stream_seed(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

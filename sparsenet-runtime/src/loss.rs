@@ -73,7 +73,7 @@ pub fn softmax_cross_entropy<T: Float>(
 /// and `classes` logits each, without logits: one label per row, each a
 /// class, a label smoothing in `[0, 1]` (so that a training step can refuse
 /// a bad batch before its forward pass changes anything).
-pub fn check_batch(
+pub(crate) fn check_batch(
     rows: usize,
     classes: usize,
     labels: &[usize],

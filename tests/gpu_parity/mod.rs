@@ -269,7 +269,7 @@ where
     // v1 stem's BN weight: 1.8e-1 from f64 on both direct paths) it can
     // land far nearer the truth (2.4e-3) by chance. Never switched back on
     // in these test binaries, so concurrent tests all see the same path.
-    sparsenet::runtime::cpu::set_winograd(false);
+    sparsenet::runtime::__private::set_winograd(false);
     let (m32, x32, labels, mut m64, x64) = f32_case_and_f64_twin::<M32, M64>(n);
     let mut truth = vec![0.0f64; M64::PARAMETERS];
     m64.forward_backward(x64.view(), Mode::Train, &mut truth, &mut |logits| {

@@ -28,10 +28,11 @@
 //! Dependencies point one way: `layers` and `chain` call `conv`, everything
 //! calls `parallel`, the kernels run through `simd`. What users may want to
 //! switch is public here: the instruction set ([`set_isa`], or
-//! `SPARSENET_ISA`) and the Winograd convolutions ([`set_winograd`],
-//! [`set_large_winograd_tiles`]), for measuring what they gain and for
-//! testing every path on one machine; everything else is reached by generated
-//! code only, through the crate's hidden `__private` module.
+//! `SPARSENET_ISA`), to measure a narrower set and to test every path on one
+//! machine. The Winograd switches (`SPARSENET_WINOGRAD`) and the buffer
+//! store's size are for the project's measurements and tests (`switches`);
+//! they and everything else are reached through the crate's hidden
+//! `__private` module.
 //! `cargo doc --document-private-items` documents it all for contributors.
 
 // The kernels' docs link between modules that are private here; the links
@@ -56,6 +57,10 @@ pub(crate) mod simd;
 
 pub use simd::{Isa, IsaError};
 
+/// Process-wide switches for measurements and tests (Winograd on or off, the
+/// buffer store's size); reached through `__private`, not part of the API.
+pub(crate) mod switches;
+
 /// The instruction set the CPU kernels run on: the widest this CPU has
 /// ([`Isa::best`]), or the one `SPARSENET_ISA` names (`scalar`, `avx2`,
 /// `avx512`, `neon`, or `portable4`/`portable8`/`portable16`, the generic
@@ -70,29 +75,4 @@ pub fn isa() -> Isa {
 /// most (the data layouts are the same for all).
 pub fn set_isa(isa: Isa) -> Result<(), IsaError> {
     simd::set_active(isa)
-}
-
-/// Whether the 3x3 convolutions may take the Winograd path (default on;
-/// the environment variable `SPARSENET_WINOGRAD=0` switches it off).
-pub fn winograd_enabled() -> bool {
-    conv::winograd::enabled()
-}
-
-/// Switches the Winograd convolutions on or off for the whole process (to
-/// measure what they gain; results differ by rounding only).
-pub fn set_winograd(on: bool) {
-    conv::winograd::set_enabled(on)
-}
-
-/// Switches the F(4x4, 3x3) Winograd tiles on or off for the whole process;
-/// off keeps F(2x2, 3x3) everywhere (`SPARSENET_WINOGRAD=2` does the same).
-pub fn set_large_winograd_tiles(on: bool) {
-    conv::winograd::set_large_tiles(on)
-}
-
-/// Bytes the CPU backend keeps for reuse across passes (every thread's
-/// buffer store together). Flat over a steady run once its first steps and
-/// evaluation are done: a long run's memory check.
-pub fn kept_buffer_bytes() -> usize {
-    parallel::scratch::kept_bytes()
 }

@@ -29,7 +29,7 @@ use crate::{Float, Mode, Model, NetworkSpec};
 /// every evaluation batch and the ranks gather them.
 ///
 /// BatchNorm is per rank by default; [`DataParallel::sync_batch_norm`]
-/// synchronises it ([`super::sync_bn`]).
+/// synchronises it ([`SyncBatchNorm`](super::SyncBatchNorm)).
 pub struct DataParallel<C: Collective> {
     /// Shared with the synchronised BatchNorm's hook during a pass.
     comm: Rc<RefCell<C>>,

@@ -2,14 +2,15 @@
 //! each on its share of every global batch, equal to the one-process run
 //! up to where the two must differ (see below).
 //!
-//! * [`collective`]: what the ranks need from a communication layer
-//!   ([`Collective`]: rank, size, all-gather) and [`DistError`]. A cluster's
-//!   own engine (MPI, NCCL) implements it; [`ThreadGroup`] runs the ranks
-//!   as threads of one process (tests, and a reference for the others).
-//! * [`engine`]: [`DataParallel`], a training [`Engine`](crate::engine::Engine)
-//!   for the CPU path over any [`Collective`].
-//! * `mpi` (feature `mpi`): `MpiCollective`, MPI's world communicator
-//!   (Open MPI or MPICH through the `mpi` crate), for `mpirun -np N`.
+//! * what the ranks need from a communication layer ([`Collective`]: rank,
+//!   size, all-gather) and [`DistError`]. A cluster's own engine (MPI, NCCL)
+//!   implements it; [`ThreadGroup`] runs the ranks as threads of one process
+//!   (tests, and a reference for the others);
+//! * [`DataParallel`], a training [`Engine`](crate::engine::Engine) for the
+//!   CPU path over any [`Collective`], each rank on its [`share`] of a batch;
+//! * [`SyncBatchNorm`], BatchNorm statistics over all ranks' images;
+//! * `MpiCollective` (feature `mpi`): MPI's world communicator (Open MPI or
+//!   MPICH through the `mpi` crate), for `mpirun -np N`.
 //!
 //! What a data-parallel step computes: the trainer on every rank draws the
 //! same global batch (the same order and augmentation as the one-process
@@ -27,14 +28,17 @@
 //! step that splits the batch into R "ghost batches" this way
 //! (`tests/distributed.rs` checks it).
 
-pub mod collective;
-pub mod engine;
+mod collective;
+mod engine;
 #[cfg(feature = "mpi")]
-pub mod mpi;
-pub mod sync_bn;
+mod mpi;
+mod sync_bn;
 
 pub use collective::{Collective, DistError, SingleProcess, ThreadGroup};
-pub use engine::DataParallel;
+pub use engine::{share, DataParallel};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiCollective;
+pub use sync_bn::{Gather, SyncBatchNorm};
 
 /// Whether this process was started by an MPI launcher (`mpirun`,
 /// `mpiexec`, `srun`), from the variables they set; built with or without

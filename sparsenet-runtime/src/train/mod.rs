@@ -41,7 +41,7 @@ pub use config::{TrainConfig, TrainError};
 pub use cpu_engine::CpuEngine;
 pub(crate) use cpu_engine::{train_pass, update_if_finite};
 pub use metrics::{EpochRecord, MetricsError, MetricsLog};
-pub use run_dir::{check_out_dir, check_writable, RunDirError, RunLock, LOCK_FILE};
+pub use run_dir::RunDirError;
 pub use schedule::{
     paper_recipe, parse_schedule, LrParam, LrPolicy, LrPolicyError, Recipe, Schedule,
 };

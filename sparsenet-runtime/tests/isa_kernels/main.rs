@@ -121,7 +121,7 @@ fn main() {
     let mut args = Arguments::from_args();
     // One set at a time: the set is process-wide.
     args.test_threads.get_or_insert(1);
-    cpu::set_winograd(true);
+    sparsenet_runtime::__private::set_winograd(true);
     let mut trials = Vec::new();
     for isa in SETS {
         for &(name, kernels, check) in CHECKS {
